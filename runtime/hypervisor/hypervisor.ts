@@ -1,0 +1,186 @@
+/**
+ * The hypervisor-neutral seam. Everything outside `runtime/hypervisor/<backend>/` speaks
+ * only these types; KVM's run page, exit codes and ioctl numbers never leak past it.
+ */
+import { errnoName } from "./errno.js";
+
+/** Exit kinds as small integers: they travel through the exit channel SAB as-is. */
+export const ExitKind = {
+  IoIn: 1,
+  IoOut: 2,
+  MmioRead: 3,
+  MmioWrite: 4,
+  Hlt: 5,
+  Shutdown: 6,
+  SystemEvent: 7,
+  Hypercall: 8,
+  MsrRead: 9,
+  MsrWrite: 10,
+  Debug: 11,
+  Interrupted: 12,
+  InternalError: 13,
+  FailEntry: 14,
+  Unknown: 15,
+} as const;
+export type ExitKind = (typeof ExitKind)[keyof typeof ExitKind];
+
+const EXIT_KIND_NAMES: Record<number, string> = {
+  1: "io-in", 2: "io-out", 3: "mmio-read", 4: "mmio-write", 5: "hlt", 6: "shutdown",
+  7: "system-event", 8: "hypercall", 9: "msr-read", 10: "msr-write", 11: "debug",
+  12: "interrupted", 13: "internal-error", 14: "fail-entry", 15: "unknown",
+};
+export function exitKindName(kind: number): string {
+  return EXIT_KIND_NAMES[kind] ?? `exit-${kind}`;
+}
+
+/**
+ * One exit, decoded by the backend. A single record per vCPU is reused for every exit so
+ * the run loop allocates nothing; copy what you keep.
+ */
+export interface Exit {
+  kind: ExitKind;
+  /** Port number, MMIO guest-physical address or MSR index. */
+  address: number;
+  /** Access width in bytes: 1, 2, 4 or 8. */
+  size: number;
+  /** Elements of a string I/O access (`rep outsb`): more than 1 means data is in `buffer`. */
+  count: number;
+  /** Low 32 bits of the written value (io-out, mmio-write, msr-write). */
+  data: number;
+  /** High 32 bits for 8-byte accesses. */
+  dataHigh: number;
+  /** Backend detail for fatal exits (hardware reason, suberror, event type). */
+  detail: string;
+}
+
+export interface Registers {
+  rax: bigint; rbx: bigint; rcx: bigint; rdx: bigint; rsi: bigint; rdi: bigint; rsp: bigint; rbp: bigint;
+  r8: bigint; r9: bigint; r10: bigint; r11: bigint; r12: bigint; r13: bigint; r14: bigint; r15: bigint;
+  rip: bigint; rflags: bigint;
+}
+
+export interface Segment {
+  base: bigint; limit: number; selector: number; type: number; present: number; dpl: number;
+  db: number; s: number; l: number; g: number; avl: number; unusable: number;
+}
+
+export interface DescriptorTable {
+  base: bigint;
+  limit: number;
+}
+
+export interface SpecialRegisters {
+  cs: Segment; ds: Segment; es: Segment; fs: Segment; gs: Segment; ss: Segment; tr: Segment; ldt: Segment;
+  gdt: DescriptorTable; idt: DescriptorTable;
+  cr0: bigint; cr2: bigint; cr3: bigint; cr4: bigint; cr8: bigint; efer: bigint; apicBase: bigint;
+}
+
+export interface CpuidEntry {
+  function: number; index: number; flags: number; eax: number; ebx: number; ecx: number; edx: number;
+}
+
+export interface MsrEntry {
+  index: number;
+  value: bigint;
+}
+
+/** An initial CPU state: the registers to change from the reset state. */
+export interface CpuState {
+  registers?: Partial<Registers>;
+  specialRegisters?: Partial<SpecialRegisters>;
+  msrs?: MsrEntry[];
+  /** A vCPU that waits for INIT/SIPI from another vCPU (an SMP application processor). */
+  waitForStartup?: boolean;
+}
+
+export interface HypervisorInfo {
+  name: string;
+  /** e.g. "kvm", "kvm (PVM, no hardware virtualization)". */
+  flavour: string;
+  maxVcpus: number;
+  maxMemorySlots: number;
+}
+
+/** What a worker needs to attach to a vCPU created on the main thread. Structured-clonable. */
+export interface VcpuDescriptor {
+  backend: string;
+  index: number;
+  fd: number;
+  runSize: number;
+}
+
+export interface IoEventOptions {
+  space: "pio" | "mmio";
+  address: number;
+  size: 0 | 1 | 2 | 4 | 8;
+  /** Only writes of this value signal the event; any value when absent. */
+  value?: number;
+}
+
+export interface Hypervisor {
+  readonly info: HypervisorInfo;
+  supportedCpuid(): CpuidEntry[];
+  createVm(): VmHandle;
+  close(): void;
+}
+
+export interface VmHandle {
+  /** Registers (or, with `size` 0, removes) a RAM slot backed by host memory. */
+  setMemoryRegion(slot: number, gpa: number, size: number, hostAddress: bigint): void;
+  /** In-kernel interrupt controllers (PIC, IOAPIC, local APICs) and timer (PIT). */
+  createIrqChip(): void;
+  irqLine(gsi: number, level: boolean): void;
+  /** An eventfd signalled in the kernel on a guest write; returns the eventfd. */
+  registerIoEvent(options: IoEventOptions): number;
+  registerIrqFd(gsi: number): number;
+  /** Lets the guest's MSR accesses (those the hypervisor does not know) exit to userspace. */
+  enableUserspaceMsrs(): void;
+  createVcpu(index: number): VcpuDescriptor;
+  /** Makes the vCPU's current or next `run()` return promptly, from any thread. */
+  kick(vcpu: number, threadId: number): void;
+  close(): void;
+}
+
+/** Used inside the vCPU's worker thread. */
+export interface VcpuHandle {
+  readonly index: number;
+  /** Enters the guest; returns the reused exit record when it exits. */
+  run(): Exit;
+  /** Bytes of a string I/O exit (count × size), live in the run structure. */
+  stringData(): Uint8Array;
+  /** Answers an io-in, mmio-read or msr-read exit before the next `run()`. */
+  completeRead(low: number, high?: number): void;
+  /** Fails an msr-read or msr-write exit: the guest gets #GP. */
+  failMsr(): void;
+  /** Clears a pending kick after `run()` returned `interrupted`. */
+  clearKick(): void;
+  threadId(): number;
+  getRegisters(): Registers;
+  setRegisters(registers: Registers): void;
+  getSpecialRegisters(): SpecialRegisters;
+  setSpecialRegisters(sregs: SpecialRegisters): void;
+  setCpuid(entries: CpuidEntry[]): void;
+  setMsrs(msrs: MsrEntry[]): void;
+  /** Marks the vCPU as waiting for INIT/SIPI (an SMP application processor). */
+  setWaitForStartup(): void;
+  close(): void;
+}
+
+/** A failing hypervisor call: names the operation and the errno. */
+export class HypervisorError extends Error {
+  override name = "HypervisorError";
+  readonly code: string;
+  constructor(
+    readonly operation: string,
+    readonly errno: number,
+    hint = "",
+  ) {
+    super(`${operation} failed: ${errnoName(errno)} (errno ${errno})${hint ? `. ${hint}` : ""}`);
+    this.code = errnoName(errno);
+  }
+}
+
+/** The host has no usable hypervisor (missing device, missing capability, old API). */
+export class HypervisorUnavailableError extends Error {
+  override name = "HypervisorUnavailableError";
+}

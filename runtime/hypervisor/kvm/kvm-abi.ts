@@ -1,0 +1,144 @@
+/**
+ * KVM's ABI for x86-64: ioctl numbers, capability numbers, exit reasons and struct
+ * offsets, from include/uapi/linux/kvm.h and arch/x86/include/uapi/asm/kvm.h.
+ */
+
+export const KVM_API_VERSION = 12;
+
+export const Ioctl = {
+  GET_API_VERSION: 0xae00,
+  CREATE_VM: 0xae01,
+  CHECK_EXTENSION: 0xae03,
+  GET_VCPU_MMAP_SIZE: 0xae04,
+  GET_SUPPORTED_CPUID: 0xc008ae05,
+  CREATE_VCPU: 0xae41,
+  SET_USER_MEMORY_REGION: 0x4020ae46,
+  SET_TSS_ADDR: 0xae47,
+  SET_IDENTITY_MAP_ADDR: 0x4008ae48,
+  CREATE_IRQCHIP: 0xae60,
+  IRQ_LINE: 0x4008ae61,
+  IRQFD: 0x4020ae76,
+  CREATE_PIT2: 0x4040ae77,
+  IOEVENTFD: 0x4040ae79,
+  RUN: 0xae80,
+  GET_REGS: 0x8090ae81,
+  SET_REGS: 0x4090ae82,
+  GET_SREGS: 0x8138ae83,
+  SET_SREGS: 0x4138ae84,
+  GET_MSRS: 0xc008ae88,
+  SET_MSRS: 0x4008ae89,
+  SET_CPUID2: 0x4008ae90,
+  SET_MP_STATE: 0x4004ae99,
+  ENABLE_CAP: 0x4068aea3,
+  X86_SET_MSR_FILTER: 0x4188aec6,
+} as const;
+
+export const Cap = {
+  IRQCHIP: 0,
+  USER_MEMORY: 3,
+  SET_TSS_ADDR: 4,
+  EXT_CPUID: 7,
+  NR_VCPUS: 9,
+  NR_MEMSLOTS: 10,
+  IRQFD: 32,
+  PIT2: 33,
+  IOEVENTFD: 36,
+  MAX_VCPUS: 66,
+  IMMEDIATE_EXIT: 136,
+  X86_USER_SPACE_MSR: 188,
+} as const;
+
+/** Capabilities every VM needs; checked once when the backend opens. */
+export const REQUIRED_CAPS: ReadonlyArray<[number, string]> = [
+  [Cap.USER_MEMORY, "KVM_CAP_USER_MEMORY"],
+  [Cap.SET_TSS_ADDR, "KVM_CAP_SET_TSS_ADDR"],
+  [Cap.EXT_CPUID, "KVM_CAP_EXT_CPUID"],
+  [Cap.IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"],
+];
+
+export const ExitReason = {
+  UNKNOWN: 0,
+  EXCEPTION: 1,
+  IO: 2,
+  HYPERCALL: 3,
+  DEBUG: 4,
+  HLT: 5,
+  MMIO: 6,
+  IRQ_WINDOW_OPEN: 7,
+  SHUTDOWN: 8,
+  FAIL_ENTRY: 9,
+  INTR: 10,
+  NMI: 16,
+  INTERNAL_ERROR: 17,
+  SYSTEM_EVENT: 24,
+  X86_RDMSR: 29,
+  X86_WRMSR: 30,
+} as const;
+
+/** struct kvm_run offsets (x86-64). */
+export const Run = {
+  immediate_exit: 1,
+  exit_reason: 8,
+  // union at 32
+  io_direction: 32,
+  io_size: 33,
+  io_port: 34,
+  io_count: 36,
+  io_data_offset: 40,
+  mmio_phys_addr: 32,
+  mmio_data: 40,
+  mmio_len: 48,
+  mmio_is_write: 52,
+  hw_entry_failure_reason: 32,
+  internal_suberror: 32,
+  internal_ndata: 36,
+  internal_data: 40,
+  system_event_type: 32,
+  msr_error: 32,
+  msr_reason: 40,
+  msr_index: 44,
+  msr_data: 48,
+} as const;
+
+export const KVM_EXIT_IO_IN = 0;
+
+/** struct kvm_regs: 18 u64 in this order. */
+export const REGISTER_NAMES = [
+  "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+  "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags",
+] as const;
+export const KVM_REGS_SIZE = 144;
+
+/** struct kvm_sregs: 8 segments of 24 bytes, 2 dtables of 16, 7 u64, interrupt bitmap. */
+export const SEGMENT_NAMES = ["cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt"] as const;
+export const KVM_SEGMENT_SIZE = 24;
+export const KVM_SREGS_SIZE = 312;
+export const Sregs = {
+  gdt: 192,
+  idt: 208,
+  cr0: 224,
+  cr2: 232,
+  cr3: 240,
+  cr4: 248,
+  cr8: 256,
+  efer: 264,
+  apic_base: 272,
+} as const;
+
+/** struct kvm_cpuid_entry2 */
+export const CPUID_ENTRY_SIZE = 40;
+export const MAX_CPUID_ENTRIES = 256;
+
+/** struct kvm_msr_entry: u32 index, u32 reserved, u64 data. */
+export const MSR_ENTRY_SIZE = 16;
+
+export const KVM_MP_STATE_INIT_RECEIVED = 2;
+
+/** KVM_MSR_EXIT_REASON_* for KVM_CAP_X86_USER_SPACE_MSR. */
+export const MSR_EXIT_INVAL = 1 << 0;
+export const MSR_EXIT_UNKNOWN = 1 << 1;
+export const MSR_EXIT_FILTER = 1 << 2;
+
+/** struct kvm_ioeventfd flags */
+export const IOEVENTFD_FLAG_DATAMATCH = 1 << 0;
+export const IOEVENTFD_FLAG_PIO = 1 << 1;

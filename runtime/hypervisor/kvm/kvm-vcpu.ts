@@ -1,0 +1,226 @@
+/** A KVM vCPU as seen from its worker thread: the run page, exit decode, registers. */
+import {
+  type CpuidEntry, type Exit, ExitKind, HypervisorError, type MsrEntry, type Registers, type SpecialRegisters,
+  type VcpuDescriptor, type VcpuHandle,
+} from "../hypervisor.js";
+import {
+  ExitReason, Ioctl, KVM_EXIT_IO_IN, KVM_MP_STATE_INIT_RECEIVED, KVM_REGS_SIZE, KVM_SREGS_SIZE, Run,
+} from "./kvm-abi.js";
+import {
+  decodeRegisters, decodeSpecialRegisters, encodeCpuid, encodeMsrs, encodeRegisters, encodeSpecialRegisters,
+} from "./kvm-structs.js";
+import * as libc from "./libc.js";
+
+const EINTR = 4;
+const EAGAIN = 11;
+const TWO_POW_32 = 2 ** 32;
+
+export class KvmVcpu implements VcpuHandle {
+  readonly index: number;
+  private readonly fd: number;
+  private readonly runSize: number;
+  private runPointer: unknown;
+  private readonly run8: Uint8Array;
+  private readonly run32: Uint32Array;
+  private readonly runView: DataView;
+  private readonly exit: Exit = { kind: ExitKind.Unknown, address: 0, size: 0, count: 0, data: 0, dataHigh: 0, detail: "" };
+  /** Where an io-in answer goes in the run page (data_offset of the last exit). */
+  private ioDataOffset = 0;
+
+  constructor(descriptor: VcpuDescriptor) {
+    libc.installKickHandler();
+    this.index = descriptor.index;
+    this.fd = descriptor.fd;
+    this.runSize = descriptor.runSize;
+    this.runPointer = libc.mmap(null, this.runSize, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, this.fd, 0);
+    if (libc.isMapFailed(this.runPointer)) {
+      throw new HypervisorError(`mmap kvm_run (vCPU ${this.index})`, libc.errno());
+    }
+    const buffer = libc.viewOf(this.runPointer, this.runSize);
+    this.run8 = new Uint8Array(buffer);
+    this.run32 = new Uint32Array(buffer);
+    this.runView = new DataView(buffer);
+  }
+
+  threadId(): number {
+    return libc.gettid();
+  }
+
+  run(): Exit {
+    const exit = this.exit;
+    if (libc.ioctlValue(this.fd, Ioctl.RUN, 0) < 0) {
+      const errno = libc.errno();
+      if (errno === EINTR || errno === EAGAIN) {
+        exit.kind = ExitKind.Interrupted;
+        return exit;
+      }
+      throw new HypervisorError(`KVM_RUN (vCPU ${this.index})`, errno);
+    }
+    const run8 = this.run8;
+    const run32 = this.run32;
+    switch (run32[Run.exit_reason >> 2]) {
+      case ExitReason.IO: {
+        const size = run8[Run.io_size];
+        const offset = run32[Run.io_data_offset >> 2];
+        exit.kind = run8[Run.io_direction] === KVM_EXIT_IO_IN ? ExitKind.IoIn : ExitKind.IoOut;
+        exit.address = run8[Run.io_port] | (run8[Run.io_port + 1] << 8);
+        exit.size = size;
+        exit.count = run32[Run.io_count >> 2];
+        this.ioDataOffset = offset;
+        if (exit.kind === ExitKind.IoOut && exit.count === 1) {
+          exit.data = size === 1 ? run8[offset] : size === 2 ? this.runView.getUint16(offset, true) : this.runView.getUint32(offset, true);
+        }
+        return exit;
+      }
+      case ExitReason.MMIO: {
+        exit.kind = run8[Run.mmio_is_write] ? ExitKind.MmioWrite : ExitKind.MmioRead;
+        exit.address = run32[Run.mmio_phys_addr >> 2] + run32[(Run.mmio_phys_addr >> 2) + 1] * TWO_POW_32;
+        exit.size = run32[Run.mmio_len >> 2];
+        exit.count = 1;
+        if (exit.kind === ExitKind.MmioWrite) {
+          const size = exit.size;
+          exit.data = size === 1 ? run8[Run.mmio_data] : size === 2 ? this.runView.getUint16(Run.mmio_data, true) : run32[Run.mmio_data >> 2];
+          exit.dataHigh = size === 8 ? run32[(Run.mmio_data >> 2) + 1] : 0;
+        }
+        return exit;
+      }
+      case ExitReason.HLT:
+        exit.kind = ExitKind.Hlt;
+        return exit;
+      case ExitReason.INTR:
+        exit.kind = ExitKind.Interrupted;
+        return exit;
+      case ExitReason.X86_RDMSR:
+      case ExitReason.X86_WRMSR:
+        exit.kind = run32[Run.exit_reason >> 2] === ExitReason.X86_RDMSR ? ExitKind.MsrRead : ExitKind.MsrWrite;
+        exit.address = run32[Run.msr_index >> 2];
+        exit.size = 8;
+        exit.count = 1;
+        exit.data = run32[Run.msr_data >> 2];
+        exit.dataHigh = run32[(Run.msr_data >> 2) + 1];
+        return exit;
+      default:
+        return this.decodeRareExit(exit);
+    }
+  }
+
+  private decodeRareExit(exit: Exit): Exit {
+    const reason = this.run32[Run.exit_reason >> 2];
+    const view = this.runView;
+    switch (reason) {
+      case ExitReason.SHUTDOWN:
+        exit.kind = ExitKind.Shutdown;
+        exit.detail = "triple fault or shutdown";
+        break;
+      case ExitReason.FAIL_ENTRY:
+        exit.kind = ExitKind.FailEntry;
+        exit.detail = `hardware_entry_failure_reason 0x${view.getBigUint64(Run.hw_entry_failure_reason, true).toString(16)}`;
+        break;
+      case ExitReason.INTERNAL_ERROR: {
+        exit.kind = ExitKind.InternalError;
+        const ndata = Math.min(view.getUint32(Run.internal_ndata, true), 16);
+        const data = Array.from({ length: ndata }, (_, i) => "0x" + view.getBigUint64(Run.internal_data + i * 8, true).toString(16));
+        exit.detail = `suberror ${view.getUint32(Run.internal_suberror, true)}${ndata ? ` data [${data.join(", ")}]` : ""}`;
+        break;
+      }
+      case ExitReason.SYSTEM_EVENT:
+        exit.kind = ExitKind.SystemEvent;
+        exit.data = view.getUint32(Run.system_event_type, true);
+        exit.detail = `system event type ${exit.data}`;
+        break;
+      case ExitReason.DEBUG:
+        exit.kind = ExitKind.Debug;
+        break;
+      case ExitReason.HYPERCALL:
+        exit.kind = ExitKind.Hypercall;
+        break;
+      default:
+        exit.kind = ExitKind.Unknown;
+        exit.detail = `KVM exit_reason ${reason}`;
+    }
+    return exit;
+  }
+
+  stringData(): Uint8Array {
+    const exit = this.exit;
+    return this.run8.subarray(this.ioDataOffset, this.ioDataOffset + exit.size * exit.count);
+  }
+
+  completeRead(low: number, high = 0): void {
+    const exit = this.exit;
+    if (exit.kind === ExitKind.IoIn) {
+      const at = this.ioDataOffset;
+      if (exit.size === 1) this.run8[at] = low;
+      else if (exit.size === 2) this.runView.setUint16(at, low, true);
+      else this.runView.setUint32(at, low >>> 0, true);
+    } else if (exit.kind === ExitKind.MmioRead) {
+      this.runView.setUint32(Run.mmio_data, low >>> 0, true);
+      this.runView.setUint32(Run.mmio_data + 4, high >>> 0, true);
+    } else if (exit.kind === ExitKind.MsrRead) {
+      this.run8[Run.msr_error] = 0;
+      this.runView.setUint32(Run.msr_data, low >>> 0, true);
+      this.runView.setUint32(Run.msr_data + 4, high >>> 0, true);
+    }
+  }
+
+  failMsr(): void {
+    this.run8[Run.msr_error] = 1;
+  }
+
+  clearKick(): void {
+    Atomics.store(this.run8, Run.immediate_exit, 0);
+  }
+
+  private ioctl(request: number, bytes: Uint8Array, operation: string): void {
+    if (libc.ioctlBuffer(this.fd, request, bytes) < 0) {
+      throw new HypervisorError(`${operation} (vCPU ${this.index})`, libc.errno());
+    }
+  }
+
+  getRegisters(): Registers {
+    const bytes = new Uint8Array(KVM_REGS_SIZE);
+    this.ioctl(Ioctl.GET_REGS, bytes, "KVM_GET_REGS");
+    return decodeRegisters(bytes);
+  }
+
+  setRegisters(registers: Registers): void {
+    this.ioctl(Ioctl.SET_REGS, encodeRegisters(registers), "KVM_SET_REGS");
+  }
+
+  getSpecialRegisters(): SpecialRegisters {
+    const bytes = new Uint8Array(KVM_SREGS_SIZE);
+    this.ioctl(Ioctl.GET_SREGS, bytes, "KVM_GET_SREGS");
+    return decodeSpecialRegisters(bytes);
+  }
+
+  setSpecialRegisters(sregs: SpecialRegisters): void {
+    const bytes = new Uint8Array(KVM_SREGS_SIZE);
+    this.ioctl(Ioctl.GET_SREGS, bytes, "KVM_GET_SREGS");
+    encodeSpecialRegisters(sregs, bytes);
+    this.ioctl(Ioctl.SET_SREGS, bytes, "KVM_SET_SREGS");
+  }
+
+  setCpuid(entries: CpuidEntry[]): void {
+    this.ioctl(Ioctl.SET_CPUID2, encodeCpuid(entries), "KVM_SET_CPUID2");
+  }
+
+  setMsrs(msrs: MsrEntry[]): void {
+    const set = libc.ioctlBuffer(this.fd, Ioctl.SET_MSRS, encodeMsrs(msrs));
+    if (set < 0) throw new HypervisorError(`KVM_SET_MSRS (vCPU ${this.index})`, libc.errno());
+    if (set !== msrs.length) {
+      const failed = msrs[set];
+      throw new Error(`KVM_SET_MSRS (vCPU ${this.index}) stopped at MSR 0x${failed.index.toString(16)}: ${set} of ${msrs.length} set`);
+    }
+  }
+
+  setWaitForStartup(): void {
+    const bytes = new Uint8Array(4);
+    new DataView(bytes.buffer).setUint32(0, KVM_MP_STATE_INIT_RECEIVED, true);
+    this.ioctl(Ioctl.SET_MP_STATE, bytes, "KVM_SET_MP_STATE");
+  }
+
+  close(): void {
+    if (this.runPointer !== null) libc.munmap(this.runPointer, this.runSize);
+    this.runPointer = null;
+  }
+}

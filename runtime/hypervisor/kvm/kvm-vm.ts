@@ -1,0 +1,154 @@
+/** A KVM VM file descriptor: memory slots, irqchip, eventfds, vCPU creation, kicks. */
+import { HypervisorError, type IoEventOptions, type VcpuDescriptor, type VmHandle } from "../hypervisor.js";
+import {
+  Cap, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_PIO, Ioctl, MSR_EXIT_FILTER, MSR_EXIT_INVAL,
+  MSR_EXIT_UNKNOWN, Run,
+} from "./kvm-abi.js";
+import * as libc from "./libc.js";
+
+// Intel needs these three pages below 4 GiB for real-mode emulation; the addresses
+// sit just under the BIOS area, where PC guests expect nothing.
+const TSS_ADDRESS = 0xfffb_d000;
+const IDENTITY_MAP_ADDRESS = 0xfffb_c000n;
+
+interface VcpuRecord {
+  fd: number;
+  run: Uint8Array;
+  runPointer: unknown;
+}
+
+export class KvmVm implements VmHandle {
+  private fd: number;
+  private readonly vcpus = new Map<number, VcpuRecord>();
+  private readonly eventFds: number[] = [];
+
+  constructor(
+    fd: number,
+    private readonly runSize: number,
+    private readonly checkExtension: (cap: number) => number,
+  ) {
+    this.fd = fd;
+    try {
+      this.check(libc.ioctlValue(fd, Ioctl.SET_TSS_ADDR, TSS_ADDRESS), "KVM_SET_TSS_ADDR");
+      const address = new Uint8Array(8);
+      new DataView(address.buffer).setBigUint64(0, IDENTITY_MAP_ADDRESS, true);
+      this.check(libc.ioctlBuffer(fd, Ioctl.SET_IDENTITY_MAP_ADDR, address), "KVM_SET_IDENTITY_MAP_ADDR");
+    } catch (error) {
+      this.close();
+      throw error;
+    }
+  }
+
+  private check(result: number, operation: string): number {
+    if (result < 0) throw new HypervisorError(operation, libc.errno());
+    return result;
+  }
+
+  setMemoryRegion(slot: number, gpa: number, size: number, hostAddress: bigint): void {
+    const bytes = new Uint8Array(32);
+    const view = new DataView(bytes.buffer);
+    view.setUint32(0, slot, true);
+    view.setBigUint64(8, BigInt(gpa), true);
+    view.setBigUint64(16, BigInt(size), true);
+    view.setBigUint64(24, hostAddress, true);
+    this.check(
+      libc.ioctlBuffer(this.fd, Ioctl.SET_USER_MEMORY_REGION, bytes),
+      `KVM_SET_USER_MEMORY_REGION (slot ${slot}, gpa 0x${gpa.toString(16)}, ${size} bytes)`,
+    );
+  }
+
+  createIrqChip(): void {
+    if (this.checkExtension(Cap.IRQCHIP) <= 0 || this.checkExtension(Cap.PIT2) <= 0) {
+      throw new HypervisorError("KVM_CREATE_IRQCHIP", 95, "this host's KVM has no in-kernel irqchip or PIT");
+    }
+    this.check(libc.ioctlValue(this.fd, Ioctl.CREATE_IRQCHIP, 0), "KVM_CREATE_IRQCHIP");
+    this.check(libc.ioctlBuffer(this.fd, Ioctl.CREATE_PIT2, new Uint8Array(64)), "KVM_CREATE_PIT2");
+  }
+
+  irqLine(gsi: number, level: boolean): void {
+    const bytes = new Uint8Array(8);
+    const view = new DataView(bytes.buffer);
+    view.setUint32(0, gsi, true);
+    view.setUint32(4, level ? 1 : 0, true);
+    this.check(libc.ioctlBuffer(this.fd, Ioctl.IRQ_LINE, bytes), `KVM_IRQ_LINE (gsi ${gsi})`);
+  }
+
+  private newEventFd(): number {
+    const fd = libc.eventfd(0, libc.EFD_CLOEXEC);
+    if (fd < 0) throw new HypervisorError("eventfd", libc.errno());
+    this.eventFds.push(fd);
+    return fd;
+  }
+
+  registerIoEvent(options: IoEventOptions): number {
+    if (this.checkExtension(Cap.IOEVENTFD) <= 0) throw new HypervisorError("KVM_IOEVENTFD", 95);
+    const fd = this.newEventFd();
+    const bytes = new Uint8Array(64);
+    const view = new DataView(bytes.buffer);
+    view.setBigUint64(0, BigInt(options.value ?? 0), true);
+    view.setBigUint64(8, BigInt(options.address), true);
+    view.setUint32(16, options.size, true);
+    view.setInt32(20, fd, true);
+    let flags = options.space === "pio" ? IOEVENTFD_FLAG_PIO : 0;
+    if (options.value !== undefined) flags |= IOEVENTFD_FLAG_DATAMATCH;
+    view.setUint32(24, flags, true);
+    this.check(libc.ioctlBuffer(this.fd, Ioctl.IOEVENTFD, bytes), `KVM_IOEVENTFD (0x${options.address.toString(16)})`);
+    return fd;
+  }
+
+  registerIrqFd(gsi: number): number {
+    if (this.checkExtension(Cap.IRQFD) <= 0) throw new HypervisorError("KVM_IRQFD", 95);
+    const fd = this.newEventFd();
+    const bytes = new Uint8Array(32);
+    const view = new DataView(bytes.buffer);
+    view.setUint32(0, fd, true);
+    view.setUint32(4, gsi, true);
+    this.check(libc.ioctlBuffer(this.fd, Ioctl.IRQFD, bytes), `KVM_IRQFD (gsi ${gsi})`);
+    return fd;
+  }
+
+  enableUserspaceMsrs(): void {
+    if (this.checkExtension(Cap.X86_USER_SPACE_MSR) <= 0) {
+      throw new HypervisorError("KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR)", 95);
+    }
+    const bytes = new Uint8Array(104);
+    const view = new DataView(bytes.buffer);
+    view.setUint32(0, Cap.X86_USER_SPACE_MSR, true);
+    view.setBigUint64(8, BigInt(MSR_EXIT_INVAL | MSR_EXIT_UNKNOWN | MSR_EXIT_FILTER), true);
+    this.check(libc.ioctlBuffer(this.fd, Ioctl.ENABLE_CAP, bytes), "KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR)");
+  }
+
+  createVcpu(index: number): VcpuDescriptor {
+    const fd = this.check(libc.ioctlValue(this.fd, Ioctl.CREATE_VCPU, index), `KVM_CREATE_VCPU (${index})`);
+    // The main thread maps the run page too: a kick sets immediate_exit there.
+    const runPointer = libc.mmap(null, this.runSize, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, fd, 0);
+    if (libc.isMapFailed(runPointer)) {
+      const errno = libc.errno();
+      libc.close(fd);
+      throw new HypervisorError(`mmap kvm_run (vCPU ${index})`, errno);
+    }
+    const run = new Uint8Array(libc.viewOf(runPointer, this.runSize));
+    this.vcpus.set(index, { fd, run, runPointer });
+    return { backend: "kvm", index, fd, runSize: this.runSize };
+  }
+
+  kick(vcpu: number, threadId: number): void {
+    const record = this.vcpus.get(vcpu);
+    if (!record) return;
+    // immediate_exit closes the race where the signal lands just before KVM_RUN.
+    Atomics.store(record.run, Run.immediate_exit, 1);
+    if (threadId > 0) libc.tgkill(libc.getpid(), threadId, libc.KICK_SIGNAL);
+  }
+
+  close(): void {
+    for (const record of this.vcpus.values()) {
+      libc.munmap(record.runPointer, this.runSize);
+      libc.close(record.fd);
+    }
+    this.vcpus.clear();
+    for (const fd of this.eventFds) libc.close(fd);
+    this.eventFds.length = 0;
+    if (this.fd >= 0) libc.close(this.fd);
+    this.fd = -1;
+  }
+}

@@ -1,0 +1,43 @@
+/**
+ * The warm pool of vCPU worker threads (piscina). Each vCPU holds one thread for the VM's
+ * life, so the pool grows to the number of running vCPUs and keeps a few threads warm.
+ */
+import { Piscina } from "piscina";
+import type { VcpuOutcome, VcpuTask } from "../workers/vcpu-task.js";
+
+const WORKER_FILE = new URL("../workers/vcpu-worker.js", import.meta.url).href;
+
+export interface PoolOptions {
+  /** Threads kept warm between VMs. */
+  warmThreads: number;
+  maxThreads: number;
+  /** How long an extra idle thread lives, in milliseconds. */
+  idleTimeoutMs: number;
+}
+
+let pool: Piscina<VcpuTask | { warmup: true }, VcpuOutcome | "warm"> | undefined;
+
+export function vcpuPool(options: Partial<PoolOptions> = {}): Piscina<VcpuTask | { warmup: true }, VcpuOutcome | "warm"> {
+  if (pool === undefined) {
+    pool = new Piscina({
+      filename: WORKER_FILE,
+      minThreads: options.warmThreads ?? 2,
+      maxThreads: options.maxThreads ?? 512,
+      idleTimeout: options.idleTimeoutMs ?? 10_000,
+      concurrentTasksPerWorker: 1,
+    });
+  }
+  return pool;
+}
+
+/** Loads the worker code in `count` threads so the next VM start pays no thread startup. */
+export async function warmVcpuPool(count = 1): Promise<void> {
+  const p = vcpuPool();
+  await Promise.all(Array.from({ length: count }, () => p.run({ warmup: true })));
+}
+
+export async function destroyVcpuPool(): Promise<void> {
+  const p = pool;
+  pool = undefined;
+  if (p) await p.destroy();
+}

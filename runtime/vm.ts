@@ -1,0 +1,396 @@
+/**
+ * A virtual machine: guest memory, vCPU workers, the device buses and the main-thread
+ * dispatcher, with the lifecycle created → running ⇄ paused → stopped (DESIGN section 6).
+ */
+import { EventEmitter } from "node:events";
+import { openHypervisor, type BackendName } from "./hypervisor/backends.js";
+import type { CpuState, Hypervisor, VcpuDescriptor, VmHandle } from "./hypervisor/hypervisor.js";
+import { Bus } from "./bus.js";
+import { DEFAULT_DISPATCHER_OPTIONS, type DeviceError, Dispatcher, type DispatcherOptions } from "./dispatcher.js";
+import type { Device, InterruptLine } from "./devices/device.js";
+import { DEBUG_EXIT_LENGTH, DEBUG_EXIT_PORT, DebugExit } from "./devices/debug-exit.js";
+import { loadFlatProgram, type FlatProgram } from "./boot/flat-loader.js";
+import { cpuidForVcpu } from "./boot/cpuid.js";
+import { GuestFatalError, VcpuWorkerError, VmConfigError, VmStateError } from "./errors.js";
+import { vcpuPool } from "./vcpu-pool.js";
+import { GuestMemory, MemoryLayoutError, type RegionSpec } from "../memory/guest-memory.js";
+import { Control, createDoorbell, ExitChannel, Stat, WorkerState } from "../memory/exit-channel.js";
+import { DEFAULT_SPIN, type SpinPolicy } from "../memory/waiter.js";
+import type { AddressSpace, VcpuOutcome, VcpuTask, WorkerDeviceSpec } from "../workers/vcpu-task.js";
+
+export interface VmOptions {
+  /** RAM size in bytes (one region at guest-physical 0), or explicit regions with holes. */
+  memory: number | RegionSpec[];
+  vcpus?: number;
+  /** In-kernel interrupt controllers and PIT. */
+  irqchip?: boolean;
+  /** Send MSR accesses the hypervisor does not handle to the `msr` bus. */
+  userspaceMsrs?: boolean;
+  /** Posted-ring records per vCPU (a power of two). */
+  ringCapacity?: number;
+  spin?: Partial<SpinPolicy>;
+  dispatcher?: Partial<DispatcherOptions>;
+  backend?: BackendName;
+}
+
+export type VmState = "created" | "running" | "paused" | "stopped";
+
+export interface VmResult {
+  reason: "debug-exit" | "halted" | "stopped" | "system-event";
+  /** The debug-exit status the guest wrote. */
+  status?: number;
+  detail?: string;
+}
+
+export interface VmStats {
+  exits: number;
+  inWorker: number;
+  posted: number;
+  sync: number;
+  ringFullWaits: number;
+  unclaimedReads: number;
+  unclaimedWrites: number;
+  dispatcherParks: number;
+}
+
+export interface DeviceRegistration {
+  space: AddressSpace;
+  base: number;
+  length: number;
+  device: Device;
+  /** The vCPU waits until a write is handled (default: writes are posted). */
+  sync?: boolean;
+}
+
+const MAX_POOL_VCPUS = 512;
+
+function toRegions(memory: VmOptions["memory"]): RegionSpec[] {
+  if (typeof memory === "number") return [{ gpa: 0, size: memory }];
+  if (!Array.isArray(memory)) throw new VmConfigError("memory must be a size in bytes or an array of { gpa, size }");
+  return memory;
+}
+
+export class Vm extends EventEmitter {
+  readonly memory: GuestMemory;
+  readonly vcpuCount: number;
+  private stateValue: VmState = "created";
+  private readonly hypervisor: Hypervisor;
+  private readonly handle: VmHandle;
+  private readonly descriptors: VcpuDescriptor[] = [];
+  private readonly cpuStates: CpuState[];
+  private readonly buses = { pio: new Bus("pio"), mmio: new Bus("mmio"), msr: new Bus("msr") };
+  private readonly workerDevices: WorkerDeviceSpec[] = [];
+  private readonly doorbell = createDoorbell();
+  private readonly channels: ExitChannel[] = [];
+  private readonly dispatcher: Dispatcher;
+  private readonly spin: SpinPolicy;
+  private readonly ringCapacity: number;
+  private tasks: Promise<void>[] = [];
+  private ended = 0;
+  private ending: Promise<void> | undefined;
+  private keepAlive: NodeJS.Timeout | undefined;
+  private readonly done: Promise<VmResult>;
+  private settle!: { resolve: (r: VmResult) => void; reject: (e: Error) => void };
+
+  static create(options: VmOptions): Vm {
+    return new Vm(options);
+  }
+
+  private constructor(options: VmOptions) {
+    super();
+    if (options === null || typeof options !== "object") throw new VmConfigError("Vm.create needs an options object");
+    const vcpus = options.vcpus ?? 1;
+    if (!Number.isInteger(vcpus) || vcpus < 1) throw new VmConfigError(`vcpus must be a whole number of at least 1, got ${vcpus}`);
+    this.ringCapacity = options.ringCapacity ?? 1024;
+    this.spin = { ...DEFAULT_SPIN, ...options.spin };
+    let memory: GuestMemory;
+    try {
+      memory = GuestMemory.allocate(toRegions(options.memory));
+    } catch (error) {
+      if (error instanceof MemoryLayoutError) throw new VmConfigError(error.message, { cause: error });
+      throw error;
+    }
+    const hypervisor = openHypervisor(options.backend);
+    let handle: VmHandle | undefined;
+    try {
+      const limit = Math.min(hypervisor.info.maxVcpus, MAX_POOL_VCPUS);
+      if (vcpus > limit) throw new VmConfigError(`vcpus ${vcpus} is more than this host allows (${limit})`);
+      if (memory.regions.length > hypervisor.info.maxMemorySlots) {
+        throw new VmConfigError(`${memory.regions.length} memory regions exceed the host's ${hypervisor.info.maxMemorySlots} slots`);
+      }
+      handle = hypervisor.createVm();
+      memory.regions.forEach((region, slot) => handle!.setMemoryRegion(slot, region.gpa, region.size, region.hostAddress));
+      if (options.irqchip) handle.createIrqChip();
+      if (options.userspaceMsrs) handle.enableUserspaceMsrs();
+      const supported = hypervisor.supportedCpuid();
+      this.cpuStates = [];
+      for (let i = 0; i < vcpus; i++) {
+        this.descriptors.push(handle.createVcpu(i));
+        this.cpuStates.push({});
+        this.channels.push(ExitChannel.create(this.ringCapacity, this.doorbell, this.spin));
+      }
+      this.cpuidTable = Array.from({ length: vcpus }, (_, i) => cpuidForVcpu(supported, i));
+    } catch (error) {
+      handle?.close();
+      hypervisor.close();
+      if (error instanceof RangeError) throw new VmConfigError(error.message, { cause: error });
+      throw error;
+    }
+    this.hypervisor = hypervisor;
+    this.handle = handle;
+    this.memory = memory;
+    this.vcpuCount = vcpus;
+    this.dispatcher = new Dispatcher(
+      this.channels,
+      this.doorbell,
+      this.buses,
+      (error) => this.fail(error),
+      { ...DEFAULT_DISPATCHER_OPTIONS, ...options.dispatcher },
+    );
+    this.done = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
+    this.done.catch(() => {}); // surfaced through wait()/run() and the 'error' event
+  }
+
+  private readonly cpuidTable: ReturnType<typeof cpuidForVcpu>[];
+
+  get state(): VmState {
+    return this.stateValue;
+  }
+
+  get hypervisorFlavour(): string {
+    return this.hypervisor.info.flavour;
+  }
+
+  private setState(state: VmState): void {
+    this.stateValue = state;
+    this.emit("state", state);
+  }
+
+  private requireState(allowed: VmState[], action: string): void {
+    if (!allowed.includes(this.stateValue)) {
+      throw new VmStateError(`cannot ${action} a VM that is ${this.stateValue} (it must be ${allowed.join(" or ")})`);
+    }
+  }
+
+  // ---- configuration (before start) ----
+
+  addDevice(registration: DeviceRegistration): void {
+    this.requireState(["created"], "add a device to");
+    const { space, base, length, device, sync = false } = registration;
+    const bus = this.buses[space];
+    if (bus === undefined) throw new VmConfigError(`unknown address space '${String(space)}' (pio, mmio or msr)`);
+    try {
+      this.checkWorkerOverlap(space, base, length, device.name);
+      bus.insert({ base, length, device, sync });
+    } catch (error) {
+      throw new VmConfigError((error as Error).message, { cause: error });
+    }
+  }
+
+  /** A device run inside every vCPU worker, built there from `module`'s default export and `shared`. */
+  addWorkerDevice(spec: WorkerDeviceSpec): void {
+    this.requireState(["created"], "add a device to");
+    const probe = new Bus(spec.space);
+    try {
+      probe.insert({ base: spec.base, length: spec.length, device: { name: spec.module, read: () => 0, write: () => {} }, sync: true });
+      if (this.buses[spec.space].all().some((r) => spec.base < r.base + r.length && r.base < spec.base + spec.length)) {
+        throw new Error(`${spec.space} range 0x${spec.base.toString(16)} for worker device ${spec.module} overlaps a main-thread device`);
+      }
+      this.checkWorkerOverlap(spec.space, spec.base, spec.length, spec.module);
+    } catch (error) {
+      throw new VmConfigError((error as Error).message, { cause: error });
+    }
+    this.workerDevices.push(spec);
+  }
+
+  private checkWorkerOverlap(space: AddressSpace, base: number, length: number, name: string): void {
+    for (const other of this.workerDevices) {
+      if (other.space === space && base < other.base + other.length && other.base < base + length) {
+        throw new Error(`${space} range 0x${base.toString(16)} for '${name}' overlaps worker device ${other.module}`);
+      }
+    }
+  }
+
+  /** Adds QEMU's isa-debug-exit: a guest write stops the VM with that status. */
+  addDebugExit(port = DEBUG_EXIT_PORT): void {
+    this.addDevice({ space: "pio", base: port, length: DEBUG_EXIT_LENGTH, device: new DebugExit((s) => this.exit(s)), sync: true });
+  }
+
+  interruptLine(gsi: number): InterruptLine {
+    return {
+      set: (level: boolean) => {
+        if (this.stateValue !== "stopped" && this.ending === undefined) this.handle.irqLine(gsi, level);
+      },
+    };
+  }
+
+  setCpuState(vcpu: number, state: CpuState): void {
+    this.requireState(["created"], "set the CPU state of");
+    if (!Number.isInteger(vcpu) || vcpu < 0 || vcpu >= this.vcpuCount) {
+      throw new VmConfigError(`vCPU ${vcpu} does not exist (this VM has ${this.vcpuCount})`);
+    }
+    this.cpuStates[vcpu] = state;
+  }
+
+  /** Writes a flat guest program into RAM and points `vcpu` at it. */
+  loadProgram(program: FlatProgram, vcpu = 0): void {
+    this.setCpuState(vcpu, loadFlatProgram(this.memory, program));
+  }
+
+  // ---- lifecycle ----
+
+  start(): void {
+    this.requireState(["created"], "start");
+    const pool = vcpuPool();
+    const syncWrites = (["pio", "mmio", "msr"] as const).flatMap((space) =>
+      this.buses[space].all().filter((r) => r.sync).map((r) => ({ space, base: r.base, length: r.length })),
+    );
+    // A pending waitAsync does not keep Node alive (nodejs/node#44729): hold a handle.
+    this.keepAlive = setInterval(() => {}, 1 << 30);
+    this.dispatcher.start();
+    this.setState("running");
+    this.tasks = this.descriptors.map((descriptor, i) => {
+      const task: VcpuTask = {
+        descriptor,
+        channel: this.channels[i].buffer,
+        doorbell: this.doorbell.buffer as SharedArrayBuffer,
+        memory: this.memory.toShared(),
+        cpuState: this.cpuStates[i],
+        cpuid: this.cpuidTable[i],
+        syncWrites,
+        workerDevices: this.workerDevices,
+        spin: this.spin,
+      };
+      return pool.run(task).then(
+        (outcome) => this.vcpuEnded(i, outcome as VcpuOutcome),
+        (error) => this.fail(new VcpuWorkerError(i, error)),
+      );
+    });
+  }
+
+  /** Resolves with how the VM ended; rejects with the error that stopped it. */
+  wait(): Promise<VmResult> {
+    return this.done;
+  }
+
+  async run(): Promise<VmResult> {
+    this.start();
+    return this.wait();
+  }
+
+  async pause(): Promise<void> {
+    this.requireState(["running"], "pause");
+    this.channels.forEach((channel, i) => {
+      channel.setControl(Control.PAUSE);
+      this.handle.kick(i, channel.threadId());
+    });
+    await Promise.all(this.channels.map((c) => c.waitForWorkerState(WorkerState.PAUSED)));
+    if (this.stateValue === "running") this.setState("paused");
+  }
+
+  resume(): void {
+    this.requireState(["paused"], "resume");
+    this.channels.forEach((channel) => channel.setControl(Control.RUN));
+    this.setState("running");
+  }
+
+  /** Stops the guest from any state and releases every fd, worker and mapping. */
+  async stop(): Promise<VmResult> {
+    if (this.stateValue === "created" && this.ending === undefined) {
+      this.ending = Promise.resolve();
+      this.release();
+      this.finish({ reason: "stopped" });
+    }
+    this.end({ reason: "stopped" });
+    await this.ending;
+    return this.done.catch(() => ({ reason: "stopped" }) as VmResult);
+  }
+
+  /** Stops the VM with a debug-exit status (used by the debug-exit device). */
+  exit(status: number): void {
+    this.end({ reason: "debug-exit", status });
+  }
+
+  get stats(): VmStats {
+    const sum = (stat: number) => this.channels.reduce((total, c) => total + c.stats[stat], 0);
+    const d = this.dispatcher.stats;
+    return {
+      exits: sum(Stat.EXITS),
+      inWorker: sum(Stat.IN_WORKER),
+      posted: sum(Stat.POSTED),
+      sync: sum(Stat.SYNC),
+      ringFullWaits: sum(Stat.RING_FULL_WAITS),
+      unclaimedReads: d.unclaimedReads,
+      unclaimedWrites: d.unclaimedWrites,
+      dispatcherParks: d.parks,
+    };
+  }
+
+  /** Current spin budgets (iterations) of each vCPU's channel, for reports. */
+  get spinPolicy(): SpinPolicy {
+    return this.spin;
+  }
+
+  private vcpuEnded(index: number, outcome: VcpuOutcome): void {
+    this.ended++;
+    switch (outcome.reason) {
+      case "fatal":
+        this.fail(new GuestFatalError(index, outcome.exitKind, outcome.detail, outcome.registers));
+        return;
+      case "system-event":
+        this.end({ reason: "system-event", detail: outcome.detail });
+        return;
+      case "hlt":
+        if (this.ended === this.vcpuCount) this.end({ reason: "halted" });
+        return;
+      case "stopped":
+        return;
+    }
+  }
+
+  private fail(error: Error | DeviceError): void {
+    this.end(error);
+  }
+
+  /** Begins the stop sequence once; the first cause wins. */
+  private end(cause: VmResult | Error): void {
+    if (this.ending !== undefined || this.stateValue === "created") return;
+    this.ending = this.teardown(cause);
+  }
+
+  private async teardown(cause: VmResult | Error): Promise<void> {
+    const kickAll = () =>
+      this.channels.forEach((channel, i) => {
+        channel.setControl(Control.STOP);
+        this.handle.kick(i, channel.threadId());
+      });
+    kickAll();
+    // A kick can land between a worker's control check and KVM_RUN on some backends: repeat until all are out.
+    const rekick = setInterval(kickAll, 50);
+    await Promise.allSettled(this.tasks);
+    clearInterval(rekick);
+    await this.dispatcher.stop();
+    this.release();
+    this.finish(cause);
+  }
+
+  private release(): void {
+    this.handle.close();
+    this.hypervisor.close();
+    if (this.keepAlive) clearInterval(this.keepAlive);
+    this.keepAlive = undefined;
+  }
+
+  private finish(cause: VmResult | Error): void {
+    this.setState("stopped");
+    if (cause instanceof Error) {
+      // An 'error' event with no listener would throw; the rejection of wait() carries it.
+      if (this.listenerCount("error") > 0) this.emit("error", cause);
+      this.settle.reject(cause);
+    } else {
+      this.emit("exit", cause);
+      this.settle.resolve(cause);
+    }
+    this.emit("stopped");
+  }
+}

@@ -1,0 +1,43 @@
+/** The messages between the VM (main thread) and a vCPU worker. Structured-clonable only. */
+import type { CpuState, CpuidEntry, VcpuDescriptor } from "../runtime/hypervisor/hypervisor.js";
+import type { SharedRegion } from "../memory/guest-memory.js";
+import type { SpinPolicy } from "../memory/waiter.js";
+
+export type AddressSpace = "pio" | "mmio" | "msr";
+
+export interface AddressRange {
+  space: AddressSpace;
+  base: number;
+  length: number;
+}
+
+/** A device the worker runs itself: its module's default export builds it from a SAB. */
+export interface WorkerDeviceSpec extends AddressRange {
+  /** File URL or absolute path of an ES module whose default export is a `WorkerDeviceFactory`. */
+  module: string;
+  shared: SharedArrayBuffer;
+}
+
+export interface VcpuTask {
+  descriptor: VcpuDescriptor;
+  channel: SharedArrayBuffer;
+  doorbell: SharedArrayBuffer;
+  memory: SharedRegion[];
+  cpuState: CpuState;
+  cpuid: CpuidEntry[];
+  /** Main-thread devices whose writes the vCPU must wait for. */
+  syncWrites: AddressRange[];
+  workerDevices: WorkerDeviceSpec[];
+  spin: SpinPolicy;
+}
+
+export interface RegisterDump {
+  rip: string; rsp: string; rflags: string; cr0: string; cr3: string; cr4: string; efer: string;
+  cs: string;
+}
+
+export type VcpuOutcome =
+  | { reason: "stopped" }
+  | { reason: "hlt" }
+  | { reason: "system-event"; detail: string }
+  | { reason: "fatal"; exitKind: string; detail: string; registers: RegisterDump };

@@ -1,0 +1,170 @@
+/**
+ * The per-vCPU thread (DESIGN section 5): enters the guest, decodes each exit, handles it
+ * in place when a worker-local device owns the address, else hands it to the main thread
+ * through the exit channel (posted for writes, sync for reads and sync devices).
+ * The loop allocates nothing per exit.
+ */
+import { attachVcpu } from "../runtime/hypervisor/backends.js";
+import {
+  type CpuState, ExitKind, exitKindName, type VcpuHandle,
+} from "../runtime/hypervisor/hypervisor.js";
+import { Bus } from "../runtime/bus.js";
+import type { AccessSize, Device } from "../runtime/devices/device.js";
+import { Control, ExitChannel, Stat, WorkerState } from "../memory/exit-channel.js";
+import { GuestMemory } from "../memory/guest-memory.js";
+import type { AddressRange, RegisterDump, VcpuOutcome, VcpuTask, WorkerDeviceSpec } from "./vcpu-task.js";
+
+/** What a worker-local device module exports by default. */
+export type WorkerDeviceFactory = (shared: SharedArrayBuffer, memory: GuestMemory) => Device | Promise<Device>;
+
+const TWO_POW_32 = 2 ** 32;
+
+function applyCpuState(vcpu: VcpuHandle, state: CpuState, task: VcpuTask): void {
+  vcpu.setCpuid(task.cpuid);
+  if (state.specialRegisters) vcpu.setSpecialRegisters({ ...vcpu.getSpecialRegisters(), ...state.specialRegisters });
+  if (state.registers) vcpu.setRegisters({ ...vcpu.getRegisters(), ...state.registers });
+  if (state.msrs?.length) vcpu.setMsrs(state.msrs);
+  if (state.waitForStartup) vcpu.setWaitForStartup();
+}
+
+function registerDump(vcpu: VcpuHandle): RegisterDump {
+  const hex = (v: bigint) => "0x" + v.toString(16).padStart(16, "0");
+  const regs = vcpu.getRegisters();
+  const sregs = vcpu.getSpecialRegisters();
+  return {
+    rip: hex(regs.rip), rsp: hex(regs.rsp), rflags: hex(regs.rflags), cr0: hex(sregs.cr0), cr3: hex(sregs.cr3),
+    cr4: hex(sregs.cr4), efer: hex(sregs.efer),
+    cs: `selector 0x${sregs.cs.selector.toString(16)} base ${hex(sregs.cs.base)} dpl ${sregs.cs.dpl} l ${sregs.cs.l} db ${sregs.cs.db}`,
+  };
+}
+
+async function loadWorkerDevices(specs: WorkerDeviceSpec[], memory: GuestMemory): Promise<Record<string, Bus>> {
+  const buses = { pio: new Bus("pio"), mmio: new Bus("mmio"), msr: new Bus("msr") };
+  for (const spec of specs) {
+    const module = await import(spec.module);
+    const factory = module.default as WorkerDeviceFactory;
+    if (typeof factory !== "function") {
+      throw new TypeError(`worker device module ${spec.module} has no default export building a device`);
+    }
+    const device = await factory(spec.shared, memory);
+    buses[spec.space].insert({ base: spec.base, length: spec.length, device, sync: true });
+  }
+  return buses;
+}
+
+function inRanges(ranges: AddressRange[], space: string, address: number): boolean {
+  for (let i = 0; i < ranges.length; i++) {
+    const r = ranges[i];
+    if (r.space === space && address >= r.base && address < r.base + r.length) return true;
+  }
+  return false;
+}
+
+function readElement(data: Uint8Array, index: number, size: number): number {
+  const at = index * size;
+  if (size === 1) return data[at];
+  if (size === 2) return data[at] | (data[at + 1] << 8);
+  return (data[at] | (data[at + 1] << 8) | (data[at + 2] << 16) | (data[at + 3] << 24)) >>> 0;
+}
+
+function writeElement(data: Uint8Array, index: number, size: number, value: number): void {
+  const at = index * size;
+  for (let b = 0; b < size; b++) data[at + b] = (value >>> (b * 8)) & 0xff;
+}
+
+export default async function runVcpu(task: VcpuTask | { warmup: true }): Promise<VcpuOutcome | "warm"> {
+  if ("warmup" in task) return "warm";
+  const doorbell = new Int32Array(task.doorbell);
+  const channel = new ExitChannel(task.channel, doorbell, task.spin);
+  const memory = GuestMemory.fromShared(task.memory);
+  const vcpu = attachVcpu(task.descriptor);
+  try {
+    const local = await loadWorkerDevices(task.workerDevices, memory);
+    applyCpuState(vcpu, task.cpuState, task);
+    channel.setThreadId(vcpu.threadId());
+    channel.setWorkerState(WorkerState.RUNNING);
+    return runLoop(vcpu, channel, local, task.syncWrites);
+  } finally {
+    vcpu.close();
+    channel.setWorkerState(WorkerState.EXITED);
+  }
+}
+
+function runLoop(vcpu: VcpuHandle, channel: ExitChannel, local: Record<string, Bus>, syncWrites: AddressRange[]): VcpuOutcome {
+  const stats = channel.stats;
+  const pio = local.pio;
+  const mmio = local.mmio;
+  const msr = local.msr;
+  for (;;) {
+    const control = channel.control();
+    if (control !== Control.RUN) {
+      if (control === Control.STOP) return { reason: "stopped" };
+      channel.setWorkerState(WorkerState.PAUSED);
+      const resumed = channel.waitWhilePaused();
+      channel.setWorkerState(WorkerState.RUNNING);
+      if (resumed === Control.STOP) return { reason: "stopped" };
+      continue;
+    }
+    const exit = vcpu.run();
+    stats[Stat.EXITS]++;
+    const kind = exit.kind;
+    switch (kind) {
+      case ExitKind.IoOut:
+      case ExitKind.MmioWrite:
+      case ExitKind.MsrWrite: {
+        const space = kind === ExitKind.IoOut ? "pio" : kind === ExitKind.MmioWrite ? "mmio" : "msr";
+        const range = (kind === ExitKind.IoOut ? pio : kind === ExitKind.MmioWrite ? mmio : msr).find(exit.address);
+        if (range !== undefined) {
+          stats[Stat.IN_WORKER]++;
+          const offset = exit.address - range.base;
+          if (exit.count > 1) {
+            const data = vcpu.stringData();
+            for (let i = 0; i < exit.count; i++) range.device.write(offset, exit.size as AccessSize, readElement(data, i, exit.size));
+          } else {
+            range.device.write(offset, exit.size as AccessSize, exit.size === 8 ? BigInt(exit.data >>> 0) | (BigInt(exit.dataHigh >>> 0) << 32n) : exit.data);
+          }
+        } else if (exit.count > 1 || kind === ExitKind.MsrWrite || inRanges(syncWrites, space, exit.address)) {
+          stats[Stat.SYNC]++;
+          if (exit.count > 1) channel.syncData.set(vcpu.stringData());
+          if (!channel.request(kind, exit.size, exit.address, exit.data, exit.dataHigh, exit.count)) return { reason: "stopped" };
+        } else {
+          stats[Stat.POSTED]++;
+          if (!channel.post(kind, exit.size, exit.address, exit.data, exit.dataHigh)) return { reason: "stopped" };
+        }
+        break;
+      }
+      case ExitKind.IoIn:
+      case ExitKind.MmioRead:
+      case ExitKind.MsrRead: {
+        const range = (kind === ExitKind.IoIn ? pio : kind === ExitKind.MmioRead ? mmio : msr).find(exit.address);
+        if (range !== undefined) {
+          stats[Stat.IN_WORKER]++;
+          const offset = exit.address - range.base;
+          if (exit.count > 1) {
+            const data = vcpu.stringData();
+            for (let i = 0; i < exit.count; i++) writeElement(data, i, exit.size, Number(range.device.read(offset, exit.size as AccessSize)));
+          } else {
+            const value = range.device.read(offset, exit.size as AccessSize);
+            if (typeof value === "bigint") vcpu.completeRead(Number(value & 0xffff_ffffn), Number(value >> 32n));
+            else vcpu.completeRead(value, Math.floor(value / TWO_POW_32));
+          }
+        } else {
+          stats[Stat.SYNC]++;
+          if (!channel.request(kind, exit.size, exit.address, 0, 0, exit.count)) return { reason: "stopped" };
+          if (exit.count > 1) vcpu.stringData().set(channel.syncData.subarray(0, exit.size * exit.count));
+          else vcpu.completeRead(channel.answerLow, channel.answerHigh);
+        }
+        break;
+      }
+      case ExitKind.Interrupted:
+        vcpu.clearKick();
+        break;
+      case ExitKind.Hlt:
+        return { reason: "hlt" };
+      case ExitKind.SystemEvent:
+        return { reason: "system-event", detail: exit.detail };
+      default:
+        return { reason: "fatal", exitKind: exitKindName(kind), detail: exit.detail, registers: registerDump(vcpu) };
+    }
+  }
+}
