@@ -49,11 +49,11 @@ test("constructor rejects a missing output sink with a clear message", () => {
   );
 });
 
-test("reset values: IER 0, IIR 0x01, LCR 0, MCR 0, LSR 0x60, MSR shows a connected cable", () => {
+test("power-on values: IER 0, IIR 0x01, LCR 0x03 (8N1 as firmware leaves it), MCR 0, LSR 0x60, MSR shows a connected cable", () => {
   const { inb } = makeUart();
   assert.equal(inb(IER), 0x00);
   assert.equal(inb(IIR), 0x01);
-  assert.equal(inb(LCR), 0x00);
+  assert.equal(inb(LCR), 0x03);
   assert.equal(inb(MCR), 0x00);
   assert.equal(inb(LSR), 0x60);
   assert.equal(inb(MSR), 0xb0); // DCD | DSR | CTS, no deltas

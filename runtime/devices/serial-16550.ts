@@ -157,6 +157,8 @@ export class Serial16550 implements Device {
     this.#irq = options.irq;
     this.#onRxDrained = options.onRxDrained;
     this.reset();
+    // 8N1, as PC firmware leaves COM1: guests that never program the UART still send 8-bit bytes.
+    this.#lcr = 0x03;
   }
 
   /** Bytes lost because the receiver was full (each one also set LSR OE). */

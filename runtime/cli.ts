@@ -1,0 +1,52 @@
+#!/usr/bin/env node
+/** `workervisor demo | run | bench`: the command-line front end. */
+import { runDemo } from "./demo.js";
+import { destroyVcpuPool } from "./vcpu-pool.js";
+
+const USAGE = `usage: workervisor <command> [options]
+
+commands:
+  demo                 boot the built-in demo guest (prints a greeting on COM1)
+  run --kernel FILE    boot a multiboot kernel (see 'workervisor run --help')
+  bench                run the exit-latency benchmark suite (see 'workervisor bench --help')
+`;
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case "demo": {
+      const result = await runDemo();
+      process.stderr.write(`workervisor: guest ended (${result.reason}${result.status !== undefined ? `, status ${result.status}` : ""})\n`);
+      return result.reason === "debug-exit" && result.status === 0 ? 0 : 1;
+    }
+    case "run": {
+      const { runCommand } = await import("./run-command.js");
+      return runCommand(rest);
+    }
+    case "bench": {
+      const { benchCommand } = await import("../bench/bench-command.js");
+      return benchCommand(rest);
+    }
+    case undefined:
+    case "help":
+    case "--help":
+    case "-h":
+      process.stdout.write(USAGE);
+      return command === undefined ? 2 : 0;
+    default:
+      process.stderr.write(`workervisor: unknown command '${command}'\n${USAGE}`);
+      return 2;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  async (code) => {
+    await destroyVcpuPool();
+    process.exitCode = code;
+  },
+  async (error: unknown) => {
+    process.stderr.write(`workervisor: ${error instanceof Error ? error.message : String(error)}\n`);
+    await destroyVcpuPool();
+    process.exitCode = 1;
+  },
+);
