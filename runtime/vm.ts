@@ -4,7 +4,7 @@
  */
 import { EventEmitter } from "node:events";
 import { openHypervisor, type BackendName } from "./hypervisor/backends.js";
-import type { CpuState, Hypervisor, VcpuDescriptor, VmHandle } from "./hypervisor/hypervisor.js";
+import type { CpuState, Hypervisor, IoEventOptions, VcpuDescriptor, VmHandle } from "./hypervisor/hypervisor.js";
 import { Bus } from "./bus.js";
 import { DEFAULT_DISPATCHER_OPTIONS, type DeviceError, Dispatcher, type DispatcherOptions } from "./dispatcher.js";
 import type { Device, InterruptLine } from "./devices/device.js";
@@ -31,6 +31,8 @@ export interface VmOptions {
   spin?: Partial<SpinPolicy>;
   dispatcher?: Partial<DispatcherOptions>;
   backend?: BackendName;
+  /** What a vCPU does on a HLT exit (no in-kernel irqchip): end (default) or re-enter the guest. */
+  onHalt?: "stop" | "resume";
 }
 
 export type VmState = "created" | "running" | "paused" | "stopped";
@@ -85,6 +87,8 @@ export class Vm extends EventEmitter {
   private readonly dispatcher: Dispatcher;
   private readonly spin: SpinPolicy;
   private readonly ringCapacity: number;
+  private readonly resumeOnHalt: boolean;
+  private readonly ioEventFds: number[] = [];
   private tasks: Promise<void>[] = [];
   private ended = 0;
   private ending: Promise<void> | undefined;
@@ -103,6 +107,10 @@ export class Vm extends EventEmitter {
     if (!Number.isInteger(vcpus) || vcpus < 1) throw new VmConfigError(`vcpus must be a whole number of at least 1, got ${vcpus}`);
     this.ringCapacity = options.ringCapacity ?? 1024;
     this.spin = { ...DEFAULT_SPIN, ...options.spin };
+    if (options.onHalt !== undefined && options.onHalt !== "stop" && options.onHalt !== "resume") {
+      throw new VmConfigError(`onHalt must be "stop" or "resume", got ${String(options.onHalt)}`);
+    }
+    this.resumeOnHalt = options.onHalt === "resume";
     let memory: GuestMemory;
     try {
       memory = GuestMemory.allocate(toRegions(options.memory));
@@ -224,6 +232,15 @@ export class Vm extends EventEmitter {
     };
   }
 
+  /**
+   * An eventfd the hypervisor signals on a guest write to `address`, without a userspace
+   * exit (a virtio doorbell). Closed when the VM stops.
+   */
+  addIoEvent(options: IoEventOptions): number {
+    this.requireState(["created"], "add an I/O event to");
+    return this.handle.registerIoEvent(options);
+  }
+
   setCpuState(vcpu: number, state: CpuState): void {
     this.requireState(["created"], "set the CPU state of");
     if (!Number.isInteger(vcpu) || vcpu < 0 || vcpu >= this.vcpuCount) {
@@ -260,6 +277,7 @@ export class Vm extends EventEmitter {
         syncWrites,
         workerDevices: this.workerDevices,
         spin: this.spin,
+        resumeOnHalt: this.resumeOnHalt,
       };
       return pool.run(task).then(
         (outcome) => this.vcpuEnded(i, outcome as VcpuOutcome),
@@ -326,7 +344,7 @@ export class Vm extends EventEmitter {
     };
   }
 
-  /** Current spin budgets (iterations) of each vCPU's channel, for reports. */
+  /** The spin bounds (iterations) both sides of every exit channel adapt within. */
   get spinPolicy(): SpinPolicy {
     return this.spin;
   }

@@ -29,6 +29,8 @@ export interface VcpuTask {
   syncWrites: AddressRange[];
   workerDevices: WorkerDeviceSpec[];
   spin: SpinPolicy;
+  /** Re-enter the guest after a HLT exit instead of ending the vCPU. */
+  resumeOnHalt: boolean;
 }
 
 export interface RegisterDump {

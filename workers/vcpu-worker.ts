@@ -83,14 +83,20 @@ export default async function runVcpu(task: VcpuTask | { warmup: true }): Promis
     applyCpuState(vcpu, task.cpuState, task);
     channel.setThreadId(vcpu.threadId());
     channel.setWorkerState(WorkerState.RUNNING);
-    return runLoop(vcpu, channel, local, task.syncWrites);
+    return runLoop(vcpu, channel, local, task.syncWrites, task.resumeOnHalt);
   } finally {
     vcpu.close();
     channel.setWorkerState(WorkerState.EXITED);
   }
 }
 
-function runLoop(vcpu: VcpuHandle, channel: ExitChannel, local: Record<string, Bus>, syncWrites: AddressRange[]): VcpuOutcome {
+function runLoop(
+  vcpu: VcpuHandle,
+  channel: ExitChannel,
+  local: Record<string, Bus>,
+  syncWrites: AddressRange[],
+  resumeOnHalt: boolean,
+): VcpuOutcome {
   const stats = channel.stats;
   const pio = local.pio;
   const mmio = local.mmio;
@@ -160,7 +166,9 @@ function runLoop(vcpu: VcpuHandle, channel: ExitChannel, local: Record<string, B
         vcpu.clearKick();
         break;
       case ExitKind.Hlt:
-        return { reason: "hlt" };
+        if (!resumeOnHalt) return { reason: "hlt" };
+        stats[Stat.IN_WORKER]++;
+        break;
       case ExitKind.SystemEvent:
         return { reason: "system-event", detail: exit.detail };
       default:
