@@ -88,7 +88,6 @@ export class Vm extends EventEmitter {
   private readonly spin: SpinPolicy;
   private readonly ringCapacity: number;
   private readonly resumeOnHalt: boolean;
-  private readonly ioEventFds: number[] = [];
   private tasks: Promise<void>[] = [];
   private ended = 0;
   private ending: Promise<void> | undefined;
