@@ -1,0 +1,46 @@
+/**
+ * The ACPI PM1a event and control registers (ACPI 4.8.3): PM1_STS (write 1 to clear),
+ * PM1_EN, and PM1_CNT with SCI_EN set, since there is no SMI_CMD to switch modes. A write
+ * of SLP_EN requests a sleep state; this platform treats every one as soft-off.
+ */
+import { type AccessSize, type Device, toUnsigned } from "./device.js";
+
+/** Event block (4 bytes: STS, EN) followed by the control block (2 bytes), as one range. */
+export const PM1_REGISTERS_LENGTH = 6;
+const SCI_EN = 1 << 0;
+const SLP_EN = 1 << 13;
+
+export class AcpiPm1Registers implements Device {
+  readonly name = "acpi-pm1";
+  private status = 0;
+  private enable = 0;
+  private control = SCI_EN;
+
+  constructor(private readonly onSleep: (sleepType: number) => void) {}
+
+  private register(offset: number): "status" | "enable" | "control" | undefined {
+    if (offset === 0) return "status";
+    if (offset === 2) return "enable";
+    if (offset === 4) return "control";
+    return undefined;
+  }
+
+  read(offset: number, size: AccessSize): number | bigint {
+    const name = this.register(offset & ~1);
+    const word = name === undefined ? 0xffff : this[name];
+    const value = (offset & 1) === 0 ? word | ((size > 2 ? this.read(offset + 2, 2) as number : 0) << 16) : word >> 8;
+    return size === 8 ? BigInt(value >>> 0) : toUnsigned(value >>> 0, size);
+  }
+
+  write(offset: number, size: AccessSize, value: number | bigint): void {
+    const v = toUnsigned(value, size === 8 ? 4 : size);
+    const name = this.register(offset);
+    if (name === "status") this.status &= ~(v & 0xffff);
+    else if (name === "enable") this.enable = v & 0xffff;
+    else if (name === "control") {
+      this.control = (v & ~SLP_EN & 0xffff) | SCI_EN;
+      if (v & SLP_EN) this.onSleep((v >> 10) & 7);
+    }
+    if (size === 4 && offset < 4) this.write(offset + 2, 2, v >>> 16);
+  }
+}

@@ -1,0 +1,102 @@
+/**
+ * A PC-compatible machine for third-party kernels: in-kernel irqchip and PIT, COM1 on
+ * IRQ 4, debug-exit, fw_cfg, ACPI tables with a PM timer, CMOS/RTC, an empty PCI bus, and
+ * a Multiboot v1 kernel entered on vCPU 0 while the others wait for INIT/SIPI.
+ */
+import { Vm, type VmResult } from "./vm.js";
+import { VmConfigError } from "./errors.js";
+import { Serial16550 } from "./devices/serial-16550.js";
+import { FwCfg, FW_CFG_PORT, FW_CFG_PORT_LENGTH } from "./devices/fw-cfg.js";
+import { AcpiPmTimer, DEFAULT_PM1A_EVENT_PORT, DEFAULT_PM_TIMER_PORT, PM_TIMER_LENGTH, writeAcpiTables } from "./devices/acpi.js";
+import { AcpiPm1Registers, PM1_REGISTERS_LENGTH } from "./devices/acpi-pm1.js";
+import { PciConfigNoDevice, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LENGTH } from "./devices/pci-config.js";
+import { CmosRtc, CMOS_PORT, CMOS_PORT_LENGTH } from "./devices/cmos-rtc.js";
+import { loadMultiboot, type MultibootModule } from "./boot/multiboot.js";
+import { applicationProcessorState, multibootCpuState } from "./boot/multiboot-cpu.js";
+import type { RegionSpec } from "../memory/guest-memory.js";
+
+export const COM1_PORT = 0x3f8;
+export const COM1_IRQ = 4;
+const MiB = 1024 * 1024;
+export const DEFAULT_MEMORY = 128 * MiB;
+/** RAM above this goes above 4 GiB, leaving the PCI hole, IOAPIC and LAPIC free. */
+const LOW_MEMORY_LIMIT = 3 * 1024 * MiB;
+const FOUR_GIB = 4 * 1024 * MiB;
+/** ACPI tables sit in the BIOS area just after the RSDP, out of the usable memory map. */
+const ACPI_TABLES_ADDRESS = 0xe1000;
+
+export interface PcMachineOptions {
+  kernel: Uint8Array;
+  /** The kernel's file name: the first word of its command line, as QEMU passes it. */
+  kernelName?: string;
+  append?: string;
+  modules?: MultibootModule[];
+  cpus?: number;
+  /** RAM in bytes (a multiple of 4 KiB, at least 2 MiB). */
+  memory?: number;
+  /** Receives every byte the guest sends on COM1. */
+  console: (byte: number) => void;
+}
+
+function memoryLayout(size: number): RegionSpec[] {
+  if (!Number.isSafeInteger(size) || size < 2 * MiB) {
+    throw new VmConfigError(`memory must be at least 2 MiB for a PC machine, got ${size} bytes`);
+  }
+  if (size <= LOW_MEMORY_LIMIT) return [{ gpa: 0, size }];
+  return [
+    { gpa: 0, size: LOW_MEMORY_LIMIT },
+    { gpa: FOUR_GIB, size: size - LOW_MEMORY_LIMIT },
+  ];
+}
+
+export class PcMachine {
+  readonly vm: Vm;
+  readonly serial: Serial16550;
+
+  constructor(options: PcMachineOptions) {
+    const cpus = options.cpus ?? 1;
+    const memory = options.memory ?? DEFAULT_MEMORY;
+    if (!Number.isInteger(cpus) || cpus < 1 || cpus > 255) {
+      throw new VmConfigError(`cpus must be a whole number from 1 to 255 (APIC IDs fit in a byte), got ${cpus}`);
+    }
+    const vm = Vm.create({ memory: memoryLayout(memory), vcpus: cpus, irqchip: true });
+    try {
+      writeAcpiTables(vm.memory, { cpus, tablesAddress: ACPI_TABLES_ADDRESS });
+      const name = options.kernelName ?? "kernel";
+      const entry = loadMultiboot(vm.memory, options.kernel, {
+        fileName: name,
+        cmdline: options.append ? `${name} ${options.append}` : name,
+        modules: options.modules,
+      });
+      vm.setCpuState(0, multibootCpuState(vm.memory, entry));
+      for (let i = 1; i < cpus; i++) vm.setCpuState(i, applicationProcessorState());
+
+      this.serial = new Serial16550({ output: options.console, irq: vm.interruptLine(COM1_IRQ) });
+      vm.addDevice({ space: "pio", base: COM1_PORT, length: 8, device: this.serial });
+      vm.addDebugExit();
+      vm.addDevice({ space: "pio", base: FW_CFG_PORT, length: FW_CFG_PORT_LENGTH, device: new FwCfg({ cpus, ramSize: memory }) });
+      vm.addDevice({ space: "pio", base: DEFAULT_PM_TIMER_PORT, length: PM_TIMER_LENGTH, device: new AcpiPmTimer() });
+      vm.addDevice({
+        space: "pio", base: DEFAULT_PM1A_EVENT_PORT, length: PM1_REGISTERS_LENGTH, sync: true,
+        device: new AcpiPm1Registers(() => vm.exit(0)),
+      });
+      vm.addDevice({ space: "pio", base: PCI_CONFIG_PORT, length: PCI_CONFIG_PORT_LENGTH, device: new PciConfigNoDevice() });
+      vm.addDevice({
+        space: "pio", base: CMOS_PORT, length: CMOS_PORT_LENGTH,
+        device: new CmosRtc({ ramSize: memory, ramBelow4GiB: Math.min(memory, LOW_MEMORY_LIMIT) }),
+      });
+    } catch (error) {
+      void vm.stop();
+      throw error;
+    }
+    this.vm = vm;
+  }
+
+  run(): Promise<VmResult> {
+    return this.vm.run();
+  }
+
+  stop(): Promise<VmResult> {
+    return this.vm.stop();
+  }
+}
