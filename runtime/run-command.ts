@@ -1,5 +1,104 @@
-/** `workervisor run`: boots a kernel file. Placeholder until the multiboot platform lands. */
-export async function runCommand(_args: string[]): Promise<number> {
-  process.stderr.write("workervisor run: not implemented yet\n");
-  return 2;
+/**
+ * `workervisor run --kernel FILE ...`: boots a kernel on the PC machine with the console on
+ * stdout. The exit status follows QEMU's isa-debug-exit convention, (status << 1) | 1, so
+ * runner scripts written for QEMU work unchanged; a guest that halts or powers off exits 0
+ * and a failure of the VM itself exits 2 (even, so it is never mistaken for a guest status).
+ */
+import { readFileSync } from "node:fs";
+import { basename } from "node:path";
+import { parseArgs } from "node:util";
+import { PcMachine, DEFAULT_MEMORY } from "./pc-machine.js";
+import { ConsoleSink } from "./devices/console-sink.js";
+import type { VmResult } from "./vm.js";
+
+const USAGE = `usage: workervisor run --kernel FILE [--append "..."] [--module FILE]... [--cpus N] [--mem SIZE]
+
+  --kernel FILE   Multiboot v1 kernel (ELF32), e.g. a kvm-unit-tests .flat file
+  --append TEXT   kernel command line after the file name
+  --module FILE   a Multiboot module (repeatable; QEMU's -initrd is one module)
+  --cpus N        vCPUs (default 1)
+  --mem SIZE      RAM: bytes or with K, M, G suffix (default 128M)
+
+Exit status: (guest debug-exit status << 1) | 1; 0 when the guest halts or powers off;
+2 when the VM could not start or failed.
+`;
+
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
+export function parseSize(text: string): number {
+  const match = /^(\d+)([KMG]?)i?B?$/i.exec(text.trim());
+  if (!match) throw new UsageError(`--mem: '${text}' is not a size (examples: 134217728, 128M, 1G)`);
+  const unit = { "": 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[match[2].toUpperCase() as "" | "K" | "M" | "G"];
+  return Number(match[1]) * unit;
+}
+
+function readInput(path: string, what: string): Uint8Array {
+  try {
+    return readFileSync(path);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    const reason = code === "ENOENT" ? "no such file" : code === "EISDIR" ? "is a directory" : (error as Error).message;
+    throw new UsageError(`${what} '${path}': ${reason}`);
+  }
+}
+
+export function exitStatusOf(result: VmResult): number {
+  if (result.reason === "debug-exit") return (((result.status ?? 0) << 1) | 1) & 0xff;
+  return 0;
+}
+
+export async function runCommand(args: string[]): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      options: {
+        kernel: { type: "string" },
+        append: { type: "string" },
+        module: { type: "string", multiple: true },
+        cpus: { type: "string" },
+        mem: { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
+      strict: true,
+    }));
+  } catch (error) {
+    process.stderr.write(`workervisor run: ${(error as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  try {
+    if (!values.kernel) throw new UsageError("--kernel FILE is required");
+    const cpus = values.cpus === undefined ? 1 : Number(values.cpus);
+    if (!Number.isInteger(cpus)) throw new UsageError(`--cpus: '${values.cpus}' is not a whole number`);
+    const sink = new ConsoleSink(process.stdout);
+    const machine = new PcMachine({
+      kernel: readInput(values.kernel, "kernel"),
+      kernelName: values.kernel,
+      append: values.append,
+      modules: (values.module ?? []).map((path) => ({ name: basename(path), data: readInput(path, "module") })),
+      cpus,
+      memory: values.mem === undefined ? DEFAULT_MEMORY : parseSize(values.mem),
+      console: sink.push,
+    });
+    const forwardInput = (chunk: Buffer) => machine.serial.receive(chunk);
+    if (!process.stdin.isTTY) process.stdin.on("data", forwardInput).on("error", () => {});
+    try {
+      const result = await machine.run();
+      return exitStatusOf(result);
+    } finally {
+      sink.flush();
+      process.stdin.off("data", forwardInput);
+      process.stdin.pause();
+      process.stdin.unref?.();
+    }
+  } catch (error) {
+    process.stderr.write(`workervisor run: ${(error as Error).message}\n`);
+    return 2;
+  }
 }
