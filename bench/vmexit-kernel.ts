@@ -1,0 +1,114 @@
+/**
+ * kvm-unit-tests' `vmexit` kernel under workervisor and under QEMU with KVM, side by side.
+ * The kernel times each subtest itself (TSC cycles per iteration), so both VMMs are
+ * measured by the same guest code and the same clock.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { PcMachine } from "../runtime/pc-machine.js";
+
+export const VMEXIT_SUBTESTS = [
+  "cpuid", "inl_from_qemu", "inl_from_kernel", "outl_to_kernel", "mov_dr", "wr_tsc_adjust_msr", "inl_from_pmtimer",
+] as const;
+
+export const DEFAULT_VMEXIT_KERNEL = fileURLToPath(new URL("../../../shared/kvm-unit-tests/vmexit.flat", import.meta.url));
+
+export interface VmexitRow {
+  subtest: string;
+  workervisor_cycles: number | null;
+  qemu_cycles: number | null;
+  /** workervisor / QEMU: below 1 means workervisor's exit is cheaper. */
+  ratio_to_qemu: number | null;
+}
+
+export interface VmexitReport {
+  kernel: string;
+  qemu: string;
+  rows: VmexitRow[];
+}
+
+/** "cpuid 26644" lines → { cpuid: 26644 }. */
+export function parseVmexitOutput(text: string): Map<string, number> {
+  const cycles = new Map<string, number>();
+  for (const line of text.split(/\r?\n/)) {
+    const match = /^(\w+) (\d+)$/.exec(line.trim());
+    if (match) cycles.set(match[1], Number(match[2]));
+  }
+  return cycles;
+}
+
+async function runUnderWorkervisor(kernel: string, subtests: readonly string[]): Promise<string> {
+  const bytes: number[] = [];
+  const machine = new PcMachine({
+    kernel: readFileSync(kernel),
+    kernelName: "vmexit.flat",
+    append: subtests.join(" "),
+    console: (byte) => bytes.push(byte),
+  });
+  const result = await machine.run();
+  const output = Buffer.from(bytes).toString("latin1");
+  if (result.reason !== "debug-exit" || result.status !== 0) {
+    throw new Error(`vmexit under workervisor ended with ${JSON.stringify(result)}:\n${output}`);
+  }
+  return output;
+}
+
+export function findQemu(): string | undefined {
+  const found = spawnSync("qemu-system-x86_64", ["--version"], { encoding: "utf8" });
+  return found.status === 0 ? found.stdout.split("\n")[0].trim() : undefined;
+}
+
+function runUnderQemu(kernel: string, subtests: readonly string[]): Promise<string> {
+  const args = [
+    "--no-reboot", "-nodefaults", "-display", "none", "-serial", "stdio",
+    "-device", "isa-debug-exit,iobase=0xf4,iosize=0x4", "-machine", "accel=kvm",
+    "-kernel", kernel, "-append", subtests.join(" "),
+  ];
+  return new Promise((resolve, reject) => {
+    const child = spawn("qemu-system-x86_64", args, { stdio: ["ignore", "pipe", "pipe"] });
+    let output = "";
+    let errors = "";
+    child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString("latin1")));
+    child.stderr.on("data", (chunk: Buffer) => (errors += chunk.toString()));
+    child.on("error", reject);
+    child.on("close", (code) => {
+      // isa-debug-exit: status 0 → exit code 1.
+      if (code === 1) resolve(output);
+      else reject(new Error(`QEMU exited with ${code}: ${errors.trim() || output.slice(-500)}`));
+    });
+  });
+}
+
+export async function measureVmexit(
+  subtests: readonly string[] = VMEXIT_SUBTESTS,
+  kernel = DEFAULT_VMEXIT_KERNEL,
+): Promise<VmexitReport> {
+  if (!existsSync(kernel)) throw new Error(`vmexit kernel not found at ${kernel}`);
+  const ours = parseVmexitOutput(await runUnderWorkervisor(kernel, subtests));
+  const qemuVersion = findQemu();
+  const theirs = qemuVersion ? parseVmexitOutput(await runUnderQemu(kernel, subtests)) : new Map<string, number>();
+  return {
+    kernel,
+    qemu: qemuVersion ?? "missing (qemu-system-x86_64 not installed)",
+    rows: subtests.map((subtest) => {
+      const w = ours.get(subtest) ?? null;
+      const q = theirs.get(subtest) ?? null;
+      return { subtest, workervisor_cycles: w, qemu_cycles: q, ratio_to_qemu: w !== null && q ? w / q : null };
+    }),
+  };
+}
+
+export function formatVmexitTable(report: VmexitReport): string {
+  const lines = [
+    `kvm-unit-tests vmexit: TSC cycles per iteration, measured by the guest (QEMU: ${report.qemu})`,
+    `${"subtest".padEnd(20)}${"workervisor".padStart(14)}${"QEMU".padStart(14)}${"ratio".padStart(10)}`,
+  ];
+  for (const row of report.rows) {
+    lines.push(
+      `${row.subtest.padEnd(20)}${String(row.workervisor_cycles ?? "-").padStart(14)}` +
+        `${String(row.qemu_cycles ?? "-").padStart(14)}${(row.ratio_to_qemu === null ? "-" : row.ratio_to_qemu.toFixed(2) + "x").padStart(10)}`,
+    );
+  }
+  return lines.join("\n");
+}
