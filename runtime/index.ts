@@ -13,3 +13,5 @@ export { loadFlatProgram, type FlatProgram, type GuestMode, GuestProgramError, D
 export { GuestMemory, GuestMemoryError, MemoryLayoutError, PAGE_SIZE } from "../memory/guest-memory.js";
 export { warmVcpuPool, destroyVcpuPool } from "./vcpu-pool.js";
 export type { WorkerDeviceFactory } from "../workers/vcpu-worker.js";
+export { PcMachine, type PcMachineOptions } from "./pc-machine.js";
+export { KernelFormatError, detectKernelFormat } from "./boot/multiboot.js";
