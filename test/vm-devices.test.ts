@@ -56,16 +56,37 @@ function assertHandledWhere(vm: Vm, placement: Placement): void {
   else assert.deepEqual({ inWorker, posted, sync }, { inWorker: 0, posted: 1, sync: 2 });
 }
 
+const PORT_OUT = {
+  1: [0xee],                                  // out dx, al
+  2: [0x66, 0xef],                            // out dx, ax
+  4: [0xef],                                  // out dx, eax
+};
+const PORT_IN = {
+  1: [0xec],                                  // in al, dx
+  2: [0x66, 0xed],                            // in ax, dx
+  4: [0xed],                                  // in eax, dx
+};
+const MMIO_STORE = {
+  1: [0x88, 0x03],                            // mov [rbx], al
+  2: [0x66, 0x89, 0x03],                      // mov [rbx], ax
+  4: [0x89, 0x03],                            // mov [rbx], eax
+  8: [0x48, 0x89, 0x03],                      // mov [rbx], rax
+};
+const MMIO_LOAD = {
+  1: [0x8a, 0x03],                            // mov al, [rbx]
+  2: [0x66, 0x8b, 0x03],                      // mov ax, [rbx]
+  4: [0x8b, 0x03],                            // mov eax, [rbx]
+  8: [0x48, 0x8b, 0x03],                      // mov rax, [rbx]
+};
+
 /** Writes the ECHO port with `out` of `size` bytes, reads it back with `in`, stores RAX. */
 function portEchoProgram(size: 1 | 2 | 4): number[] {
-  const out = { 1: [0xee], 2: [0x66, 0xef], 4: [0xef] }[size]; // out dx, al | ax | eax
-  const inp = { 1: [0xec], 2: [0x66, 0xed], 4: [0xed] }[size]; // in al | ax | eax, dx
   return [
     0x66, 0xba, 0x08, 0x05,                   // mov dx, 0x508          ; counter ECHO
     0x48, 0xb8, 0x88, 0x97, 0xa6, 0xb5, 0xc4, 0xd3, 0xe2, 0xf1, // mov rax, 0xf1e2d3c4b5a69788
-    ...out,                                   // out dx, al|ax|eax
+    ...PORT_OUT[size],                        // out dx, al|ax|eax
     0x48, 0xb8, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, // mov rax, 0x5a5a5a5a5a5a5a5a
-    ...inp,                                   // in al|ax|eax, dx
+    ...PORT_IN[size],                         // in al|ax|eax, dx
     0x48, 0x89, 0x04, 0x25, 0x00, 0x80, 0x00, 0x00, // mov [0x8000], rax
     0x31, 0xc0,                               // xor eax, eax
     0xe6, DEBUG_EXIT,                         // out 0xf4, al
@@ -75,14 +96,12 @@ function portEchoProgram(size: 1 | 2 | 4): number[] {
 
 /** The same through MMIO at 0xd0000008, with `mov` of `size` bytes. */
 function mmioEchoProgram(size: AccessSize): number[] {
-  const store = { 1: [0x88, 0x03], 2: [0x66, 0x89, 0x03], 4: [0x89, 0x03], 8: [0x48, 0x89, 0x03] }[size]; // mov [rbx], al|ax|eax|rax
-  const load = { 1: [0x8a, 0x03], 2: [0x66, 0x8b, 0x03], 4: [0x8b, 0x03], 8: [0x48, 0x8b, 0x03] }[size]; // mov al|ax|eax|rax, [rbx]
   return [
     0xbb, 0x08, 0x00, 0x00, 0xd0,             // mov ebx, 0xd0000008    ; counter ECHO
     0x48, 0xb8, 0x88, 0x97, 0xa6, 0xb5, 0xc4, 0xd3, 0xe2, 0xf1, // mov rax, 0xf1e2d3c4b5a69788
-    ...store,                                 // mov [rbx], al|ax|eax|rax
+    ...MMIO_STORE[size],                      // mov [rbx], al|ax|eax|rax
     0x48, 0xb8, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, // mov rax, 0x5a5a5a5a5a5a5a5a
-    ...load,                                  // mov al|ax|eax|rax, [rbx]
+    ...MMIO_LOAD[size],                       // mov al|ax|eax|rax, [rbx]
     0x48, 0x89, 0x04, 0x25, 0x00, 0x80, 0x00, 0x00, // mov [0x8000], rax
     0x31, 0xc0,                               // xor eax, eax
     0xe6, DEBUG_EXIT,                         // out 0xf4, al

@@ -101,11 +101,16 @@ export interface HypervisorInfo {
   maxMemorySlots: number;
 }
 
-/** What a worker needs to attach to a vCPU created on the main thread. Structured-clonable. */
+/**
+ * What a worker needs to attach to a vCPU created on the main thread. Structured-clonable;
+ * everything but `backend` and `index` is the backend's own business.
+ */
 export interface VcpuDescriptor {
   backend: string;
   index: number;
   fd: number;
+  /** The vCPU's shared run structure, mapped once by the VM and used by its worker. */
+  runAddress: bigint;
   runSize: number;
 }
 

@@ -19,7 +19,6 @@ export class KvmVcpu implements VcpuHandle {
   readonly index: number;
   private readonly fd: number;
   private readonly runSize: number;
-  private runPointer: unknown;
   private readonly run8: Uint8Array;
   private readonly run32: Uint32Array;
   private readonly runView: DataView;
@@ -32,11 +31,7 @@ export class KvmVcpu implements VcpuHandle {
     this.index = descriptor.index;
     this.fd = descriptor.fd;
     this.runSize = descriptor.runSize;
-    this.runPointer = libc.mmap(null, this.runSize, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, this.fd, 0);
-    if (libc.isMapFailed(this.runPointer)) {
-      throw new HypervisorError(`mmap kvm_run (vCPU ${this.index})`, libc.errno());
-    }
-    const buffer = libc.viewOf(this.runPointer, this.runSize);
+    const buffer = libc.viewAt(descriptor.runAddress, this.runSize);
     this.run8 = new Uint8Array(buffer);
     this.run32 = new Uint32Array(buffer);
     this.runView = new DataView(buffer);
@@ -219,8 +214,6 @@ export class KvmVcpu implements VcpuHandle {
     this.ioctl(Ioctl.SET_MP_STATE, bytes, "KVM_SET_MP_STATE");
   }
 
-  close(): void {
-    if (this.runPointer !== null) libc.munmap(this.runPointer, this.runSize);
-    this.runPointer = null;
-  }
+  /** The run page belongs to the VM, which unmaps it after every worker has ended. */
+  close(): void {}
 }

@@ -120,7 +120,8 @@ export class KvmVm implements VmHandle {
 
   createVcpu(index: number): VcpuDescriptor {
     const fd = this.check(libc.ioctlValue(this.fd, Ioctl.CREATE_VCPU, index), `KVM_CREATE_VCPU (${index})`);
-    // The main thread maps the run page too: a kick sets immediate_exit there.
+    // Mapped once, here: the worker uses this mapping (so a worker that dies leaves nothing
+    // behind) and a kick sets immediate_exit in it. It is unmapped when the VM closes.
     const runPointer = libc.mmap(null, this.runSize, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, fd, 0);
     if (libc.isMapFailed(runPointer)) {
       const errno = libc.errno();
@@ -129,7 +130,7 @@ export class KvmVm implements VmHandle {
     }
     const run = new Uint8Array(libc.viewOf(runPointer, this.runSize));
     this.vcpus.set(index, { fd, run, runPointer });
-    return { backend: "kvm", index, fd, runSize: this.runSize };
+    return { backend: "kvm", index, fd, runAddress: libc.addressOf(runPointer), runSize: this.runSize };
   }
 
   kick(vcpu: number, threadId: number): void {

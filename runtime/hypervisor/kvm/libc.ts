@@ -37,6 +37,18 @@ export function isMapFailed(pointer: unknown): boolean {
   return pointer === null || koffi.address(pointer) === 0xffff_ffff_ffff_ffffn;
 }
 
+// memcpy(address, address, 0) returns its first argument: turns a number back into a pointer.
+const pointerAt = libc.func("memcpy", "void *", ["uintptr_t", "uintptr_t", "size_t"]);
+
+export function addressOf(pointer: unknown): bigint {
+  return koffi.address(pointer);
+}
+
+/** A view of `length` bytes at `address`, which another thread of this process mapped. */
+export function viewAt(address: bigint, length: number): ArrayBuffer {
+  return koffi.view(pointerAt(address, address, 0), length);
+}
+
 export function viewOf(pointer: unknown, length: number): ArrayBuffer {
   return koffi.view(pointer, length);
 }

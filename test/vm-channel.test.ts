@@ -1,0 +1,144 @@
+/**
+ * The exit channel on real KVM: posted writes reach the device in program order and before
+ * the same vCPU's next synchronous exit, a full ring makes the vCPU wait instead of losing
+ * records, and two vCPUs share one dispatcher without mixing up each other's order.
+ */
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import { type AccessSize, CounterDevice, type Device, destroyVcpuPool, Vm } from "../runtime/index.js";
+import { ascii, DEBUG_EXIT, imm32 } from "./guest-asm.js";
+
+after(() => destroyVcpuPool());
+
+const MiB = 1 << 20;
+const COUNTER_PORT = 0x500;
+
+/**
+ * Writes 1, 2, ... RCX to the counter's COUNT port (posted), then reads IN_ORDER (sync):
+ * the exit status is how many writes the device saw, each the previous plus one.
+ */
+function countTo(port: number): number[] {
+  return [
+    0xba, ...imm32(port),                     // mov edx, port          ; counter COUNT
+    0x31, 0xc0,                               // xor eax, eax
+    0xff, 0xc0,                               // 1: inc eax
+    0xef,                                     // out dx, eax
+    0x39, 0xc8,                               // cmp eax, ecx
+    0x75, 0xf9,                               // jne 1b
+    0xba, ...imm32(port + 4),                 // mov edx, port + 4      ; counter IN_ORDER
+    0xed,                                     // in eax, dx
+    0xe7, DEBUG_EXIT,                         // out 0xf4, eax
+    0xf4,                                     // hlt
+  ];
+}
+
+test("100,000 posted writes arrive in order before the read that counts them", { timeout: 120_000 }, async () => {
+  const n = 100_000;
+  const counter = new CounterDevice();
+  const vm = Vm.create({ memory: 2 * MiB });
+  try {
+    vm.addDevice({ space: "pio", base: COUNTER_PORT, length: 16, device: counter });
+    vm.addDebugExit();
+    vm.loadProgram({ code: countTo(COUNTER_PORT), mode: "long64", registers: { rcx: BigInt(n) } });
+    assert.deepEqual(await vm.run(), { reason: "debug-exit", status: n });
+    assert.equal(counter.writes, n);
+    assert.equal(counter.inOrder, n);
+    assert.equal(vm.stats.posted, n);
+  } finally {
+    await vm.stop();
+  }
+});
+
+/** A counter whose every write costs the main thread 100 µs: the guest outruns it. */
+class SlowCounter implements Device {
+  readonly name = "slow counter";
+  readonly counter = new CounterDevice();
+  read(offset: number, size: AccessSize): number | bigint {
+    return this.counter.read(offset, size);
+  }
+  write(offset: number, size: AccessSize, value: number | bigint): void {
+    const until = performance.now() + 0.1;
+    while (performance.now() < until);
+    this.counter.write(offset, size, value);
+  }
+}
+
+for (const ringCapacity of [4, 1]) {
+  test(`a ring of ${ringCapacity} in front of a slow device: the vCPU waits, nothing is lost`, { timeout: 60_000 }, async () => {
+    const n = 2000;
+    const slow = new SlowCounter();
+    const vm = Vm.create({ memory: 2 * MiB, ringCapacity });
+    try {
+      vm.addDevice({ space: "pio", base: COUNTER_PORT, length: 16, device: slow });
+      vm.addDebugExit();
+      vm.loadProgram({ code: countTo(COUNTER_PORT), mode: "long64", registers: { rcx: BigInt(n) } });
+      assert.deepEqual(await vm.run(), { reason: "debug-exit", status: n });
+      assert.equal(slow.counter.writes, n);
+      assert.equal(slow.counter.inOrder, n);
+      assert.equal(vm.stats.posted, n);
+      assert.ok(vm.stats.ringFullWaits > 0, `the ring filled up (ringFullWaits ${vm.stats.ringFullWaits})`);
+    } finally {
+      await vm.stop();
+    }
+  });
+}
+
+/** A serial-like sink: one port, every byte written kept in arrival order. */
+class Collector implements Device {
+  readonly name = "collector";
+  readonly bytes: number[] = [];
+  read(_offset: number, size: AccessSize): number | bigint {
+    return size === 8 ? 0n : 0;
+  }
+  write(_offset: number, _size: AccessSize, value: number | bigint): void {
+    this.bytes.push(Number(value));
+  }
+}
+
+/** Writes the NUL-terminated string at `text` to port 0x3f8 one `out` per byte, then halts. */
+function printBytewise(text: number): number[] {
+  return [
+    0xbe, ...imm32(text),                     // mov esi, text
+    0x66, 0xba, 0xf8, 0x03,                   // mov dx, 0x3f8
+    0xac,                                     // 1: lodsb
+    0x84, 0xc0,                               // test al, al
+    0x74, 0x03,                               // jz 2f
+    0xee,                                     // out dx, al
+    0xeb, 0xf8,                               // jmp 1b
+    0xf4,                                     // 2: hlt
+  ];
+}
+
+/** `length` letters from `alphabet` in a fixed pseudo-random order, so any reordering shows. */
+function scrambled(alphabet: string, length: number, seed: number): string {
+  let state = seed;
+  let text = "";
+  for (let i = 0; i < length; i++) {
+    state = (Math.imul(state, 1_103_515_245) + 12_345) >>> 0;
+    text += alphabet[(state >>> 16) % alphabet.length];
+  }
+  return text;
+}
+
+test("two vCPUs print through one device at once; each one's bytes arrive in its order", { timeout: 60_000 }, async () => {
+  const lower = scrambled("abcdefghijklmnopqrstuvwxyz", 3000, 1);
+  const upper = scrambled("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", 3000, 2);
+  const collector = new Collector();
+  const vm = Vm.create({ memory: 2 * MiB, vcpus: 2 });
+  try {
+    vm.addDevice({ space: "pio", base: 0x3f8, length: 1, device: collector });
+    vm.memory.write(0x20000, [...ascii(lower), 0]);
+    vm.memory.write(0x28000, [...ascii(upper), 0]);
+    vm.loadProgram({ code: printBytewise(0x20000), entry: 0x10000, mode: "long64" }, 0);
+    vm.loadProgram({ code: printBytewise(0x28000), entry: 0x11000, mode: "long64" }, 1);
+    assert.deepEqual(await vm.run(), { reason: "halted" });
+
+    const received = Buffer.from(collector.bytes).toString("latin1");
+    assert.equal(received.length, lower.length + upper.length);
+    assert.equal(received.replace(/[^a-z]/g, ""), lower, "vCPU 0's bytes in its order");
+    assert.equal(received.replace(/[^A-Z0-9]/g, ""), upper, "vCPU 1's bytes in its order");
+    assert.equal(vm.stats.posted, lower.length + upper.length);
+  } finally {
+    await vm.stop();
+  }
+});
