@@ -110,37 +110,27 @@ function mmioEchoProgram(size: AccessSize): number[] {
 }
 
 for (const placement of ["main thread", "worker"] as const) {
-  for (const size of [1, 2, 4] as const) {
-    test(`port I/O of ${size} byte(s) round-trips through the counter ECHO register (${placement})`, async () => {
-      const { vm, counter } = counterVm(placement, "pio");
-      try {
-        vm.loadProgram({ code: portEchoProgram(size), mode: "long64" });
-        assert.deepEqual(await vm.run(), { reason: "debug-exit", status: 0 });
-        assert.equal(counter.reads, 1, "one read by the guest");
-        assert.equal(vm.memory.readU64(RESULT), expectedRax(size), "what the guest read back");
-        const mask = (1n << BigInt(size * 8)) - 1n;
-        assert.equal(counter.read(CounterRegister.ECHO, 8), WRITTEN & mask, "what the device stored");
-        assertHandledWhere(vm, placement);
-      } finally {
-        await vm.stop();
-      }
-    });
-  }
-  for (const size of [1, 2, 4, 8] as const) {
-    test(`MMIO of ${size} byte(s) round-trips through the counter ECHO register (${placement})`, async () => {
-      const { vm, counter } = counterVm(placement, "mmio");
-      try {
-        vm.loadProgram({ code: mmioEchoProgram(size), mode: "long64" });
-        assert.deepEqual(await vm.run(), { reason: "debug-exit", status: 0 });
-        assert.equal(counter.reads, 1, "one read by the guest");
-        assert.equal(vm.memory.readU64(RESULT), expectedRax(size), "what the guest read back");
-        const mask = (1n << BigInt(size * 8)) - 1n;
-        assert.equal(counter.read(CounterRegister.ECHO, 8), WRITTEN & mask, "what the device stored");
-        assertHandledWhere(vm, placement);
-      } finally {
-        await vm.stop();
-      }
-    });
+  const cases = [
+    { space: "pio", label: "port I/O", sizes: [1, 2, 4], program: portEchoProgram },
+    { space: "mmio", label: "MMIO", sizes: [1, 2, 4, 8], program: mmioEchoProgram },
+  ] as const;
+  for (const { space, label, sizes, program } of cases) {
+    for (const size of sizes) {
+      test(`${label} of ${size} byte(s) round-trips through the counter ECHO register (${placement})`, async () => {
+        const { vm, counter } = counterVm(placement, space);
+        try {
+          vm.loadProgram({ code: (program as (s: AccessSize) => number[])(size), mode: "long64" });
+          assert.deepEqual(await vm.run(), { reason: "debug-exit", status: 0 });
+          assert.equal(counter.reads, 1, "one read by the guest");
+          assert.equal(vm.memory.readU64(RESULT), expectedRax(size), "what the guest read back");
+          const mask = (1n << BigInt(size * 8)) - 1n;
+          assert.equal(counter.read(CounterRegister.ECHO, 8), WRITTEN & mask, "what the device stored");
+          assertHandledWhere(vm, placement);
+        } finally {
+          await vm.stop();
+        }
+      });
+    }
   }
 }
 

@@ -71,6 +71,19 @@ function countingVm(): { vm: Vm; counter: CounterDevice } {
 }
 
 // First in this file: later tests start and lose pool threads, whose event loops own fds.
+
+/** A VM created after a failure boots and exits with `status`: the process is intact. */
+async function assertFreshVmRuns(status: number): Promise<void> {
+  const next = Vm.create({ memory: 2 * MiB });
+  try {
+    next.addDebugExit();
+    next.loadProgram({ code: exitWith(status), mode: "long64" });
+    assert.deepEqual(await next.run(), { reason: "debug-exit", status });
+  } finally {
+    await next.stop();
+  }
+}
+
 test("50 create/run/stop cycles leave the open fd count unchanged", { timeout: 120_000 }, async () => {
   async function cycle(i: number): Promise<void> {
     const vm = Vm.create({ memory: 2 * MiB });
@@ -330,14 +343,7 @@ test("a worker-local device that throws stops its VM with VcpuWorkerError; the n
     await vm.stop();
   }
 
-  const next = Vm.create({ memory: 2 * MiB });
-  try {
-    next.addDebugExit();
-    next.loadProgram({ code: exitWith(42), mode: "long64" });
-    assert.deepEqual(await next.run(), { reason: "debug-exit", status: 42 });
-  } finally {
-    await next.stop();
-  }
+  await assertFreshVmRuns(42);
 });
 
 class ThrowingDevice implements Device {
@@ -399,14 +405,7 @@ test("a vCPU worker that dies stops its VM with VcpuWorkerError; a VM running be
     await bystander.stop();
   }
 
-  const next = Vm.create({ memory: 2 * MiB });
-  try {
-    next.addDebugExit();
-    next.loadProgram({ code: exitWith(7), mode: "long64" });
-    assert.deepEqual(await next.run(), { reason: "debug-exit", status: 7 });
-  } finally {
-    await next.stop();
-  }
+  await assertFreshVmRuns(7);
   // The dead worker left no mapping of a vCPU run page behind (it would pin the VM in the kernel).
   assert.doesNotMatch(readFileSync("/proc/self/maps", "utf8"), /kvm-vcpu/);
 });
