@@ -11,6 +11,7 @@ import type { Device, InterruptLine } from "./devices/device.js";
 import { DEBUG_EXIT_LENGTH, DEBUG_EXIT_PORT, DebugExit } from "./devices/debug-exit.js";
 import { loadFlatProgram, type FlatProgram } from "./boot/flat-loader.js";
 import { cpuidForVcpu } from "./boot/cpuid.js";
+import { withResetState } from "./boot/x86-reset.js";
 import { GuestFatalError, VcpuWorkerError, VmConfigError, VmStateError } from "./errors.js";
 import { vcpuPool } from "./vcpu-pool.js";
 import { GuestMemory, MemoryLayoutError, type RegionSpec } from "../memory/guest-memory.js";
@@ -133,7 +134,7 @@ export class Vm extends EventEmitter {
       this.cpuStates = [];
       for (let i = 0; i < vcpus; i++) {
         this.descriptors.push(handle.createVcpu(i));
-        this.cpuStates.push({});
+        this.cpuStates.push(withResetState({}));
         this.channels.push(ExitChannel.create(this.ringCapacity, this.doorbell, this.spin));
       }
       this.cpuidTable = Array.from({ length: vcpus }, (_, i) => cpuidForVcpu(supported, i));
@@ -245,7 +246,7 @@ export class Vm extends EventEmitter {
     if (!Number.isInteger(vcpu) || vcpu < 0 || vcpu >= this.vcpuCount) {
       throw new VmConfigError(`vCPU ${vcpu} does not exist (this VM has ${this.vcpuCount})`);
     }
-    this.cpuStates[vcpu] = state;
+    this.cpuStates[vcpu] = withResetState(state);
   }
 
   /** Writes a flat guest program into RAM and points `vcpu` at it. */

@@ -24,6 +24,7 @@ function applyCpuState(vcpu: VcpuHandle, state: CpuState, task: VcpuTask): void 
   if (state.specialRegisters) vcpu.setSpecialRegisters({ ...vcpu.getSpecialRegisters(), ...state.specialRegisters });
   if (state.registers) vcpu.setRegisters({ ...vcpu.getRegisters(), ...state.registers });
   if (state.msrs?.length) vcpu.setMsrs(state.msrs);
+  if (state.fpu) vcpu.setFpuControl(state.fpu);
   if (state.waitForStartup) vcpu.setWaitForStartup();
 }
 

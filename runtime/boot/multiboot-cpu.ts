@@ -13,9 +13,6 @@ const CODE_SELECTOR = 0x08;
 const DATA_SELECTOR = 0x10;
 const CR0_PE = 0x1n;
 const CR0_ET = 0x10n;
-/** IA32_MISC_ENABLE with fast strings on, as a reset CPU and firmware leave it. */
-const MSR_IA32_MISC_ENABLE = 0x1a0;
-const MISC_ENABLE_FAST_STRING = 1n;
 
 export function multibootCpuState(memory: GuestMemory, entry: MultibootEntry): CpuState {
   const code = flatSegment(CODE_SELECTOR, true);
@@ -34,11 +31,10 @@ export function multibootCpuState(memory: GuestMemory, entry: MultibootEntry): C
       idt: { base: 0n, limit: 0 },
       cr0: CR0_PE | CR0_ET, cr3: 0n, cr4: 0n, efer: 0n,
     },
-    msrs: [{ index: MSR_IA32_MISC_ENABLE, value: MISC_ENABLE_FAST_STRING }],
   };
 }
 
-/** Reset state for application processors: only the MSRs; they wait for INIT/SIPI. */
+/** Application processors keep the reset state and wait for INIT/SIPI. */
 export function applicationProcessorState(): CpuState {
-  return { msrs: [{ index: MSR_IA32_MISC_ENABLE, value: MISC_ENABLE_FAST_STRING }], waitForStartup: true };
+  return { waitForStartup: true };
 }

@@ -84,11 +84,18 @@ export interface MsrEntry {
   value: bigint;
 }
 
+/** x87 control word and SSE control/status register. */
+export interface FpuControl {
+  fcw: number;
+  mxcsr: number;
+}
+
 /** An initial CPU state: the registers to change from the reset state. */
 export interface CpuState {
   registers?: Partial<Registers>;
   specialRegisters?: Partial<SpecialRegisters>;
   msrs?: MsrEntry[];
+  fpu?: FpuControl;
   /** A vCPU that waits for INIT/SIPI from another vCPU (an SMP application processor). */
   waitForStartup?: boolean;
 }
@@ -166,6 +173,7 @@ export interface VcpuHandle {
   setSpecialRegisters(sregs: SpecialRegisters): void;
   setCpuid(entries: CpuidEntry[]): void;
   setMsrs(msrs: MsrEntry[]): void;
+  setFpuControl(fpu: FpuControl): void;
   /** Marks the vCPU as waiting for INIT/SIPI (an SMP application processor). */
   setWaitForStartup(): void;
   close(): void;

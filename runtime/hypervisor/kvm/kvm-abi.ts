@@ -28,6 +28,8 @@ export const Ioctl = {
   GET_MSRS: 0xc008ae88,
   SET_MSRS: 0x4008ae89,
   SET_CPUID2: 0x4008ae90,
+  GET_FPU: 0x81a0ae8c,
+  SET_FPU: 0x41a0ae8d,
   SET_MP_STATE: 0x4004ae99,
   ENABLE_CAP: 0x4068aea3,
   X86_SET_MSR_FILTER: 0x4188aec6,
@@ -124,6 +126,10 @@ export const Sregs = {
   efer: 264,
   apic_base: 272,
 } as const;
+
+/** struct kvm_fpu: fpr[8][16], fcw, fsw, ftwx, pad, last_opcode, last_ip, last_dp, xmm[16][16], mxcsr. */
+export const KVM_FPU_SIZE = 416;
+export const Fpu = { fcw: 128, mxcsr: 408 } as const;
 
 /** struct kvm_cpuid_entry2 */
 export const CPUID_ENTRY_SIZE = 40;

@@ -1,10 +1,10 @@
 /** A KVM vCPU as seen from its worker thread: the run page, exit decode, registers. */
 import {
-  type CpuidEntry, type Exit, ExitKind, HypervisorError, type MsrEntry, type Registers, type SpecialRegisters,
+  type CpuidEntry, type Exit, ExitKind, type FpuControl, HypervisorError, type MsrEntry, type Registers, type SpecialRegisters,
   type VcpuDescriptor, type VcpuHandle,
 } from "../hypervisor.js";
 import {
-  ExitReason, Ioctl, KVM_EXIT_IO_IN, KVM_MP_STATE_INIT_RECEIVED, KVM_REGS_SIZE, KVM_SREGS_SIZE, Run,
+  ExitReason, Fpu, Ioctl, KVM_EXIT_IO_IN, KVM_FPU_SIZE, KVM_MP_STATE_INIT_RECEIVED, KVM_REGS_SIZE, KVM_SREGS_SIZE, Run,
 } from "./kvm-abi.js";
 import {
   decodeRegisters, decodeSpecialRegisters, encodeCpuid, encodeMsrs, encodeRegisters, encodeSpecialRegisters,
@@ -206,6 +206,15 @@ export class KvmVcpu implements VcpuHandle {
       const failed = msrs[set];
       throw new Error(`KVM_SET_MSRS (vCPU ${this.index}) stopped at MSR 0x${failed.index.toString(16)}: ${set} of ${msrs.length} set`);
     }
+  }
+
+  setFpuControl(fpu: FpuControl): void {
+    const bytes = new Uint8Array(KVM_FPU_SIZE);
+    this.ioctl(Ioctl.GET_FPU, bytes, "KVM_GET_FPU");
+    const view = new DataView(bytes.buffer);
+    view.setUint16(Fpu.fcw, fpu.fcw, true);
+    view.setUint32(Fpu.mxcsr, fpu.mxcsr, true);
+    this.ioctl(Ioctl.SET_FPU, bytes, "KVM_SET_FPU");
   }
 
   setWaitForStartup(): void {
