@@ -1,0 +1,189 @@
+/**
+ * Runs the whole suite: for each (kind, privilege, vCPUs) group, the C baseline and every
+ * JS path, interleaved repeat by repeat so slow drifts of a shared machine hit all of them;
+ * then VM start and the QEMU peer. Returns the report the table, JSON and SVG are made of.
+ */
+import { destroyVcpuPool, warmVcpuPool } from "../runtime/vcpu-pool.js";
+import { type BenchOptions, opsPerBatchFor } from "./bench-options.js";
+import { buildCBaseline, type CBaseline, removeCBaseline } from "./c-baseline.js";
+import { cCheck, runCFigure } from "./c-runner.js";
+import { type FigureKey, type FigureSpec, figureGroups, keyOf, planFigures, type RunCounts } from "./figures.js";
+import { type FigureRun, runJsFigure } from "./js-runner.js";
+import { runPostMessageFigure } from "./postmessage-runner.js";
+import { analyzeRun, percentile } from "./stats.js";
+import { measureVmStart } from "./vm-start.js";
+import { findQemu, qemuPrograms, runQemuPeer } from "./qemu-peer.js";
+import { machineInfo } from "./machine-info.js";
+import { evaluateTargets, figureName } from "./targets.js";
+import { type BenchReport, type FigureResult, METHOD, REPORT_SCHEMA, type SpinReport, type StartResult } from "./json-report.js";
+import { type Collected, qemuResult, runReport, startResult, toResult } from "./results.js";
+
+type Progress = (line: string) => void;
+
+export function countsFor(kind: FigureKey["kind"], options: BenchOptions): RunCounts {
+  const k = opsPerBatchFor(kind, options);
+  return {
+    opsPerBatch: k,
+    warmupBatches: options.warmupBatches,
+    calibrationRounds: options.calibrationRounds,
+    measuredBatches: options.iterations !== undefined ? Math.max(1, Math.ceil(options.iterations / k)) : options.measuredBatches,
+  };
+}
+
+function runFigure(spec: FigureSpec, counts: RunCounts, options: BenchOptions): Promise<FigureRun> {
+  if (spec.path === "postmessage") return runPostMessageFigure(spec, counts);
+  return runJsFigure(spec, counts, { spin: options.spin, dispatcher: options.dispatcher, ringCapacity: options.ringCapacity });
+}
+
+export async function runSuite(options: BenchOptions, progress: Progress): Promise<BenchReport> {
+  const began = performance.now();
+  const spin: SpinReport = {
+    worker_min_spins: options.spin.minSpins,
+    worker_max_spins: options.spin.maxSpins,
+    dispatcher_spin_us: options.dispatcher.spinMicros,
+    dispatcher_yield_after_ms: options.dispatcher.yieldAfterMs,
+    ring_capacity: options.ringCapacity,
+  };
+  let c: CBaseline | undefined;
+  let cStatus = "skipped (--no-c)";
+  if (options.c) {
+    const built = await buildCBaseline();
+    if (built.ok) {
+      c = built.baseline;
+      cStatus = `built with ${c.compiler}`;
+    } else {
+      cStatus = `missing: ${built.reason}`;
+      progress(`bench: C baseline unavailable, going on without ratios: ${built.reason}`);
+    }
+  }
+  const qemu = options.qemu ? await findQemu(options.qemuBinary) : undefined;
+  const machine = machineInfo(c?.compiler ?? null, qemu?.version ?? null);
+
+  const figures = planFigures(options.plan);
+  const groups = figureGroups(figures);
+  const collected = new Map<string, Collected>();
+  const cCollected = new Map<string, Collected>();
+  const collect = (map: Map<string, Collected>, id: string, spec: Collected["spec"], counts: RunCounts) => {
+    if (!map.has(id)) map.set(id, { spec, counts, analyses: [], reports: [], checks: [] });
+    return map.get(id)!;
+  };
+  const total = groups.length * options.repeats * (c ? 1 : 0) + figures.length * options.repeats;
+  let done = 0;
+  const step = (what: string) => progress(`[${++done}/${total} ${((performance.now() - began) / 1000).toFixed(1)}s] ${what}`);
+
+  try {
+    await warmVcpuPool(Math.max(2, ...options.plan.vcpuCounts));
+    for (const group of groups) {
+      const counts = countsFor(group.kind, options);
+      const members = figures.filter((f) => keyOf(f) === keyOf(group));
+      // One job per implementation; each repeat starts one further along, so no path is
+      // always the one that runs right after a VM teardown or first in a warm machine.
+      const jobs: (() => Promise<void>)[] = [];
+      if (c) {
+        const baseline = c;
+        jobs.push(async () => {
+          const entry = collect(cCollected, keyOf(group), { ...group, path: "c-inline" }, counts);
+          step(`${group.kind} c-inline ${group.privilege} ${group.vcpus} vCPU${group.vcpus === 1 ? "" : "s"}`);
+          if (entry.error !== undefined) return;
+          try {
+            const run = await runCFigure(baseline, group, counts);
+            const a = analyzeRun({ counts, marks: run.vcpus.map((v) => v.marks), mainCpuNs: null });
+            entry.analyses.push(a);
+            entry.reports.push(runReport(a, null));
+            entry.checks.push(cCheck(group.kind, run, counts, group.vcpus));
+          } catch (error) {
+            entry.error = (error as Error).message;
+            progress(`bench: C baseline failed for ${keyOf(group)}: ${entry.error}`);
+          }
+        });
+      }
+      for (const figure of members) {
+        jobs.push(async () => {
+          const entry = collect(collected, `${keyOf(figure)}/${figure.path}`, figure, counts);
+          step(figureName(figure));
+          if (entry.error !== undefined) return;
+          try {
+            const run = await runFigure(figure, counts, options);
+            const a = analyzeRun(run.raw);
+            entry.analyses.push(a);
+            entry.reports.push(runReport(a, run.raw.mainCpuNs));
+            entry.checks.push(run.check);
+          } catch (error) {
+            entry.error = (error as Error).message;
+            progress(`bench: ${figureName(figure)} failed: ${entry.error}`);
+          }
+        });
+      }
+      for (let repeat = 0; repeat < options.repeats; repeat++) {
+        for (let j = 0; j < jobs.length; j++) await jobs[(j + repeat) % jobs.length]();
+      }
+    }
+
+    let vmStart: StartResult[] = [];
+    if (options.start) {
+      progress(`bench: VM start, ${options.startSamples} VMs each cold, warm${c ? " and C" : ""}`);
+      try {
+        const starts = await measureVmStart(options.startSamples, c);
+        const cStart = starts.find((s) => s.mode === "c");
+        const cMedian = cStart ? percentile([...cStart.samplesNs].sort((a, b) => a - b), 50) : undefined;
+        vmStart = starts.map((s) => startResult(s.mode, s.samplesNs, cMedian));
+      } catch (error) {
+        progress(`bench: VM start failed: ${(error as Error).message}`);
+      }
+    }
+
+    const cResults = [...cCollected.values()].map((x) => toResult(x, null));
+    const results = [...collected.values()].map((x) => {
+      const r = toResult(x, x.spec.path === "kernel" ? null : spin);
+      const base = cResults.find((b) => keyOf(b) === keyOf(r) && b.error === undefined);
+      if (base && r.error === undefined) {
+        r.ratio_to_c = r.mean_ns / base.mean_ns;
+        r.ratio_to_c_p50 = r.p50_ns / base.p50_ns;
+      }
+      return r;
+    });
+
+    let qemuResults: FigureResult[] = [];
+    let qemuStatus = options.qemu ? "missing: qemu-system-x86_64 is not installed" : "skipped (--no-qemu)";
+    if (qemu) {
+      const programs = qemuPrograms(options.plan.kinds, options.plan.privileges, (kind) => countsFor(kind, options));
+      if (programs.length === 0) {
+        qemuStatus = `${qemu.version}: none of the selected kinds runs under QEMU`;
+      } else {
+        progress(`bench: QEMU peer (${qemu.version}), ${programs.length} exit loops x ${options.repeats} in one boot`);
+        try {
+          const run = await runQemuPeer(qemu, programs, options.repeats);
+          qemuStatus = `${qemu.version}, -accel kvm -M pc; firmware to first marker ${run.bootMs.toFixed(0)} ms`;
+          qemuResults = run.figures.map((f) => qemuResult(f, cResults));
+        } catch (error) {
+          qemuStatus = `failed: ${(error as Error).message}`;
+          progress(`bench: QEMU peer failed: ${(error as Error).message}`);
+        }
+      }
+    }
+
+    return {
+      schema: REPORT_SCHEMA,
+      generated: new Date().toISOString(),
+      command: ["workervisor", "bench", ...options.argv].join(" "),
+      machine,
+      method: METHOD,
+      settings: {
+        quick: options.quick,
+        repeats: options.repeats,
+        warmup_batches: options.warmupBatches,
+        calibration_rounds: options.calibrationRounds,
+        measured_batches: options.iterations !== undefined ? "from --iterations" : options.measuredBatches,
+        spin,
+      },
+      results,
+      baselines: { c: cResults, c_status: cStatus, qemu: qemuResults, qemu_status: qemuStatus },
+      vm_start: vmStart,
+      targets: evaluateTargets(results, cResults, vmStart, machine.cores),
+      wall_s: (performance.now() - began) / 1000,
+    };
+  } finally {
+    if (c) removeCBaseline(c);
+    await destroyVcpuPool();
+  }
+}

@@ -1,0 +1,102 @@
+/** The performance targets of DESIGN section 7, checked against one run's figures. */
+import type { FigureResult, StartResult, TargetResult } from "./json-report.js";
+
+export function figureName(r: Pick<FigureResult, "kind" | "path" | "privilege" | "vcpus">): string {
+  return `${r.kind} ${r.path} ${r.privilege} ${r.vcpus} vCPU${r.vcpus === 1 ? "" : "s"}`;
+}
+
+function check(value: number | null, limit: number, comparison: "<=" | ">="): boolean | null {
+  if (value === null || !Number.isFinite(value)) return null;
+  return comparison === "<=" ? value <= limit : value >= limit;
+}
+
+const us = (ns: number) => `${(ns / 1000).toFixed(2)} us`;
+
+export function evaluateTargets(results: readonly FigureResult[], c: readonly FigureResult[], start: readonly StartResult[], cores: number): TargetResult[] {
+  const targets: TargetResult[] = [];
+  const ok = results.filter((r) => r.error === undefined);
+  const cFor = (r: FigureResult) => c.find((x) => x.kind === r.kind && x.privilege === r.privilege && x.vcpus === r.vcpus);
+
+  for (const r of ok.filter((r) => r.path === "worker" && (r.kind === "pio-write" || r.kind === "pio-read") && r.vcpus === 1)) {
+    const base = cFor(r);
+    targets.push({
+      target: "in-worker handled PIO exit <= 1.10 x C per exit (mean)",
+      figure: figureName(r),
+      value: r.ratio_to_c,
+      limit: 1.1,
+      comparison: "<=",
+      met: check(r.ratio_to_c, 1.1, "<="),
+      detail: base
+        ? `${us(r.mean_ns)} vs C ${us(base.mean_ns)} (p50 ratio ${r.ratio_to_c_p50?.toFixed(2) ?? "-"}, run spread ${r.spread_pct.toFixed(0)}%)`
+        : "no C baseline",
+    });
+  }
+  for (const r of ok.filter((r) => r.path === "main-sync" && r.vcpus === 1)) {
+    const base = cFor(r);
+    targets.push({
+      target: "synchronous exit via the main-thread dispatcher <= 1.25 x C per exit (median)",
+      figure: figureName(r),
+      value: r.ratio_to_c_p50,
+      limit: 1.25,
+      comparison: "<=",
+      met: check(r.ratio_to_c_p50, 1.25, "<="),
+      detail: base ? `p50 ${us(r.p50_ns)} vs C ${us(base.p50_ns)}` : "no C baseline",
+    });
+  }
+  for (const r of ok.filter((r) => r.path === "main-posted")) {
+    const worker = ok.find((x) => x.path === "worker" && x.kind === r.kind && x.privilege === r.privilege && x.vcpus === r.vcpus);
+    const value = worker ? r.exits_per_s / worker.exits_per_s : null;
+    const lost = r.device_counted !== r.guest_iterations;
+    const met = check(value, 0.95, ">=");
+    targets.push({
+      target: "posted write throughput >= 0.95 x in-worker exits/s, no record lost",
+      figure: figureName(r),
+      value,
+      limit: 0.95,
+      comparison: ">=",
+      met: met === null ? null : met && !lost,
+      detail: worker
+        ? `${(r.exits_per_s / 1000).toFixed(1)}k vs ${(worker.exits_per_s / 1000).toFixed(1)}k exits/s; ` +
+          `${r.device_counted} of ${r.guest_iterations} writes arrived`
+        : "no in-worker figure to compare with",
+    });
+  }
+  for (const r of ok.filter((r) => r.path === "main-posted" && r.vcpus === 2)) {
+    const one = ok.find((x) => x.path === "main-posted" && x.kind === r.kind && x.privilege === r.privilege && x.vcpus === 1);
+    const value = one ? r.exits_per_s / one.exits_per_s : null;
+    targets.push({
+      target: "2 vCPUs on 2 cores, posted: aggregate >= 1.7 x one vCPU",
+      figure: figureName(r),
+      value,
+      limit: 1.7,
+      comparison: ">=",
+      met: cores < 2 ? null : check(value, 1.7, ">="),
+      detail: one
+        ? `${(r.exits_per_s / 1000).toFixed(1)}k vs ${(one.exits_per_s / 1000).toFixed(1)}k exits/s on ${cores} cores`
+        : "no 1-vCPU posted figure to compare with",
+    });
+  }
+  targets.push({
+    target: "Linux boot to init faster than QEMU -M microvm",
+    figure: "(boot benchmark)",
+    value: null,
+    limit: 1,
+    comparison: "<=",
+    met: null,
+    detail: "not measured by the exit suite",
+  });
+  const warm = start.find((s) => s.mode === "warm");
+  if (warm) {
+    const ms = warm.p50_ns / 1e6;
+    targets.push({
+      target: "VM start to first guest instruction with a warm pool <= 5 ms (median)",
+      figure: "vm start, warm pool",
+      value: ms,
+      limit: 5,
+      comparison: "<=",
+      met: check(ms, 5, "<="),
+      detail: `p50 ${ms.toFixed(2)} ms to the first exit (an upper bound), p99 ${(warm.p99_ns / 1e6).toFixed(2)} ms`,
+    });
+  }
+  return targets;
+}

@@ -1,0 +1,201 @@
+/**
+ * The benchmark suite end to end, with tiny counts: `workervisor bench --quick` runs every
+ * default figure through the CLI, every exit the guest made is accounted for by a device,
+ * the JSON has the documented shape and the SVG is well-formed XML.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { ALL_KINDS, DEFAULT_PLAN, planFigures } from "../bench/figures.js";
+import type { BenchReport, FigureResult } from "../bench/json-report.js";
+
+const CLI = fileURLToPath(new URL("../runtime/cli.js", import.meta.url));
+
+const ENTITY = /^&(amp|lt|gt|quot|apos|#[0-9]+|#x[0-9a-fA-F]+);/;
+const NAME = /^[A-Za-z_:][-A-Za-z0-9_:.]*/;
+
+/**
+ * A minimal XML well-formedness check: one root element, properly nested and matching
+ * tags, quoted and unique attributes, no stray `<` or `&` in text or attribute values.
+ * Enough for generated SVG; throws with the offset of the first problem.
+ */
+function checkWellFormedXml(xml: string): string {
+  let at = 0;
+  const stack: string[] = [];
+  let root: string | undefined;
+  let rootClosed = false;
+  const fail = (why: string): never => {
+    throw new Error(`not well-formed XML at offset ${at}: ${why} (near ${JSON.stringify(xml.slice(at, at + 40))})`);
+  };
+  const checkText = (text: string, where: string) => {
+    for (let i = text.indexOf("&"); i >= 0; i = text.indexOf("&", i + 1)) {
+      if (!ENTITY.test(text.slice(i))) fail(`bare '&' in ${where}`);
+    }
+    if (text.includes("<")) fail(`'<' in ${where}`);
+  };
+  while (at < xml.length) {
+    const lt = xml.indexOf("<", at);
+    const text = xml.slice(at, lt < 0 ? xml.length : lt);
+    if (stack.length === 0 && text.trim() !== "") fail("text outside the root element");
+    checkText(text, "text");
+    if (lt < 0) break;
+    at = lt;
+    if (xml.startsWith("<?", at)) {
+      const end = xml.indexOf("?>", at);
+      if (end < 0) fail("unterminated processing instruction");
+      at = end + 2;
+    } else if (xml.startsWith("<!--", at)) {
+      const end = xml.indexOf("-->", at);
+      if (end < 0) fail("unterminated comment");
+      at = end + 3;
+    } else if (xml.startsWith("</", at)) {
+      const name = NAME.exec(xml.slice(at + 2))?.[0] ?? fail("bad end tag");
+      at += 2 + name.length;
+      while (/\s/.test(xml[at] ?? "")) at++;
+      if (xml[at] !== ">") fail("bad end tag");
+      at++;
+      if (stack.pop() !== name) fail(`end tag </${name}> does not match`);
+      if (stack.length === 0) rootClosed = true;
+    } else {
+      if (rootClosed) fail("a second root element");
+      const name = NAME.exec(xml.slice(at + 1))?.[0] ?? fail("bad start tag");
+      at += 1 + name.length;
+      const seen = new Set<string>();
+      for (;;) {
+        const space = /^\s*/.exec(xml.slice(at))![0].length;
+        at += space;
+        if (xml.startsWith("/>", at)) {
+          at += 2;
+          if (stack.length === 0) rootClosed = true;
+          break;
+        }
+        if (xml[at] === ">") {
+          at++;
+          stack.push(name);
+          break;
+        }
+        if (space === 0) fail("attributes must be separated by white space");
+        const attribute = NAME.exec(xml.slice(at))?.[0] ?? fail("bad attribute name");
+        if (seen.has(attribute)) fail(`duplicate attribute ${attribute}`);
+        seen.add(attribute);
+        at += attribute.length;
+        const eq = /^\s*=\s*/.exec(xml.slice(at))?.[0] ?? fail(`attribute ${attribute} has no value`);
+        at += eq.length;
+        const quote = xml[at];
+        if (quote !== '"' && quote !== "'") fail(`attribute ${attribute} value is not quoted`);
+        const end = xml.indexOf(quote, at + 1);
+        if (end < 0) fail("unterminated attribute value");
+        checkText(xml.slice(at + 1, end), `attribute ${attribute}`);
+        at = end + 1;
+      }
+      root ??= name;
+    }
+  }
+  if (stack.length > 0) fail(`unclosed <${stack[stack.length - 1]}>`);
+  if (root === undefined) fail("no root element");
+  return root!;
+}
+
+test("the XML check accepts well-formed documents and rejects broken ones", () => {
+  assert.equal(checkWellFormedXml(`<?xml version="1.0"?>\n<svg a="1" b='x &amp; y'><g><text>a &lt; b</text></g><rect/></svg>\n`), "svg");
+  for (const bad of ["<svg><g></svg>", "<svg a=1/>", "<svg a='1' a='2'/>", "<svg>a & b</svg>", "<svg/><svg/>", "<svg>", "x<svg/>"]) {
+    assert.throws(() => checkWellFormedXml(bad), /not well-formed/, bad);
+  }
+});
+
+const NUMBER_FIELDS = ["samples", "mean_ns", "p50_ns", "exits_per_s", "spread_pct", "guest_iterations", "unexplained_exits"] as const;
+
+function checkFigureShape(r: FigureResult, where: string): void {
+  assert.equal(typeof r.kind, "string", where);
+  assert.equal(typeof r.path, "string", where);
+  assert.ok(r.privilege === "cpl0" || r.privilege === "cpl3", where);
+  assert.ok(Number.isInteger(r.vcpus) && r.vcpus >= 1, where);
+  for (const field of NUMBER_FIELDS) assert.equal(typeof r[field], "number", `${where}: ${field}`);
+  for (const field of ["p99_ns", "p999_ns", "main_cpu_ns_per_exit", "ratio_to_c"] as const) {
+    assert.ok(r[field] === null || typeof r[field] === "number", `${where}: ${field}`);
+  }
+  assert.ok(r.samples > 0 && r.mean_ns > 0 && r.exits_per_s > 0, `${where}: has figures`);
+  assert.ok(Array.isArray(r.runs) && r.runs.length > 0, `${where}: runs`);
+}
+
+/** Every exit the guest's loops made was seen by its device (or, for CPUID, none left KVM). */
+function checkAccounting(r: FigureResult, where: string): void {
+  assert.equal(r.error, undefined, `${where}: ${r.error}`);
+  assert.equal(r.unexplained_exits, 0, `${where}: unexplained userspace exits`);
+  if (r.kind === "cpuid") {
+    assert.equal(r.device_counted, null, where);
+  } else {
+    assert.ok(r.guest_iterations > 0, where);
+    assert.equal(r.device_counted, r.guest_iterations, `${where}: counted by ${r.counted_by}`);
+  }
+}
+
+test("workervisor bench --quick with tiny counts: every figure, every exit accounted for, JSON and SVG", { timeout: 110_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "workervisor-bench-smoke-"));
+  try {
+    const json = join(dir, "out.json");
+    const svg = join(dir, "out.svg");
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      [
+        CLI, "bench", "--quick", "--batches", "24", "--warmup", "2", "--calibration", "16", "--repeats", "1",
+        "--start-samples", "2", "--json", json, "--svg", svg,
+      ],
+      { timeout: 100_000, maxBuffer: 16 << 20 },
+    );
+    assert.match(stdout, /kind\s+path\s+samples\s+mean\s+p50\s+p99\s+p99\.9/);
+    for (const line of stdout.split("\n")) assert.ok(line.length <= 100, `table line wider than 100 columns: ${line}`);
+
+    const report = JSON.parse(readFileSync(json, "utf8")) as BenchReport;
+    for (const field of ["cpu", "kernel", "node", "koffi"] as const) assert.equal(typeof report.machine[field], "string", field);
+    assert.equal(typeof report.machine.nested, "boolean");
+    assert.match(report.machine.kvm_flavour, /kvm/);
+
+    // Every default figure is there, once, and accounted for.
+    const planned = planFigures(DEFAULT_PLAN).map((f) => `${f.kind}/${f.path}/${f.privilege}/${f.vcpus}`).sort();
+    const measured = report.results.map((r) => `${r.kind}/${r.path}/${r.privilege}/${r.vcpus}`).sort();
+    assert.deepEqual(measured, planned);
+    assert.deepEqual([...new Set(report.results.map((r) => r.kind))].sort(), [...ALL_KINDS].sort());
+    assert.deepEqual([...new Set(report.results.map((r) => r.vcpus))].sort(), [1, 2, 4]);
+    for (const r of report.results) {
+      const where = `${r.kind} ${r.path} ${r.privilege} ${r.vcpus}`;
+      checkFigureShape(r, where);
+      checkAccounting(r, where);
+      assert.ok(r.path === "kernel" ? r.spin === null : r.spin !== null, `${where}: spin budget`);
+    }
+
+    // The C baseline runs when a compiler exists, and is said to be missing otherwise.
+    if (report.baselines.c_status.startsWith("missing")) {
+      assert.deepEqual(report.baselines.c, []);
+    } else {
+      const groups = new Set(report.results.map((r) => `${r.kind}/${r.privilege}/${r.vcpus}`));
+      assert.equal(report.baselines.c.length, groups.size);
+      for (const r of report.baselines.c) {
+        const where = `C ${r.kind} ${r.privilege} ${r.vcpus}`;
+        checkFigureShape(r, where);
+        checkAccounting(r, where);
+      }
+      for (const r of report.results) assert.equal(typeof r.ratio_to_c, "number", `${r.kind} ${r.path}: ratio to C`);
+    }
+    if (report.baselines.qemu_status.startsWith("missing")) {
+      assert.deepEqual(report.baselines.qemu, []);
+    } else {
+      assert.ok(report.baselines.qemu.length > 0, report.baselines.qemu_status);
+      for (const r of report.baselines.qemu) assert.equal(r.path, "qemu");
+    }
+    assert.deepEqual(report.vm_start.map((s) => s.mode).sort(), report.baselines.c.length > 0 ? ["c", "cold", "warm"] : ["cold", "warm"]);
+    assert.ok(report.targets.length > 0);
+    for (const t of report.targets) assert.ok(t.met === null || typeof t.met === "boolean", t.target);
+
+    const text = readFileSync(svg, "utf8");
+    assert.equal(checkWellFormedXml(text), "svg");
+    assert.match(text, /per-exit latency \(µs, log scale\)/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
