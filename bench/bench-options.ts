@@ -154,6 +154,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
   const spin: SpinPolicy = {
     minSpins: integer(values["spin-min"], "spin-min", 0) ?? DEFAULT_SPIN.minSpins,
     maxSpins: integer(values["spin-max"], "spin-max", 0) ?? DEFAULT_SPIN.maxSpins,
+    shortParkMicros: DEFAULT_SPIN.shortParkMicros,
   };
   if (spin.minSpins > spin.maxSpins) throw new BenchUsageError(`--spin-min (${spin.minSpins}) is above --spin-max (${spin.maxSpins})`);
   const ring = integer(values.ring, "ring", 1, 1 << 20) ?? 1024;

@@ -12,8 +12,11 @@ export const REPORT_SCHEMA = "workervisor-bench/1";
 export interface SpinReport {
   worker_min_spins: number;
   worker_max_spins: number;
+  /** A worker park shorter than this grows its spin budget; a longer one shrinks it. */
+  worker_short_park_us: number;
   dispatcher_spin_us: number;
   dispatcher_yield_after_ms: number;
+  dispatcher_posted_flush_ms: number;
   ring_capacity: number;
 }
 
@@ -28,6 +31,9 @@ export interface RunReport {
   exits: number;
   busy_ns: number;
   main_cpu_ns: number | null;
+  /** Times the vCPU workers parked waiting for the main thread, and their spin budgets at the end. */
+  worker_parks: number | null;
+  worker_spin_budgets: number[] | null;
   /** One per measured batch (all vCPUs): (interval - marker) / K, ns. */
   samples_ns: number[];
 }

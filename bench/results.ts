@@ -6,6 +6,7 @@ import { countedBy, type RunCheck } from "./accounting.js";
 import type { FigureKey, RunCounts } from "./figures.js";
 import type { FigureResult, RunReport, SpinReport, StartResult } from "./json-report.js";
 import type { QemuFigure } from "./qemu-peer.js";
+import type { VmStats } from "../runtime/vm.js";
 import { mean, percentile, poolRuns, type RunAnalysis, spread } from "./stats.js";
 
 /** Everything measured for one figure so far. */
@@ -18,7 +19,7 @@ export interface Collected {
   error?: string;
 }
 
-export function runReport(a: RunAnalysis, mainCpuNs: number | null): RunReport {
+export function runReport(a: RunAnalysis, mainCpuNs: number | null, stats?: VmStats): RunReport {
   return {
     mean_ns: a.meanNs,
     p50_ns: a.p50Ns,
@@ -29,6 +30,8 @@ export function runReport(a: RunAnalysis, mainCpuNs: number | null): RunReport {
     exits: a.exits,
     busy_ns: a.busyNs,
     main_cpu_ns: mainCpuNs,
+    worker_parks: stats?.workerParks ?? null,
+    worker_spin_budgets: stats?.workerSpinBudgets ?? null,
     samples_ns: Array.from(a.samples),
   };
 }
@@ -97,7 +100,7 @@ export function qemuResult(f: QemuFigure, cResults: readonly FigureResult[]): Fi
       const exits = f.counts.measuredBatches * f.counts.opsPerBatch;
       return {
         mean_ns: ns, p50_ns: ns, p99_ns: ns, p999_ns: ns, exits_per_s: 1e9 / ns, marker_ns: [], exits,
-        busy_ns: ns * exits, main_cpu_ns: null, samples_ns: [ns],
+        busy_ns: ns * exits, main_cpu_ns: null, worker_parks: null, worker_spin_budgets: null, samples_ns: [ns],
       };
     }),
   };

@@ -40,8 +40,10 @@ export async function runSuite(options: BenchOptions, progress: Progress): Promi
   const spin: SpinReport = {
     worker_min_spins: options.spin.minSpins,
     worker_max_spins: options.spin.maxSpins,
+    worker_short_park_us: options.spin.shortParkMicros,
     dispatcher_spin_us: options.dispatcher.spinMicros,
     dispatcher_yield_after_ms: options.dispatcher.yieldAfterMs,
+    dispatcher_posted_flush_ms: options.dispatcher.postedFlushMs,
     ring_capacity: options.ringCapacity,
   };
   let c: CBaseline | undefined;
@@ -106,7 +108,7 @@ export async function runSuite(options: BenchOptions, progress: Progress): Promi
             const run = await runFigure(figure, counts, options);
             const a = analyzeRun(run.raw);
             entry.analyses.push(a);
-            entry.reports.push(runReport(a, run.raw.mainCpuNs));
+            entry.reports.push(runReport(a, run.raw.mainCpuNs, run.stats));
             entry.checks.push(run.check);
           } catch (error) {
             entry.error = (error as Error).message;

@@ -133,9 +133,10 @@ export function formatTable(report: BenchReport): string {
   out.push(...wrap(`machine: ${m.cpu}, ${m.cores} cores, Linux ${m.kernel.split(" ")[0]}${m.nested ? ", itself a VM (nested)" : ""}, node ${m.node}, koffi ${m.koffi}`, ""));
   out.push(...wrap(`KVM: ${m.kvm_flavour}. C baseline: ${report.baselines.c_status}. QEMU: ${report.baselines.qemu_status}.`, ""));
   out.push(...wrap(
-    `spin budget in force: exit channels spin ${s.worker_min_spins}..${s.worker_max_spins} iterations (adaptive) before ` +
-      `parking; the dispatcher polls ${s.dispatcher_spin_us} us after the last exit and yields every ` +
-      `${s.dispatcher_yield_after_ms} ms; posted ring ${s.ring_capacity} records per vCPU.`,
+    `spin budget in force: vCPU workers spin ${s.worker_min_spins}..${s.worker_max_spins} iterations before parking ` +
+      `(doubled after a park under ${s.worker_short_park_us} us, halved after a longer one); the dispatcher polls ` +
+      `${s.dispatcher_spin_us} us after the last sync exit, yields every ${s.dispatcher_yield_after_ms} ms, and parked ` +
+      `drains posted writes every ${s.dispatcher_posted_flush_ms} ms or at half ring; posted ring ${s.ring_capacity} records per vCPU.`,
     "",
   ));
   out.push(...wrap(

@@ -42,7 +42,11 @@ const SyncState = { IDLE: 0, REQUEST: 1, DONE: 2 } as const;
 export const Control = { RUN: 0, PAUSE: 1, STOP: 2 } as const;
 export const WorkerState = { STARTING: 0, RUNNING: 1, PAUSED: 2, EXITED: 3 } as const;
 
-export const Stat = { EXITS: 0, IN_WORKER: 1, SYNC: 2, POSTED: 3, RING_FULL_WAITS: 4 } as const;
+export const Stat = {
+  EXITS: 0, IN_WORKER: 1, SYNC: 2, POSTED: 3, RING_FULL_WAITS: 4,
+  /** Times the worker parked waiting for an answer or ring space, and its spin budget now. */
+  WORKER_PARKS: 5, WORKER_SPIN_BUDGET: 6,
+} as const;
 
 /** Doorbell slots: a sequence bumped on every publish, and the main thread's parked flag. */
 export const Doorbell = { SEQUENCE: 0, MAIN_PARKED: 1 } as const;
@@ -72,6 +76,8 @@ export class ExitChannel {
   private readonly ring: Int32Array;
   private readonly spinner: AdaptiveSpinner;
   private readonly doorbell: Int32Array;
+  /** Posted records wake a parked dispatcher only from this ring occupancy on (batching). */
+  private readonly postedWakeThreshold: number;
 
   static create(capacity: number, doorbell: Int32Array, spin?: SpinPolicy): ExitChannel {
     // A power of two keeps slot = counter % capacity continuous when the counters wrap.
@@ -92,11 +98,13 @@ export class ExitChannel {
     this.syncData = new Uint8Array(buffer, HEADER_BYTES + STATS_BYTES, SYNC_DATA_BYTES);
     this.ring = new Int32Array(buffer, HEADER_BYTES + STATS_BYTES + SYNC_DATA_BYTES, this.capacity * RECORD_INTS);
     this.spinner = new AdaptiveSpinner(spin);
+    this.postedWakeThreshold = Math.max(1, this.capacity >> 1);
   }
 
-  /** Current spin budget of this side (iterations), for reports. */
-  get spinBudget(): number {
-    return this.spinner.budget;
+  /** Publishes this side's spin adaptation (worker side) into the stats. */
+  private recordSpin(): void {
+    this.stats[Stat.WORKER_PARKS] = this.spinner.parks;
+    this.stats[Stat.WORKER_SPIN_BUDGET] = this.spinner.budget;
   }
 
   private ringDoorbell(): void {
@@ -121,6 +129,7 @@ export class ExitChannel {
         if (((head - tail) | 0) < this.capacity) break;
         if (Atomics.load(header, H.CONTROL) === Control.STOP) return false;
         waitWhileEqual(header, H.RING_TAIL, tail, this.spinner, H.RING_PARKED);
+        this.recordSpin();
       }
     }
     const at = ((head >>> 0) % this.capacity) * RECORD_INTS;
@@ -130,7 +139,14 @@ export class ExitChannel {
     ring[at + 2] = data;
     ring[at + 3] = dataHigh;
     Atomics.store(header, H.RING_HEAD, (head + 1) | 0);
-    this.ringDoorbell();
+    // A spinning dispatcher polls the rings itself, and a parked one wakes on its flush
+    // timer: posted writes cost no futex wake until the ring is half full.
+    if (
+      Atomics.load(this.doorbell, Doorbell.MAIN_PARKED) !== 0 &&
+      ((head + 1 - Atomics.load(header, H.RING_TAIL)) | 0) >= this.postedWakeThreshold
+    ) {
+      this.ringDoorbell();
+    }
     return true;
   }
 
@@ -153,6 +169,7 @@ export class ExitChannel {
     this.ringDoorbell();
     waitWhileEqual(header, H.SYNC_STATE, SyncState.REQUEST, this.spinner, H.SYNC_PARKED);
     Atomics.store(header, H.SYNC_STATE, SyncState.IDLE);
+    this.recordSpin();
     return header[H.SYNC_FAILED] === 0;
   }
 

@@ -1,18 +1,22 @@
 /**
- * Adaptive spin-then-park on a SAB word, like KVM's halt polling: the spin budget grows
- * while answers arrive within it and shrinks when we end up parking anyway.
+ * Adaptive spin-then-park on a SAB word, like KVM's halt polling: a park that ended soon
+ * after it began means spinning a little longer would have caught the answer, so the
+ * budget grows; a long park means spinning was wasted, so it shrinks.
  */
 
 export interface SpinPolicy {
   /** Iterations a waiter may spin before parking; adapted between these bounds. */
   minSpins: number;
   maxSpins: number;
+  /** A park shorter than this (µs) grows the budget; a longer one shrinks it. */
+  shortParkMicros: number;
 }
 
-export const DEFAULT_SPIN: SpinPolicy = { minSpins: 64, maxSpins: 200_000 };
+export const DEFAULT_SPIN: SpinPolicy = { minSpins: 64, maxSpins: 200_000, shortParkMicros: 200 };
 
 export class AdaptiveSpinner {
   budget: number;
+  parks = 0;
   constructor(readonly policy: SpinPolicy = DEFAULT_SPIN) {
     this.budget = policy.maxSpins;
   }
@@ -21,20 +25,23 @@ export class AdaptiveSpinner {
   spin(array: Int32Array, index: number, value: number): boolean {
     const budget = this.budget;
     for (let i = 0; i < budget; i++) {
-      if (Atomics.load(array, index) !== value) {
-        if (i > budget >> 1) this.budget = Math.min(this.policy.maxSpins, budget * 2);
-        return true;
-      }
+      if (Atomics.load(array, index) !== value) return true;
     }
-    this.budget = Math.max(this.policy.minSpins, budget >> 1);
     return false;
+  }
+
+  /** Adapts the budget to how long a park lasted. */
+  parked(micros: number): void {
+    this.parks++;
+    const { minSpins, maxSpins, shortParkMicros } = this.policy;
+    this.budget = micros <= shortParkMicros ? Math.min(maxSpins, this.budget * 2) : Math.max(minSpins, this.budget >> 1);
   }
 }
 
 /**
  * Waits (blocking: worker threads only) until `array[index]` is no longer `value`:
- * spins within the budget, then parks with Atomics.wait. The other side must notify
- * when it sees `parkedIndex` set (or always notify when `parkedIndex` is negative).
+ * spins within the budget, then parks with Atomics.wait. The other side notifies when it
+ * sees `array[parkedIndex]` set.
  */
 export function waitWhileEqual(
   array: Int32Array,
@@ -44,7 +51,9 @@ export function waitWhileEqual(
   parkedIndex: number,
 ): void {
   if (spinner.spin(array, index, value)) return;
+  const start = performance.now();
   Atomics.store(array, parkedIndex, 1);
   while (Atomics.load(array, index) === value) Atomics.wait(array, index, value);
   Atomics.store(array, parkedIndex, 0);
+  spinner.parked((performance.now() - start) * 1000);
 }

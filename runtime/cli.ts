@@ -1,7 +1,6 @@
 #!/usr/bin/env node
 /** `workervisor demo | run | bench`: the command-line front end. */
 import { runDemo } from "./demo.js";
-import { destroyVcpuPool } from "./vcpu-pool.js";
 
 const USAGE = `usage: workervisor <command> [options]
 
@@ -39,14 +38,13 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+// Idle vCPU threads are unref'd, so Node exits once the command is done.
 main(process.argv.slice(2)).then(
-  async (code) => {
-    await destroyVcpuPool();
+  (code) => {
     process.exitCode = code;
   },
-  async (error: unknown) => {
+  (error: unknown) => {
     process.stderr.write(`workervisor: ${error instanceof Error ? error.message : String(error)}\n`);
-    await destroyVcpuPool();
     process.exitCode = 1;
   },
 );

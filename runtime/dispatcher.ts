@@ -22,13 +22,18 @@ export interface DispatcherStats {
 }
 
 export interface DispatcherOptions {
-  /** How long to keep polling after the last exit before parking, in microseconds. */
+  /** How long to keep polling after the last synchronous exit before parking, in µs. */
   spinMicros: number;
   /** Longest stretch of draining before yielding to the event loop, in milliseconds. */
   yieldAfterMs: number;
+  /**
+   * How long a parked dispatcher leaves posted writes in the rings before draining them
+   * (ms). Workers wake it earlier when a ring is half full or they wait for an answer.
+   */
+  postedFlushMs: number;
 }
 
-export const DEFAULT_DISPATCHER_OPTIONS: DispatcherOptions = { spinMicros: 50, yieldAfterMs: 1 };
+export const DEFAULT_DISPATCHER_OPTIONS: DispatcherOptions = { spinMicros: 50, yieldAfterMs: 1, postedFlushMs: 1 };
 
 export class DeviceError extends Error {
   override name = "DeviceError";
@@ -74,49 +79,58 @@ export class Dispatcher {
     await this.loop;
   }
 
-  /** Drains every channel once; returns the number of exits handled. */
+  /** Drains every channel once; returns how many sync requests it answered. */
   drainAll(): number {
-    let handled = 0;
+    let requests = 0;
     for (let i = 0; i < this.channels.length; i++) {
       const channel = this.channels[i];
       // Posted records first: they precede any sync request of the same vCPU.
-      handled += channel.drainPosted(this.consumePosted, this.record);
+      channel.drainPosted(this.consumePosted, this.record);
       if (channel.hasRequest()) {
-        handled += channel.drainPosted(this.consumePosted, this.record);
+        channel.drainPosted(this.consumePosted, this.record);
         this.handleRequest(channel);
-        handled++;
+        requests++;
       }
     }
-    return handled;
+    return requests;
   }
 
+  /**
+   * Spins while vCPUs wait for answers (a parked dispatcher costs them a wake-up each), and
+   * parks otherwise: posted writes are then drained in batches, on the flush timer or when a
+   * ring is half full, so a stream of them does not cost a main-thread core.
+   */
   private async run(): Promise<void> {
-    const { spinMicros, yieldAfterMs } = this.options;
+    const { spinMicros, yieldAfterMs, postedFlushMs } = this.options;
     const doorbell = this.doorbell;
     let sliceStart = performance.now();
-    let lastActivity = sliceStart;
+    let lastRequest = -Infinity;
     while (this.running) {
       const sequence = Atomics.load(doorbell, Doorbell.SEQUENCE);
-      const handled = this.drainAll();
+      const requests = this.drainAll();
       const now = performance.now();
-      if (handled > 0) lastActivity = now;
+      if (requests > 0) lastRequest = now;
       if (now - sliceStart >= yieldAfterMs) {
         await yieldToEventLoop();
         sliceStart = performance.now();
         continue;
       }
-      if (handled > 0 || (now - lastActivity) * 1000 < spinMicros) continue;
+      if ((now - lastRequest) * 1000 < spinMicros) continue;
       Atomics.store(doorbell, Doorbell.MAIN_PARKED, 1);
-      if (Atomics.load(doorbell, Doorbell.SEQUENCE) === sequence && this.running) {
+      if (Atomics.load(doorbell, Doorbell.SEQUENCE) === sequence && this.running && !this.anyRequest()) {
         this.stats.parks++;
-        const wait = Atomics.waitAsync(doorbell, Doorbell.SEQUENCE, sequence);
+        const wait = Atomics.waitAsync(doorbell, Doorbell.SEQUENCE, sequence, postedFlushMs);
         if (wait.async) await wait.value;
       }
       Atomics.store(doorbell, Doorbell.MAIN_PARKED, 0);
       sliceStart = performance.now();
-      lastActivity = sliceStart;
     }
     this.drainAll();
+  }
+
+  private anyRequest(): boolean {
+    for (let i = 0; i < this.channels.length; i++) if (this.channels[i].hasRequest()) return true;
+    return false;
   }
 
   private busFor(kind: number): Bus {

@@ -16,6 +16,8 @@ export interface PoolOptions {
 }
 
 let pool: Piscina<VcpuTask | { warmup: true }, VcpuOutcome | "warm"> | undefined;
+/** Settles when the warm threads have loaded the worker code. */
+let warmed: Promise<unknown> = Promise.resolve();
 
 export function vcpuPool(options: Partial<PoolOptions> = {}): Piscina<VcpuTask | { warmup: true }, VcpuOutcome | "warm"> {
   if (pool === undefined) {
@@ -26,6 +28,8 @@ export function vcpuPool(options: Partial<PoolOptions> = {}): Piscina<VcpuTask |
       idleTimeout: options.idleTimeoutMs ?? 10_000,
       concurrentTasksPerWorker: 1,
     });
+    const p = pool;
+    warmed = Promise.allSettled(Array.from({ length: p.options.minThreads }, () => p.run({ warmup: true })));
   }
   return pool;
 }
@@ -36,8 +40,16 @@ export async function warmVcpuPool(count = 1): Promise<void> {
   await Promise.all(Array.from({ length: count }, () => p.run({ warmup: true })));
 }
 
+/**
+ * Ends the pool's threads. Idle threads do not keep Node alive, so this is only needed to
+ * release them early. It waits until every thread has loaded its code: Node 20 aborts the
+ * process when a worker is terminated while it is still loading an ES module.
+ */
 export async function destroyVcpuPool(): Promise<void> {
   const p = pool;
+  if (p === undefined) return;
   pool = undefined;
-  if (p) await p.destroy();
+  await warmed;
+  await Promise.allSettled(p.threads.map(() => p.run({ warmup: true })));
+  await p.destroy();
 }

@@ -54,6 +54,10 @@ export interface VmStats {
   unclaimedReads: number;
   unclaimedWrites: number;
   dispatcherParks: number;
+  /** Times vCPU workers parked (spin budget ran out) waiting for an answer or ring space. */
+  workerParks: number;
+  /** Each worker's adaptive spin budget (iterations) when last published. */
+  workerSpinBudgets: number[];
 }
 
 export interface DeviceRegistration {
@@ -341,6 +345,8 @@ export class Vm extends EventEmitter {
       unclaimedReads: d.unclaimedReads,
       unclaimedWrites: d.unclaimedWrites,
       dispatcherParks: d.parks,
+      workerParks: sum(Stat.WORKER_PARKS),
+      workerSpinBudgets: this.channels.map((c) => c.stats[Stat.WORKER_SPIN_BUDGET]),
     };
   }
 
