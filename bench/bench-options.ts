@@ -25,6 +25,8 @@ selection
   --no-qemu            skip the QEMU peer
   --qemu BINARY        QEMU to use (default: qemu-system-x86_64 on PATH)
   --no-start           skip the VM start figures
+  --no-vmexit          skip kvm-unit-tests' vmexit kernel (workervisor beside QEMU;
+                       --quick runs 3 of its 7 subtests)
 
 length
   --quick              a run under a minute that still measures every default figure
@@ -64,6 +66,7 @@ export interface BenchOptions {
   qemu: boolean;
   qemuBinary: string | undefined;
   start: boolean;
+  vmexit: boolean;
   spin: SpinPolicy;
   dispatcher: DispatcherOptions;
   ringCapacity: number;
@@ -118,6 +121,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
         "no-qemu": { type: "boolean" },
         qemu: { type: "string" },
         "no-start": { type: "boolean" },
+        "no-vmexit": { type: "boolean" },
         quick: { type: "boolean" },
         iterations: { type: "string" },
         batches: { type: "string" },
@@ -176,6 +180,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
     qemu: !(values["no-qemu"] ?? false),
     qemuBinary: values.qemu,
     start: !(values["no-start"] ?? false),
+    vmexit: !(values["no-vmexit"] ?? false),
     spin,
     dispatcher: {
       ...DEFAULT_DISPATCHER_OPTIONS,

@@ -3,6 +3,7 @@
  * drawn from). Every figure carries its raw per-run samples, marker costs and busy time,
  * so each mean, percentile, rate and ratio can be recomputed from the file.
  */
+import type { VmexitReport } from "./vmexit-kernel.js";
 import { readFileSync, writeFileSync } from "node:fs";
 import type { ExitKindName, GuestPrivilege, PathName } from "./figures.js";
 import type { MachineInfo } from "./machine-info.js";
@@ -110,6 +111,9 @@ export interface BenchReport {
     qemu_status: string;
   };
   vm_start: StartResult[];
+  /** kvm-unit-tests' vmexit kernel under workervisor and QEMU; null when skipped or missing. */
+  kvm_unit_tests_vmexit: VmexitReport | null;
+  kvm_unit_tests_vmexit_status: string;
   targets: TargetResult[];
   /** Wall time of the whole suite, seconds. */
   wall_s: number;

@@ -3,6 +3,8 @@
  * JS path, interleaved repeat by repeat so slow drifts of a shared machine hit all of them;
  * then VM start and the QEMU peer. Returns the report the table, JSON and SVG are made of.
  */
+import { existsSync } from "node:fs";
+import { DEFAULT_VMEXIT_KERNEL, measureVmexit, QUICK_VMEXIT_SUBTESTS, VMEXIT_SUBTESTS, type VmexitReport } from "./vmexit-kernel.js";
 import { destroyVcpuPool, warmVcpuPool } from "../runtime/vcpu-pool.js";
 import { type BenchOptions, opsPerBatchFor } from "./bench-options.js";
 import { buildCBaseline, type CBaseline, removeCBaseline } from "./c-baseline.js";
@@ -164,6 +166,24 @@ export async function runSuite(options: BenchOptions, progress: Progress): Promi
       }
     }
 
+    let vmexit: VmexitReport | null = null;
+    let vmexitStatus = "skipped (--no-vmexit)";
+    if (options.vmexit) {
+      if (!existsSync(DEFAULT_VMEXIT_KERNEL)) {
+        vmexitStatus = `missing: ${DEFAULT_VMEXIT_KERNEL} not found`;
+      } else {
+        const subtests = options.quick ? QUICK_VMEXIT_SUBTESTS : VMEXIT_SUBTESTS;
+        progress(`bench: kvm-unit-tests vmexit (${subtests.length} subtests) under workervisor${qemu ? " and QEMU" : ""}`);
+        try {
+          vmexit = await measureVmexit(subtests, DEFAULT_VMEXIT_KERNEL, qemu ? options.qemuBinary ?? "qemu-system-x86_64" : undefined);
+          vmexitStatus = "measured";
+        } catch (error) {
+          vmexitStatus = `failed: ${(error as Error).message}`;
+          progress(`bench: vmexit kernel failed: ${(error as Error).message}`);
+        }
+      }
+    }
+
     return {
       schema: REPORT_SCHEMA,
       generated: new Date().toISOString(),
@@ -181,6 +201,8 @@ export async function runSuite(options: BenchOptions, progress: Progress): Promi
       results,
       baselines: { c: cResults, c_status: cStatus, qemu: qemuResults, qemu_status: qemuStatus },
       vm_start: vmStart,
+      kvm_unit_tests_vmexit: vmexit,
+      kvm_unit_tests_vmexit_status: vmexitStatus,
       targets: evaluateTargets(results, cResults, vmStart, machine.cores),
       wall_s: (performance.now() - began) / 1000,
     };

@@ -1,4 +1,5 @@
 /** The report as a plain-text table for stdout, at most 100 columns wide. */
+import { formatVmexitTable } from "./vmexit-kernel.js";
 import type { BenchReport, FigureResult, StartResult, TargetResult } from "./json-report.js";
 import { figureName } from "./targets.js";
 
@@ -156,6 +157,8 @@ export function formatTable(report: BenchReport): string {
     for (const r of section.rows) out.push(row(r, targetFor(r, report.targets)));
   }
   out.push(...startRows(report.vm_start));
+  if (report.kvm_unit_tests_vmexit) out.push("", formatVmexitTable(report.kvm_unit_tests_vmexit));
+  else if (report.kvm_unit_tests_vmexit_status) out.push("", `kvm-unit-tests vmexit: ${report.kvm_unit_tests_vmexit_status}`);
   out.push(...targetRows(report.targets));
   out.push("", `suite wall time ${report.wall_s.toFixed(1)} s`);
   return out.join("\n") + "\n";

@@ -11,6 +11,8 @@ import { PcMachine } from "../runtime/pc-machine.js";
 export const VMEXIT_SUBTESTS = [
   "cpuid", "inl_from_qemu", "inl_from_kernel", "outl_to_kernel", "mov_dr", "wr_tsc_adjust_msr", "inl_from_pmtimer",
 ] as const;
+/** For --quick: one exit handled in the kernel, one in a worker device, one unclaimed port. */
+export const QUICK_VMEXIT_SUBTESTS = ["cpuid", "inl_from_pmtimer", "inl_from_qemu"] as const;
 
 export const DEFAULT_VMEXIT_KERNEL = fileURLToPath(new URL("../../../shared/kvm-unit-tests/vmexit.flat", import.meta.url));
 
@@ -54,19 +56,19 @@ async function runUnderWorkervisor(kernel: string, subtests: readonly string[]):
   return output;
 }
 
-export function findQemu(): string | undefined {
-  const found = spawnSync("qemu-system-x86_64", ["--version"], { encoding: "utf8" });
+function qemuVersion(binary: string): string | undefined {
+  const found = spawnSync(binary, ["--version"], { encoding: "utf8" });
   return found.status === 0 ? found.stdout.split("\n")[0].trim() : undefined;
 }
 
-function runUnderQemu(kernel: string, subtests: readonly string[]): Promise<string> {
+function runUnderQemu(binary: string, kernel: string, subtests: readonly string[]): Promise<string> {
   const args = [
     "--no-reboot", "-nodefaults", "-display", "none", "-serial", "stdio",
     "-device", "isa-debug-exit,iobase=0xf4,iosize=0x4", "-machine", "accel=kvm",
     "-kernel", kernel, "-append", subtests.join(" "),
   ];
   return new Promise((resolve, reject) => {
-    const child = spawn("qemu-system-x86_64", args, { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(binary, args, { stdio: ["ignore", "pipe", "pipe"] });
     let output = "";
     let errors = "";
     child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString("latin1")));
@@ -80,17 +82,19 @@ function runUnderQemu(kernel: string, subtests: readonly string[]): Promise<stri
   });
 }
 
+/** Runs the kernel under workervisor, then under `qemuBinary` when given and installed. */
 export async function measureVmexit(
   subtests: readonly string[] = VMEXIT_SUBTESTS,
   kernel = DEFAULT_VMEXIT_KERNEL,
+  qemuBinary: string | undefined = "qemu-system-x86_64",
 ): Promise<VmexitReport> {
   if (!existsSync(kernel)) throw new Error(`vmexit kernel not found at ${kernel}`);
   const ours = parseVmexitOutput(await runUnderWorkervisor(kernel, subtests));
-  const qemuVersion = findQemu();
-  const theirs = qemuVersion ? parseVmexitOutput(await runUnderQemu(kernel, subtests)) : new Map<string, number>();
+  const version = qemuBinary ? qemuVersion(qemuBinary) : undefined;
+  const theirs = version ? parseVmexitOutput(await runUnderQemu(qemuBinary!, kernel, subtests)) : new Map<string, number>();
   return {
     kernel,
-    qemu: qemuVersion ?? "missing (qemu-system-x86_64 not installed)",
+    qemu: version ?? (qemuBinary ? `missing (${qemuBinary} not installed)` : "skipped (--no-qemu)"),
     rows: subtests.map((subtest) => {
       const w = ours.get(subtest) ?? null;
       const q = theirs.get(subtest) ?? null;
@@ -101,7 +105,8 @@ export async function measureVmexit(
 
 export function formatVmexitTable(report: VmexitReport): string {
   const lines = [
-    `kvm-unit-tests vmexit: TSC cycles per iteration, measured by the guest (QEMU: ${report.qemu})`,
+    "kvm-unit-tests vmexit: TSC cycles per iteration, measured by the guest itself",
+    `QEMU: ${report.qemu}`,
     `${"subtest".padEnd(20)}${"workervisor".padStart(14)}${"QEMU".padStart(14)}${"ratio".padStart(10)}`,
   ];
   for (const row of report.rows) {

@@ -144,7 +144,7 @@ test("workervisor bench --quick with tiny counts: every figure, every exit accou
       process.execPath,
       [
         CLI, "bench", "--quick", "--batches", "24", "--warmup", "2", "--calibration", "16", "--repeats", "1",
-        "--start-samples", "2", "--json", json, "--svg", svg,
+        "--start-samples", "2", "--no-vmexit", "--json", json, "--svg", svg,
       ],
       { timeout: 100_000, maxBuffer: 16 << 20 },
     );
@@ -155,6 +155,9 @@ test("workervisor bench --quick with tiny counts: every figure, every exit accou
     for (const field of ["cpu", "kernel", "node", "koffi"] as const) assert.equal(typeof report.machine[field], "string", field);
     assert.equal(typeof report.machine.nested, "boolean");
     assert.match(report.machine.kvm_flavour, /kvm/);
+    // The vmexit kernel has its own test (kvm-unit-tests.test.ts); here it is skipped on request.
+    assert.equal(report.kvm_unit_tests_vmexit, null);
+    assert.equal(report.kvm_unit_tests_vmexit_status, "skipped (--no-vmexit)");
 
     // Every default figure is there, once, and accounted for.
     const planned = planFigures(DEFAULT_PLAN).map((f) => `${f.kind}/${f.path}/${f.privilege}/${f.vcpus}`).sort();
