@@ -129,11 +129,16 @@ function latencyPanel(svg: Svg, rows: PanelRow[], title: string, x: number, y: n
   const height = panelHeight(rows);
   svg.text(x, y + 10, title, { "font-size": 13, "font-weight": "bold" });
   svg.text(x + w - valueW + 6, y + 10, "mean, x C", { "font-size": 10, fill: "#555" });
+  let lastLabelX = -Infinity;
   for (const v of axis.ticks()) {
     const gx = axis.x(v);
     const major = Math.abs(Math.log10(v) - Math.round(Math.log10(v))) < 1e-9;
     svg.line(gx, top - 4, gx, top + height, { stroke: major ? "#bbb" : "#e4e4e4", "stroke-width": 1 });
+    // Labels crowd where the log scale squeezes ticks together: skip one that would touch its neighbour.
+    const labelWidth = tickLabel(v).length * 6;
+    if (gx - lastLabelX < labelWidth + 4) continue;
     svg.text(gx, top + height + 13, tickLabel(v), { "text-anchor": "middle", "font-size": 10 });
+    lastLabelX = gx;
   }
   svg.text((axis.x0 + axis.x1) / 2, top + height + 28, "per-exit latency (µs, log scale)", { "text-anchor": "middle", "font-size": 11 });
   let cy = top;
