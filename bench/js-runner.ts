@@ -11,10 +11,9 @@ import { type FigureSpec, pathsFor, pathSupportsVcpus, type RunCounts } from "./
 import { exitLoopProgram, parameterBlock } from "./guest-programs.js";
 import { paramAddress } from "./guest-image.js";
 import { FINISH_PORT, GUEST_MEMORY_BYTES, IOEVENTFD_TARGET, MARKER_BASE, targetAddress, targetFor } from "./layout.js";
-import { MarkerLog, Phase } from "./marker-log.js";
+import { MarkerLog, mainCpuWhileMeasuring, Phase } from "./marker-log.js";
 import { FinishLine } from "./finish-line.js";
 import { eventFdCount } from "./eventfd-count.js";
-import { threadCpuNs } from "./thread-cpu.js";
 import { expectedMarkers, type RawRun } from "./stats.js";
 import { countedBy, guestIterations, type RunCheck, userspaceExitsPerOp } from "./accounting.js";
 
@@ -91,19 +90,13 @@ export async function runJsFigure(figure: FigureSpec, counts: RunCounts, tuning:
       }));
     }
 
-    const cpu = { from: NaN, to: NaN };
-    const watch = (async () => {
-      await log.phaseReached(Phase.MEASURING);
-      cpu.from = threadCpuNs();
-      await log.phaseReached(Phase.DONE);
-      cpu.to = threadCpuNs();
-    })();
+    const mainCpu = mainCpuWhileMeasuring(log);
     const result = await vm.run();
     if (result.reason !== "debug-exit" || result.status !== 0) {
       throw new Error(`${kind}/${path} run ended with ${result.reason}${result.detail ? ` (${result.detail})` : ""}, expected the finish line`);
     }
     if (!log.reached(Phase.DONE)) throw new Error(`${kind}: the guest finished without its final marker being timestamped`);
-    await watch;
+    const mainCpuNs = await mainCpu;
     const stats = vm.stats;
 
     const markerWrites = Array.from({ length: vcpus }, (_, i) => log.count(i)).reduce((a, b) => a + b, 0);
@@ -135,7 +128,7 @@ export async function runJsFigure(figure: FigureSpec, counts: RunCounts, tuning:
         counts,
         marks: Array.from({ length: vcpus }, (_, i) => log.marks(i)),
         drainedAt: path === "main-posted" ? Math.max(...finish.finishedAt) : undefined,
-        mainCpuNs: cpu.to - cpu.from,
+        mainCpuNs,
       },
       check: { iterations, counted, countedBy: countedBy(kind, path), unexplainedExits },
       stats,

@@ -13,6 +13,7 @@
  * PHASE lets the main thread read its own CPU clock just as the measured batches begin and
  * end, without polling.
  */
+import { threadCpuNs } from "./thread-cpu.js";
 
 export const MAX_MARKER_VCPUS = 64;
 const H = { ARRIVED: 0, VCPUS: 1, PHASE: 2, MEASURE_FROM: 3, MEASURE_TO: 4, BARRIER_TIMEOUT_MS: 5, COUNTS: 8 } as const;
@@ -112,4 +113,15 @@ export class MarkerLog {
       if (wait.async) await wait.value;
     }
   }
+}
+
+/**
+ * Main-thread CPU time (ns) spent while the guest is in its measured phase: resolves once
+ * the log reaches DONE.
+ */
+export async function mainCpuWhileMeasuring(log: MarkerLog): Promise<number> {
+  await log.phaseReached(Phase.MEASURING);
+  const from = threadCpuNs();
+  await log.phaseReached(Phase.DONE);
+  return threadCpuNs() - from;
 }

@@ -15,8 +15,7 @@ import type { FigureSpec, RunCounts } from "./figures.js";
 import { exitLoopProgram, parameterBlock } from "./guest-programs.js";
 import { paramAddress } from "./guest-image.js";
 import { FINISH_PORT, GUEST_MEMORY_BYTES, MARKER_BASE, targetAddress, targetFor } from "./layout.js";
-import { MarkerLog, Phase } from "./marker-log.js";
-import { threadCpuNs } from "./thread-cpu.js";
+import { MarkerLog, mainCpuWhileMeasuring, Phase } from "./marker-log.js";
 import { expectedMarkers } from "./stats.js";
 import { countedBy, guestIterations } from "./accounting.js";
 import type { FigureRun } from "./js-runner.js";
@@ -62,13 +61,8 @@ export async function runPostMessageFigure(figure: FigureSpec, counts: RunCounts
     };
     const counter = new CounterDevice();
     const base = target.base;
-    const cpu = { from: NaN, to: NaN };
-    const watch = (async () => {
-      await log.phaseReached(Phase.MEASURING);
-      cpu.from = threadCpuNs();
-      await log.phaseReached(Phase.DONE);
-      cpu.to = threadCpuNs();
-    })();
+    const mainCpu = mainCpuWhileMeasuring(log);
+    let mainCpuNs = NaN;
     const worker = new Worker(WORKER_FILE, { workerData });
     let exits = 0;
     try {
@@ -97,7 +91,7 @@ export async function runPostMessageFigure(figure: FigureSpec, counts: RunCounts
         worker.on("exit", (code) => reject(new Error(`postMessage vCPU worker exited with code ${code} before finishing`)));
       });
       if (!log.reached(Phase.DONE)) throw new Error(`${kind}: the guest finished without its final marker being timestamped`);
-      await watch;
+      mainCpuNs = await mainCpu;
     } finally {
       await worker.terminate();
     }
@@ -105,7 +99,7 @@ export async function runPostMessageFigure(figure: FigureSpec, counts: RunCounts
     const counted = kind === "pio-read" || kind === "mmio-read" ? counter.reads : counter.writes;
     const explained = log.count(0) + 2 + iterations;
     return {
-      raw: { counts, marks: [log.marks(0)], mainCpuNs: cpu.to - cpu.from },
+      raw: { counts, marks: [log.marks(0)], mainCpuNs },
       check: { iterations, counted, countedBy: countedBy(kind, "postmessage"), unexplainedExits: Math.max(0, exits - explained) },
     };
   } finally {

@@ -84,6 +84,14 @@ async function assertFreshVmRuns(status: number): Promise<void> {
   }
 }
 
+/** A running VM whose guest spins in `jmp $`, never exiting on its own. */
+function startSpinningVm(): Vm {
+  const vm = Vm.create({ memory: 2 * MiB });
+  vm.loadProgram({ code: SPIN, mode: "long64" });
+  vm.start();
+  return vm;
+}
+
 test("50 create/run/stop cycles leave the open fd count unchanged", { timeout: 120_000 }, async () => {
   async function cycle(i: number): Promise<void> {
     const vm = Vm.create({ memory: 2 * MiB });
@@ -116,10 +124,8 @@ test("stop() from 'created' releases the VM's fds, and a second stop() is harmle
 });
 
 test("stop() from 'running' ends a guest that never exits", async () => {
-  const vm = Vm.create({ memory: 2 * MiB });
+  const vm = startSpinningVm();
   try {
-    vm.loadProgram({ code: SPIN, mode: "long64" });
-    vm.start();
     assert.equal(vm.state, "running");
     await sleep(20);
     assert.deepEqual(await vm.stop(), { reason: "stopped" });
@@ -131,10 +137,8 @@ test("stop() from 'running' ends a guest that never exits", async () => {
 });
 
 test("stop() from 'paused' ends the VM", async () => {
-  const vm = Vm.create({ memory: 2 * MiB });
+  const vm = startSpinningVm();
   try {
-    vm.loadProgram({ code: SPIN, mode: "long64" });
-    vm.start();
     await vm.pause();
     assert.equal(vm.state, "paused");
     assert.deepEqual(await vm.stop(), { reason: "stopped" });
@@ -145,10 +149,8 @@ test("stop() from 'paused' ends the VM", async () => {
 });
 
 test("stop() called twice at once: both resolve 'stopped', and a third call after too", async () => {
-  const vm = Vm.create({ memory: 2 * MiB });
+  const vm = startSpinningVm();
   try {
-    vm.loadProgram({ code: SPIN, mode: "long64" });
-    vm.start();
     await sleep(10);
     const [first, second] = await Promise.all([vm.stop(), vm.stop()]);
     assert.deepEqual(first, { reason: "stopped" });

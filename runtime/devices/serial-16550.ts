@@ -240,6 +240,7 @@ export class Serial16550 implements Device {
         return this.#readLsr();
       case MSR:
         return this.#readMsr();
+      case SCR:
       default:
         return this.#scr;
     }
@@ -267,6 +268,7 @@ export class Serial16550 implements Device {
       case LSR:
       case MSR:
         return; // read-only
+      case SCR:
       default:
         this.#scr = byte;
     }
