@@ -15,6 +15,7 @@
  * no loop instruction between exits) and a calibration round is a batch with K = 0.
  * All counts must be at least 1. The loop clobbers RAX, RCX, RDX, RBX (CPUID) and R10-R15.
  */
+import { imm32 } from "../runtime/guests/guest-bytes.js";
 
 export type ExitKindName =
   | "pio-write"
@@ -167,9 +168,6 @@ export function markerCount(p: Pick<ExitLoopParams, "warmupBatches" | "calibrati
 
 // ---- the QEMU peer's boot path: Multiboot (32-bit, paging off) into the same long-mode state ----
 
-function imm32(value: number): number[] {
-  return rel32(value >>> 0);
-}
 
 export interface LongModeEntry {
   /** Where the stub finds the image to copy to guest-physical 0, and its length (multiple of 4). */

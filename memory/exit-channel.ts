@@ -231,10 +231,6 @@ export class ExitChannel {
     }
   }
 
-  hasPosted(): boolean {
-    return Atomics.load(this.header, H.RING_HEAD) !== this.header[H.RING_TAIL];
-  }
-
   hasRequest(): boolean {
     return Atomics.load(this.header, H.SYNC_STATE) === SyncState.REQUEST;
   }

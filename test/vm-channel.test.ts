@@ -6,31 +6,14 @@
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { type AccessSize, CounterDevice, type Device, destroyVcpuPool, Vm } from "../runtime/index.js";
-import { ascii, DEBUG_EXIT, imm32 } from "./guest-asm.js";
+import { countingProgram } from "../runtime/guests/programs.js";
+import { ascii, imm32 } from "../runtime/guests/guest-bytes.js";
 
 after(() => destroyVcpuPool());
 
 const MiB = 1 << 20;
 const COUNTER_PORT = 0x500;
 
-/**
- * Writes 1, 2, ... RCX to the counter's COUNT port (posted), then reads IN_ORDER (sync):
- * the exit status is how many writes the device saw, each the previous plus one.
- */
-function countTo(port: number): number[] {
-  return [
-    0xba, ...imm32(port),                     // mov edx, port          ; counter COUNT
-    0x31, 0xc0,                               // xor eax, eax
-    0xff, 0xc0,                               // 1: inc eax
-    0xef,                                     // out dx, eax
-    0x39, 0xc8,                               // cmp eax, ecx
-    0x75, 0xf9,                               // jne 1b
-    0xba, ...imm32(port + 4),                 // mov edx, port + 4      ; counter IN_ORDER
-    0xed,                                     // in eax, dx
-    0xe7, DEBUG_EXIT,                         // out 0xf4, eax
-    0xf4,                                     // hlt
-  ];
-}
 
 test("100,000 posted writes arrive in order before the read that counts them", { timeout: 120_000 }, async () => {
   const n = 100_000;
@@ -39,7 +22,7 @@ test("100,000 posted writes arrive in order before the read that counts them", {
   try {
     vm.addDevice({ space: "pio", base: COUNTER_PORT, length: 16, device: counter });
     vm.addDebugExit();
-    vm.loadProgram({ code: countTo(COUNTER_PORT), mode: "long64", registers: { rcx: BigInt(n) } });
+    vm.loadProgram({ code: countingProgram(COUNTER_PORT), mode: "long64", registers: { rcx: BigInt(n) } });
     assert.deepEqual(await vm.run(), { reason: "debug-exit", status: n });
     assert.equal(counter.writes, n);
     assert.equal(counter.inOrder, n);
@@ -71,7 +54,7 @@ for (const ringCapacity of [4, 1]) {
     try {
       vm.addDevice({ space: "pio", base: COUNTER_PORT, length: 16, device: slow });
       vm.addDebugExit();
-      vm.loadProgram({ code: countTo(COUNTER_PORT), mode: "long64", registers: { rcx: BigInt(n) } });
+      vm.loadProgram({ code: countingProgram(COUNTER_PORT), mode: "long64", registers: { rcx: BigInt(n) } });
       assert.deepEqual(await vm.run(), { reason: "debug-exit", status: n });
       assert.equal(slow.counter.writes, n);
       assert.equal(slow.counter.inOrder, n);

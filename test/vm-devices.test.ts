@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import {
   type AccessSize, COUNTER_LENGTH, CounterDevice, CounterRegister, type Device, destroyVcpuPool, Serial16550, Vm,
 } from "../runtime/index.js";
-import { DEBUG_EXIT, ascii } from "./guest-asm.js";
+import { DEBUG_EXIT, ascii } from "../runtime/guests/guest-bytes.js";
 
 after(() => destroyVcpuPool());
 

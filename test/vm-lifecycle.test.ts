@@ -10,7 +10,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import {
   CounterDevice, type Device, DeviceError, destroyVcpuPool, GuestFatalError, VcpuWorkerError, Vm, VmStateError,
 } from "../runtime/index.js";
-import { DEBUG_EXIT, imm32 } from "./guest-asm.js";
+import { DEBUG_EXIT, exitWith } from "../runtime/guests/guest-bytes.js";
 import { THROWING_DEVICE_MESSAGE } from "./fixtures/throwing-device.js";
 
 after(() => destroyVcpuPool());
@@ -44,13 +44,6 @@ const SPIN = [
   0xeb, 0xfe,                               // 1: jmp 1b
 ];
 
-function exitWith(value: number): number[] {
-  return [
-    0xb8, ...imm32(value),                    // mov eax, value
-    0xe7, DEBUG_EXIT,                         // out 0xf4, eax
-    0xf4,                                     // hlt
-  ];
-}
 
 /** Writes 1, 2, 3, ... to the counter's COUNT port forever (posted writes). */
 const COUNT_FOREVER = [
@@ -249,64 +242,45 @@ function assertFatal(error: unknown, exitKind: string): GuestFatalError {
   return error;
 }
 
-test("a jump to a non-canonical address triple-faults: GuestFatalError with the faulting RIP", async () => {
+/** Runs `code` to its fatal exit and returns the checked GuestFatalError; the VM is stopped. */
+async function fatalRun(code: number[], mode: "long64" | "user64", exitKind: string): Promise<GuestFatalError> {
   const vm = Vm.create({ memory: 2 * MiB });
   try {
     vm.addDebugExit();
-    vm.loadProgram({
-      mode: "long64",
-      code: [
-        0x48, 0xb8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x80, // mov rax, 0x8000000000000000
-        0xff, 0xe0,                               // jmp rax             ; at 0x1000a: #GP, no IDT, shutdown
-      ],
-    });
-    vm.start();
-    const error = assertFatal(await rejection(vm.wait()), "shutdown");
-    // The #GP is raised by the jump itself, so RIP still points at it.
-    assert.equal(BigInt(error.registers.rip), 0x1000an);
-    assert.equal(BigInt(error.registers.cr3), 0x1000n);
+    vm.loadProgram({ code, mode });
+    const error = assertFatal(await rejection(vm.run()), exitKind);
     assert.equal(vm.state, "stopped");
+    return error;
   } finally {
     await vm.stop();
   }
+}
+
+test("a jump to a non-canonical address triple-faults: GuestFatalError with the faulting RIP", async () => {
+  const error = await fatalRun([
+    0x48, 0xb8, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x80, // mov rax, 0x8000000000000000
+    0xff, 0xe0,                               // jmp rax             ; at 0x1000a: #GP, no IDT, shutdown
+  ], "long64", "shutdown");
+  // The #GP is raised by the jump itself, so RIP still points at it.
+  assert.equal(BigInt(error.registers.rip), 0x1000an);
+  assert.equal(BigInt(error.registers.cr3), 0x1000n);
 });
 
 test("int3 at CPL3 with an empty IDT triple-faults: GuestFatalError showing the user code segment", async () => {
-  const vm = Vm.create({ memory: 2 * MiB });
-  try {
-    vm.loadProgram({
-      mode: "user64",
-      code: [
-        0xcc,                                     // int3                ; IDT limit 0: #GP, #DF, shutdown
-        0xf4,                                     // hlt
-      ],
-    });
-    vm.start();
-    const error = assertFatal(await rejection(vm.wait()), "shutdown");
-    assert.match(error.registers.cs, /dpl 3/);
-  } finally {
-    await vm.stop();
-  }
+  const error = await fatalRun([
+    0xcc,                                     // int3                ; IDT limit 0: #GP, #DF, shutdown
+    0xf4,                                     // hlt
+  ], "user64", "shutdown");
+  assert.match(error.registers.cs, /dpl 3/);
 });
 
 test("executing from an address with no RAM behind it is a fatal exit at that address", async () => {
-  const vm = Vm.create({ memory: 2 * MiB });
-  try {
-    vm.addDebugExit();
-    vm.loadProgram({
-      mode: "long64",
-      code: [
-        0xb8, 0x00, 0x00, 0x00, 0x80,             // mov eax, 0x80000000 ; mapped by the page tables, no RAM
-        0xff, 0xe0,                               // jmp rax
-      ],
-    });
-    // KVM cannot fetch an instruction from MMIO; its emulator gives up (KVM_INTERNAL_ERROR_EMULATION).
-    vm.start();
-    const error = assertFatal(await rejection(vm.wait()), "internal-error");
-    assert.equal(BigInt(error.registers.rip), 0x8000_0000n);
-  } finally {
-    await vm.stop();
-  }
+  // KVM cannot fetch an instruction from MMIO; its emulator gives up (KVM_INTERNAL_ERROR_EMULATION).
+  const error = await fatalRun([
+    0xb8, 0x00, 0x00, 0x00, 0x80,             // mov eax, 0x80000000 ; mapped by the page tables, no RAM
+    0xff, 0xe0,                               // jmp rax
+  ], "long64", "internal-error");
+  assert.equal(BigInt(error.registers.rip), 0x8000_0000n);
 });
 
 /** Writes 1 to port 0x600, then exits with status 0 (if it gets that far). */

@@ -5,20 +5,12 @@
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { destroyVcpuPool, GuestMemory, GuestMemoryError, Vm } from "../runtime/index.js";
-import { DEBUG_EXIT, imm32 } from "./guest-asm.js";
+import { DEBUG_EXIT, exitWith } from "../runtime/guests/guest-bytes.js";
 
 after(() => destroyVcpuPool());
 
 const MiB = 1 << 20;
 
-/** Writes `value` to the debug-exit port: the VM ends with it as its status. */
-function exitWith(value: number): number[] {
-  return [
-    0xb8, ...imm32(value),                    // mov eax, value
-    0xe7, DEBUG_EXIT,                         // out 0xf4, eax
-    0xf4,                                     // hlt
-  ];
-}
 
 test("100 fresh VMs in a row each run the code JS wrote into their RAM", async () => {
   for (let i = 0; i < 100; i++) {

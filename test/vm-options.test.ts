@@ -9,7 +9,7 @@ import { readdirSync } from "node:fs";
 import {
   CounterDevice, destroyVcpuPool, GuestProgramError, Serial16550, Vm, type VmOptions,
 } from "../runtime/index.js";
-import { DEBUG_EXIT } from "./guest-asm.js";
+import { DEBUG_EXIT } from "../runtime/guests/guest-bytes.js";
 
 after(() => destroyVcpuPool());
 

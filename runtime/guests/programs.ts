@@ -3,16 +3,9 @@
  * (Intel syntax). They run at the default entry (0x10000) in long mode.
  */
 
-const DEBUG_EXIT = 0xf4;
+import { ascii, DEBUG_EXIT, imm32 } from "./guest-bytes.js";
+
 const COM1 = 0x3f8;
-
-function ascii(text: string): number[] {
-  return Array.from(Buffer.from(text, "latin1"));
-}
-
-function imm32(value: number): number[] {
-  return [value & 0xff, (value >>> 8) & 0xff, (value >>> 16) & 0xff, (value >>> 24) & 0xff];
-}
 
 /**
  * Prints `message` to COM1 with one `rep outsb` (string I/O), then writes 0 to the
@@ -29,25 +22,6 @@ export function helloProgram(message = "Hello from a workervisor guest\n"): numb
     0xe6, DEBUG_EXIT,                         // out 0xf4, al             ; status 0
     0xf4,                                     // hlt
     ...text,
-  ];
-}
-
-/**
- * Prints a NUL-terminated `message` one `out` per byte (posted writes), then exits 0.
- */
-export function printBytewiseProgram(message: string, port = COM1): number[] {
-  return [
-    0x48, 0x8d, 0x35, 0x11, 0x00, 0x00, 0x00, // lea rsi, [rip + 0x11]   ; the message after the code
-    0x66, 0xba, port & 0xff, port >> 8,       // mov dx, port
-    0xac,                                     // 1: lodsb
-    0x84, 0xc0,                               // test al, al
-    0x74, 0x03,                               // jz 2f
-    0xee,                                     // out dx, al
-    0xeb, 0xf8,                               // jmp 1b
-    0x31, 0xc0,                               // 2: xor eax, eax
-    0xe6, DEBUG_EXIT,                         // out 0xf4, al
-    0xf4,                                     // hlt
-    ...ascii(message), 0,
   ];
 }
 

@@ -1,6 +1,6 @@
 /**
- * Byte helpers for the guest programs of the VM tests: little-endian immediates and text.
- * The programs themselves live in the tests, one instruction per line with its assembly.
+ * Byte helpers for hand-assembled guest programs (runtime, tests, benchmarks):
+ * little-endian immediates and text. Programs keep their assembly beside each line.
  */
 
 /** Port of the debug-exit device (`vm.addDebugExit()`): a write ends the VM with that status. */
@@ -20,4 +20,13 @@ export function imm64(value: bigint): number[] {
 
 export function ascii(text: string): number[] {
   return Array.from(Buffer.from(text, "latin1"));
+}
+
+/** Writes `value` to the debug-exit port: the VM ends with it as its status. */
+export function exitWith(value: number): number[] {
+  return [
+    0xb8, ...imm32(value),                    // mov eax, value
+    0xe7, DEBUG_EXIT,                         // out 0xf4, eax
+    0xf4,                                     // hlt
+  ];
 }
