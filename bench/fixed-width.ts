@@ -53,7 +53,8 @@ export function fitNumber(value: number | null | undefined, width: number, decim
   }
   for (let digits = Math.max(decimals, 1); digits >= 0; digits--) {
     const text = exponential(value, digits);
-    if (text.length <= width) return text;
+    // Rounding Number.MAX_VALUE up would print a number that reads back as Infinity.
+    if (text.length <= width && Number.isFinite(Number(text))) return text;
   }
   return clamped(value, width);
 }

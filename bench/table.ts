@@ -40,7 +40,8 @@ const us = (ns: number | null, title: string) => fitNumber(ns === null ? null : 
 export function targetCell(target: TargetResult | undefined, width = widthOf("DESIGN target")): string {
   if (target === undefined || target.value === null) return "";
   const op = target.comparison === "<=" ? "<=" : ">=";
-  const verdict = target.met === null ? "n/a" : target.met ? "ok" : "NO";
+  // "?": a value that cannot be judged (not finite, or the machine cannot run the figure).
+  const verdict = target.met === null ? "?" : target.met ? "ok" : "NO";
   const limit = fitNumber(target.limit, 4);
   const value = fitNumber(target.value, width - op.length - limit.length - 1 - verdict.length);
   return `${value}${op}${limit} ${verdict}`;
@@ -167,7 +168,7 @@ export function formatTable(report: BenchReport): string {
     `method: per-exit latency in us from calibrated batch means (K exits between two markers timestamped on the vCPU ` +
       `thread, marker cost subtracted; same guest bytes and analysis for C); p99/p99.9 are nearest-rank over ` +
       `batch means; ${report.settings.repeats} run(s) per figure, spread = range of run medians; cpu/ex = main-thread ` +
-      `CPU us per exit; xC = mean / C mean. DESIGN target: the compared value, its limit and ok/NO (in-worker PIO: xC; ` +
+      `CPU us per exit; xC = mean / C mean. DESIGN target: the compared value, its limit and ok/NO/? (in-worker PIO: xC; ` +
       `sync: p50 / C p50; posted: exits/s / in-worker; 2 vCPUs: aggregate / 1 vCPU). Numbers too wide for their ` +
       `column switch to k/M/G/T units or an exponent (1.5e-6); "-" is not measured.`,
   );
