@@ -41,10 +41,12 @@ export function fitNumber(value: number | null | undefined, width: number, decim
     if (text.length <= width && !text.includes("e") && (value === 0 || Number(text) !== 0)) return text;
   }
   let scaled = value;
+  // With a unit, decimals are digits worth showing even in an integer column: "12.35M", not "12M".
+  const unitDecimals = Math.max(decimals, 2);
   for (const unit of UNITS) {
     scaled /= 1000;
     if (Math.abs(scaled) < 1) break;
-    for (let d = decimals; d >= 0; d--) {
+    for (let d = unitDecimals; d >= 0; d--) {
       const text = scaled.toFixed(d);
       // 999.96k would print as "1000.0k"; the next unit says it better.
       if (Math.abs(Number(text)) >= 1000) break;

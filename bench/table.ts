@@ -105,7 +105,7 @@ function targetFor(r: FigureResult, targets: readonly TargetResult[]): TargetRes
 
 /** The VM start table's columns; the description follows them, wrapped. */
 export const START_COLUMNS: readonly Column[] = [
-  { title: "", width: 1 },
+  { title: "", width: 1 }, // with its separator, the two spaces that indent the block
   { title: "mode", width: 6, left: true },
   { title: "samples", width: 8 },
   { title: "mean", width: 7 },

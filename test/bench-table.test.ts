@@ -112,6 +112,7 @@ test("fitNumber: plain values print as before, and wide ones switch units rather
   assert.equal(fitNumber(1234.56, 6), "1234.6");
   assert.equal(fitNumber(1_234_567, 6), "1.23M");
   assert.equal(fitNumber(24.52, 4), "24.5");
+  assert.equal(fitNumber(12_345_678, 7, 0), "12.35M", "an integer column keeps its digits in units");
   assert.equal(fitNumber(0.001, 6), "1.0e-3", "a small non-zero value is not shown as 0.00");
   assert.equal(fitNumber(1e300, 4), ">999", "a clamp says which way it is cut");
   assert.equal(fitNumber(-1e300, 4), "<-99");
