@@ -7,7 +7,7 @@
  */
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { Worker } from "node:worker_threads";
 import {
   COUNTER_LENGTH, CounterDevice, destroyVcpuPool, loadFlatProgram, Vm,
@@ -284,5 +284,30 @@ test("STOP ends a worker waiting for a sync answer that never comes", { timeout:
     assert.ok(!channel.hasRequest(), "the worker withdrew its request");
   } finally {
     await worker.terminate();
+  }
+});
+
+test("clear errors: guest RAM the host cannot give, an I/O event of an impossible size", { timeout: 60_000 }, async () => {
+  const run = spawnSync(process.execPath, [CLI, "run", "--kernel", buildMultibootGuest("serial-input-check", { COUNT: 1 }), "--mem", "60000G"], {
+    encoding: "utf8", timeout: 60_000,
+  });
+  assert.equal(run.status, 2);
+  assert.match(run.stderr, /cannot allocate 59997 GiB of guest RAM \(the region at 0x100000000\): the host has \d+(\.\d)? GiB of memory \(.* free\) and refused the allocation\. Ask for less guest memory\./);
+
+  const vm = Vm.create({ memory: 2 * MiB });
+  try {
+    assert.throws(() => vm.addIoEvent({ space: "pio", address: 0x500, size: 3 as 4 }), {
+      name: "VmConfigError", message: "I/O event at pio 0x500: size must be 1, 2, 4 or 8 bytes (or 0: any write), got 3",
+    });
+    assert.throws(() => vm.addIoEvent({ space: "mmio", address: 0xd000_0000, size: 1, value: 256 }), {
+      name: "VmConfigError", message: "I/O event at mmio 0xd0000000: value 256 does not fit in 1 byte(s)",
+    });
+    assert.throws(() => vm.addIoEvent({ space: "pio", address: 0xffff, size: 2 }), /address is outside the pio space/);
+    vm.addIoEvent({ space: "pio", address: 0x500, size: 4, value: 7 });
+    assert.throws(() => vm.addIoEvent({ space: "pio", address: 0x500, size: 4, value: 7 }), {
+      name: "HypervisorError", message: /^KVM_IOEVENTFD \(pio 0x500, 4 bytes\) failed: EEXIST .*already registered/,
+    });
+  } finally {
+    await vm.stop();
   }
 });
