@@ -107,6 +107,7 @@ export class ExitChannel {
   /** Producer only: the head it owns and the last tail it saw (refreshed only when full). */
   private head = 0;
   private cachedTail = 0;
+  private readonly halfCapacity: number;
 
   static create(capacity: number, doorbell: Int32Array, spin?: SpinPolicy): ExitChannel {
     // A power of two keeps slot = counter % capacity continuous when the counters wrap.
@@ -127,6 +128,7 @@ export class ExitChannel {
     this.syncData = new Uint8Array(buffer, HEADER_BYTES + STATS_BYTES, SYNC_DATA_BYTES);
     this.ring = new Int32Array(buffer, HEADER_BYTES + STATS_BYTES + SYNC_DATA_BYTES, this.capacity * RECORD_INTS);
     this.spinner = new AdaptiveSpinner(spin);
+    this.halfCapacity = Math.max(1, this.capacity >> 1);
     this.head = Atomics.load(this.header, H.RING_HEAD);
     this.cachedTail = Atomics.load(this.header, H.RING_TAIL);
   }
@@ -164,10 +166,13 @@ export class ExitChannel {
     Atomics.store(header, H.RING_HEAD, next);
     // A spinning dispatcher polls the rings itself. A parked one is woken when its ring goes
     // from empty to non-empty (it checked every ring after raising its flag, so it cannot
-    // miss this one); later records of the batch cost nothing.
-    if (Atomics.load(this.doorbell, Doorbell.MAIN_PARKED) !== 0 && Atomics.load(header, H.RING_TAIL) === head) {
-      this.stats[Stat.DOORBELLS]++;
-      this.ringDoorbell();
+    // miss this one), and again when the batch it lets gather fills half the ring.
+    if (Atomics.load(this.doorbell, Doorbell.MAIN_PARKED) !== 0) {
+      const occupancy = (next - Atomics.load(header, H.RING_TAIL)) | 0;
+      if (occupancy === 1 || occupancy === this.halfCapacity) {
+        this.stats[Stat.DOORBELLS]++;
+        this.ringDoorbell();
+      }
     }
     return true;
   }

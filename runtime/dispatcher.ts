@@ -23,6 +23,8 @@ export interface DispatcherStats {
   parks: number;
   /** The adaptive polling window after a sync exit, µs, when last adapted. */
   spinWindowMicros: number;
+  /** Writes the hypervisor queued (coalesced) and this dispatcher delivered. */
+  coalesced: number;
 }
 
 export interface DispatcherOptions {
@@ -30,6 +32,11 @@ export interface DispatcherOptions {
   spinMicros: number;
   /** Longest stretch of draining before yielding to the event loop, in milliseconds. */
   yieldAfterMs: number;
+  /**
+   * When a parked dispatcher is woken by posted writes alone, how long it lets more gather
+   * before draining them (ms); a sync request or a half-full ring ends the wait early.
+   */
+  postedBatchMs: number;
   /**
    * Threads that may spin at once (vCPUs plus this one) and the host's cores: when they
    * outnumber the cores, the window stays short, since polling then takes the time slice
@@ -39,7 +46,7 @@ export interface DispatcherOptions {
   cores?: number;
 }
 
-export const DEFAULT_DISPATCHER_OPTIONS: DispatcherOptions = { spinMicros: 200, yieldAfterMs: 1 };
+export const DEFAULT_DISPATCHER_OPTIONS: DispatcherOptions = { spinMicros: 200, yieldAfterMs: 1, postedBatchMs: 1 };
 
 /** A park shorter than this means a longer window would have caught the next request. */
 const SHORT_PARK_MICROS = 300;
@@ -62,7 +69,7 @@ function isReadKind(kind: number): boolean {
 
 export class Dispatcher {
   readonly stats: DispatcherStats = {
-    handled: 0, posted: 0, sync: 0, unclaimedReads: 0, unclaimedWrites: 0, parks: 0, spinWindowMicros: 0,
+    handled: 0, posted: 0, sync: 0, unclaimedReads: 0, unclaimedWrites: 0, parks: 0, spinWindowMicros: 0, coalesced: 0,
   };
   private running = false;
   private loop: Promise<void> | undefined;
@@ -75,7 +82,7 @@ export class Dispatcher {
   private spinWindow: number;
   private failures = 0;
   /** Runs before the rings are drained (e.g. the kernel's coalesced-write ring). */
-  private beforeDrain: (() => void) | undefined;
+  private beforeDrain: (() => number) | undefined;
 
   constructor(
     private readonly channels: readonly ExitChannel[],
@@ -93,10 +100,22 @@ export class Dispatcher {
     this.stats.spinWindowMicros = this.spinWindow;
   }
 
-  /** A drain to run before every batch: writes the kernel coalesced must reach devices first. */
-  setBeforeDrain(drain: () => void): void {
+  /** A drain to run before every batch and every sync request: the kernel's coalesced writes. */
+  setBeforeDrain(drain: () => number): void {
     this.beforeDrain = drain;
   }
+
+  /** Delivers the coalesced writes now; returns how many. */
+  drainCoalesced(): number {
+    return this.beforeDrain?.() ?? 0;
+  }
+
+  /** Hands one coalesced write to its device (space 0 = pio, 1 = mmio). */
+  readonly consumeCoalesced = (space: number, address: number, size: number, low: number, high: number): void => {
+    this.stats.handled++;
+    this.stats.coalesced++;
+    this.write(space === 0 ? ExitKind.IoOut : ExitKind.MmioWrite, address, size, low, high);
+  };
 
   start(): void {
     if (this.running) return;
@@ -123,6 +142,8 @@ export class Dispatcher {
       channel.drainPosted(this.consumePosted, this.record);
       if (channel.hasRequest()) {
         channel.drainPosted(this.consumePosted, this.record);
+        // Any vCPU's coalesced writes happened before this request was made.
+        this.beforeDrain?.();
         this.handleRequest(channel);
         requests++;
       }
@@ -158,6 +179,12 @@ export class Dispatcher {
         const parkedAt = performance.now();
         const wait = Atomics.waitAsync(doorbell, Doorbell.SEQUENCE, sequence);
         if (wait.async) await wait.value;
+        if (this.running && this.options.postedBatchMs > 0 && !this.anyRequest()) {
+          // Woken by a ring turning non-empty: let a batch gather, still parked, so a stream
+          // of posted writes costs a wake-up per batch rather than per write.
+          const batch = Atomics.waitAsync(doorbell, Doorbell.SEQUENCE, Atomics.load(doorbell, Doorbell.SEQUENCE), this.options.postedBatchMs);
+          if (batch.async) await batch.value;
+        }
         this.adaptWindow((performance.now() - parkedAt) * 1000);
       }
       Atomics.store(doorbell, Doorbell.MAIN_PARKED, 0);
@@ -171,6 +198,11 @@ export class Dispatcher {
       ? Math.min(this.maxSpinMicros, this.spinWindow * 2)
       : Math.max(MIN_SPIN_MICROS, this.spinWindow / 2);
     this.stats.spinWindowMicros = this.spinWindow;
+  }
+
+  private anyRequest(): boolean {
+    for (let i = 0; i < this.channels.length; i++) if (this.channels[i].hasRequest()) return true;
+    return false;
   }
 
   private anyWork(): boolean {

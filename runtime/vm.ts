@@ -55,6 +55,11 @@ export interface VmStats {
   unclaimedReads: number;
   unclaimedWrites: number;
   dispatcherParks: number;
+  /** Writes the kernel queued without an exit (coalesced) and delivered, and the zones that take them. */
+  coalesced: number;
+  coalescedZones: number;
+  /** Times the VM woke the main thread: dispatcher parks ended, coalesced-queue flush timers. */
+  mainWakeups: number;
   /** Times a vCPU had to wake a parked dispatcher (a futex wake on the main thread). */
   doorbells: number;
   /** The dispatcher's adaptive polling window after a sync exit, µs. */
@@ -72,6 +77,14 @@ export interface DeviceRegistration {
   device: Device;
   /** The vCPU waits until a write is handled (default: writes are posted). */
   sync?: boolean;
+  /**
+   * Let the hypervisor queue the guest's writes in the kernel without a userspace exit
+   * (KVM's coalesced MMIO/PIO), where the host can; otherwise they are posted as usual.
+   * Queued writes reach the device in order, before any synchronous exit of any vCPU is
+   * handled, before `pause()` resolves and before `stop()` ends, and otherwise within about
+   * a millisecond while writes keep coming. Reads still exit.
+   */
+  coalesced?: boolean;
 }
 
 const MAX_POOL_VCPUS = 512;
@@ -112,6 +125,9 @@ export class Vm extends EventEmitter {
   private readonly cpuStates: CpuState[];
   private readonly buses = { pio: new Bus("pio"), mmio: new Bus("mmio"), msr: new Bus("msr") };
   private readonly workerDevices: WorkerDeviceSpec[] = [];
+  private readonly coalescedZones: { space: AddressSpace; base: number; length: number }[] = [];
+  private coalescedFlush: NodeJS.Timeout | undefined;
+  private coalescedFlushes = 0;
   private readonly doorbell = createDoorbell();
   private readonly channels: ExitChannel[] = [];
   private readonly dispatcher: Dispatcher;
@@ -192,6 +208,7 @@ export class Vm extends EventEmitter {
       (error) => this.fail(error),
       { ...DEFAULT_DISPATCHER_OPTIONS, spinners, cores, ...options.dispatcher },
     );
+    this.dispatcher.setBeforeDrain(() => this.handle.drainCoalesced(this.dispatcher.consumeCoalesced));
     this.done = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
     this.done.catch(() => {}); // surfaced through wait()/run() and the 'error' event
   }
@@ -221,12 +238,17 @@ export class Vm extends EventEmitter {
 
   addDevice(registration: DeviceRegistration): void {
     this.requireState(["created"], "add a device to");
-    const { space, base, length, device, sync = false } = registration;
+    const { space, base, length, device, sync = false, coalesced = false } = registration;
     const bus = this.buses[space];
     if (bus === undefined) throw new VmConfigError(`unknown address space '${String(space)}' (pio, mmio or msr)`);
     try {
       this.checkWorkerOverlap(space, base, length, device.name);
+      if (coalesced && sync) throw new Error(`'${device.name}': a device cannot be both sync and coalesced`);
+      if (coalesced && space === "msr") throw new Error(`'${device.name}': MSR writes cannot be coalesced`);
       bus.insert({ base, length, device, sync });
+      if (coalesced && this.handle.registerCoalescedZone(space as "pio" | "mmio", base, length)) {
+        this.coalescedZones.push({ space, base, length });
+      }
     } catch (error) {
       throw new VmConfigError((error as Error).message, { cause: error });
     }
@@ -297,9 +319,15 @@ export class Vm extends EventEmitter {
   start(): void {
     this.requireState(["created"], "start");
     const pool = vcpuPool();
-    const syncWrites = (["pio", "mmio", "msr"] as const).flatMap((space) =>
-      this.buses[space].all().filter((r) => r.sync).map((r) => ({ space, base: r.base, length: r.length })),
-    );
+    // A write to a coalesced zone exits only when the kernel's queue is full: it then waits
+    // for the dispatcher, which empties the queue first, so it cannot overtake the queue.
+    const syncWrites = [
+      ...(["pio", "mmio", "msr"] as const).flatMap((space) =>
+        this.buses[space].all().filter((r) => r.sync).map((r) => ({ space, base: r.base, length: r.length })),
+      ),
+      ...this.coalescedZones,
+    ];
+    if (this.coalescedZones.length > 0) this.startCoalescedFlush();
     // A pending waitAsync does not keep Node alive (nodejs/node#44729): hold a handle.
     this.keepAlive = setInterval(() => {}, 1 << 30);
     this.dispatcher.start();
@@ -383,6 +411,9 @@ export class Vm extends EventEmitter {
       unclaimedWrites: d.unclaimedWrites,
       dispatcherParks: d.parks,
       doorbells: sum(Stat.DOORBELLS),
+      coalesced: d.coalesced,
+      mainWakeups: d.parks + this.coalescedFlushes,
+      coalescedZones: this.coalescedZones.length,
       dispatcherSpinMicros: d.spinWindowMicros,
       workerParks: sum(Stat.WORKER_PARKS),
       workerSpinBudgets: this.channels.map((c) => c.stats[Stat.WORKER_SPIN_BUDGET]),
@@ -437,7 +468,25 @@ export class Vm extends EventEmitter {
     this.finish(cause);
   }
 
+  /**
+   * Coalesced writes never wake the dispatcher: a timer empties the queue, every
+   * millisecond while it keeps finding writes, backing off fourfold to 200 ms when it finds none, so
+   * an idle VM costs the main thread a few wake-ups a second.
+   */
+  private startCoalescedFlush(): void {
+    let interval = 1;
+    const flush = () => {
+      this.coalescedFlushes++;
+      const drained = this.dispatcher.drainCoalesced();
+      interval = drained > 0 ? 1 : Math.min(200, interval * 4);
+      this.coalescedFlush = setTimeout(flush, interval);
+    };
+    this.coalescedFlush = setTimeout(flush, interval);
+  }
+
   private release(): void {
+    if (this.coalescedFlush) clearTimeout(this.coalescedFlush);
+    this.coalescedFlush = undefined;
     this.handle.close();
     this.hypervisor.close();
     if (this.keepAlive) clearInterval(this.keepAlive);

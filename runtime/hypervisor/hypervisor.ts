@@ -129,6 +129,8 @@ export interface IoEventOptions {
   value?: number;
 }
 
+export type CoalescedConsumer = (space: number, address: number, size: number, low: number, high: number) => void;
+
 export interface Hypervisor {
   readonly info: HypervisorInfo;
   supportedCpuid(): CpuidEntry[];
@@ -150,6 +152,17 @@ export interface VmHandle {
   createVcpu(index: number): VcpuDescriptor;
   /** Makes the vCPU's current or next `run()` return promptly, from any thread. */
   kick(vcpu: number, threadId: number): void;
+  /**
+   * Lets the hypervisor queue guest writes to the zone without leaving the kernel, for
+   * `drainCoalesced` to hand over later. Returns false when this host cannot: the writes
+   * then exit as usual. A write the queue has no room for also exits as usual.
+   */
+  registerCoalescedZone(space: "pio" | "mmio", address: number, size: number): boolean;
+  /**
+   * Hands the queued writes to `consume` oldest first (space 0 = pio, 1 = mmio; value in
+   * two 32-bit halves) and frees their slots; returns how many. Main thread only.
+   */
+  drainCoalesced(consume: CoalescedConsumer): number;
   close(): void;
 }
 

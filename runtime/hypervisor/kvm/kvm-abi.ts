@@ -33,6 +33,7 @@ export const Ioctl = {
   SET_MP_STATE: 0x4004ae99,
   ENABLE_CAP: 0x4068aea3,
   X86_SET_MSR_FILTER: 0x4188aec6,
+  REGISTER_COALESCED_MMIO: 0x4010ae67,
 } as const;
 
 export const Cap = {
@@ -48,6 +49,8 @@ export const Cap = {
   MAX_VCPUS: 66,
   IMMEDIATE_EXIT: 136,
   X86_USER_SPACE_MSR: 188,
+  COALESCED_MMIO: 15,
+  COALESCED_PIO: 162,
 } as const;
 
 /** Capabilities every VM needs; checked once when the backend opens. */
@@ -148,3 +151,24 @@ export const MSR_EXIT_FILTER = 1 << 2;
 /** struct kvm_ioeventfd flags */
 export const IOEVENTFD_FLAG_DATAMATCH = 1 << 0;
 export const IOEVENTFD_FLAG_PIO = 1 << 1;
+
+/**
+ * The coalesced-write ring (struct kvm_coalesced_mmio_ring) at the page offset that
+ * KVM_CAP_COALESCED_MMIO reports, inside every vCPU's mapping (one ring per VM): a header
+ * { u32 first; u32 last } then entries { u64 phys_addr; u32 len; u32 pio; u8 data[8] }.
+ * KVM appends at `last`; userspace consumes from `first`; one entry always stays free.
+ */
+export const CoalescedRing = {
+  first: 0,
+  last: 4,
+  entries: 8,
+  entryBytes: 24,
+  phys_addr: 0,
+  len: 8,
+  pio: 12,
+  data: 16,
+  /** (PAGE_SIZE - header) / entry size. */
+  max: Math.floor((4096 - 8) / 24),
+} as const;
+/** struct kvm_coalesced_mmio_zone { u64 addr; u32 size; u32 pio; }. */
+export const COALESCED_ZONE_SIZE = 16;

@@ -1,9 +1,9 @@
 /** A KVM VM file descriptor: memory slots, irqchip, eventfds, vCPU creation, kicks. */
 import {
-  HypervisorError, type IoEventOptions, MissingCapabilityError, type VcpuDescriptor, type VmHandle,
+  type CoalescedConsumer, HypervisorError, type IoEventOptions, MissingCapabilityError, type VcpuDescriptor, type VmHandle,
 } from "../hypervisor.js";
 import {
-  Cap, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_PIO, Ioctl, MSR_EXIT_FILTER, MSR_EXIT_INVAL,
+  Cap, COALESCED_ZONE_SIZE, CoalescedRing, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_PIO, Ioctl, MSR_EXIT_FILTER, MSR_EXIT_INVAL,
   MSR_EXIT_UNKNOWN, Run,
 } from "./kvm-abi.js";
 import * as libc from "./libc.js";
@@ -26,6 +26,9 @@ export class KvmVm implements VmHandle {
   private fd: number;
   private readonly vcpus = new Map<number, VcpuRecord>();
   private readonly eventFds: number[] = [];
+  /** Page offset of the coalesced-write ring in a vCPU mapping; 0 until a zone exists. */
+  private coalescedPageOffset = 0;
+  private ring: { words: Uint32Array; bytes: Uint8Array } | undefined;
 
   constructor(
     fd: number,
@@ -165,7 +168,65 @@ export class KvmVm implements VmHandle {
     if (threadId > 0) libc.tgkill(libc.getpid(), threadId, libc.KICK_SIGNAL);
   }
 
+  registerCoalescedZone(space: "pio" | "mmio", address: number, size: number): boolean {
+    const pageOffset = this.checkExtension(Cap.COALESCED_MMIO);
+    if (pageOffset <= 0 || (space === "pio" && this.checkExtension(Cap.COALESCED_PIO) <= 0)) return false;
+    if (pageOffset * 4096 + 4096 > this.runSize) return false;
+    const bytes = new Uint8Array(COALESCED_ZONE_SIZE);
+    const view = new DataView(bytes.buffer);
+    view.setBigUint64(0, BigInt(address), true);
+    view.setUint32(8, size, true);
+    view.setUint32(12, space === "pio" ? 1 : 0, true);
+    this.check(
+      libc.ioctlBuffer(this.fd, Ioctl.REGISTER_COALESCED_MMIO, bytes),
+      `KVM_REGISTER_COALESCED_MMIO (${space} 0x${address.toString(16)}, ${size} bytes)`,
+    );
+    this.coalescedPageOffset = pageOffset;
+    return true;
+  }
+
+  drainCoalesced(consume: CoalescedConsumer): number {
+    let ring = this.ring;
+    if (ring === undefined) {
+      if (this.coalescedPageOffset === 0) return 0;
+      // The ring is one page per VM, visible through every vCPU's mapping.
+      const record = this.vcpus.values().next().value as VcpuRecord | undefined;
+      if (record === undefined) return 0;
+      ring = this.ring = {
+        words: new Uint32Array(record.run.buffer, this.coalescedPageOffset * 4096, 1024),
+        bytes: new Uint8Array(record.run.buffer, this.coalescedPageOffset * 4096, 4096),
+      };
+    }
+    const words = ring.words;
+    const bytes = ring.bytes;
+    const last = Atomics.load(words, CoalescedRing.last >> 2);
+    let first = words[CoalescedRing.first >> 2];
+    let drained = 0;
+    while (first !== last) {
+      if (first >= CoalescedRing.max) throw new Error(`coalesced ring index ${first} out of range`);
+      const at = CoalescedRing.entries + first * CoalescedRing.entryBytes;
+      const w = at >> 2;
+      const address = words[w] + words[w + 1] * 2 ** 32;
+      const size = Math.min(words[w + 2], 8);
+      const space = words[w + 3] !== 0 ? 0 : 1;
+      let low = 0;
+      let high = 0;
+      for (let b = 0; b < size; b++) {
+        const byte = bytes[at + CoalescedRing.data + b];
+        if (b < 4) low |= byte << (b * 8);
+        else high |= byte << ((b - 4) * 8);
+      }
+      consume(space, address, size, low >>> 0, high >>> 0);
+      first = (first + 1) % CoalescedRing.max;
+      drained++;
+    }
+    if (drained > 0) Atomics.store(words, CoalescedRing.first >> 2, first);
+    return drained;
+  }
+
   close(): void {
+    this.ring = undefined;
+    this.coalescedPageOffset = 0;
     for (const record of this.vcpus.values()) {
       libc.munmap(record.runPointer, this.runSize);
       libc.close(record.fd);
