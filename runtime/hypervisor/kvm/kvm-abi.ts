@@ -48,6 +48,7 @@ export const Cap = {
   MAX_VCPUS: 66,
   IMMEDIATE_EXIT: 136,
   X86_USER_SPACE_MSR: 188,
+  ENFORCE_PV_FEATURE_CPUID: 190,
 } as const;
 
 /** Capabilities every VM needs; checked once when the backend opens. */

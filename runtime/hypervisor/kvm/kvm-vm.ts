@@ -120,6 +120,12 @@ export class KvmVm implements VmHandle {
 
   createVcpu(index: number): VcpuDescriptor {
     const fd = this.check(libc.ioctlValue(this.fd, Ioctl.CREATE_VCPU, index), `KVM_CREATE_VCPU (${index})`);
+    try {
+      this.enforcePvFeatureCpuid(fd);
+    } catch (error) {
+      libc.close(fd);
+      throw error;
+    }
     // Mapped once, here: the worker uses this mapping (so a worker that dies leaves nothing
     // behind) and a kick sets immediate_exit in it. It is unmapped when the VM closes.
     const runPointer = libc.mmap(null, this.runSize, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, fd, 0);
@@ -131,6 +137,19 @@ export class KvmVm implements VmHandle {
     const run = new Uint8Array(libc.viewOf(runPointer, this.runSize));
     this.vcpus.set(index, { fd, run, runPointer });
     return { backend: "kvm", index, fd, runAddress: libc.addressOf(runPointer), runSize: this.runSize };
+  }
+
+  /**
+   * Without this KVM honours every paravirtual MSR and hypercall whatever CPUID 0x40000001
+   * offers; with it, withholding a feature (or hiding the signature) really withholds it.
+   */
+  private enforcePvFeatureCpuid(vcpuFd: number): void {
+    if (this.checkExtension(Cap.ENFORCE_PV_FEATURE_CPUID) <= 0) return;
+    const bytes = new Uint8Array(104);
+    const view = new DataView(bytes.buffer);
+    view.setUint32(0, Cap.ENFORCE_PV_FEATURE_CPUID, true);
+    view.setBigUint64(8, 1n, true);
+    this.check(libc.ioctlBuffer(vcpuFd, Ioctl.ENABLE_CAP, bytes), "KVM_ENABLE_CAP(KVM_CAP_ENFORCE_PV_FEATURE_CPUID)");
   }
 
   kick(vcpu: number, threadId: number): void {

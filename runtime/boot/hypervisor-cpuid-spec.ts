@@ -1,0 +1,61 @@
+/**
+ * The command-line form of HypervisorCpuidOptions, e.g.
+ *   signature=kvm,features=clocksource2+pv-eoi,max-leaf=0x40000010,tsc-khz=2000000,apic-khz=1000000
+ *   none
+ */
+import { HypervisorCpuidError, KVM_PV_FEATURES, type HypervisorCpuidOptions, type KvmPvFeature } from "./hypervisor-cpuid.js";
+
+export const HYPERVISOR_CPUID_SPEC_HELP =
+  "signature=kvm|none|TEXT, features=NAME+NAME... (empty for none), max-leaf=0x400000NN, " +
+  "tsc-khz=N and apic-khz=N (together: the 0x40000010 frequency leaf); 'none' alone hides the hypervisor. " +
+  `Features: ${Object.keys(KVM_PV_FEATURES).join(", ")}`;
+
+function wholeNumber(key: string, text: string): number {
+  const value = /^0x[0-9a-f]+$/i.test(text) ? Number.parseInt(text, 16) : /^\d+$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(value)) throw new HypervisorCpuidError(`${key}: '${text}' is not a whole number (decimal or 0x hex)`);
+  return value;
+}
+
+function featureName(name: string): KvmPvFeature {
+  if (!(name in KVM_PV_FEATURES)) {
+    throw new HypervisorCpuidError(`unknown KVM paravirtual feature '${name}'; known: ${Object.keys(KVM_PV_FEATURES).join(", ")}`);
+  }
+  return name as KvmPvFeature;
+}
+
+export function parseHypervisorCpuidSpec(spec: string): HypervisorCpuidOptions {
+  const options: HypervisorCpuidOptions = {};
+  let tscKHz: number | undefined;
+  let apicKHz: number | undefined;
+  if (spec.trim() === "none") return { signature: "none" };
+  for (const part of spec.split(",")) {
+    const equals = part.indexOf("=");
+    if (equals < 0) throw new HypervisorCpuidError(`'${part}' is not key=value; expected ${HYPERVISOR_CPUID_SPEC_HELP}`);
+    const key = part.slice(0, equals).trim();
+    const value = part.slice(equals + 1).trim();
+    switch (key) {
+      case "signature":
+        options.signature = value;
+        break;
+      case "features":
+        options.kvmFeatures = value === "" ? [] : value.split("+").map(featureName);
+        break;
+      case "max-leaf":
+        options.maxLeaf = wholeNumber(key, value);
+        break;
+      case "tsc-khz":
+        tscKHz = wholeNumber(key, value);
+        break;
+      case "apic-khz":
+        apicKHz = wholeNumber(key, value);
+        break;
+      default:
+        throw new HypervisorCpuidError(`unknown key '${key}'; expected ${HYPERVISOR_CPUID_SPEC_HELP}`);
+    }
+  }
+  if ((tscKHz === undefined) !== (apicKHz === undefined)) {
+    throw new HypervisorCpuidError("tsc-khz and apic-khz go together: the 0x40000010 leaf carries both");
+  }
+  if (tscKHz !== undefined && apicKHz !== undefined) options.frequencies = { tscKHz, apicKHz };
+  return options;
+}
