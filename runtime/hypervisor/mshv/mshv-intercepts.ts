@@ -301,9 +301,9 @@ export function completeIntercept(pending: PendingCompletion, registers: Registe
     case Completion.NONE:
       return;
     case Completion.IO_IN: {
-      const rax = registers.gpr(RAX);
       // IN to EAX zero-extends to RAX like any 32-bit write; AL and AX merge.
-      registers.setGpr(RAX, pending.size === 4 ? value & 0xffff_ffffn : (rax & ~((1n << BigInt(8 * pending.size)) - 1n)) | (value & ((1n << BigInt(8 * pending.size)) - 1n)));
+      const mask = (1n << BigInt(8 * pending.size)) - 1n;
+      registers.setGpr(RAX, pending.size === 4 ? value & mask : (registers.gpr(RAX) & ~mask) | (value & mask));
       break;
     }
     case Completion.MMIO_LOAD: {

@@ -156,9 +156,13 @@ export class MshvVp implements VcpuHandle {
     });
   }
 
-  /** Kept for CPUID intercepts; leaves not in the table get the hypervisor's own answer. */
+  /**
+   * Kept for CPUID intercepts; leaves not in the table get the hypervisor's own answer.
+   * The hypervisor range (0x40000000-0x400000ff) is always Microsoft Hypervisor's: a KVM
+   * signature answered here would promise paravirtual MSRs that do not exist.
+   */
   setCpuid(entries: CpuidEntry[]): void {
-    this.cpuid = entries.map((e) => ({ ...e }));
+    this.cpuid = entries.filter((e) => e.function < 0x4000_0000 || e.function > 0x4000_00ff).map((e) => ({ ...e }));
   }
 
   setMsrs(msrs: MsrEntry[]): void {
