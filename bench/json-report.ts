@@ -17,7 +17,6 @@ export interface SpinReport {
   worker_short_park_us: number;
   dispatcher_spin_us: number;
   dispatcher_yield_after_ms: number;
-  dispatcher_posted_flush_ms: number;
   ring_capacity: number;
 }
 

@@ -45,7 +45,6 @@ export async function runSuite(options: BenchOptions, progress: Progress): Promi
     worker_short_park_us: options.spin.shortParkMicros,
     dispatcher_spin_us: options.dispatcher.spinMicros,
     dispatcher_yield_after_ms: options.dispatcher.yieldAfterMs,
-    dispatcher_posted_flush_ms: options.dispatcher.postedFlushMs,
     ring_capacity: options.ringCapacity,
   };
   let c: CBaseline | undefined;

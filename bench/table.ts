@@ -136,8 +136,8 @@ export function formatTable(report: BenchReport): string {
   out.push(...wrap(
     `spin budget in force: vCPU workers spin ${s.worker_min_spins}..${s.worker_max_spins} iterations before parking ` +
       `(doubled after a park under ${s.worker_short_park_us} us, halved after a longer one); the dispatcher polls ` +
-      `${s.dispatcher_spin_us} us after the last sync exit, yields every ${s.dispatcher_yield_after_ms} ms, and parked ` +
-      `drains posted writes every ${s.dispatcher_posted_flush_ms} ms or at half ring; posted ring ${s.ring_capacity} records per vCPU.`,
+      `up to ${s.dispatcher_spin_us} us (adaptive) after the last sync exit, yields every ${s.dispatcher_yield_after_ms} ms, and ` +
+      `parked is woken by a sync exit or a ring turning non-empty; posted ring ${s.ring_capacity} records per vCPU.`,
     "",
   ));
   out.push(...wrap(

@@ -5,39 +5,63 @@
  *
  * Producer: the vCPU worker. Consumer: the dispatcher on the main thread. Records carry
  * exit kinds as small integers; this module does not interpret them.
+ *
+ * Layout: words written by the worker, words written by the dispatcher, the mailbox (a
+ * ping-pong both sides write in turn) and the control words each sit on their own 64-byte
+ * cache line, so the hot path never bounces a line that the other side writes meanwhile.
  */
 import { AdaptiveSpinner, type SpinPolicy, waitWhileEqual } from "./waiter.js";
 
-/** Int32 slots of the header. */
+const LINE_INTS = 16;
+/** Int32 slots of the header, one cache line per writer. */
 const H = {
-  SYNC_STATE: 0,
-  SYNC_PARKED: 1,
-  SYNC_KIND: 2,
-  SYNC_SIZE: 3,
-  SYNC_ADDRESS_LOW: 4,
-  SYNC_ADDRESS_HIGH: 5,
-  SYNC_DATA_LOW: 6,
-  SYNC_DATA_HIGH: 7,
-  SYNC_COUNT: 8,
-  SYNC_FAILED: 9,
-  RING_HEAD: 10,
-  RING_TAIL: 11,
-  RING_PARKED: 12,
-  THREAD_ID: 13,
-  CONTROL: 14,
-  CONTROL_PARKED: 15,
-  WORKER_STATE: 16,
-  RING_CAPACITY: 17,
+  // written by the worker
+  RING_HEAD: 0,
+  RING_PARKED: 1,
+  SYNC_PARKED: 2,
+  THREAD_ID: 3,
+  WORKER_STATE: 4,
+  // written by the dispatcher
+  RING_TAIL: LINE_INTS,
+  // the sync mailbox
+  SYNC_STATE: 2 * LINE_INTS,
+  SYNC_KIND: 2 * LINE_INTS + 1,
+  SYNC_SIZE: 2 * LINE_INTS + 2,
+  SYNC_ADDRESS_LOW: 2 * LINE_INTS + 3,
+  SYNC_ADDRESS_HIGH: 2 * LINE_INTS + 4,
+  SYNC_DATA_LOW: 2 * LINE_INTS + 5,
+  SYNC_DATA_HIGH: 2 * LINE_INTS + 6,
+  SYNC_COUNT: 2 * LINE_INTS + 7,
+  SYNC_ANSWER: 2 * LINE_INTS + 8,
+  // written by the VM (main thread), read on every exit
+  CONTROL: 3 * LINE_INTS,
+  RING_CAPACITY: 3 * LINE_INTS + 1,
 } as const;
-const HEADER_BYTES = 128;
+const HEADER_BYTES = 4 * LINE_INTS * 4;
 /** Float64 statistics written by the worker only. */
 const STATS_BYTES = 64;
 /** String I/O data of a sync exit; KVM hands at most a page of it per exit. */
 export const SYNC_DATA_BYTES = 4096;
+/**
+ * A ring record: [kind | size << 8 | address bits 32..51 << 12, address bits 0..31, data
+ * low, data high]. Guest-physical addresses are 52 bits wide, so they fit whole.
+ */
 const RECORD_INTS = 4;
 const RECORD_BYTES = RECORD_INTS * 4;
+/** The consumer publishes its tail at least this often within one long batch. */
+const TAIL_PUBLISH_EVERY = 64;
 
 const SyncState = { IDLE: 0, REQUEST: 1, DONE: 2 } as const;
+
+/** How the dispatcher answered a sync request. */
+export const Answer = {
+  /** Handled; a read's value is in `answerLow/High`. */
+  OK: 0,
+  /** The VM is stopping: the worker must leave the guest. */
+  STOPPED: 1,
+  /** No device claims the access and the architecture faults on it (an MSR: #GP). */
+  FAULT: 2,
+} as const;
 
 export const Control = { RUN: 0, PAUSE: 1, STOP: 2 } as const;
 export const WorkerState = { STARTING: 0, RUNNING: 1, PAUSED: 2, EXITED: 3 } as const;
@@ -46,18 +70,22 @@ export const Stat = {
   EXITS: 0, IN_WORKER: 1, SYNC: 2, POSTED: 3, RING_FULL_WAITS: 4,
   /** Times the worker parked waiting for an answer or ring space, and its spin budget now. */
   WORKER_PARKS: 5, WORKER_SPIN_BUDGET: 6,
+  /** Times a posted write or sync request had to wake a parked dispatcher. */
+  DOORBELLS: 7,
 } as const;
 
-/** Doorbell slots: a sequence bumped on every publish, and the main thread's parked flag. */
-export const Doorbell = { SEQUENCE: 0, MAIN_PARKED: 1 } as const;
+/** Doorbell slots: a sequence bumped on every wake-up, and the main thread's parked flag. */
+export const Doorbell = { SEQUENCE: 0, MAIN_PARKED: 16 } as const;
 export function createDoorbell(): Int32Array {
-  return new Int32Array(new SharedArrayBuffer(8));
+  // The two words on separate lines: the sequence is bumped by any vCPU, the flag by main.
+  return new Int32Array(new SharedArrayBuffer(2 * LINE_INTS * 4));
 }
 
 /** A record handed to the consumer; reused, copy what you keep. */
 export interface ChannelRecord {
   kind: number;
   size: number;
+  /** Port, MSR index or guest-physical address (up to 52 bits). */
   address: number;
   data: number;
   dataHigh: number;
@@ -76,8 +104,9 @@ export class ExitChannel {
   private readonly ring: Int32Array;
   private readonly spinner: AdaptiveSpinner;
   private readonly doorbell: Int32Array;
-  /** Posted records wake a parked dispatcher only from this ring occupancy on (batching). */
-  private readonly postedWakeThreshold: number;
+  /** Producer only: the head it owns and the last tail it saw (refreshed only when full). */
+  private head = 0;
+  private cachedTail = 0;
 
   static create(capacity: number, doorbell: Int32Array, spin?: SpinPolicy): ExitChannel {
     // A power of two keeps slot = counter % capacity continuous when the counters wrap.
@@ -98,7 +127,8 @@ export class ExitChannel {
     this.syncData = new Uint8Array(buffer, HEADER_BYTES + STATS_BYTES, SYNC_DATA_BYTES);
     this.ring = new Int32Array(buffer, HEADER_BYTES + STATS_BYTES + SYNC_DATA_BYTES, this.capacity * RECORD_INTS);
     this.spinner = new AdaptiveSpinner(spin);
-    this.postedWakeThreshold = Math.max(1, this.capacity >> 1);
+    this.head = Atomics.load(this.header, H.RING_HEAD);
+    this.cachedTail = Atomics.load(this.header, H.RING_TAIL);
   }
 
   /** Publishes this side's spin adaptation (worker side) into the stats. */
@@ -109,68 +139,86 @@ export class ExitChannel {
 
   private ringDoorbell(): void {
     Atomics.add(this.doorbell, Doorbell.SEQUENCE, 1);
-    if (Atomics.load(this.doorbell, Doorbell.MAIN_PARKED) !== 0) Atomics.notify(this.doorbell, Doorbell.SEQUENCE);
+    Atomics.notify(this.doorbell, Doorbell.SEQUENCE);
   }
 
   // ---- producer side (vCPU worker) ----
 
   /**
    * Appends a posted write. Waits while the ring is full (backpressure, never loss);
-   * returns false if the VM was told to stop while waiting.
+   * returns false if the VM was told to stop, before or while waiting.
    */
   post(kind: number, size: number, address: number, data: number, dataHigh: number): boolean {
     const header = this.header;
-    const head = header[H.RING_HEAD];
-    if (((head - Atomics.load(header, H.RING_TAIL)) | 0) >= this.capacity) {
-      this.stats[Stat.RING_FULL_WAITS]++;
-      this.ringDoorbell();
-      for (;;) {
-        const tail = Atomics.load(header, H.RING_TAIL);
-        if (((head - tail) | 0) < this.capacity) break;
-        if (Atomics.load(header, H.CONTROL) === Control.STOP) return false;
-        waitWhileEqual(header, H.RING_TAIL, tail, this.spinner, H.RING_PARKED);
-        this.recordSpin();
-      }
-    }
+    const head = this.head;
+    if (((head - this.cachedTail) | 0) >= this.capacity && !this.waitForSpace(head)) return false;
     const at = ((head >>> 0) % this.capacity) * RECORD_INTS;
     const ring = this.ring;
-    ring[at] = kind | (size << 8);
-    ring[at + 1] = address;
+    const high = address >= TWO_POW_32 ? Math.floor(address / TWO_POW_32) : 0;
+    ring[at] = kind | (size << 8) | (high << 12);
+    ring[at + 1] = address | 0;
     ring[at + 2] = data;
     ring[at + 3] = dataHigh;
-    Atomics.store(header, H.RING_HEAD, (head + 1) | 0);
-    // A spinning dispatcher polls the rings itself, and a parked one wakes on its flush
-    // timer: posted writes cost no futex wake until the ring is half full.
-    if (
-      Atomics.load(this.doorbell, Doorbell.MAIN_PARKED) !== 0 &&
-      ((head + 1 - Atomics.load(header, H.RING_TAIL)) | 0) >= this.postedWakeThreshold
-    ) {
+    const next = (head + 1) | 0;
+    this.head = next;
+    Atomics.store(header, H.RING_HEAD, next);
+    // A spinning dispatcher polls the rings itself. A parked one is woken when its ring goes
+    // from empty to non-empty (it checked every ring after raising its flag, so it cannot
+    // miss this one); later records of the batch cost nothing.
+    if (Atomics.load(this.doorbell, Doorbell.MAIN_PARKED) !== 0 && Atomics.load(header, H.RING_TAIL) === head) {
+      this.stats[Stat.DOORBELLS]++;
       this.ringDoorbell();
     }
     return true;
   }
 
+  private waitForSpace(head: number): boolean {
+    const header = this.header;
+    this.cachedTail = Atomics.load(header, H.RING_TAIL);
+    if (((head - this.cachedTail) | 0) < this.capacity) return true;
+    this.stats[Stat.RING_FULL_WAITS]++;
+    this.ringDoorbell();
+    for (;;) {
+      const tail = this.cachedTail;
+      if (!waitWhileEqual(header, H.RING_TAIL, tail, this.spinner, H.RING_PARKED, H.CONTROL, Control.STOP)) {
+        this.recordSpin();
+        return false;
+      }
+      this.recordSpin();
+      this.cachedTail = Atomics.load(header, H.RING_TAIL);
+      if (((head - this.cachedTail) | 0) < this.capacity) return true;
+    }
+  }
+
   /**
-   * Publishes an exit that needs an answer and waits for it. Returns false if the
-   * dispatcher failed the request (the VM is stopping); the answer is in `answerLow/High`
-   * (and `syncData` for string input).
+   * Publishes an exit that needs an answer and waits for it. Returns an `Answer`: the value
+   * of a read is then in `answerLow/High` (and `syncData` for string input). A STOP sent
+   * while waiting ends the wait with `Answer.STOPPED` even if nobody answers.
    */
-  request(kind: number, size: number, address: number, data: number, dataHigh: number, count: number): boolean {
+  request(kind: number, size: number, address: number, data: number, dataHigh: number, count: number): number {
     const header = this.header;
     header[H.SYNC_KIND] = kind;
     header[H.SYNC_SIZE] = size;
     header[H.SYNC_ADDRESS_LOW] = address | 0;
-    header[H.SYNC_ADDRESS_HIGH] = Math.floor(address / TWO_POW_32);
+    header[H.SYNC_ADDRESS_HIGH] = address >= TWO_POW_32 ? Math.floor(address / TWO_POW_32) : 0;
     header[H.SYNC_DATA_LOW] = data;
     header[H.SYNC_DATA_HIGH] = dataHigh;
     header[H.SYNC_COUNT] = count;
-    header[H.SYNC_FAILED] = 0;
+    header[H.SYNC_ANSWER] = Answer.OK;
     Atomics.store(header, H.SYNC_STATE, SyncState.REQUEST);
-    this.ringDoorbell();
-    waitWhileEqual(header, H.SYNC_STATE, SyncState.REQUEST, this.spinner, H.SYNC_PARKED);
-    Atomics.store(header, H.SYNC_STATE, SyncState.IDLE);
+    if (Atomics.load(this.doorbell, Doorbell.MAIN_PARKED) !== 0) {
+      this.stats[Stat.DOORBELLS]++;
+      this.ringDoorbell();
+    }
+    const answered = waitWhileEqual(header, H.SYNC_STATE, SyncState.REQUEST, this.spinner, H.SYNC_PARKED, H.CONTROL, Control.STOP);
     this.recordSpin();
-    return header[H.SYNC_FAILED] === 0;
+    if (!answered) {
+      // Withdraw the request; if the dispatcher took it meanwhile, its answer is dropped.
+      Atomics.compareExchange(header, H.SYNC_STATE, SyncState.REQUEST, SyncState.IDLE);
+      return Answer.STOPPED;
+    }
+    Atomics.store(header, H.SYNC_STATE, SyncState.IDLE);
+    return header[H.SYNC_ANSWER];
   }
 
   get answerLow(): number {
@@ -222,17 +270,28 @@ export class ExitChannel {
     }
   }
 
+  /**
+   * Sets the control word and wakes the worker wherever it waits: paused, for ring space or
+   * for an answer. Callers repeat a STOP until the worker has left (a notify that lands just
+   * before the worker parks is lost).
+   */
   setControl(control: number): void {
-    Atomics.store(this.header, H.CONTROL, control);
-    Atomics.notify(this.header, H.CONTROL);
+    const header = this.header;
+    Atomics.store(header, H.CONTROL, control);
+    Atomics.notify(header, H.CONTROL);
     if (control === Control.STOP) {
-      // Wake a worker parked on a full ring so it sees the stop.
-      Atomics.notify(this.header, H.RING_TAIL);
+      Atomics.notify(header, H.RING_TAIL);
+      Atomics.notify(header, H.SYNC_STATE);
     }
   }
 
   hasRequest(): boolean {
     return Atomics.load(this.header, H.SYNC_STATE) === SyncState.REQUEST;
+  }
+
+  /** True when the ring holds records the consumer has not taken. */
+  hasPosted(): boolean {
+    return Atomics.load(this.header, H.RING_HEAD) !== this.header[H.RING_TAIL];
   }
 
   /** Hands every posted record to `consume`, in order; returns how many. */
@@ -245,19 +304,25 @@ export class ExitChannel {
     const ring = this.ring;
     const capacity = this.capacity;
     record.count = 1;
+    let sincePublish = 0;
     while (tail !== head) {
       const at = ((tail >>> 0) % capacity) * RECORD_INTS;
       const meta = ring[at];
       record.kind = meta & 0xff;
-      record.size = meta >>> 8;
-      record.address = ring[at + 1] >>> 0;
+      record.size = (meta >>> 8) & 0xf;
+      record.address = (meta >>> 12) * TWO_POW_32 + (ring[at + 1] >>> 0);
       record.data = ring[at + 2] >>> 0;
       record.dataHigh = ring[at + 3] >>> 0;
       tail = (tail + 1) | 0;
       consume(record);
-      // Free the slot as we go so a producer waiting on a full ring resumes early.
-      Atomics.store(header, H.RING_TAIL, tail);
+      // In a long batch behind a slow device, let a producer waiting for space resume early.
+      if (++sincePublish === TAIL_PUBLISH_EVERY) {
+        sincePublish = 0;
+        Atomics.store(header, H.RING_TAIL, tail);
+        if (Atomics.load(header, H.RING_PARKED) !== 0) Atomics.notify(header, H.RING_TAIL);
+      }
     }
+    Atomics.store(header, H.RING_TAIL, tail);
     if (Atomics.load(header, H.RING_PARKED) !== 0) Atomics.notify(header, H.RING_TAIL);
     return drained;
   }
@@ -273,13 +338,14 @@ export class ExitChannel {
     record.count = header[H.SYNC_COUNT];
   }
 
-  /** Completes the pending sync request; `failed` tells the worker to stop. */
-  complete(low: number, high: number, failed = false): void {
+  /** Completes the pending sync request with an `Answer`. */
+  complete(low: number, high: number, answer: number = Answer.OK): void {
     const header = this.header;
     header[H.SYNC_DATA_LOW] = low;
     header[H.SYNC_DATA_HIGH] = high;
-    header[H.SYNC_FAILED] = failed ? 1 : 0;
-    Atomics.store(header, H.SYNC_STATE, SyncState.DONE);
+    header[H.SYNC_ANSWER] = answer;
+    // Only if the request is still there: a stopping worker may have withdrawn it.
+    if (Atomics.compareExchange(header, H.SYNC_STATE, SyncState.REQUEST, SyncState.DONE) !== SyncState.REQUEST) return;
     if (Atomics.load(header, H.SYNC_PARKED) !== 0) Atomics.notify(header, H.SYNC_STATE);
   }
 }

@@ -1,3 +1,4 @@
+import { freemem, totalmem } from "node:os";
 import { hostAddressOf } from "./host-address.js";
 
 export const PAGE_SIZE = 4096;
@@ -46,6 +47,30 @@ export interface MemoryRegion extends SharedRegion {
 }
 
 const MAX_GPA = 2 ** 52;
+const GiB = 1024 ** 3;
+
+/** The host could not give the memory asked for. */
+export class GuestMemoryAllocationError extends Error {
+  override name = "GuestMemoryAllocationError";
+}
+
+function sizeText(bytes: number): string {
+  return bytes >= GiB ? `${(bytes / GiB).toFixed(bytes % GiB === 0 ? 0 : 1)} GiB` : `${Math.ceil(bytes / 1024 ** 2)} MiB`;
+}
+
+function allocateShared(spec: RegionSpec, regions: number): SharedArrayBuffer {
+  try {
+    return new SharedArrayBuffer(spec.size + PAGE_SIZE);
+  } catch (error) {
+    if (!(error instanceof RangeError)) throw error;
+    const where = regions > 1 ? ` (the region at 0x${spec.gpa.toString(16)})` : "";
+    throw new GuestMemoryAllocationError(
+      `cannot allocate ${sizeText(spec.size)} of guest RAM${where}: the host has ${sizeText(totalmem())} of memory ` +
+        `(${sizeText(freemem())} free) and refused the allocation. Ask for less guest memory.`,
+      { cause: error },
+    );
+  }
+}
 
 function checkSpec(spec: RegionSpec, index: number): void {
   const where = `memory region ${index} (gpa 0x${spec.gpa.toString(16)}, size ${spec.size})`;
@@ -91,7 +116,7 @@ export class GuestMemory {
     return GuestMemory.fromShared(
       sorted.map((spec) => {
         // One page of slack so the page-aligned interior always fits.
-        const buffer = new SharedArrayBuffer(spec.size + PAGE_SIZE);
+        const buffer = allocateShared(spec, sorted.length);
         const misalignment = Number(hostAddressOf(buffer) % BigInt(PAGE_SIZE));
         const offset = misalignment === 0 ? 0 : PAGE_SIZE - misalignment;
         return { gpa: spec.gpa, size: spec.size, buffer, offset };

@@ -14,6 +14,16 @@ export interface SpinPolicy {
 
 export const DEFAULT_SPIN: SpinPolicy = { minSpins: 64, maxSpins: 200_000, shortParkMicros: 200 };
 
+/**
+ * When more threads spin than the host has cores, a spinner burns the time slice the thread
+ * it waits for needs: the budget is then capped to this share of `maxSpins`.
+ */
+export function oversubscribedPolicy(policy: SpinPolicy, spinners: number, cores: number): SpinPolicy {
+  if (spinners <= cores) return policy;
+  const maxSpins = Math.max(policy.minSpins, Math.floor((policy.maxSpins * cores) / (spinners * 8)));
+  return { ...policy, maxSpins };
+}
+
 export class AdaptiveSpinner {
   budget: number;
   parks = 0;
@@ -21,11 +31,14 @@ export class AdaptiveSpinner {
     this.budget = policy.maxSpins;
   }
 
-  /** Spins while `array[index] === value`; returns true if it changed within the budget. */
-  spin(array: Int32Array, index: number, value: number): boolean {
+  /**
+   * Spins while `array[index] === value` and `array[abortIndex] !== abortValue`; returns
+   * true if either changed within the budget.
+   */
+  spin(array: Int32Array, index: number, value: number, abortIndex: number, abortValue: number): boolean {
     const budget = this.budget;
     for (let i = 0; i < budget; i++) {
-      if (Atomics.load(array, index) !== value) return true;
+      if (Atomics.load(array, index) !== value || Atomics.load(array, abortIndex) === abortValue) return true;
     }
     return false;
   }
@@ -39,9 +52,11 @@ export class AdaptiveSpinner {
 }
 
 /**
- * Waits (blocking: worker threads only) until `array[index]` is no longer `value`:
- * spins within the budget, then parks with Atomics.wait. The other side notifies when it
- * sees `array[parkedIndex]` set.
+ * Waits (blocking: worker threads only) until `array[index]` is no longer `value`, or until
+ * `array[abortIndex]` becomes `abortValue` (a stop request): spins within the budget, then
+ * parks with Atomics.wait. The other side notifies `index` when it sees
+ * `array[parkedIndex]` set; whoever sets the abort word notifies `index` too (and repeats
+ * it, since a notify that lands before the park is lost). Returns false on abort.
  */
 export function waitWhileEqual(
   array: Int32Array,
@@ -49,11 +64,17 @@ export function waitWhileEqual(
   value: number,
   spinner: AdaptiveSpinner,
   parkedIndex: number,
-): void {
-  if (spinner.spin(array, index, value)) return;
-  const start = performance.now();
-  Atomics.store(array, parkedIndex, 1);
-  while (Atomics.load(array, index) === value) Atomics.wait(array, index, value);
-  Atomics.store(array, parkedIndex, 0);
-  spinner.parked((performance.now() - start) * 1000);
+  abortIndex: number,
+  abortValue: number,
+): boolean {
+  if (!spinner.spin(array, index, value, abortIndex, abortValue)) {
+    const start = performance.now();
+    Atomics.store(array, parkedIndex, 1);
+    while (Atomics.load(array, index) === value && Atomics.load(array, abortIndex) !== abortValue) {
+      Atomics.wait(array, index, value);
+    }
+    Atomics.store(array, parkedIndex, 0);
+    spinner.parked((performance.now() - start) * 1000);
+  }
+  return Atomics.load(array, index) !== value || Atomics.load(array, abortIndex) !== abortValue;
 }

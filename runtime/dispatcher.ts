@@ -1,39 +1,49 @@
 /**
  * The main-thread device dispatcher: one Atomics.waitAsync on the VM's doorbell, then a
  * batch drain of every vCPU's exit channel, routing each exit to the bus and completing
- * synchronous ones. Spins briefly after activity, yields to the event loop every
- * millisecond under load, parks when idle.
+ * synchronous ones. After a sync exit it keeps polling for a while (a window that adapts
+ * like the workers' spin budget), yields to the event loop every millisecond under load,
+ * and parks when idle: a parked dispatcher is woken by a sync request or by a ring that
+ * goes from empty to non-empty, never by a timer, so an idle VM costs the main thread
+ * nothing.
  */
 import { ExitKind, exitKindName } from "./hypervisor/hypervisor.js";
-import { type ChannelRecord, Doorbell, type ExitChannel } from "../memory/exit-channel.js";
-import { allOnes, type AccessSize } from "./devices/device.js";
-import type { Bus } from "./bus.js";
+import { Answer, type ChannelRecord, Doorbell, type ExitChannel } from "../memory/exit-channel.js";
+import { type Bus, BusAccessor } from "./bus.js";
 
 export interface DispatcherStats {
   /** Exits handled on the main thread (posted and sync). */
   handled: number;
   posted: number;
   sync: number;
-  /** Reads no device claimed (answered with all-ones) and writes dropped. */
+  /** Reads no device claimed (answered with all-ones, or #GP for MSRs) and writes dropped. */
   unclaimedReads: number;
   unclaimedWrites: number;
-  /** Times the dispatcher parked on the doorbell. */
+  /** Times the dispatcher parked on the doorbell (each park ends in one main-thread wake-up). */
   parks: number;
+  /** The adaptive polling window after a sync exit, µs, when last adapted. */
+  spinWindowMicros: number;
 }
 
 export interface DispatcherOptions {
-  /** How long to keep polling after the last synchronous exit before parking, in µs. */
+  /** Longest polling window after the last synchronous exit before parking, in µs. */
   spinMicros: number;
   /** Longest stretch of draining before yielding to the event loop, in milliseconds. */
   yieldAfterMs: number;
   /**
-   * How long a parked dispatcher leaves posted writes in the rings before draining them
-   * (ms). Workers wake it earlier when a ring is half full or they wait for an answer.
+   * Threads that may spin at once (vCPUs plus this one) and the host's cores: when they
+   * outnumber the cores, the window stays short, since polling then takes the time slice
+   * a vCPU needs to make progress.
    */
-  postedFlushMs: number;
+  spinners?: number;
+  cores?: number;
 }
 
-export const DEFAULT_DISPATCHER_OPTIONS: DispatcherOptions = { spinMicros: 50, yieldAfterMs: 1, postedFlushMs: 1 };
+export const DEFAULT_DISPATCHER_OPTIONS: DispatcherOptions = { spinMicros: 200, yieldAfterMs: 1 };
+
+/** A park shorter than this means a longer window would have caught the next request. */
+const SHORT_PARK_MICROS = 300;
+const MIN_SPIN_MICROS = 2;
 
 export class DeviceError extends Error {
   override name = "DeviceError";
@@ -42,28 +52,51 @@ export class DeviceError extends Error {
   }
 }
 
-const TWO_POW_32 = 2 ** 32;
-
 function yieldToEventLoop(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
 }
 
+function isReadKind(kind: number): boolean {
+  return kind === ExitKind.IoIn || kind === ExitKind.MmioRead || kind === ExitKind.MsrRead;
+}
+
 export class Dispatcher {
-  readonly stats: DispatcherStats = { handled: 0, posted: 0, sync: 0, unclaimedReads: 0, unclaimedWrites: 0, parks: 0 };
+  readonly stats: DispatcherStats = {
+    handled: 0, posted: 0, sync: 0, unclaimedReads: 0, unclaimedWrites: 0, parks: 0, spinWindowMicros: 0,
+  };
   private running = false;
   private loop: Promise<void> | undefined;
   private readonly record: ChannelRecord = { kind: 0, size: 0, address: 0, data: 0, dataHigh: 0, count: 0 };
-  private readonly consumePosted = (record: ChannelRecord): void => this.handleWrite(record, record.data, record.dataHigh);
-  private answerLow = 0;
-  private answerHigh = 0;
+  private readonly consumePosted = (record: ChannelRecord): void => this.handleWrite(record);
+  private readonly pio: BusAccessor;
+  private readonly mmio: BusAccessor;
+  private readonly msr: BusAccessor;
+  private readonly maxSpinMicros: number;
+  private spinWindow: number;
+  private failures = 0;
+  /** Runs before the rings are drained (e.g. the kernel's coalesced-write ring). */
+  private beforeDrain: (() => void) | undefined;
 
   constructor(
     private readonly channels: readonly ExitChannel[],
     private readonly doorbell: Int32Array,
-    private readonly buses: { pio: Bus; mmio: Bus; msr: Bus },
+    buses: { pio: Bus; mmio: Bus; msr: Bus },
     private readonly onDeviceError: (error: DeviceError) => void,
     private readonly options: DispatcherOptions = DEFAULT_DISPATCHER_OPTIONS,
-  ) {}
+  ) {
+    this.pio = new BusAccessor(buses.pio);
+    this.mmio = new BusAccessor(buses.mmio);
+    this.msr = new BusAccessor(buses.msr);
+    const oversubscribed = (options.spinners ?? 1) > (options.cores ?? Infinity);
+    this.maxSpinMicros = oversubscribed ? Math.min(options.spinMicros, 20) : options.spinMicros;
+    this.spinWindow = this.maxSpinMicros;
+    this.stats.spinWindowMicros = this.spinWindow;
+  }
+
+  /** A drain to run before every batch: writes the kernel coalesced must reach devices first. */
+  setBeforeDrain(drain: () => void): void {
+    this.beforeDrain = drain;
+  }
 
   start(): void {
     if (this.running) return;
@@ -75,12 +108,14 @@ export class Dispatcher {
   async stop(): Promise<void> {
     if (!this.running) return;
     this.running = false;
+    Atomics.add(this.doorbell, Doorbell.SEQUENCE, 1);
     Atomics.notify(this.doorbell, Doorbell.SEQUENCE);
     await this.loop;
   }
 
   /** Drains every channel once; returns how many sync requests it answered. */
   drainAll(): number {
+    this.beforeDrain?.();
     let requests = 0;
     for (let i = 0; i < this.channels.length; i++) {
       const channel = this.channels[i];
@@ -96,12 +131,11 @@ export class Dispatcher {
   }
 
   /**
-   * Spins while vCPUs wait for answers (a parked dispatcher costs them a wake-up each), and
-   * parks otherwise: posted writes are then drained in batches, on the flush timer or when a
-   * ring is half full, so a stream of them does not cost a main-thread core.
+   * Polls while vCPUs are likely to ask again soon (a parked dispatcher costs each request a
+   * wake-up), parks otherwise.
    */
   private async run(): Promise<void> {
-    const { spinMicros, yieldAfterMs, postedFlushMs } = this.options;
+    const { yieldAfterMs } = this.options;
     const doorbell = this.doorbell;
     let sliceStart = performance.now();
     let lastRequest = -Infinity;
@@ -115,12 +149,16 @@ export class Dispatcher {
         sliceStart = performance.now();
         continue;
       }
-      if ((now - lastRequest) * 1000 < spinMicros) continue;
+      if ((now - lastRequest) * 1000 < this.spinWindow) continue;
+      // Raise the flag, then look once more: a producer that published before seeing the
+      // flag is caught here, one that publishes after it rings the doorbell.
       Atomics.store(doorbell, Doorbell.MAIN_PARKED, 1);
-      if (Atomics.load(doorbell, Doorbell.SEQUENCE) === sequence && this.running && !this.anyRequest()) {
+      if (Atomics.load(doorbell, Doorbell.SEQUENCE) === sequence && this.running && !this.anyWork()) {
         this.stats.parks++;
-        const wait = Atomics.waitAsync(doorbell, Doorbell.SEQUENCE, sequence, postedFlushMs);
+        const parkedAt = performance.now();
+        const wait = Atomics.waitAsync(doorbell, Doorbell.SEQUENCE, sequence);
         if (wait.async) await wait.value;
+        this.adaptWindow((performance.now() - parkedAt) * 1000);
       }
       Atomics.store(doorbell, Doorbell.MAIN_PARKED, 0);
       sliceStart = performance.now();
@@ -128,59 +166,59 @@ export class Dispatcher {
     this.drainAll();
   }
 
-  private anyRequest(): boolean {
-    for (let i = 0; i < this.channels.length; i++) if (this.channels[i].hasRequest()) return true;
+  private adaptWindow(parkMicros: number): void {
+    this.spinWindow = parkMicros <= SHORT_PARK_MICROS
+      ? Math.min(this.maxSpinMicros, this.spinWindow * 2)
+      : Math.max(MIN_SPIN_MICROS, this.spinWindow / 2);
+    this.stats.spinWindowMicros = this.spinWindow;
+  }
+
+  private anyWork(): boolean {
+    for (let i = 0; i < this.channels.length; i++) {
+      if (this.channels[i].hasRequest() || this.channels[i].hasPosted()) return true;
+    }
     return false;
   }
 
-  private busFor(kind: number): Bus {
-    if (kind === ExitKind.IoIn || kind === ExitKind.IoOut) return this.buses.pio;
-    if (kind === ExitKind.MmioRead || kind === ExitKind.MmioWrite) return this.buses.mmio;
-    return this.buses.msr;
+  private accessorFor(kind: number): BusAccessor {
+    if (kind === ExitKind.IoIn || kind === ExitKind.IoOut) return this.pio;
+    if (kind === ExitKind.MmioRead || kind === ExitKind.MmioWrite) return this.mmio;
+    return this.msr;
   }
 
-  private handleWrite(record: ChannelRecord, low: number, high: number): void {
+  private handleWrite(record: ChannelRecord): void {
     this.stats.handled++;
     this.stats.posted++;
-    this.write(record.kind, record.address, record.size, low, high);
+    this.write(record.kind, record.address, record.size, record.data, record.dataHigh);
   }
 
-  private write(kind: number, address: number, size: number, low: number, high: number): void {
-    const range = this.busFor(kind).find(address);
-    if (range === undefined) {
-      this.stats.unclaimedWrites++;
-      return;
-    }
-    const value = size === 8 ? BigInt(low) | (BigInt(high) << 32n) : low;
+  /** Returns false if no device claimed (some of) the access. */
+  private write(kind: number, address: number, size: number, low: number, high: number): boolean {
+    const accessor = this.accessorFor(kind);
     try {
-      range.device.write(address - range.base, size as AccessSize, value);
+      accessor.write(address, size, low, high);
     } catch (error) {
-      this.fail(range.device.name, kind, address, error);
+      this.fail(accessor.device, kind, address, error);
+      return true;
     }
+    if (accessor.unclaimed === 0) return true;
+    this.stats.unclaimedWrites++;
+    return false;
   }
 
-  /** Reads into answerLow/answerHigh. */
-  private read(kind: number, address: number, size: number): void {
-    const range = this.busFor(kind).find(address);
-    let value: number | bigint;
-    if (range === undefined) {
-      this.stats.unclaimedReads++;
-      value = allOnes(size as AccessSize);
-    } else {
-      try {
-        value = range.device.read(address - range.base, size as AccessSize);
-      } catch (error) {
-        this.fail(range.device.name, kind, address, error);
-        value = allOnes(size as AccessSize);
-      }
+  /** Reads into the accessor's low/high (all-ones where unclaimed); false if unclaimed. */
+  private read(accessor: BusAccessor, kind: number, address: number, size: number): boolean {
+    try {
+      accessor.read(address, size);
+    } catch (error) {
+      this.fail(accessor.device, kind, address, error);
+      accessor.low = 0xffff_ffff;
+      accessor.high = size === 8 ? 0xffff_ffff : 0;
+      return true;
     }
-    if (typeof value === "bigint") {
-      this.answerLow = Number(value & 0xffff_ffffn);
-      this.answerHigh = Number((value >> 32n) & 0xffff_ffffn);
-    } else {
-      this.answerLow = value >>> 0;
-      this.answerHigh = Math.floor(value / TWO_POW_32) >>> 0;
-    }
+    if (accessor.unclaimed === 0) return true;
+    this.stats.unclaimedReads++;
+    return false;
   }
 
   private handleRequest(channel: ExitChannel): void {
@@ -189,39 +227,40 @@ export class Dispatcher {
     this.stats.handled++;
     this.stats.sync++;
     const { kind, address, size, count } = record;
-    const isRead = kind === ExitKind.IoIn || kind === ExitKind.MmioRead || kind === ExitKind.MsrRead;
     const failuresBefore = this.failures;
+    const answer = () => (this.failures !== failuresBefore ? Answer.STOPPED : Answer.OK);
     if (count > 1) {
       this.handleStringIo(channel, kind, address, size, count);
-      channel.complete(0, 0, this.failures !== failuresBefore);
-    } else if (isRead) {
-      this.read(kind, address, size);
-      channel.complete(this.answerLow, this.answerHigh, this.failures !== failuresBefore);
+      channel.complete(0, 0, answer());
+    } else if (isReadKind(kind)) {
+      const accessor = this.accessorFor(kind);
+      const claimed = this.read(accessor, kind, address, size);
+      // An MSR nobody implements faults, as on hardware (rdmsr_safe-style probing relies on it).
+      channel.complete(accessor.low, accessor.high, !claimed && kind === ExitKind.MsrRead ? Answer.FAULT : answer());
     } else {
-      this.write(kind, address, size, record.data, record.dataHigh);
-      channel.complete(0, 0, this.failures !== failuresBefore);
+      const claimed = this.write(kind, address, size, record.data, record.dataHigh);
+      channel.complete(0, 0, !claimed && kind === ExitKind.MsrWrite ? Answer.FAULT : answer());
     }
   }
 
   /** `rep insb/outsb` and wider: one device access per element, data in the mailbox. */
   private handleStringIo(channel: ExitChannel, kind: number, address: number, size: number, count: number): void {
-    const data = new DataView(channel.syncData.buffer, channel.syncData.byteOffset, channel.syncData.byteLength);
+    const data = channel.syncData;
+    const accessor = this.pio;
     const elements = Math.min(count, Math.floor(data.byteLength / size));
     for (let i = 0; i < elements; i++) {
       const at = i * size;
       if (kind === ExitKind.IoIn) {
-        this.read(kind, address, size);
-        if (size === 1) data.setUint8(at, this.answerLow);
-        else if (size === 2) data.setUint16(at, this.answerLow, true);
-        else data.setUint32(at, this.answerLow, true);
+        this.read(accessor, kind, address, size);
+        const value = accessor.low;
+        for (let b = 0; b < size; b++) data[at + b] = (value >>> (b * 8)) & 0xff;
       } else {
-        const value = size === 1 ? data.getUint8(at) : size === 2 ? data.getUint16(at, true) : data.getUint32(at, true);
+        let value = 0;
+        for (let b = size - 1; b >= 0; b--) value = value * 256 + data[at + b];
         this.write(kind, address, size, value, 0);
       }
     }
   }
-
-  private failures = 0;
 
   private fail(deviceName: string, kind: number, address: number, error: unknown): void {
     this.failures++;

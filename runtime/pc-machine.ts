@@ -7,7 +7,7 @@ import { Vm, type VmResult } from "./vm.js";
 import { VmConfigError } from "./errors.js";
 import { Serial16550 } from "./devices/serial-16550.js";
 import { FwCfg, FW_CFG_PORT, FW_CFG_PORT_LENGTH } from "./devices/fw-cfg.js";
-import { DEFAULT_PM1A_EVENT_PORT, DEFAULT_PM_TIMER_PORT, PM_TIMER_LENGTH, writeAcpiTables } from "./devices/acpi.js";
+import { AcpiPmTimer, DEFAULT_PM1A_EVENT_PORT, DEFAULT_PM_TIMER_PORT, PM_TIMER_LENGTH, writeAcpiTables } from "./devices/acpi.js";
 import { AcpiPm1Registers, PM1_REGISTERS_LENGTH } from "./devices/acpi-pm1.js";
 import { PciConfigNoDevice, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LENGTH } from "./devices/pci-config.js";
 import { CmosRtc, CMOS_PORT, CMOS_PORT_LENGTH } from "./devices/cmos-rtc.js";
@@ -79,7 +79,7 @@ export class PcMachine {
       vm.addDebugExit();
       vm.addDevice({ space: "pio", base: FW_CFG_PORT, length: FW_CFG_PORT_LENGTH, device: new FwCfg({ cpus, ramSize: memory }) });
       vm.addWorkerDevice({
-        space: "pio", base: DEFAULT_PM_TIMER_PORT, length: PM_TIMER_LENGTH, shared: new SharedArrayBuffer(0),
+        space: "pio", base: DEFAULT_PM_TIMER_PORT, length: PM_TIMER_LENGTH, shared: AcpiPmTimer.createOrigin(),
         module: new URL("./devices/acpi-pm-timer-worker.js", import.meta.url).href,
       });
       vm.addDevice({

@@ -15,9 +15,10 @@ import { HypervisorCpuidError, withHypervisorLeaves, type HypervisorCpuidOptions
 import { withResetState } from "./boot/x86-reset.js";
 import { GuestFatalError, VcpuWorkerError, VmConfigError, VmStateError } from "./errors.js";
 import { vcpuPool } from "./vcpu-pool.js";
-import { GuestMemory, MemoryLayoutError, type RegionSpec } from "../memory/guest-memory.js";
+import { availableParallelism } from "node:os";
+import { GuestMemory, GuestMemoryAllocationError, MemoryLayoutError, type RegionSpec } from "../memory/guest-memory.js";
 import { Control, createDoorbell, ExitChannel, Stat, WorkerState } from "../memory/exit-channel.js";
-import { DEFAULT_SPIN, type SpinPolicy } from "../memory/waiter.js";
+import { DEFAULT_SPIN, oversubscribedPolicy, type SpinPolicy } from "../memory/waiter.js";
 import type { AddressSpace, VcpuOutcome, VcpuTask, WorkerDeviceSpec } from "../workers/vcpu-task.js";
 
 export interface VmOptions {
@@ -57,6 +58,10 @@ export interface VmStats {
   unclaimedReads: number;
   unclaimedWrites: number;
   dispatcherParks: number;
+  /** Times a vCPU had to wake a parked dispatcher (a futex wake on the main thread). */
+  doorbells: number;
+  /** The dispatcher's adaptive polling window after a sync exit, µs. */
+  dispatcherSpinMicros: number;
   /** Times vCPU workers parked (spin budget ran out) waiting for an answer or ring space. */
   workerParks: number;
   /** Each worker's adaptive spin budget (iterations) when last published. */
@@ -73,6 +78,26 @@ export interface DeviceRegistration {
 }
 
 const MAX_POOL_VCPUS = 512;
+
+/** Rejects what the hypervisor would refuse with a bare EINVAL, saying why. */
+function checkIoEvent(options: IoEventOptions): void {
+  const { space, address, size, value } = options;
+  const what = `I/O event at ${space} 0x${Number(address).toString(16)}`;
+  if (space !== "pio" && space !== "mmio") throw new VmConfigError(`${what}: space must be "pio" or "mmio", got ${String(space)}`);
+  if (![0, 1, 2, 4, 8].includes(size)) {
+    throw new VmConfigError(`${what}: size must be 1, 2, 4 or 8 bytes (or 0: any write), got ${size}`);
+  }
+  const limit = space === "pio" ? 0x10000 : 2 ** 52;
+  if (!Number.isSafeInteger(address) || address < 0 || address + Math.max(size, 1) > limit) {
+    throw new VmConfigError(`${what}: address is outside the ${space} space`);
+  }
+  if (value !== undefined) {
+    if (size === 0) throw new VmConfigError(`${what}: matching a value needs the access size (1, 2, 4 or 8), not 0`);
+    if (!Number.isSafeInteger(value) || value < 0 || (size < 8 && value >= 2 ** (size * 8))) {
+      throw new VmConfigError(`${what}: value ${value} does not fit in ${size} byte(s)`);
+    }
+  }
+}
 
 function toRegions(memory: VmOptions["memory"]): RegionSpec[] {
   if (typeof memory === "number") return [{ gpa: 0, size: memory }];
@@ -94,6 +119,8 @@ export class Vm extends EventEmitter {
   private readonly channels: ExitChannel[] = [];
   private readonly dispatcher: Dispatcher;
   private readonly spin: SpinPolicy;
+  /** The policy the workers use: `spin`, capped when spinning threads outnumber the cores. */
+  private readonly workerSpin: SpinPolicy;
   private readonly ringCapacity: number;
   private readonly resumeOnHalt: boolean;
   private tasks: Promise<void>[] = [];
@@ -114,6 +141,10 @@ export class Vm extends EventEmitter {
     if (!Number.isInteger(vcpus) || vcpus < 1) throw new VmConfigError(`vcpus must be a whole number of at least 1, got ${vcpus}`);
     this.ringCapacity = options.ringCapacity ?? 1024;
     this.spin = { ...DEFAULT_SPIN, ...options.spin };
+    // vCPU workers and the dispatcher all spin while they wait for each other.
+    const spinners = vcpus + 1;
+    const cores = availableParallelism();
+    this.workerSpin = oversubscribedPolicy(this.spin, spinners, cores);
     if (options.onHalt !== undefined && options.onHalt !== "stop" && options.onHalt !== "resume") {
       throw new VmConfigError(`onHalt must be "stop" or "resume", got ${String(options.onHalt)}`);
     }
@@ -122,7 +153,9 @@ export class Vm extends EventEmitter {
     try {
       memory = GuestMemory.allocate(toRegions(options.memory));
     } catch (error) {
-      if (error instanceof MemoryLayoutError) throw new VmConfigError(error.message, { cause: error });
+      if (error instanceof MemoryLayoutError || error instanceof GuestMemoryAllocationError) {
+        throw new VmConfigError(error.message, { cause: error });
+      }
       throw error;
     }
     const hypervisor = openHypervisor(options.backend);
@@ -142,7 +175,7 @@ export class Vm extends EventEmitter {
       for (let i = 0; i < vcpus; i++) {
         this.descriptors.push(handle.createVcpu(i));
         this.cpuStates.push(withResetState({}));
-        this.channels.push(ExitChannel.create(this.ringCapacity, this.doorbell, this.spin));
+        this.channels.push(ExitChannel.create(this.ringCapacity, this.doorbell, this.workerSpin));
       }
       this.cpuidTable = Array.from({ length: vcpus }, (_, i) => cpuidForVcpu(supported, i));
     } catch (error) {
@@ -162,7 +195,7 @@ export class Vm extends EventEmitter {
       this.doorbell,
       this.buses,
       (error) => this.fail(error),
-      { ...DEFAULT_DISPATCHER_OPTIONS, ...options.dispatcher },
+      { ...DEFAULT_DISPATCHER_OPTIONS, spinners, cores, ...options.dispatcher },
     );
     this.done = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
     this.done.catch(() => {}); // surfaced through wait()/run() and the 'error' event
@@ -247,6 +280,7 @@ export class Vm extends EventEmitter {
    */
   addIoEvent(options: IoEventOptions): number {
     this.requireState(["created"], "add an I/O event to");
+    checkIoEvent(options);
     return this.handle.registerIoEvent(options);
   }
 
@@ -285,7 +319,7 @@ export class Vm extends EventEmitter {
         cpuid: this.cpuidTable[i],
         syncWrites,
         workerDevices: this.workerDevices,
-        spin: this.spin,
+        spin: this.workerSpin,
         resumeOnHalt: this.resumeOnHalt,
       };
       return pool.run(task).then(
@@ -312,6 +346,9 @@ export class Vm extends EventEmitter {
       this.handle.kick(i, channel.threadId());
     });
     await Promise.all(this.channels.map((c) => c.waitForWorkerState(WorkerState.PAUSED)));
+    // Every write the guest made before it paused has reached its device when pause()
+    // resolves (a parked dispatcher may not have drained the rings yet).
+    this.dispatcher.drainAll();
     if (this.stateValue === "running") this.setState("paused");
   }
 
@@ -350,6 +387,8 @@ export class Vm extends EventEmitter {
       unclaimedReads: d.unclaimedReads,
       unclaimedWrites: d.unclaimedWrites,
       dispatcherParks: d.parks,
+      doorbells: sum(Stat.DOORBELLS),
+      dispatcherSpinMicros: d.spinWindowMicros,
       workerParks: sum(Stat.WORKER_PARKS),
       workerSpinBudgets: this.channels.map((c) => c.stats[Stat.WORKER_SPIN_BUDGET]),
     };
@@ -357,7 +396,7 @@ export class Vm extends EventEmitter {
 
   /** The spin bounds (iterations) both sides of every exit channel adapt within. */
   get spinPolicy(): SpinPolicy {
-    return this.spin;
+    return this.workerSpin;
   }
 
   private vcpuEnded(index: number, outcome: VcpuOutcome): void {

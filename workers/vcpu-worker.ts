@@ -8,16 +8,14 @@ import { attachVcpu } from "../runtime/hypervisor/backends.js";
 import {
   type CpuState, ExitKind, exitKindName, type VcpuHandle,
 } from "../runtime/hypervisor/hypervisor.js";
-import { Bus } from "../runtime/bus.js";
+import { Bus, BusAccessor } from "../runtime/bus.js";
 import type { AccessSize, Device } from "../runtime/devices/device.js";
-import { Control, ExitChannel, Stat, WorkerState } from "../memory/exit-channel.js";
+import { Answer, Control, ExitChannel, Stat, WorkerState } from "../memory/exit-channel.js";
 import { GuestMemory } from "../memory/guest-memory.js";
 import type { AddressRange, RegisterDump, VcpuOutcome, VcpuTask, WorkerDeviceSpec } from "./vcpu-task.js";
 
 /** What a worker-local device module exports by default. */
 export type WorkerDeviceFactory = (shared: SharedArrayBuffer, memory: GuestMemory) => Device | Promise<Device>;
-
-const TWO_POW_32 = 2 ** 32;
 
 function applyCpuState(vcpu: VcpuHandle, state: CpuState, task: VcpuTask): void {
   vcpu.setCpuid(task.cpuid);
@@ -61,6 +59,15 @@ function inRanges(ranges: AddressRange[], space: string, address: number): boole
   return false;
 }
 
+/**
+ * An MMIO access handled here must lie wholly in the worker's device; one that runs past it
+ * (pieces of a page-crossing access) goes to the main thread, which splits it by address.
+ * Ports are matched by their first port alone, as the PC bus decodes them.
+ */
+function fitsIn(range: { base: number; length: number }, address: number, size: number): boolean {
+  return address + size <= range.base + range.length;
+}
+
 function readElement(data: Uint8Array, index: number, size: number): number {
   const at = index * size;
   if (size === 1) return data[at];
@@ -102,6 +109,7 @@ function runLoop(
   const pio = local.pio;
   const mmio = local.mmio;
   const msr = local.msr;
+  const accessors = { pio: new BusAccessor(pio), mmio: new BusAccessor(mmio), msr: new BusAccessor(msr) };
   for (;;) {
     const control = channel.control();
     if (control !== Control.RUN) {
@@ -121,19 +129,21 @@ function runLoop(
       case ExitKind.MsrWrite: {
         const space = kind === ExitKind.IoOut ? "pio" : kind === ExitKind.MmioWrite ? "mmio" : "msr";
         const range = (kind === ExitKind.IoOut ? pio : kind === ExitKind.MmioWrite ? mmio : msr).find(exit.address);
-        if (range !== undefined) {
+        if (range !== undefined && (kind !== ExitKind.MmioWrite || fitsIn(range, exit.address, exit.size))) {
           stats[Stat.IN_WORKER]++;
-          const offset = exit.address - range.base;
           if (exit.count > 1) {
+            const offset = exit.address - range.base;
             const data = vcpu.stringData();
             for (let i = 0; i < exit.count; i++) range.device.write(offset, exit.size as AccessSize, readElement(data, i, exit.size));
           } else {
-            range.device.write(offset, exit.size as AccessSize, exit.size === 8 ? BigInt(exit.data >>> 0) | (BigInt(exit.dataHigh >>> 0) << 32n) : exit.data);
+            accessors[space].write(exit.address, exit.size, exit.data, exit.dataHigh);
           }
         } else if (exit.count > 1 || kind === ExitKind.MsrWrite || inRanges(syncWrites, space, exit.address)) {
           stats[Stat.SYNC]++;
           if (exit.count > 1) channel.syncData.set(vcpu.stringData());
-          if (!channel.request(kind, exit.size, exit.address, exit.data, exit.dataHigh, exit.count)) return { reason: "stopped" };
+          const answer = channel.request(kind, exit.size, exit.address, exit.data, exit.dataHigh, exit.count);
+          if (answer === Answer.STOPPED) return { reason: "stopped" };
+          if (answer === Answer.FAULT) vcpu.failMsr();
         } else {
           stats[Stat.POSTED]++;
           if (!channel.post(kind, exit.size, exit.address, exit.data, exit.dataHigh)) return { reason: "stopped" };
@@ -143,22 +153,25 @@ function runLoop(
       case ExitKind.IoIn:
       case ExitKind.MmioRead:
       case ExitKind.MsrRead: {
+        const space = kind === ExitKind.IoIn ? "pio" : kind === ExitKind.MmioRead ? "mmio" : "msr";
         const range = (kind === ExitKind.IoIn ? pio : kind === ExitKind.MmioRead ? mmio : msr).find(exit.address);
-        if (range !== undefined) {
+        if (range !== undefined && (kind !== ExitKind.MmioRead || fitsIn(range, exit.address, exit.size))) {
           stats[Stat.IN_WORKER]++;
-          const offset = exit.address - range.base;
           if (exit.count > 1) {
+            const offset = exit.address - range.base;
             const data = vcpu.stringData();
             for (let i = 0; i < exit.count; i++) writeElement(data, i, exit.size, Number(range.device.read(offset, exit.size as AccessSize)));
           } else {
-            const value = range.device.read(offset, exit.size as AccessSize);
-            if (typeof value === "bigint") vcpu.completeRead(Number(value & 0xffff_ffffn), Number(value >> 32n));
-            else vcpu.completeRead(value, Math.floor(value / TWO_POW_32));
+            const accessor = accessors[space];
+            accessor.read(exit.address, exit.size);
+            vcpu.completeRead(accessor.low, accessor.high);
           }
         } else {
           stats[Stat.SYNC]++;
-          if (!channel.request(kind, exit.size, exit.address, 0, 0, exit.count)) return { reason: "stopped" };
-          if (exit.count > 1) vcpu.stringData().set(channel.syncData.subarray(0, exit.size * exit.count));
+          const answer = channel.request(kind, exit.size, exit.address, 0, 0, exit.count);
+          if (answer === Answer.STOPPED) return { reason: "stopped" };
+          if (answer === Answer.FAULT) vcpu.failMsr();
+          else if (exit.count > 1) vcpu.stringData().set(channel.syncData.subarray(0, exit.size * exit.count));
           else vcpu.completeRead(channel.answerLow, channel.answerHigh);
         }
         break;

@@ -426,9 +426,24 @@ export class AcpiPmTimer implements Device {
   private readonly clock: MonotonicClock;
   private readonly start: bigint;
 
-  constructor(clock: MonotonicClock = hostMonotonicClock) {
+  /**
+   * `origin` is the VM's shared time origin (from `AcpiPmTimer.createOrigin()`): every vCPU
+   * worker's copy of the timer counts from it, so the counter never runs backwards from
+   * one vCPU to the next. Without one the timer counts from its own creation.
+   */
+  constructor(clock: MonotonicClock = hostMonotonicClock, origin?: SharedArrayBuffer) {
     this.clock = clock;
-    this.start = clock();
+    if (origin !== undefined && origin.byteLength < 8) {
+      throw new RangeError(`ACPI PM timer origin must be a SharedArrayBuffer of 8 bytes, got ${origin.byteLength}`);
+    }
+    this.start = origin === undefined ? clock() : Atomics.load(new BigInt64Array(origin, 0, 1), 0);
+  }
+
+  /** A VM's time origin: the host's monotonic clock now, in a SAB every worker shares. */
+  static createOrigin(clock: MonotonicClock = hostMonotonicClock): SharedArrayBuffer {
+    const origin = new SharedArrayBuffer(8);
+    Atomics.store(new BigInt64Array(origin), 0, clock());
+    return origin;
   }
 
   /** The current 24-bit counter value. */

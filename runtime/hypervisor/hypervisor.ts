@@ -197,3 +197,15 @@ export class HypervisorError extends Error {
 export class HypervisorUnavailableError extends Error {
   override name = "HypervisorUnavailableError";
 }
+
+/** A feature the caller asked for needs a hypervisor capability this host lacks. */
+export class MissingCapabilityError extends HypervisorUnavailableError {
+  override name = "MissingCapabilityError";
+  constructor(
+    readonly capability: string,
+    readonly feature: string,
+    hint: string,
+  ) {
+    super(`${feature} needs ${capability}, which this host's hypervisor does not offer. ${hint}`);
+  }
+}

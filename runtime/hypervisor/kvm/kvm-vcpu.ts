@@ -73,9 +73,13 @@ export class KvmVcpu implements VcpuHandle {
         exit.size = run32[Run.mmio_len >> 2];
         exit.count = 1;
         if (exit.kind === ExitKind.MmioWrite) {
+          // Any length 1..8 (KVM splits a page-crossing access into two odd-sized ones):
+          // keep exactly `size` bytes, the rest of mmio_data is stale.
           const size = exit.size;
-          exit.data = size === 1 ? run8[Run.mmio_data] : size === 2 ? this.runView.getUint16(Run.mmio_data, true) : run32[Run.mmio_data >> 2];
-          exit.dataHigh = size === 8 ? run32[(Run.mmio_data >> 2) + 1] : 0;
+          const low = run32[Run.mmio_data >> 2];
+          const high = run32[(Run.mmio_data >> 2) + 1];
+          exit.data = size >= 4 ? low : low & ((1 << (size * 8)) - 1);
+          exit.dataHigh = size >= 8 ? high : size > 4 ? high & ((1 << ((size - 4) * 8)) - 1) : 0;
         }
         return exit;
       }

@@ -1,5 +1,7 @@
 /** A KVM VM file descriptor: memory slots, irqchip, eventfds, vCPU creation, kicks. */
-import { HypervisorError, type IoEventOptions, type VcpuDescriptor, type VmHandle } from "../hypervisor.js";
+import {
+  HypervisorError, type IoEventOptions, MissingCapabilityError, type VcpuDescriptor, type VmHandle,
+} from "../hypervisor.js";
 import {
   Cap, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_PIO, Ioctl, MSR_EXIT_FILTER, MSR_EXIT_INVAL,
   MSR_EXIT_UNKNOWN, Run,
@@ -9,6 +11,9 @@ import * as libc from "./libc.js";
 // Intel needs these three pages below 4 GiB for real-mode emulation; the addresses
 // sit just under the BIOS area, where PC guests expect nothing.
 const TSS_ADDRESS = 0xfffb_d000;
+const EINVAL = 22;
+const EEXIST = 17;
+const ENOSPC = 28;
 const IDENTITY_MAP_ADDRESS = 0xfffb_c000n;
 
 interface VcpuRecord {
@@ -58,8 +63,11 @@ export class KvmVm implements VmHandle {
   }
 
   createIrqChip(): void {
-    if (this.checkExtension(Cap.IRQCHIP) <= 0 || this.checkExtension(Cap.PIT2) <= 0) {
-      throw new HypervisorError("KVM_CREATE_IRQCHIP", 95, "this host's KVM has no in-kernel irqchip or PIT");
+    if (this.checkExtension(Cap.IRQCHIP) <= 0) {
+      throw new MissingCapabilityError("KVM_CAP_IRQCHIP", "an in-kernel interrupt controller (irqchip: true)", "Run without irqchip, or on a host whose KVM has it.");
+    }
+    if (this.checkExtension(Cap.PIT2) <= 0) {
+      throw new MissingCapabilityError("KVM_CAP_PIT2", "an in-kernel PIT (irqchip: true)", "Run without irqchip, or on a host whose KVM has it.");
     }
     this.check(libc.ioctlValue(this.fd, Ioctl.CREATE_IRQCHIP, 0), "KVM_CREATE_IRQCHIP");
     this.check(libc.ioctlBuffer(this.fd, Ioctl.CREATE_PIT2, new Uint8Array(64)), "KVM_CREATE_PIT2");
@@ -81,7 +89,9 @@ export class KvmVm implements VmHandle {
   }
 
   registerIoEvent(options: IoEventOptions): number {
-    if (this.checkExtension(Cap.IOEVENTFD) <= 0) throw new HypervisorError("KVM_IOEVENTFD", 95);
+    if (this.checkExtension(Cap.IOEVENTFD) <= 0) {
+      throw new MissingCapabilityError("KVM_CAP_IOEVENTFD", "an I/O event (addIoEvent)", "Use a posted device write instead.");
+    }
     const fd = this.newEventFd();
     const bytes = new Uint8Array(64);
     const view = new DataView(bytes.buffer);
@@ -92,12 +102,24 @@ export class KvmVm implements VmHandle {
     let flags = options.space === "pio" ? IOEVENTFD_FLAG_PIO : 0;
     if (options.value !== undefined) flags |= IOEVENTFD_FLAG_DATAMATCH;
     view.setUint32(24, flags, true);
-    this.check(libc.ioctlBuffer(this.fd, Ioctl.IOEVENTFD, bytes), `KVM_IOEVENTFD (0x${options.address.toString(16)})`);
+    if (libc.ioctlBuffer(this.fd, Ioctl.IOEVENTFD, bytes) < 0) {
+      const errno = libc.errno();
+      const hint = errno === EEXIST
+        ? "An I/O event with the same address, size and value is already registered."
+        : errno === ENOSPC
+          ? "The VM has as many I/O events on this bus as KVM allows."
+          : errno === EINVAL
+            ? "KVM refused the address, size or value combination."
+            : "";
+      throw new HypervisorError(`KVM_IOEVENTFD (${options.space} 0x${options.address.toString(16)}, ${options.size} bytes)`, errno, hint);
+    }
     return fd;
   }
 
   registerIrqFd(gsi: number): number {
-    if (this.checkExtension(Cap.IRQFD) <= 0) throw new HypervisorError("KVM_IRQFD", 95);
+    if (this.checkExtension(Cap.IRQFD) <= 0) {
+      throw new MissingCapabilityError("KVM_CAP_IRQFD", "an interrupt eventfd (registerIrqFd)", "Raise the line from userspace instead.");
+    }
     const fd = this.newEventFd();
     const bytes = new Uint8Array(32);
     const view = new DataView(bytes.buffer);
@@ -109,7 +131,9 @@ export class KvmVm implements VmHandle {
 
   enableUserspaceMsrs(): void {
     if (this.checkExtension(Cap.X86_USER_SPACE_MSR) <= 0) {
-      throw new HypervisorError("KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR)", 95);
+      throw new MissingCapabilityError(
+        "KVM_CAP_X86_USER_SPACE_MSR", "MSR exits to userspace (userspaceMsrs: true)", "Run without userspaceMsrs (KVM then raises #GP for MSRs it does not know).",
+      );
     }
     const bytes = new Uint8Array(104);
     const view = new DataView(bytes.buffer);
