@@ -4,7 +4,9 @@
  * there is no in-kernel PIC, IOAPIC or PIT, so interrupt lines need the split
  * interrupt-controller mode (issue 12 part 2) that the seam does not offer yet.
  */
-import { HypervisorError, type IoEventOptions, type VcpuDescriptor, type VmHandle } from "../hypervisor.js";
+import {
+  HypervisorError, type IoEventOptions, MissingCapabilityError, type VcpuDescriptor, type VmHandle,
+} from "../hypervisor.js";
 import * as libc from "../libc.js";
 import {
   HV_PAGE_SIZE, HvCall, INTERCEPT_ACCESS_MASK_EXECUTE, INTERCEPT_TYPE_X64_CPUID, InstallIntercept, IoEventFlag, Ioctl,
@@ -12,10 +14,10 @@ import {
 } from "./mshv-abi.js";
 import { HvCaller } from "./mshv-hvcall.js";
 
-const EOPNOTSUPP = 95;
+const NO_IRQCHIP = "an in-kernel PIC, IOAPIC and PIT";
 const NO_IRQCHIP_HINT =
-  "MSHV keeps the local APICs in the hypervisor but has no PIC, IOAPIC or PIT in the kernel: this VM needs " +
-  "the split interrupt-controller mode with a userspace IOAPIC and PIC (issue 12 part 2), not yet in the seam";
+  "MSHV keeps the local APICs in the hypervisor and nothing else: this VM needs the split interrupt-controller " +
+  "mode with a userspace IOAPIC, PIC and PIT (issue 12 part 2), which the seam does not offer yet.";
 
 interface VpRecord {
   fd: number;
@@ -90,11 +92,11 @@ export class MshvPartition implements VmHandle {
   }
 
   createIrqChip(): void {
-    throw new HypervisorError("createIrqChip (mshv)", EOPNOTSUPP, NO_IRQCHIP_HINT);
+    throw new MissingCapabilityError(NO_IRQCHIP, "an in-kernel interrupt controller (irqchip: true)", NO_IRQCHIP_HINT);
   }
 
   irqLine(gsi: number): void {
-    throw new HypervisorError(`irqLine ${gsi} (mshv)`, EOPNOTSUPP, NO_IRQCHIP_HINT);
+    throw new MissingCapabilityError(NO_IRQCHIP, `raising interrupt line ${gsi}`, NO_IRQCHIP_HINT);
   }
 
   private newEventFd(): number {
@@ -133,8 +135,8 @@ export class MshvPartition implements VmHandle {
   }
 
   enableUserspaceMsrs(): void {
-    throw new HypervisorError("enableUserspaceMsrs (mshv)", EOPNOTSUPP,
-      "MSR intercepts to userspace (HV_INTERCEPT_TYPE_X64_MSR_INDEX) are not wired up in the mshv backend yet");
+    throw new MissingCapabilityError("MSR intercepts (HV_INTERCEPT_TYPE_X64_MSR_INDEX)", "MSR exits to userspace (userspaceMsrs: true)",
+      "The mshv backend does not install MSR intercepts yet; run without userspaceMsrs.");
   }
 
   createVcpu(index: number): VcpuDescriptor {
