@@ -12,8 +12,9 @@ import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { ExitKind, exitKindName, type Exit } from "../runtime/hypervisor/hypervisor.js";
 import {
-  InterceptAccess, IoAccessInfo, Ioctl, MemoryFlag, MessageType, MSHV_IOCTL, Offset, PartitionFlag, RegisterClass,
-  SegmentAttribute, Size, VP_MMAP_OFFSET_REGISTERS, HV_PAGE_SIZE, IoEventFlag,
+  HV_PAGE_SIZE, INTERCEPT_ACCESS_MASK_EXECUTE, INTERCEPT_TYPE_X64_CPUID, InterceptAccess, IoAccessInfo, IoEventFlag, Ioctl,
+  MemoryFlag, MessageType, MSHV_IOCTL, MsrRegisterName, Offset, PartitionFlag, PendingInterruption, RegisterClass, RegisterName,
+  SegmentAttribute, Size, SpecialRegisterName, VP_MMAP_OFFSET_REGISTERS,
 } from "../runtime/hypervisor/mshv/mshv-abi.js";
 import {
   answerCpuid, completeIntercept, Decoded, InterceptDecoder, newPendingCompletion, RegisterPage,
@@ -25,6 +26,7 @@ interface Layout {
   sizes: Record<string, number>;
   offsets: Record<string, number>;
   bitfields: Record<string, number>;
+  registers: Record<string, number>;
   constants: Record<string, number>;
   scenarios: Record<string, { message: string; registers: string }>;
 }
@@ -97,6 +99,26 @@ test("bit fields, flags and message types match the headers", () => {
   assert.equal(HV_PAGE_SIZE, k.MSHV_HV_PAGE_SIZE);
   for (const [name, value] of Object.entries(MessageType)) assert.equal(value, k[`HVMSG_${name}`], `HVMSG_${name}`);
   for (const [name, value] of Object.entries(RegisterClass)) assert.equal(value, k[`HV_X64_REGISTER_CLASS_${name}`], name);
+  assert.equal(INTERCEPT_TYPE_X64_CPUID, k.HV_INTERCEPT_TYPE_X64_CPUID);
+  assert.equal(INTERCEPT_ACCESS_MASK_EXECUTE, k.HV_INTERCEPT_ACCESS_MASK_EXECUTE);
+  const pending = (field: string) => BigInt(b[`hv_x64_pending_interruption_register.${field}`]);
+  assert.equal(PendingInterruption.PENDING, pending("interruption_pending"));
+  assert.equal(pending("interruption_type"), 7n << 1n, "the type field is bits 1-3");
+  assert.equal(PendingInterruption.TYPE_EXCEPTION, 3n << 1n, "HV_X64_PENDING_EXCEPTION (3) in the type field");
+  assert.equal(PendingInterruption.DELIVER_ERROR_CODE, pending("deliver_error_code"));
+  assert.equal(0xffffn << PendingInterruption.VECTOR_SHIFT, pending("interruption_vector"));
+});
+
+test("every hypervisor register name the backend uses is the header's", () => {
+  const c = layout().registers;
+  const header = (name: string) => `HV_X64_REGISTER_${name.toUpperCase()}`;
+  const aliases: Record<string, string> = { ldt: "LDTR", idt: "IDTR", gdt: "GDTR", apicBase: "APIC_BASE" };
+  const checked: Record<string, number> = {};
+  for (const [name, value] of Object.entries(RegisterName)) checked[header(name)] = value;
+  for (const [name, value] of Object.entries(SpecialRegisterName)) checked[`HV_X64_REGISTER_${aliases[name] ?? name.toUpperCase()}`] = value;
+  for (const [name, value] of Object.entries(MsrRegisterName)) checked[header(name)] = value;
+  assert.deepEqual(checked, Object.fromEntries(Object.keys(checked).map((name) => [name, c[name]])));
+  assert.equal(Object.keys(checked).length, Object.keys(c).length, "the C program prints a register the TS tables lack");
 });
 
 // ---- hv_message images -> neutral exits ----

@@ -44,6 +44,7 @@ export const Size = {
   hv_x64_exception_intercept_message: 240,
   hv_x64_unrecoverable_exception_message: 40,
   hv_x64_halt_message: 40,
+  hv_input_install_intercept: 24,
 } as const;
 
 export const Ioctl = {
@@ -114,6 +115,8 @@ export const Offset = {
     exception_vector: 40, exception_info: 42, instruction_byte_count: 43, error_code: 44, exception_parameter: 48,
     instruction_bytes: 64,
   },
+  /** HVCALL_INSTALL_INTERCEPT input. */
+  hv_input_install_intercept: { partition_id: 0, access_type: 8, intercept_type: 12, intercept_parameter: 16 },
 } as const;
 
 /** enum hv_message_type (the ones the backend handles). */
@@ -168,40 +171,42 @@ export const RegisterName = {
   rip: 0x0002_0010, rflags: 0x0002_0011,
 } as const;
 
+/** enum hv_register_name: MSRs the hypervisor keeps as VP registers. */
+export const MsrRegisterName = {
+  tsc: 0x0008_0000, efer: 0x0008_0001, kernel_gs_base: 0x0008_0002, apic_base: 0x0008_0003, pat: 0x0008_0004,
+  sysenter_cs: 0x0008_0005, sysenter_eip: 0x0008_0006, sysenter_esp: 0x0008_0007,
+  star: 0x0008_0008, lstar: 0x0008_0009, cstar: 0x0008_000a, sfmask: 0x0008_000b,
+} as const;
+
 /** enum hv_register_name: control, segment, table and MSR-backed registers (x64). */
 export const SpecialRegisterName = {
   cr0: 0x0004_0000, cr2: 0x0004_0001, cr3: 0x0004_0002, cr4: 0x0004_0003, cr8: 0x0004_0004,
   es: 0x0006_0000, cs: 0x0006_0001, ss: 0x0006_0002, ds: 0x0006_0003, fs: 0x0006_0004, gs: 0x0006_0005,
   ldt: 0x0006_0006, tr: 0x0006_0007,
   idt: 0x0007_0000, gdt: 0x0007_0001,
-  efer: 0x0008_0001, apicBase: 0x0008_0003,
+  efer: MsrRegisterName.efer, apicBase: MsrRegisterName.apic_base,
 } as const;
 
-/** MSRs the hypervisor keeps as VP registers: MSR index -> hv_register_name. */
+/** MSR index -> the VP register that holds it. */
 export const MSR_REGISTER_NAMES: ReadonlyMap<number, number> = new Map([
-  [0x10, 0x0008_0000], // TSC
-  [0xc000_0080, 0x0008_0001], // EFER
-  [0xc000_0102, 0x0008_0002], // KERNEL_GS_BASE
-  [0x1b, 0x0008_0003], // APIC_BASE
-  [0x277, 0x0008_0004], // PAT
-  [0x174, 0x0008_0005], // SYSENTER_CS
-  [0x176, 0x0008_0006], // SYSENTER_EIP
-  [0x175, 0x0008_0007], // SYSENTER_ESP
-  [0xc000_0081, 0x0008_0008], // STAR
-  [0xc000_0082, 0x0008_0009], // LSTAR
-  [0xc000_0083, 0x0008_000a], // CSTAR
-  [0xc000_0084, 0x0008_000b], // SFMASK
+  [0x10, MsrRegisterName.tsc],
+  [0xc000_0080, MsrRegisterName.efer],
+  [0xc000_0102, MsrRegisterName.kernel_gs_base],
+  [0x1b, MsrRegisterName.apic_base],
+  [0x277, MsrRegisterName.pat],
+  [0x174, MsrRegisterName.sysenter_cs],
+  [0x176, MsrRegisterName.sysenter_eip],
+  [0x175, MsrRegisterName.sysenter_esp],
+  [0xc000_0081, MsrRegisterName.star],
+  [0xc000_0082, MsrRegisterName.lstar],
+  [0xc000_0083, MsrRegisterName.cstar],
+  [0xc000_0084, MsrRegisterName.sfmask],
 ]);
 
 /** HV_REGISTER_PENDING_INTERRUPTION and its fields (union hv_x64_pending_interruption_register). */
 export const HV_REGISTER_PENDING_INTERRUPTION = 0x0001_0002;
 export const PendingInterruption = { PENDING: 1n, TYPE_EXCEPTION: 3n << 1n, DELIVER_ERROR_CODE: 1n << 4n, VECTOR_SHIFT: 16n } as const;
 
-/**
- * struct hv_input_install_intercept (HvCallInstallIntercept): partition_id u64,
- * access_type u32 (HV_INTERCEPT_ACCESS_MASK_*), intercept_type u32 (enum hv_intercept_type),
- * intercept_parameter u64. Not in the checked header subset: see the README.
- */
-export const InstallIntercept = { size: 24, partition_id: 0, access_type: 8, intercept_type: 12, intercept_parameter: 16 } as const;
+
 export const INTERCEPT_TYPE_X64_CPUID = 2;
 export const INTERCEPT_ACCESS_MASK_EXECUTE = 4;
