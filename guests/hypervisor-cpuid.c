@@ -2,8 +2,11 @@
  * Reads the hypervisor CPUID range back and prints it on COM1, one line per leaf:
  *   cpuid LEAF: EAX EBX ECX EDX      (hex)
  * for leaf 1, 0x40000000, 0x40000001, 0x40000010 and, when 0x40000000 names a highest
- * hypervisor leaf above those, that leaf too. Then it writes 0 to the debug-exit port.
- * A Multiboot v1 kernel: runs in 32-bit protected mode straight from the loader.
+ * hypervisor leaf above those, that leaf too. Then it writes 0 to KVM's kvmclock MSRs and
+ * reports whether each write raised #GP, which is how a withheld paravirtual feature looks:
+ *   msr INDEX: ok|gp
+ * and writes 0 to the debug-exit port.
+ * A Multiboot v1 kernel: 32-bit protected mode, with its own GDT and an IDT for #GP.
  */
 #define MULTIBOOT_MAGIC 0x1BADB002u
 #define MULTIBOOT_FLAGS 0x00000003u /* page-align modules, give memory info */
@@ -16,6 +19,20 @@ static const unsigned int multiboot_header[3] = {
 };
 
 unsigned char probe_stack[4096] __attribute__((aligned(16)));
+
+struct descriptor_pointer {
+	unsigned short limit;
+	unsigned int base;
+} __attribute__((packed));
+
+/* Null, flat 4 GiB code (0x08), flat 4 GiB data (0x10). */
+static const unsigned long long gdt[3] __attribute__((aligned(8))) = {
+	0, 0x00cf9a000000ffffull, 0x00cf92000000ffffull,
+};
+static unsigned long long idt[32] __attribute__((aligned(8)));
+/* Set by the #GP handler, which also steps over the 2-byte WRMSR that faulted. */
+volatile unsigned int general_protection_faults;
+void general_protection_handler(void);
 
 static inline void outb(unsigned short port, unsigned char value)
 {
@@ -55,6 +72,35 @@ static void print_leaf(unsigned int leaf)
 	put_char('\n');
 }
 
+static void load_descriptor_tables(void)
+{
+	struct descriptor_pointer gdtr = { sizeof(gdt) - 1, (unsigned int)gdt };
+	struct descriptor_pointer idtr = { sizeof(idt) - 1, (unsigned int)idt };
+	unsigned int handler = (unsigned int)general_protection_handler;
+
+	/* A 32-bit interrupt gate: selector 0x08, present, DPL 0, type 0xe. */
+	idt[13] = (handler & 0xffff) | (0x08ull << 16) | (0x8e00ull << 32) | ((unsigned long long)(handler >> 16) << 48);
+	__asm__ volatile("lgdt %0\n\t"
+			 "ljmp $0x08, $1f\n"
+			 "1:\n\t"
+			 "mov $0x10, %%ax\n\t"
+			 "mov %%ax, %%ds\n\t"
+			 "mov %%ax, %%es\n\t"
+			 "mov %%ax, %%ss\n\t"
+			 "lidt %1"
+			 : : "m"(gdtr), "m"(idtr) : "eax", "memory");
+}
+
+static void probe_msr(unsigned int index)
+{
+	unsigned int faults = general_protection_faults;
+
+	__asm__ volatile("wrmsr" : : "c"(index), "a"(0), "d"(0) : "memory");
+	put_string("msr ");
+	put_hex(index);
+	put_string(general_protection_faults != faults ? ": gp\n" : ": ok\n");
+}
+
 void probe_main(void)
 {
 	unsigned int highest, ignored_b, ignored_c, ignored_d;
@@ -67,6 +113,9 @@ void probe_main(void)
 			 : "a"(0x40000000), "c"(0));
 	if (highest > 0x40000010 && highest <= 0x400000ff)
 		print_leaf(highest);
+	load_descriptor_tables();
+	probe_msr(0x11);       /* MSR_KVM_SYSTEM_TIME: KVM_FEATURE_CLOCKSOURCE */
+	probe_msr(0x4b564d01); /* MSR_KVM_SYSTEM_TIME_NEW: KVM_FEATURE_CLOCKSOURCE2 */
 	put_string("done\n");
 	outb(DEBUG_EXIT_PORT, 0);
 	for (;;)
@@ -78,4 +127,17 @@ __asm__(".text\n"
 	".globl _start\n"
 	"_start:\n\t"
 	"movl $(probe_stack + 4096), %esp\n\t"
-	"call probe_main\n");
+	"call probe_main\n"
+	/*
+	 * #GP at CPL0 pushes EFLAGS, CS, EIP and an error code. Drop the error code, step EIP
+	 * over the WRMSR, restore EFLAGS and return without IRET: PVM cannot emulate IRET at
+	 * CPL0 (a KVM internal error), and same-privilege returns need no more than this.
+	 */
+	".globl general_protection_handler\n"
+	"general_protection_handler:\n\t"
+	"addl $4, %esp\n\t"
+	"addl $2, (%esp)\n\t"
+	"incl general_protection_faults\n\t"
+	"pushl 8(%esp)\n\t"
+	"popfl\n\t"
+	"ret $8\n");

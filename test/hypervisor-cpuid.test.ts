@@ -1,7 +1,8 @@
 /**
  * Hypervisor CPUID leaves, configurable: a guest of our own (guests/hypervisor-cpuid.c)
- * reads the 0x40000000 range back under each configuration, and kvm-unit-tests'
- * kvmclock_test uses kvmclock only when it is offered.
+ * reads the 0x40000000 range back under each configuration and tries KVM's two kvmclock
+ * MSRs (a withheld feature must raise #GP), and kvm-unit-tests' kvmclock_test uses kvmclock
+ * only when it is offered.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -21,6 +22,14 @@ const KVMCLOCK_TEST = fileURLToPath(new URL("../../../shared/kvm-unit-tests/kvmc
 const HYPERVISOR_PRESENT = 1 << 31;
 
 interface Leaf { eax: number; ebx: number; ecx: number; edx: number }
+const MSR_KVM_SYSTEM_TIME = 0x11; // needs KVM_FEATURE_CLOCKSOURCE
+const MSR_KVM_SYSTEM_TIME_NEW = 0x4b56_4d01; // needs KVM_FEATURE_CLOCKSOURCE2
+
+interface Probe {
+  leaves: Map<number, Leaf>;
+  /** MSR index -> whether the guest's WRMSR raised #GP. */
+  msrFaults: Map<number, boolean>;
+}
 
 async function boot(kernel: string, options: { cpus?: number; append?: string; hypervisorCpuid?: HypervisorCpuidOptions }) {
   const bytes: number[] = [];
@@ -31,8 +40,8 @@ async function boot(kernel: string, options: { cpus?: number; append?: string; h
   return { result, console: Buffer.from(bytes).toString("latin1") };
 }
 
-/** Runs the probe guest and parses its "cpuid LEAF: EAX EBX ECX EDX" lines. */
-async function readLeaves(hypervisorCpuid?: HypervisorCpuidOptions): Promise<Map<number, Leaf>> {
+/** Runs the probe guest and parses its "cpuid LEAF: EAX EBX ECX EDX" and "msr INDEX: ok|gp" lines. */
+async function probe(hypervisorCpuid?: HypervisorCpuidOptions): Promise<Probe> {
   const run = await boot(buildGuest("hypervisor-cpuid"), { hypervisorCpuid });
   assert.deepEqual(run.result, { reason: "debug-exit", status: 0 });
   assert.match(run.console, /^done$/m);
@@ -41,7 +50,10 @@ async function readLeaves(hypervisorCpuid?: HypervisorCpuidOptions): Promise<Map
     const [eax, ebx, ecx, edx] = match.slice(2).map((h) => Number.parseInt(h, 16));
     leaves.set(Number.parseInt(match[1], 16), { eax, ebx, ecx, edx });
   }
-  return leaves;
+  const msrFaults = new Map<number, boolean>();
+  for (const match of run.console.matchAll(/^msr ([0-9a-f]{8}): (ok|gp)$/gm)) msrFaults.set(Number.parseInt(match[1], 16), match[2] === "gp");
+  assert.equal(msrFaults.size, 2, `the guest reported ${msrFaults.size} of its 2 MSR probes`);
+  return { leaves, msrFaults };
 }
 
 function signatureOf(leaf: Leaf): string {
@@ -62,34 +74,38 @@ function hostKvmFeatures(): number {
 }
 
 test("by default the guest sees KVM's signature and every PV feature the host offers", async () => {
-  const leaves = await readLeaves();
+  const { leaves, msrFaults } = await probe();
   assert.equal(signatureOf(leaves.get(0x4000_0000)!), "KVMKVMKVM\0\0\0");
   assert.equal(leaves.get(0x4000_0000)!.eax, 0x4000_0001);
   assert.equal(leaves.get(0x4000_0001)!.eax, hostKvmFeatures());
   assert.notEqual(leaves.get(1)!.ecx & HYPERVISOR_PRESENT, 0);
+  assert.deepEqual([...msrFaults], [[MSR_KVM_SYSTEM_TIME, false], [MSR_KVM_SYSTEM_TIME_NEW, false]]);
 });
 
-test("chosen KVM features, a frequency leaf and the highest leaf read back as configured", async () => {
-  const leaves = await readLeaves({
+test("chosen KVM features, a frequency leaf and the highest leaf read back as configured, and only chosen features work", async () => {
+  const { leaves, msrFaults } = await probe({
     signature: "kvm", kvmFeatures: ["clocksource2", "pv-eoi"], frequencies: { tscKHz: 2_100_000, apicKHz: 1_000_000 },
   });
   assert.equal(signatureOf(leaves.get(0x4000_0000)!), "KVMKVMKVM\0\0\0");
   assert.equal(leaves.get(0x4000_0000)!.eax, 0x4000_0010, "highest leaf defaults to the highest offered");
   assert.equal(leaves.get(0x4000_0001)!.eax, (1 << 3) | (1 << 6));
   assert.deepEqual(leaves.get(0x4000_0010), { eax: 2_100_000, ebx: 1_000_000, ecx: 0, edx: 0 });
+  // KVM enforces what CPUID offers: the withheld old kvmclock MSR raises #GP.
+  assert.deepEqual([...msrFaults], [[MSR_KVM_SYSTEM_TIME, true], [MSR_KVM_SYSTEM_TIME_NEW, false]]);
 });
 
 test("a caller's own signature comes without KVM's feature leaf; the highest leaf may be raised", async () => {
-  const leaves = await readLeaves({ signature: "OwnHypervisr", frequencies: { tscKHz: 5, apicKHz: 6 }, maxLeaf: 0x4000_0020 });
+  const { leaves, msrFaults } = await probe({ signature: "OwnHypervisr", frequencies: { tscKHz: 5, apicKHz: 6 }, maxLeaf: 0x4000_0020 });
   assert.equal(signatureOf(leaves.get(0x4000_0000)!), "OwnHypervisr");
   assert.equal(leaves.get(0x4000_0000)!.eax, 0x4000_0020);
   assert.deepEqual(leaves.get(0x4000_0001), { eax: 0, ebx: 0, ecx: 0, edx: 0 });
   assert.deepEqual(leaves.get(0x4000_0010), { eax: 5, ebx: 6, ecx: 0, edx: 0 });
   assert.ok(leaves.has(0x4000_0020), "the guest also read the highest leaf it was told about");
+  assert.deepEqual([...msrFaults], [[MSR_KVM_SYSTEM_TIME, true], [MSR_KVM_SYSTEM_TIME_NEW, true]]);
 });
 
 test("with the signature hidden the guest sees no hypervisor leaves and no hypervisor bit", async () => {
-  const leaves = await readLeaves({ signature: "none" });
+  const { leaves, msrFaults } = await probe({ signature: "none" });
   assert.equal(leaves.get(1)!.ecx & HYPERVISOR_PRESENT, 0);
   // Out of range, a CPU answers zeros (AMD) or its highest basic leaf (Intel): never a
   // signature, never a highest hypervisor leaf.
@@ -97,6 +113,7 @@ test("with the signature hidden the guest sees no hypervisor leaves and no hyper
     const leaf = leaves.get(fn)!;
     assert.ok(leaf.eax < 0x4000_0000, `leaf ${fn.toString(16)} names a hypervisor range (eax 0x${leaf.eax.toString(16)})`);
   }
+  assert.deepEqual([...msrFaults], [[MSR_KVM_SYSTEM_TIME, true], [MSR_KVM_SYSTEM_TIME_NEW, true]], "no KVM PV MSRs either");
   assert.doesNotMatch(signatureOf(leaves.get(0x4000_0000)!), /KVM/);
 });
 
