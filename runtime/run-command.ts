@@ -10,7 +10,7 @@ import { parseArgs } from "node:util";
 import { PcMachine, DEFAULT_MEMORY } from "./pc-machine.js";
 import { ConsoleSink } from "./devices/console-sink.js";
 import type { VmResult } from "./vm.js";
-import { HYPERVISOR_CPUID_SPEC_HELP, parseHypervisorCpuidSpec } from "./boot/hypervisor-cpuid-spec.js";
+import { hypervisorCpuidSpecUsage, parseHypervisorCpuidSpec } from "./boot/hypervisor-cpuid-spec.js";
 import { HypervisorCpuidError } from "./boot/hypervisor-cpuid.js";
 
 const USAGE = `usage: workervisor run --kernel FILE [--append "..."] [--module FILE]... [--cpus N] [--mem SIZE]
@@ -23,7 +23,8 @@ const USAGE = `usage: workervisor run --kernel FILE [--append "..."] [--module F
   --mem SIZE      RAM: bytes or with K, M, G suffix (default 128M)
   --hypervisor-cpuid SPEC
                   the CPUID 0x40000000 range the guest sees (default: KVM's signature and
-                  every PV feature the host has). SPEC: comma-separated ${HYPERVISOR_CPUID_SPEC_HELP}
+                  every PV feature the host has).
+${hypervisorCpuidSpecUsage("                  ")}
 
 Exit status: (guest debug-exit status << 1) | 1; 0 when the guest halts or powers off;
 2 when the VM could not start or failed.

@@ -5,10 +5,34 @@
  */
 import { HypervisorCpuidError, KVM_PV_FEATURES, type HypervisorCpuidOptions, type KvmPvFeature } from "./hypervisor-cpuid.js";
 
-export const HYPERVISOR_CPUID_SPEC_HELP =
-  "signature=kvm|none|TEXT, features=NAME+NAME... (empty for none), max-leaf=0x400000NN, " +
-  "tsc-khz=N and apic-khz=N (together: the 0x40000010 frequency leaf); 'none' alone hides the hypervisor. " +
-  `Features: ${Object.keys(KVM_PV_FEATURES).join(", ")}`;
+const KEYS_HELP = "signature=, features=, max-leaf=, tsc-khz= with apic-khz=, or just 'none' (see workervisor run --help)";
+
+function wrap(words: string[], indent: string, width: number): string {
+  const lines: string[] = [];
+  let line = indent;
+  for (const word of words) {
+    if (line.length + word.length + 1 > width && line.trim() !== "") {
+      lines.push(line);
+      line = indent;
+    }
+    line += (line.trim() === "" ? "" : " ") + word;
+  }
+  lines.push(line);
+  return lines.join("\n");
+}
+
+/** The option's help for `workervisor run --help`, indented to its column. */
+export function hypervisorCpuidSpecUsage(indent: string): string {
+  return [
+    `${indent}SPEC is a comma-separated list of:`,
+    `${indent}  signature=kvm|none|TEXT  KVM's KVMKVMKVM (default), none, or up to 12 characters`,
+    `${indent}  features=NAME+NAME...    the KVM PV features offered (empty: none)`,
+    `${indent}  max-leaf=0x400000NN      the highest hypervisor leaf`,
+    `${indent}  tsc-khz=N,apic-khz=N     offer the 0x40000010 frequency leaf`,
+    `${indent}or just 'none': no hypervisor leaves and the hypervisor bit clear. Features:`,
+    wrap(Object.keys(KVM_PV_FEATURES).map((name, i, all) => (i < all.length - 1 ? `${name},` : name)), `${indent}  `, 90),
+  ].join("\n");
+}
 
 function wholeNumber(key: string, text: string): number {
   const value = /^0x[0-9a-f]+$/i.test(text) ? Number.parseInt(text, 16) : /^\d+$/.test(text) ? Number(text) : NaN;
@@ -30,7 +54,7 @@ export function parseHypervisorCpuidSpec(spec: string): HypervisorCpuidOptions {
   if (spec.trim() === "none") return { signature: "none" };
   for (const part of spec.split(",")) {
     const equals = part.indexOf("=");
-    if (equals < 0) throw new HypervisorCpuidError(`'${part}' is not key=value; expected ${HYPERVISOR_CPUID_SPEC_HELP}`);
+    if (equals < 0) throw new HypervisorCpuidError(`'${part}' is not key=value; expected ${KEYS_HELP}`);
     const key = part.slice(0, equals).trim();
     const value = part.slice(equals + 1).trim();
     switch (key) {
@@ -50,7 +74,7 @@ export function parseHypervisorCpuidSpec(spec: string): HypervisorCpuidOptions {
         apicKHz = wholeNumber(key, value);
         break;
       default:
-        throw new HypervisorCpuidError(`unknown key '${key}'; expected ${HYPERVISOR_CPUID_SPEC_HELP}`);
+        throw new HypervisorCpuidError(`unknown key '${key}'; expected ${KEYS_HELP}`);
     }
   }
   if ((tscKHz === undefined) !== (apicKHz === undefined)) {
