@@ -19,6 +19,7 @@ import {
 import {
   answerCpuid, completeIntercept, Decoded, InterceptDecoder, newPendingCompletion, RegisterPage,
 } from "../runtime/hypervisor/mshv/mshv-intercepts.js";
+import { readSegment, readTable, writeSegment, writeTable } from "../runtime/hypervisor/mshv/mshv-registers.js";
 import { buildHostProgram, PROJECT_ROOT } from "./fixtures/build-c.js";
 
 interface Layout {
@@ -28,6 +29,7 @@ interface Layout {
   bitfields: Record<string, number>;
   registers: Record<string, number>;
   constants: Record<string, number>;
+  images: Record<string, string>;
   scenarios: Record<string, { message: string; registers: string }>;
 }
 
@@ -119,6 +121,26 @@ test("every hypervisor register name the backend uses is the header's", () => {
   for (const [name, value] of Object.entries(MsrRegisterName)) checked[header(name)] = value;
   assert.deepEqual(checked, Object.fromEntries(Object.keys(checked).map((name) => [name, c[name]])));
   assert.equal(Object.keys(checked).length, Object.keys(c).length, "the C program prints a register the TS tables lack");
+});
+
+test("segment and table registers convert to and from the neutral records bit for bit", () => {
+  const { images } = layout();
+  const segmentBytes = bytesOf(images.segment);
+  const segment = readSegment(new DataView(segmentBytes.buffer), 0);
+  assert.deepEqual(segment, {
+    base: 0x1234_5678_9abc_def0n, limit: 0xfffff, selector: 0x2b, type: 0xb, s: 1, dpl: 3, present: 1,
+    avl: 1, l: 1, db: 0, g: 1, unusable: 0,
+  });
+  const written = new Uint8Array(16);
+  writeSegment(new DataView(written.buffer), 0, segment);
+  assert.deepEqual(written, segmentBytes);
+
+  const tableBytes = bytesOf(images.table);
+  const table = readTable(new DataView(tableBytes.buffer), 0);
+  assert.deepEqual(table, { limit: 0x37, base: 0xfedc_ba98_7654_3210n });
+  const writtenTable = new Uint8Array(16);
+  writeTable(new DataView(writtenTable.buffer), 0, table);
+  assert.deepEqual(writtenTable, tableBytes);
 });
 
 // ---- hv_message images -> neutral exits ----

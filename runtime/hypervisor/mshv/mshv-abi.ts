@@ -31,6 +31,7 @@ export const Size = {
   hv_message: 256,
   hv_message_header: 16,
   hv_x64_segment_register: 16,
+  hv_x64_table_register: 16,
   hv_register_value: 16,
   hv_register_assoc: 32,
   hv_input_get_vp_registers: 16,
@@ -85,6 +86,7 @@ export const Offset = {
   /** Payloads start right after the header. */
   hv_message: { header: 0, payload: 16 },
   hv_x64_segment_register: { base: 0, limit: 8, selector: 12, attributes: 14 },
+  hv_x64_table_register: { limit: 6, base: 8 },
   hv_register_assoc: { name: 0, value: 16 },
   hv_input_get_vp_registers: { partition_id: 0, vp_index: 8, input_vtl: 12, names: 16 },
   hv_input_set_vp_registers: { partition_id: 0, vp_index: 8, input_vtl: 12, elements: 16 },

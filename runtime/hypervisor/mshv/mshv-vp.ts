@@ -4,7 +4,7 @@
  * answered here from the vCPU's table, other registers through hypercalls.
  */
 import {
-  type CpuidEntry, type DescriptorTable, type Exit, ExitKind, type FpuControl, HypervisorError, type MsrEntry,
+  type CpuidEntry, type Exit, ExitKind, type FpuControl, HypervisorError, type MsrEntry,
   type Registers, type Segment, type SpecialRegisters, type VcpuDescriptor, type VcpuHandle,
 } from "../hypervisor.js";
 import * as libc from "../libc.js";
@@ -13,6 +13,7 @@ import {
   Size, SpecialRegisterName,
 } from "./mshv-abi.js";
 import { HvCaller } from "./mshv-hvcall.js";
+import { readSegment, readTable, writeSegment, writeTable } from "./mshv-registers.js";
 import {
   answerCpuid, Completion, completeIntercept, Decoded, InterceptDecoder, newPendingCompletion, RegisterPage,
 } from "./mshv-intercepts.js";
@@ -23,29 +24,6 @@ const GP_VECTOR = 13n;
 const GENERAL = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"] as const;
 const SEGMENTS = ["cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt"] as const;
 const CONTROL = ["cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apicBase"] as const;
-const SEG = Offset.hv_x64_segment_register;
-
-function readSegment(value: DataView, at: number): Segment {
-  const attributes = value.getUint16(at + SEG.attributes, true);
-  const present = (attributes >> 7) & 1;
-  return {
-    base: value.getBigUint64(at + SEG.base, true), limit: value.getUint32(at + SEG.limit, true),
-    selector: value.getUint16(at + SEG.selector, true), type: attributes & 0xf, s: (attributes >> 4) & 1,
-    dpl: (attributes >> 5) & 3, present, avl: (attributes >> 12) & 1, l: (attributes >> 13) & 1,
-    db: (attributes >> 14) & 1, g: (attributes >> 15) & 1, unusable: present ? 0 : 1,
-  };
-}
-
-function writeSegment(value: DataView, segment: Segment): void {
-  value.setBigUint64(SEG.base, segment.base, true);
-  value.setUint32(SEG.limit, segment.limit >>> 0, true);
-  value.setUint16(SEG.selector, segment.selector, true);
-  const present = segment.unusable ? 0 : segment.present;
-  value.setUint16(SEG.attributes,
-    (segment.type & 0xf) | ((segment.s & 1) << 4) | ((segment.dpl & 3) << 5) | ((present & 1) << 7) |
-    ((segment.avl & 1) << 12) | ((segment.l & 1) << 13) | ((segment.db & 1) << 14) | ((segment.g & 1) << 15), true);
-}
-
 export class MshvVp implements VcpuHandle {
   readonly index: number;
   private readonly fd: number;
@@ -137,7 +115,7 @@ export class MshvVp implements VcpuHandle {
       ...CONTROL.map((c) => SpecialRegisterName[c])];
     const out = this.hv.getRegisters(names);
     const at = (i: number) => Size.hv_register_value * i;
-    const table = (i: number): DescriptorTable => ({ limit: out.getUint16(at(i) + 6, true), base: out.getBigUint64(at(i) + 8, true) });
+    const table = (i: number) => readTable(out, at(i));
     const segments = Object.fromEntries(SEGMENTS.map((s, i) => [s, readSegment(out, at(i))])) as Record<(typeof SEGMENTS)[number], Segment>;
     const control = Object.fromEntries(CONTROL.map((c, i) => [c, out.getBigUint64(at(10 + i), true)])) as Record<(typeof CONTROL)[number], bigint>;
     return { ...segments, gdt: table(8), idt: table(9), ...control };
@@ -147,12 +125,9 @@ export class MshvVp implements VcpuHandle {
     const names = [...SEGMENTS.map((s) => SpecialRegisterName[s]), SpecialRegisterName.gdt, SpecialRegisterName.idt,
       ...CONTROL.map((c) => SpecialRegisterName[c])];
     this.hv.setRegisters(names, (v, i) => {
-      if (i < SEGMENTS.length) writeSegment(v, sregs[SEGMENTS[i]]);
-      else if (i < SEGMENTS.length + 2) {
-        const table = i === SEGMENTS.length ? sregs.gdt : sregs.idt; // hv_x64_table_register: pad[3], limit, base
-        v.setUint16(6, table.limit, true);
-        v.setBigUint64(8, table.base, true);
-      } else v.setBigUint64(0, sregs[CONTROL[i - SEGMENTS.length - 2]], true);
+      if (i < SEGMENTS.length) writeSegment(v, 0, sregs[SEGMENTS[i]]);
+      else if (i < SEGMENTS.length + 2) writeTable(v, 0, i === SEGMENTS.length ? sregs.gdt : sregs.idt);
+      else v.setBigUint64(0, sregs[CONTROL[i - SEGMENTS.length - 2]], true);
     });
   }
 
