@@ -20,6 +20,7 @@ import {
   answerCpuid, completeIntercept, Decoded, InterceptDecoder, newPendingCompletion, RegisterPage,
 } from "../runtime/hypervisor/mshv/mshv-intercepts.js";
 import { readSegment, readTable, writeSegment, writeTable } from "../runtime/hypervisor/mshv/mshv-registers.js";
+import { encodeGetVpRegisters, encodeInstallIntercept, encodeSetVpRegisters } from "../runtime/hypervisor/mshv/mshv-hvcall.js";
 import { buildHostProgram, PROJECT_ROOT } from "./fixtures/build-c.js";
 
 interface Layout {
@@ -141,6 +142,31 @@ test("segment and table registers convert to and from the neutral records bit fo
   const writtenTable = new Uint8Array(16);
   writeTable(new DataView(writtenTable.buffer), 0, table);
   assert.deepEqual(writtenTable, tableBytes);
+});
+
+test("hypercall inputs (get/set VP registers, install intercept) are laid out as the headers lay them out", () => {
+  const { images } = layout();
+  const encode = (build: (view: DataView) => number) => {
+    const page = new Uint8Array(4096).fill(0xee); // stale bytes from an earlier call must not leak in
+    const size = build(new DataView(page.buffer));
+    return page.subarray(0, size);
+  };
+  assert.deepEqual(
+    encode((v) => encodeGetVpRegisters(v, 3, [RegisterName.rip, SpecialRegisterName.cs])),
+    bytesOf(images.get_vp_registers),
+  );
+  const segment = readSegment(new DataView(bytesOf(images.segment).buffer), 0);
+  assert.deepEqual(
+    encode((v) => encodeSetVpRegisters(v, 3, [RegisterName.rip, SpecialRegisterName.cs], (value, i) => {
+      if (i === 0) value.setBigUint64(0, 0x1000n, true);
+      else writeSegment(value, 0, segment);
+    })),
+    bytesOf(images.set_vp_registers),
+  );
+  assert.deepEqual(
+    encode((v) => encodeInstallIntercept(v, INTERCEPT_ACCESS_MASK_EXECUTE, INTERCEPT_TYPE_X64_CPUID, 0n)),
+    bytesOf(images.install_intercept_cpuid),
+  );
 });
 
 // ---- hv_message images -> neutral exits ----

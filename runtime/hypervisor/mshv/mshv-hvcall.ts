@@ -11,6 +11,44 @@ import { HV_PAGE_SIZE, HV_STATUS_SUCCESS, HvCall, Ioctl, Offset, Size } from "./
 const CALL = Offset.mshv_root_hvcall;
 const REGISTERS_PER_CALL = Math.floor((HV_PAGE_SIZE - Size.hv_input_set_vp_registers) / Size.hv_register_assoc);
 
+/** Lays out hv_input_get_vp_registers in `input`; returns its size. */
+export function encodeGetVpRegisters(input: DataView, vpIndex: number, names: readonly number[]): number {
+  if (names.length > REGISTERS_PER_CALL) throw new RangeError(`at most ${REGISTERS_PER_CALL} registers per hypercall`);
+  const at = Offset.hv_input_get_vp_registers;
+  const size = at.names + 4 * names.length;
+  new Uint8Array(input.buffer, input.byteOffset, size).fill(0);
+  input.setUint32(at.vp_index, vpIndex, true);
+  names.forEach((name, i) => input.setUint32(at.names + 4 * i, name, true));
+  return size;
+}
+
+/** Lays out hv_input_set_vp_registers; `fill(value, i)` writes element i's 16-byte hv_register_value. Returns the size. */
+export function encodeSetVpRegisters(
+  input: DataView, vpIndex: number, names: readonly number[], fill: (value: DataView, i: number) => void,
+): number {
+  if (names.length > REGISTERS_PER_CALL) throw new RangeError(`at most ${REGISTERS_PER_CALL} registers per hypercall`);
+  const at = Offset.hv_input_set_vp_registers;
+  const size = at.elements + Size.hv_register_assoc * names.length;
+  new Uint8Array(input.buffer, input.byteOffset, size).fill(0);
+  input.setUint32(at.vp_index, vpIndex, true);
+  names.forEach((name, i) => {
+    const element = at.elements + Size.hv_register_assoc * i;
+    input.setUint32(element + Offset.hv_register_assoc.name, name, true);
+    fill(new DataView(input.buffer, input.byteOffset + element + Offset.hv_register_assoc.value, Size.hv_register_value), i);
+  });
+  return size;
+}
+
+/** Lays out hv_input_install_intercept; returns its size. */
+export function encodeInstallIntercept(input: DataView, accessMask: number, interceptType: number, parameter: bigint): number {
+  const at = Offset.hv_input_install_intercept;
+  new Uint8Array(input.buffer, input.byteOffset, Size.hv_input_install_intercept).fill(0);
+  input.setUint32(at.access_type, accessMask, true);
+  input.setUint32(at.intercept_type, interceptType, true);
+  input.setBigUint64(at.intercept_parameter, parameter, true);
+  return Size.hv_input_install_intercept;
+}
+
 export class HvCaller {
   private readonly pages: unknown;
   private readonly inputAddress: bigint;
@@ -51,30 +89,21 @@ export class HvCaller {
 
   /** Reads VP registers by hv_register_name; value i is the 16 bytes at 16 × i of the returned view. */
   getRegisters(names: readonly number[]): DataView {
-    if (names.length > REGISTERS_PER_CALL) throw new RangeError(`at most ${REGISTERS_PER_CALL} registers per hypercall`);
-    const input = this.input;
-    const at = Offset.hv_input_get_vp_registers;
-    input.setBigUint64(at.partition_id, 0n, true);
-    input.setUint32(at.vp_index, this.vpIndex, true);
-    input.setUint32(at.input_vtl, 0, true);
-    names.forEach((name, i) => input.setUint32(at.names + 4 * i, name, true));
-    this.invoke(HvCall.GET_VP_REGISTERS, "HVCALL_GET_VP_REGISTERS", at.names + 4 * names.length, Size.hv_register_value * names.length, names.length);
+    const size = encodeGetVpRegisters(this.input, this.vpIndex, names);
+    this.invoke(HvCall.GET_VP_REGISTERS, "HVCALL_GET_VP_REGISTERS", size, Size.hv_register_value * names.length, names.length);
     return this.output;
   }
 
   /** Writes VP registers: `fill(value, i)` lays out the 16-byte hv_register_value of element i. */
   setRegisters(names: readonly number[], fill: (value: DataView, i: number) => void): void {
-    if (names.length > REGISTERS_PER_CALL) throw new RangeError(`at most ${REGISTERS_PER_CALL} registers per hypercall`);
-    const input = this.input;
-    const at = Offset.hv_input_set_vp_registers;
-    new Uint8Array(input.buffer, input.byteOffset, at.elements + Size.hv_register_assoc * names.length).fill(0);
-    input.setUint32(at.vp_index, this.vpIndex, true);
-    names.forEach((name, i) => {
-      const element = at.elements + Size.hv_register_assoc * i;
-      input.setUint32(element + Offset.hv_register_assoc.name, name, true);
-      fill(new DataView(input.buffer, input.byteOffset + element + Offset.hv_register_assoc.value, Size.hv_register_value), i);
-    });
-    this.invoke(HvCall.SET_VP_REGISTERS, "HVCALL_SET_VP_REGISTERS", at.elements + Size.hv_register_assoc * names.length, 0, names.length);
+    const size = encodeSetVpRegisters(this.input, this.vpIndex, names, fill);
+    this.invoke(HvCall.SET_VP_REGISTERS, "HVCALL_SET_VP_REGISTERS", size, 0, names.length);
+  }
+
+  /** Installs an intercept for the whole partition (call on a partition fd). */
+  installIntercept(accessMask: number, interceptType: number, parameter: bigint, name: string): void {
+    const size = encodeInstallIntercept(this.input, accessMask, interceptType, parameter);
+    this.invoke(HvCall.INSTALL_INTERCEPT, `HVCALL_INSTALL_INTERCEPT(${name})`, size, 0);
   }
 
   close(): void {

@@ -9,7 +9,7 @@ import {
 } from "../hypervisor.js";
 import * as libc from "../libc.js";
 import {
-  HV_PAGE_SIZE, HvCall, INTERCEPT_ACCESS_MASK_EXECUTE, INTERCEPT_TYPE_X64_CPUID, IoEventFlag, Ioctl,
+  HV_PAGE_SIZE, INTERCEPT_ACCESS_MASK_EXECUTE, INTERCEPT_TYPE_X64_CPUID, IoEventFlag, Ioctl,
   MemoryFlag, Offset, PartitionFlag, Size, VP_MMAP_OFFSET_REGISTERS,
 } from "./mshv-abi.js";
 import { HvCaller } from "./mshv-hvcall.js";
@@ -64,11 +64,7 @@ export class MshvPartition implements VmHandle {
   private interceptCpuid(): void {
     const caller = new HvCaller(this.fd, 0);
     try {
-      const at = Offset.hv_input_install_intercept;
-      caller.input.setUint32(at.access_type, INTERCEPT_ACCESS_MASK_EXECUTE, true);
-      caller.input.setUint32(at.intercept_type, INTERCEPT_TYPE_X64_CPUID, true);
-      caller.input.setBigUint64(at.intercept_parameter, 0n, true);
-      caller.invoke(HvCall.INSTALL_INTERCEPT, "HVCALL_INSTALL_INTERCEPT(CPUID)", Size.hv_input_install_intercept, 0);
+      caller.installIntercept(INTERCEPT_ACCESS_MASK_EXECUTE, INTERCEPT_TYPE_X64_CPUID, 0n, "CPUID");
     } finally {
       caller.close();
     }
