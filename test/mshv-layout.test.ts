@@ -21,6 +21,9 @@ import {
 } from "../runtime/hypervisor/mshv/mshv-intercepts.js";
 import { readSegment, readTable, writeSegment, writeTable } from "../runtime/hypervisor/mshv/mshv-registers.js";
 import { encodeGetVpRegisters, encodeInstallIntercept, encodeSetVpRegisters } from "../runtime/hypervisor/mshv/mshv-hvcall.js";
+import {
+  encodeCreatePartition, encodeCreateVp, encodeIoEvent, encodeIrqFd, encodeMemoryRegion,
+} from "../runtime/hypervisor/mshv/mshv-partition.js";
 import { buildHostProgram, PROJECT_ROOT } from "./fixtures/build-c.js";
 
 interface Layout {
@@ -167,6 +170,17 @@ test("hypercall inputs (get/set VP registers, install intercept) are laid out as
     encode((v) => encodeInstallIntercept(v, INTERCEPT_ACCESS_MASK_EXECUTE, INTERCEPT_TYPE_X64_CPUID, 0n)),
     bytesOf(images.install_intercept_cpuid),
   );
+});
+
+test("ioctl arguments (partition, memory, eventfds, VP) are laid out as include/uapi/linux/mshv.h lays them out", () => {
+  const { images } = layout();
+  assert.deepEqual(encodeCreatePartition(), bytesOf(images.create_partition));
+  assert.deepEqual(encodeMemoryRegion(0x10_0000, 0x20_0000, 0x7f00_0000_0000n, false), bytesOf(images.map_region));
+  assert.deepEqual(encodeMemoryRegion(0x10_0000, 0x20_0000, 0x7f00_0000_0000n, true), bytesOf(images.unmap_region));
+  assert.deepEqual(encodeIoEvent({ space: "pio", address: 0x3f8, size: 1, value: 0x1234 }, 42), bytesOf(images.ioeventfd_pio_match));
+  assert.deepEqual(encodeIoEvent({ space: "mmio", address: 0xd000_0000, size: 4 }, 43), bytesOf(images.ioeventfd_mmio_any));
+  assert.deepEqual(encodeIrqFd(44, 5), bytesOf(images.irqfd));
+  assert.deepEqual(encodeCreateVp(7), bytesOf(images.create_vp));
 });
 
 // ---- hv_message images -> neutral exits ----

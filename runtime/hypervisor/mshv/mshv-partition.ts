@@ -30,6 +30,61 @@ interface Region {
   hostAddress: bigint;
 }
 
+// ---- ioctl arguments, laid out as include/uapi/linux/mshv.h declares them ----
+
+/** struct mshv_create_partition: local APICs (xAPIC and x2APIC) in the hypervisor, no isolation. */
+export function encodeCreatePartition(): Uint8Array {
+  const bytes = new Uint8Array(Size.mshv_create_partition);
+  const view = new DataView(bytes.buffer);
+  view.setBigUint64(Offset.mshv_create_partition.pt_flags, PartitionFlag.LAPIC | PartitionFlag.X2APIC, true);
+  view.setBigUint64(Offset.mshv_create_partition.pt_isolation, 0n, true);
+  return bytes;
+}
+
+/** struct mshv_user_mem_region: RAM the guest may read, write and execute, or its unmapping. */
+export function encodeMemoryRegion(gpa: number, size: number, hostAddress: bigint, unmap: boolean): Uint8Array {
+  const bytes = new Uint8Array(Size.mshv_user_mem_region);
+  const view = new DataView(bytes.buffer);
+  const at = Offset.mshv_user_mem_region;
+  view.setBigUint64(at.size, BigInt(size), true);
+  view.setBigUint64(at.guest_pfn, BigInt(gpa / HV_PAGE_SIZE), true);
+  view.setBigUint64(at.userspace_addr, hostAddress, true);
+  view.setUint8(at.flags, unmap ? MemoryFlag.UNMAP : MemoryFlag.WRITABLE | MemoryFlag.EXECUTABLE);
+  return bytes;
+}
+
+/** struct mshv_user_ioeventfd */
+export function encodeIoEvent(options: IoEventOptions, fd: number): Uint8Array {
+  const bytes = new Uint8Array(Size.mshv_user_ioeventfd);
+  const view = new DataView(bytes.buffer);
+  const at = Offset.mshv_user_ioeventfd;
+  view.setBigUint64(at.datamatch, BigInt(options.value ?? 0), true);
+  view.setBigUint64(at.addr, BigInt(options.address), true);
+  view.setUint32(at.len, options.size, true);
+  view.setInt32(at.fd, fd, true);
+  let flags = options.space === "pio" ? IoEventFlag.PIO : 0;
+  if (options.value !== undefined) flags |= IoEventFlag.DATAMATCH;
+  view.setUint32(at.flags, flags, true);
+  return bytes;
+}
+
+/** struct mshv_user_irqfd, without a resample fd. */
+export function encodeIrqFd(fd: number, gsi: number): Uint8Array {
+  const bytes = new Uint8Array(Size.mshv_user_irqfd);
+  const view = new DataView(bytes.buffer);
+  view.setInt32(Offset.mshv_user_irqfd.fd, fd, true);
+  view.setInt32(Offset.mshv_user_irqfd.resamplefd, -1, true);
+  view.setUint32(Offset.mshv_user_irqfd.gsi, gsi, true);
+  return bytes;
+}
+
+/** struct mshv_create_vp */
+export function encodeCreateVp(index: number): Uint8Array {
+  const bytes = new Uint8Array(Size.mshv_create_vp);
+  new DataView(bytes.buffer).setUint32(Offset.mshv_create_vp.vp_index, index, true);
+  return bytes;
+}
+
 export class MshvPartition implements VmHandle {
   private readonly vps = new Map<number, VpRecord>();
   private readonly regions = new Map<number, Region>();
@@ -38,11 +93,7 @@ export class MshvPartition implements VmHandle {
   private constructor(private fd: number) {}
 
   static create(mshvFd: number): MshvPartition {
-    const bytes = new Uint8Array(Size.mshv_create_partition);
-    const view = new DataView(bytes.buffer);
-    view.setBigUint64(Offset.mshv_create_partition.pt_flags, PartitionFlag.LAPIC | PartitionFlag.X2APIC, true);
-    view.setBigUint64(Offset.mshv_create_partition.pt_isolation, 0n, true);
-    const fd = libc.ioctlBuffer(mshvFd, Ioctl.CREATE_PARTITION, bytes);
+    const fd = libc.ioctlBuffer(mshvFd, Ioctl.CREATE_PARTITION, encodeCreatePartition());
     if (fd < 0) throw new HypervisorError("MSHV_CREATE_PARTITION", libc.errno());
     const partition = new MshvPartition(fd);
     try {
@@ -76,13 +127,7 @@ export class MshvPartition implements VmHandle {
     if (region.gpa % HV_PAGE_SIZE !== 0 || region.size % HV_PAGE_SIZE !== 0 || region.hostAddress % BigInt(HV_PAGE_SIZE) !== 0n) {
       throw new HypervisorError("MSHV_SET_GUEST_MEMORY", 22, `gpa, size and host address must be ${HV_PAGE_SIZE}-byte aligned`);
     }
-    const bytes = new Uint8Array(Size.mshv_user_mem_region);
-    const view = new DataView(bytes.buffer);
-    const at = Offset.mshv_user_mem_region;
-    view.setBigUint64(at.size, BigInt(region.size), true);
-    view.setBigUint64(at.guest_pfn, BigInt(region.gpa / HV_PAGE_SIZE), true);
-    view.setBigUint64(at.userspace_addr, region.hostAddress, true);
-    view.setUint8(at.flags, size === 0 ? MemoryFlag.UNMAP : MemoryFlag.WRITABLE | MemoryFlag.EXECUTABLE);
+    const bytes = encodeMemoryRegion(region.gpa, region.size, region.hostAddress, size === 0);
     this.check(libc.ioctlBuffer(this.fd, Ioctl.SET_GUEST_MEMORY, bytes), `MSHV_SET_GUEST_MEMORY (gpa 0x${region.gpa.toString(16)}, ${region.size} bytes)`);
     if (size === 0) this.regions.delete(slot);
     else this.regions.set(slot, region);
@@ -105,16 +150,7 @@ export class MshvPartition implements VmHandle {
 
   registerIoEvent(options: IoEventOptions): number {
     const fd = this.newEventFd();
-    const bytes = new Uint8Array(Size.mshv_user_ioeventfd);
-    const view = new DataView(bytes.buffer);
-    const at = Offset.mshv_user_ioeventfd;
-    view.setBigUint64(at.datamatch, BigInt(options.value ?? 0), true);
-    view.setBigUint64(at.addr, BigInt(options.address), true);
-    view.setUint32(at.len, options.size, true);
-    view.setInt32(at.fd, fd, true);
-    let flags = options.space === "pio" ? IoEventFlag.PIO : 0;
-    if (options.value !== undefined) flags |= IoEventFlag.DATAMATCH;
-    view.setUint32(at.flags, flags, true);
+    const bytes = encodeIoEvent(options, fd);
     this.check(libc.ioctlBuffer(this.fd, Ioctl.IOEVENTFD, bytes), `MSHV_IOEVENTFD (0x${options.address.toString(16)})`);
     return fd;
   }
@@ -122,11 +158,7 @@ export class MshvPartition implements VmHandle {
   /** The GSI must be routed to an MSI (MSHV_SET_MSI_ROUTING) before the eventfd delivers anything. */
   registerIrqFd(gsi: number): number {
     const fd = this.newEventFd();
-    const bytes = new Uint8Array(Size.mshv_user_irqfd);
-    const view = new DataView(bytes.buffer);
-    view.setInt32(Offset.mshv_user_irqfd.fd, fd, true);
-    view.setInt32(Offset.mshv_user_irqfd.resamplefd, -1, true);
-    view.setUint32(Offset.mshv_user_irqfd.gsi, gsi, true);
+    const bytes = encodeIrqFd(fd, gsi);
     this.check(libc.ioctlBuffer(this.fd, Ioctl.IRQFD, bytes), `MSHV_IRQFD (gsi ${gsi})`);
     return fd;
   }
@@ -137,8 +169,7 @@ export class MshvPartition implements VmHandle {
   }
 
   createVcpu(index: number): VcpuDescriptor {
-    const bytes = new Uint8Array(Size.mshv_create_vp);
-    new DataView(bytes.buffer).setUint32(Offset.mshv_create_vp.vp_index, index, true);
+    const bytes = encodeCreateVp(index);
     const fd = this.check(libc.ioctlBuffer(this.fd, Ioctl.CREATE_VP, bytes), `MSHV_CREATE_VP (${index})`);
     // Mapped once, here, like KVM's run page: the worker uses it and it dies with the VM.
     const registerPage = libc.mmap(null, HV_PAGE_SIZE, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, fd, VP_MMAP_OFFSET_REGISTERS * HV_PAGE_SIZE);
