@@ -5,6 +5,9 @@
  * hypervisor leaf above those, that leaf too. Then it writes 0 to KVM's kvmclock MSRs and
  * reports whether each write raised #GP, which is how a withheld paravirtual feature looks:
  *   msr INDEX: ok|gp
+ * Last it counts TSC ticks across 100 ms of the ACPI PM timer (3.579545 MHz, port 0x608 on
+ * the PC machine), so the caller can compare the TSC rate with what 0x40000010 claims:
+ *   timing TSC-TICKS PM-TICKS         (hex, 64 and 32 bits)
  * and writes 0 to the debug-exit port.
  * A Multiboot v1 kernel: 32-bit protected mode, with its own GDT and an IDT for #GP.
  */
@@ -12,6 +15,11 @@
 #define MULTIBOOT_FLAGS 0x00000003u /* page-align modules, give memory info */
 #define COM1 0x3f8
 #define DEBUG_EXIT_PORT 0xf4
+#define PM_TIMER_PORT 0x608
+#define PM_TIMER_MASK 0xffffffu
+#define PM_TICKS_100MS 357955u
+/* A sample counts only if reading the PM timer took less than this many TSC ticks. */
+#define MAX_SAMPLE_TSC_TICKS 2000000u
 
 __attribute__((section(".multiboot"), used, aligned(4)))
 static const unsigned int multiboot_header[3] = {
@@ -37,6 +45,22 @@ void general_protection_handler(void);
 static inline void outb(unsigned short port, unsigned char value)
 {
 	__asm__ volatile("outb %0, %1" : : "a"(value), "Nd"(port));
+}
+
+static inline unsigned int inl(unsigned short port)
+{
+	unsigned int value;
+
+	__asm__ volatile("inl %1, %0" : "=a"(value) : "Nd"(port));
+	return value;
+}
+
+static inline unsigned long long rdtsc(void)
+{
+	unsigned int low, high;
+
+	__asm__ volatile("rdtsc" : "=a"(low), "=d"(high));
+	return ((unsigned long long)high << 32) | low;
 }
 
 static void put_char(char c)
@@ -101,6 +125,42 @@ static void probe_msr(unsigned int index)
 	put_string(general_protection_faults != faults ? ": gp\n" : ": ok\n");
 }
 
+/*
+ * One PM timer reading and the TSC at that moment: the PM read is bracketed by two TSC
+ * reads, and retried while the bracket is wide (the vCPU was descheduled or the exit was
+ * slow), so the error stays far below the 100 ms window whatever the host's load.
+ */
+static void sample(unsigned int *pm, unsigned long long *tsc)
+{
+	for (int attempt = 0; attempt < 1000; attempt++) {
+		unsigned long long before = rdtsc();
+		unsigned int value = inl(PM_TIMER_PORT) & PM_TIMER_MASK;
+		unsigned long long after = rdtsc();
+
+		*pm = value;
+		*tsc = before + (after - before) / 2;
+		if (after - before < MAX_SAMPLE_TSC_TICKS)
+			return;
+	}
+}
+
+static void measure_tsc(void)
+{
+	unsigned int pm_start, pm_end;
+	unsigned long long tsc_start, tsc_end;
+
+	sample(&pm_start, &tsc_start);
+	do
+		sample(&pm_end, &tsc_end);
+	while (((pm_end - pm_start) & PM_TIMER_MASK) < PM_TICKS_100MS);
+	put_string("timing ");
+	put_hex((unsigned int)((tsc_end - tsc_start) >> 32));
+	put_hex((unsigned int)(tsc_end - tsc_start));
+	put_char(' ');
+	put_hex((pm_end - pm_start) & PM_TIMER_MASK);
+	put_char('\n');
+}
+
 void probe_main(void)
 {
 	unsigned int highest, ignored_b, ignored_c, ignored_d;
@@ -116,6 +176,7 @@ void probe_main(void)
 	load_descriptor_tables();
 	probe_msr(0x11);       /* MSR_KVM_SYSTEM_TIME: KVM_FEATURE_CLOCKSOURCE */
 	probe_msr(0x4b564d01); /* MSR_KVM_SYSTEM_TIME_NEW: KVM_FEATURE_CLOCKSOURCE2 */
+	measure_tsc();
 	put_string("done\n");
 	outb(DEBUG_EXIT_PORT, 0);
 	for (;;)

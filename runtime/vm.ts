@@ -170,7 +170,8 @@ export class Vm extends EventEmitter {
       memory.regions.forEach((region, slot) => handle!.setMemoryRegion(slot, region.gpa, region.size, region.hostAddress));
       if (options.irqchip) handle.createIrqChip();
       if (options.userspaceMsrs) handle.enableUserspaceMsrs();
-      const supported = withHypervisorLeaves(hypervisor.supportedCpuid(), options.hypervisorCpuid);
+      const vmHandle = handle;
+      const supported = withHypervisorLeaves(hypervisor.supportedCpuid(), options.hypervisorCpuid, () => vmHandle.timerFrequencies?.());
       this.cpuStates = [];
       for (let i = 0; i < vcpus; i++) {
         this.descriptors.push(handle.createVcpu(i));

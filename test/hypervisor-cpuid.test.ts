@@ -13,7 +13,7 @@ import { PcMachine } from "../runtime/pc-machine.js";
 import { Vm } from "../runtime/vm.js";
 import { VmConfigError } from "../runtime/errors.js";
 import { openHypervisor } from "../runtime/hypervisor/backends.js";
-import type { HypervisorCpuidOptions } from "../runtime/boot/hypervisor-cpuid.js";
+import { withHypervisorLeaves, type HypervisorCpuidOptions } from "../runtime/boot/hypervisor-cpuid.js";
 import { parseHypervisorCpuidSpec } from "../runtime/boot/hypervisor-cpuid-spec.js";
 import { buildGuest } from "./fixtures/build-c.js";
 
@@ -29,7 +29,11 @@ interface Probe {
   leaves: Map<number, Leaf>;
   /** MSR index -> whether the guest's WRMSR raised #GP. */
   msrFaults: Map<number, boolean>;
+  /** The TSC rate the guest measured against the ACPI PM timer, in kHz. */
+  measuredTscKHz: number;
 }
+
+const PM_TIMER_HZ = 3_579_545;
 
 async function boot(kernel: string, options: { cpus?: number; append?: string; hypervisorCpuid?: HypervisorCpuidOptions }) {
   const bytes: number[] = [];
@@ -53,7 +57,10 @@ async function probe(hypervisorCpuid?: HypervisorCpuidOptions): Promise<Probe> {
   const msrFaults = new Map<number, boolean>();
   for (const match of run.console.matchAll(/^msr ([0-9a-f]{8}): (ok|gp)$/gm)) msrFaults.set(Number.parseInt(match[1], 16), match[2] === "gp");
   assert.equal(msrFaults.size, 2, `the guest reported ${msrFaults.size} of its 2 MSR probes`);
-  return { leaves, msrFaults };
+  const timing = /^timing ([0-9a-f]{16}) ([0-9a-f]{8})$/m.exec(run.console);
+  assert.ok(timing, "the guest reported no TSC measurement");
+  const measuredTscKHz = (Number.parseInt(timing[1], 16) * PM_TIMER_HZ) / Number.parseInt(timing[2], 16) / 1000;
+  return { leaves, msrFaults, measuredTscKHz };
 }
 
 function signatureOf(leaf: Leaf): string {
@@ -94,6 +101,17 @@ test("chosen KVM features, a frequency leaf and the highest leaf read back as co
   assert.deepEqual([...msrFaults], [[MSR_KVM_SYSTEM_TIME, true], [MSR_KVM_SYSTEM_TIME_NEW, false]]);
 });
 
+test('frequencies "host" offers the TSC rate the guest measures against the PM timer, and KVM\'s 1 GHz APIC bus', async () => {
+  const { leaves, measuredTscKHz } = await probe({ frequencies: "host" });
+  const timing = leaves.get(0x4000_0010)!;
+  assert.equal(leaves.get(0x4000_0000)!.eax, 0x4000_0010);
+  assert.equal(timing.ebx, 1_000_000);
+  // The guest brackets each PM timer read with TSC reads and drops slow ones, so its error is
+  // well under 1% of its 100 ms window; 5% still tells kHz from a wrong unit or a made-up rate.
+  const ratio = measuredTscKHz / timing.eax;
+  assert.ok(ratio > 0.95 && ratio < 1.05, `the leaf says ${timing.eax} kHz, the guest measured ${Math.round(measuredTscKHz)} kHz`);
+});
+
 test("a caller's own signature comes without KVM's feature leaf; the highest leaf may be raised", async () => {
   const { leaves, msrFaults } = await probe({ signature: "OwnHypervisr", frequencies: { tscKHz: 5, apicKHz: 6 }, maxLeaf: 0x4000_0020 });
   assert.equal(signatureOf(leaves.get(0x4000_0000)!), "OwnHypervisr");
@@ -128,6 +146,9 @@ test("bad hypervisor CPUID options name the cause", () => {
   assert.throws(create({ maxLeaf: 0x4000_0100 }), /maxLeaf must be from 0x40000000 to 0x400000ff/);
   assert.throws(() => parseHypervisorCpuidSpec("tsc-khz=5"), /tsc-khz and apic-khz go together/);
   assert.throws(() => parseHypervisorCpuidSpec("colour=blue"), /unknown key 'colour'/);
+  assert.throws(() => parseHypervisorCpuidSpec("frequencies=host,tsc-khz=1,apic-khz=2"), /contradict each other/);
+  assert.throws(() => withHypervisorLeaves([], { frequencies: "host" }, () => undefined), /does not report its TSC and APIC timer rates/);
+  assert.deepEqual(parseHypervisorCpuidSpec("frequencies=host"), { frequencies: "host" });
   assert.deepEqual(parseHypervisorCpuidSpec("signature=kvm,features=pv-eoi+pv-unhalt,max-leaf=0x40000010,tsc-khz=7,apic-khz=8"), {
     signature: "kvm", kvmFeatures: ["pv-eoi", "pv-unhalt"], maxLeaf: 0x4000_0010, frequencies: { tscKHz: 7, apicKHz: 8 },
   });

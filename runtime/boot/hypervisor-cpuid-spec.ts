@@ -5,7 +5,8 @@
  */
 import { HypervisorCpuidError, KVM_PV_FEATURES, type HypervisorCpuidOptions, type KvmPvFeature } from "./hypervisor-cpuid.js";
 
-const KEYS_HELP = "signature=, features=, max-leaf=, tsc-khz= with apic-khz=, or just 'none' (see workervisor run --help)";
+const KEYS_HELP =
+  "signature=, features=, max-leaf=, frequencies=host or tsc-khz= with apic-khz=, or just 'none' (see workervisor run --help)";
 
 function wrap(words: string[], indent: string, width: number): string {
   const lines: string[] = [];
@@ -28,7 +29,8 @@ export function hypervisorCpuidSpecUsage(indent: string): string {
     `${indent}  signature=kvm|none|TEXT  KVM's KVMKVMKVM (default), none, or up to 12 characters`,
     `${indent}  features=NAME+NAME...    the KVM PV features offered (empty: none)`,
     `${indent}  max-leaf=0x400000NN      the highest hypervisor leaf`,
-    `${indent}  tsc-khz=N,apic-khz=N     offer the 0x40000010 frequency leaf`,
+    `${indent}  tsc-khz=N,apic-khz=N     offer the 0x40000010 frequency leaf with these rates`,
+    `${indent}  frequencies=host         ... with the rates the hypervisor reports`,
     `${indent}or just 'none': no hypervisor leaves and the hypervisor bit clear. Features:`,
     wrap(Object.keys(KVM_PV_FEATURES).map((name, i, all) => (i < all.length - 1 ? `${name},` : name)), `${indent}  `, 90),
   ].join("\n");
@@ -67,6 +69,10 @@ export function parseHypervisorCpuidSpec(spec: string): HypervisorCpuidOptions {
       case "max-leaf":
         options.maxLeaf = wholeNumber(key, value);
         break;
+      case "frequencies":
+        if (value !== "host") throw new HypervisorCpuidError(`frequencies: '${value}' is not 'host' (give tsc-khz= and apic-khz= for your own)`);
+        options.frequencies = "host";
+        break;
       case "tsc-khz":
         tscKHz = wholeNumber(key, value);
         break;
@@ -80,6 +86,9 @@ export function parseHypervisorCpuidSpec(spec: string): HypervisorCpuidOptions {
   if ((tscKHz === undefined) !== (apicKHz === undefined)) {
     throw new HypervisorCpuidError("tsc-khz and apic-khz go together: the 0x40000010 leaf carries both");
   }
-  if (tscKHz !== undefined && apicKHz !== undefined) options.frequencies = { tscKHz, apicKHz };
+  if (tscKHz !== undefined && apicKHz !== undefined) {
+    if (options.frequencies === "host") throw new HypervisorCpuidError("frequencies=host and tsc-khz/apic-khz contradict each other: give one");
+    options.frequencies = { tscKHz, apicKHz };
+  }
   return options;
 }

@@ -12,7 +12,7 @@
  * With the signature hidden the whole range is removed and CPUID.1:ECX bit 31 ("hypervisor
  * present") is cleared, so the guest sees bare hardware.
  */
-import type { CpuidEntry } from "../hypervisor/hypervisor.js";
+import type { CpuidEntry, TimerFrequencies } from "../hypervisor/hypervisor.js";
 
 export const HYPERVISOR_BASE_LEAF = 0x4000_0000;
 export const KVM_FEATURES_LEAF = 0x4000_0001;
@@ -58,8 +58,11 @@ export interface HypervisorCpuidOptions {
   kvmFeatures?: readonly KvmPvFeature[];
   /** EAX of 0x40000000 (default: the highest leaf offered). Leaves above it are dropped. */
   maxLeaf?: number;
-  /** Offer 0x40000010 with these frequencies (kHz). Absent: no timing leaf. */
-  frequencies?: { tscKHz: number; apicKHz: number };
+  /**
+   * Offer 0x40000010 with these frequencies (kHz), or with the ones the hypervisor reports
+   * ("host": KVM's TSC rate and its 1 GHz APIC bus). Absent: no timing leaf.
+   */
+  frequencies?: TimerFrequencies | "host";
 }
 
 export class HypervisorCpuidError extends Error {
@@ -109,7 +112,11 @@ function checkFrequency(value: number, what: string): number {
  * Replaces the hypervisor range of `supported` with the one `options` describe. The
  * result is the table every vCPU starts from (before per-vCPU APIC IDs are set).
  */
-export function withHypervisorLeaves(supported: readonly CpuidEntry[], options: HypervisorCpuidOptions = {}): CpuidEntry[] {
+export function withHypervisorLeaves(
+  supported: readonly CpuidEntry[],
+  options: HypervisorCpuidOptions = {},
+  hostFrequencies: () => TimerFrequencies | undefined = () => undefined,
+): CpuidEntry[] {
   if (options === null || typeof options !== "object") throw new HypervisorCpuidError("hypervisorCpuid must be an object");
   const isHypervisorLeaf = (e: CpuidEntry) => e.function >= HYPERVISOR_BASE_LEAF && e.function <= LAST_HYPERVISOR_LEAF;
   const base = supported.filter((e) => !isHypervisorLeaf(e)).map((e) => ({ ...e }));
@@ -144,7 +151,16 @@ export function withHypervisorLeaves(supported: readonly CpuidEntry[], options: 
     );
   }
   if (options.frequencies !== undefined) {
-    const { tscKHz, apicKHz } = options.frequencies;
+    const frequencies = options.frequencies === "host" ? hostFrequencies() : options.frequencies;
+    if (frequencies === undefined) {
+      throw new HypervisorCpuidError(
+        'frequencies "host": this hypervisor does not report its TSC and APIC timer rates; give { tscKHz, apicKHz } instead',
+      );
+    }
+    if (typeof frequencies !== "object" || frequencies === null) {
+      throw new HypervisorCpuidError(`frequencies must be "host" or { tscKHz, apicKHz }, got ${String(frequencies)}`);
+    }
+    const { tscKHz, apicKHz } = frequencies;
     leaves.push(leaf(TIMING_LEAF, checkFrequency(tscKHz, "frequencies.tscKHz"), checkFrequency(apicKHz, "frequencies.apicKHz")));
   }
 

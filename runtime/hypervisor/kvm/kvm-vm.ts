@@ -1,9 +1,9 @@
 /** A KVM VM file descriptor: memory slots, irqchip, eventfds, vCPU creation, kicks. */
 import {
-  HypervisorError, type IoEventOptions, MissingCapabilityError, type VcpuDescriptor, type VmHandle,
+  HypervisorError, type IoEventOptions, MissingCapabilityError, type TimerFrequencies, type VcpuDescriptor, type VmHandle,
 } from "../hypervisor.js";
 import {
-  Cap, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_PIO, Ioctl, MSR_EXIT_FILTER, MSR_EXIT_INVAL,
+  Cap, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_PIO, Ioctl, KVM_APIC_BUS_KHZ, MSR_EXIT_FILTER, MSR_EXIT_INVAL,
   MSR_EXIT_UNKNOWN, Run,
 } from "./kvm-abi.js";
 import * as libc from "./libc.js";
@@ -161,6 +161,12 @@ export class KvmVm implements VmHandle {
     const run = new Uint8Array(libc.viewOf(runPointer, this.runSize));
     this.vcpus.set(index, { fd, run, runPointer });
     return { backend: "kvm", index, fd, runAddress: libc.addressOf(runPointer), runSize: this.runSize };
+  }
+
+  /** KVM_GET_TSC_KHZ on the VM (the rate new vCPUs get; Linux 6.0+), and KVM's APIC bus rate. */
+  timerFrequencies(): TimerFrequencies | undefined {
+    const tscKHz = libc.ioctlValue(this.fd, Ioctl.GET_TSC_KHZ, 0);
+    return tscKHz > 0 ? { tscKHz, apicKHz: KVM_APIC_BUS_KHZ } : undefined;
   }
 
   /**
