@@ -1,17 +1,15 @@
-/** The report as a plain-text table for stdout, at most 100 columns wide. */
+/**
+ * The report as a plain-text table for stdout, at most REPORT_WIDTH columns wide whatever
+ * the figures are: every number goes through fitNumber into a fixed-width cell, and prose
+ * (machine, method, errors, target details) wraps.
+ */
 import { formatVmexitTable } from "./vmexit-kernel.js";
 import type { BenchReport, FigureResult, StartResult, TargetResult } from "./json-report.js";
 import { figureName } from "./targets.js";
+import { type Column, fitNumber, fitPercent, REPORT_WIDTH, tableLine, tableWidth, wrapText } from "./fixed-width.js";
 
-const WIDTH = 100;
-
-interface Column {
-  title: string;
-  width: number;
-  left?: boolean;
-}
-
-const COLUMNS: Column[] = [
+/** The figure table's columns; their widths and the single spaces between add up to REPORT_WIDTH. */
+export const FIGURE_COLUMNS: readonly Column[] = [
   { title: "kind", width: 10, left: true },
   { title: "path", width: 11, left: true },
   { title: "samples", width: 7 },
@@ -26,54 +24,60 @@ const COLUMNS: Column[] = [
   { title: "DESIGN target", width: 13, left: true },
 ];
 
-function cell(text: string, column: Column): string {
-  return column.left ? text.padEnd(column.width) : text.padStart(column.width);
+/** Where a figure row's numbers start: wrapped failure text lines up under them. */
+const NUMBERS_AT = FIGURE_COLUMNS[0].width + 1 + FIGURE_COLUMNS[1].width + 1;
+const DETAIL_INDENT = " ".repeat(NUMBERS_AT);
+
+function widthOf(title: string): number {
+  const column = FIGURE_COLUMNS.find((c) => c.title === title);
+  if (column === undefined) throw new Error(`no figure column '${title}'`);
+  return column.width;
 }
 
-function line(cells: string[]): string {
-  return cells.map((text, i) => cell(text, COLUMNS[i])).join(" ").trimEnd();
-}
+const us = (ns: number | null, title: string) => fitNumber(ns === null ? null : ns / 1000, widthOf(title));
 
-const us = (ns: number | null) => (ns === null || !Number.isFinite(ns) ? "-" : (ns / 1000).toFixed(ns >= 1e6 ? 0 : 2));
-const ratio = (value: number | null) => (value === null || !Number.isFinite(value) ? "-" : value.toFixed(2));
-
-function targetCell(target: TargetResult | undefined): string {
+/** "1.05<=1.10 ok": the compared value, the limit and the verdict, in the target column. */
+export function targetCell(target: TargetResult | undefined, width = widthOf("DESIGN target")): string {
   if (target === undefined || target.value === null) return "";
   const op = target.comparison === "<=" ? "<=" : ">=";
-  return `${target.value.toFixed(2)}${op}${target.limit.toFixed(2)} ${target.met ? "ok" : "NO"}`;
+  // "?": a value that cannot be judged (not finite, or the machine cannot run the figure).
+  const verdict = target.met === null ? "?" : target.met ? "ok" : "NO";
+  const limit = fitNumber(target.limit, 4);
+  const value = fitNumber(target.value, width - op.length - limit.length - 1 - verdict.length);
+  return `${value}${op}${limit} ${verdict}`;
 }
 
-function row(r: FigureResult, target: TargetResult | undefined): string {
-  if (r.error !== undefined && r.samples === 0) return line([r.kind, r.path, `failed: ${r.error}`.slice(0, 60)]);
-  return line([
-    r.kind,
-    r.path,
-    String(r.samples),
-    us(r.mean_ns),
-    us(r.p50_ns),
-    us(r.p99_ns),
-    us(r.p999_ns),
-    Number.isFinite(r.exits_per_s) ? (r.exits_per_s / 1000).toFixed(1) : "-",
-    us(r.main_cpu_ns_per_exit),
-    ratio(r.ratio_to_c),
-    Number.isFinite(r.spread_pct) ? `${r.spread_pct.toFixed(1)}%` : "-",
-    targetCell(target),
-  ]);
-}
-
-function wrap(text: string, indent: string): string[] {
-  const words = text.split(/\s+/);
+/**
+ * A figure's lines: its row of numbers, then (wrapped) the error it ended with. A kind or
+ * path name too long for its column (a report from elsewhere, read with --from) goes on a
+ * line of its own above a row that leaves those cells empty.
+ */
+function figureLines(r: FigureResult, target: TargetResult | undefined): string[] {
   const lines: string[] = [];
-  let current = "";
-  for (const word of words) {
-    if (current.length + word.length + 1 > WIDTH - indent.length && current !== "") {
-      lines.push(indent + current);
-      current = word;
-    } else {
-      current = current === "" ? word : `${current} ${word}`;
-    }
+  let [kind, path] = [String(r.kind), String(r.path)];
+  if (kind.length > FIGURE_COLUMNS[0].width || path.length > FIGURE_COLUMNS[1].width) {
+    lines.push(...wrapText(`${kind} ${path}`));
+    [kind, path] = ["", ""];
   }
-  if (current !== "") lines.push(indent + current);
+  if (r.error !== undefined && r.samples === 0) {
+    const first = tableLine(FIGURE_COLUMNS, [kind, path]).padEnd(NUMBERS_AT);
+    return [...lines, ...wrapText(`failed: ${r.error}`, REPORT_WIDTH, DETAIL_INDENT, first)];
+  }
+  lines.push(tableLine(FIGURE_COLUMNS, [
+    kind,
+    path,
+    fitNumber(r.samples, widthOf("samples"), 0),
+    us(r.mean_ns, "mean"),
+    us(r.p50_ns, "p50"),
+    us(r.p99_ns, "p99"),
+    us(r.p999_ns, "p99.9"),
+    fitNumber(r.exits_per_s === null ? null : r.exits_per_s / 1000, widthOf("kexit/s"), 1),
+    us(r.main_cpu_ns_per_exit, "cpu/ex"),
+    fitNumber(r.ratio_to_c, widthOf("xC")),
+    fitPercent(r.spread_pct, widthOf("spread")),
+    targetCell(target),
+  ]));
+  if (r.error !== undefined) lines.push(...wrapText(`error: ${r.error}`, REPORT_WIDTH, DETAIL_INDENT));
   return lines;
 }
 
@@ -99,17 +103,37 @@ function targetFor(r: FigureResult, targets: readonly TargetResult[]): TargetRes
   return mine.find((t) => t.target.startsWith("2 vCPUs")) ?? mine[0];
 }
 
+/** The VM start table's columns; the description follows them, wrapped. */
+export const START_COLUMNS: readonly Column[] = [
+  { title: "", width: 1 }, // with its separator, the two spaces that indent the block
+  { title: "mode", width: 6, left: true },
+  { title: "samples", width: 8 },
+  { title: "mean", width: 7 },
+  { title: "p50", width: 7 },
+  { title: "p99", width: 7 },
+  { title: "xC", width: 6 },
+];
+const DESCRIPTION_INDENT = " ".repeat(tableWidth(START_COLUMNS) + 2);
+
 function startRows(start: readonly StartResult[]): string[] {
   if (start.length === 0) return [];
-  const ms = (ns: number) => (ns / 1e6).toFixed(2);
-  const lines = ["", "VM start: create to the guest's first exit (ms)", "  mode     samples    mean     p50     p99     xC"];
+  const ms = (ns: number | null, column: number) => fitNumber(ns === null ? null : ns / 1e6, START_COLUMNS[column].width);
+  const lines = ["", "VM start: create to the guest's first exit (ms)", tableLine(START_COLUMNS, START_COLUMNS.map((c) => c.title))];
   for (const s of start) {
-    lines.push(
-      `  ${s.mode.padEnd(6)} ${String(s.samples).padStart(8)} ${ms(s.mean_ns).padStart(7)} ${ms(s.p50_ns).padStart(7)} ` +
-        `${ms(s.p99_ns).padStart(7)} ${ratio(s.ratio_to_c).padStart(6)}  ${s.description}`,
-    );
+    const mode = String(s.mode);
+    if (mode.length > START_COLUMNS[1].width) lines.push(...wrapText(mode, REPORT_WIDTH, "  "));
+    const row = tableLine(START_COLUMNS, [
+      "",
+      mode.length > START_COLUMNS[1].width ? "" : mode,
+      fitNumber(s.samples, START_COLUMNS[2].width, 0),
+      ms(s.mean_ns, 3),
+      ms(s.p50_ns, 4),
+      ms(s.p99_ns, 5),
+      fitNumber(s.ratio_to_c, START_COLUMNS[6].width),
+    ]);
+    lines.push(...wrapText(s.description, REPORT_WIDTH, DESCRIPTION_INDENT, row.padEnd(DESCRIPTION_INDENT.length)));
   }
-  return lines.map((l) => (l.length > WIDTH ? l.slice(0, WIDTH) : l));
+  return lines;
 }
 
 function targetRows(targets: readonly TargetResult[]): string[] {
@@ -117,11 +141,11 @@ function targetRows(targets: readonly TargetResult[]): string[] {
   const lines = ["", "DESIGN section 7 targets, this run:"];
   let previous = "";
   for (const t of targets) {
-    if (t.target !== previous) lines.push(`  ${t.target}`);
+    if (t.target !== previous) lines.push(...wrapText(t.target, REPORT_WIDTH, "    ", "  "));
     previous = t.target;
     const verdict = t.met === null ? "n/a " : t.met ? "met " : "MISS";
-    const value = t.value === null ? "" : `${t.value.toFixed(2)}: `;
-    lines.push(...wrap(`${verdict} ${t.figure}: ${value}${t.detail}`, "    "));
+    const value = t.value === null ? "" : `${fitNumber(t.value, 10)}: `;
+    lines.push(...wrapText(`${verdict} ${t.figure}: ${value}${t.detail}`, REPORT_WIDTH, "      ", "    "));
   }
   return lines;
 }
@@ -130,36 +154,36 @@ export function formatTable(report: BenchReport): string {
   const m = report.machine;
   const s = report.settings.spin;
   const out: string[] = [];
-  out.push(`workervisor exit benchmark, ${report.generated}${report.settings.quick ? " (quick)" : ""}`);
-  out.push(...wrap(`machine: ${m.cpu}, ${m.cores} cores, Linux ${m.kernel.split(" ")[0]}${m.nested ? ", itself a VM (nested)" : ""}, node ${m.node}, koffi ${m.koffi}`, ""));
-  out.push(...wrap(`KVM: ${m.kvm_flavour}. C baseline: ${report.baselines.c_status}. QEMU: ${report.baselines.qemu_status}.`, ""));
-  out.push(...wrap(
+  const paragraph = (text: string) => out.push(...wrapText(text));
+  paragraph(`workervisor exit benchmark, ${report.generated}${report.settings.quick ? " (quick)" : ""}`);
+  paragraph(`machine: ${m.cpu}, ${m.cores} cores, Linux ${m.kernel.split(" ")[0]}${m.nested ? ", itself a VM (nested)" : ""}, node ${m.node}, koffi ${m.koffi}`);
+  paragraph(`KVM: ${m.kvm_flavour}. C baseline: ${report.baselines.c_status}. QEMU: ${report.baselines.qemu_status}.`);
+  paragraph(
     `spin budget in force: vCPU workers spin ${s.worker_min_spins}..${s.worker_max_spins} iterations before parking ` +
       `(doubled after a park under ${s.worker_short_park_us} us, halved after a longer one); the dispatcher polls ` +
       `up to ${s.dispatcher_spin_us} us (adaptive) after the last sync exit, yields every ${s.dispatcher_yield_after_ms} ms, and ` +
       `parked is woken by a sync exit or a ring turning non-empty; posted ring ${s.ring_capacity} records per vCPU.`,
-    "",
-  ));
-  out.push(...wrap(
+  );
+  paragraph(
     `method: per-exit latency in us from calibrated batch means (K exits between two markers timestamped on the vCPU ` +
       `thread, marker cost subtracted; same guest bytes and analysis for C); p99/p99.9 are nearest-rank over ` +
       `batch means; ${report.settings.repeats} run(s) per figure, spread = range of run medians; cpu/ex = main-thread ` +
-      `CPU us per exit; xC = mean / C mean. DESIGN target: the compared value, its limit and ok/NO (in-worker PIO: xC; ` +
-      `sync: p50 / C p50; posted: exits/s / in-worker; 2 vCPUs: aggregate / 1 vCPU).`,
-    "",
-  ));
+      `CPU us per exit; xC = mean / C mean. DESIGN target: the compared value, its limit and ok/NO/? (in-worker PIO: xC; ` +
+      `sync: p50 / C p50; posted: exits/s / in-worker; 2 vCPUs: aggregate / 1 vCPU). Numbers too wide for their ` +
+      `column switch to k/M/G/T units or an exponent (1.5e-6); "-" is not measured.`,
+  );
   if (m.kvm_flavour.includes("pvm")) {
-    out.push(...wrap("PVM host: CPL0 guest code is emulated (~1 us per instruction, in every CPL0 figure), CPL3 runs natively with costlier exits.", ""));
+    paragraph("PVM host: CPL0 guest code is emulated (~1 us per instruction, in every CPL0 figure), CPL3 runs natively with costlier exits.");
   }
-  const header = line(COLUMNS.map((c) => c.title));
+  const header = tableLine(FIGURE_COLUMNS, FIGURE_COLUMNS.map((c) => c.title));
   for (const section of sections(report)) {
-    out.push("", section.title, header);
-    for (const r of section.rows) out.push(row(r, targetFor(r, report.targets)));
+    out.push("", ...wrapText(section.title), header);
+    for (const r of section.rows) out.push(...figureLines(r, targetFor(r, report.targets)));
   }
   out.push(...startRows(report.vm_start));
   if (report.kvm_unit_tests_vmexit) out.push("", formatVmexitTable(report.kvm_unit_tests_vmexit));
-  else if (report.kvm_unit_tests_vmexit_status) out.push("", `kvm-unit-tests vmexit: ${report.kvm_unit_tests_vmexit_status}`);
+  else if (report.kvm_unit_tests_vmexit_status) out.push("", ...wrapText(`kvm-unit-tests vmexit: ${report.kvm_unit_tests_vmexit_status}`));
   out.push(...targetRows(report.targets));
-  out.push("", `suite wall time ${report.wall_s.toFixed(1)} s`);
+  out.push("", `suite wall time ${fitNumber(report.wall_s, 10, 1)} s`);
   return out.join("\n") + "\n";
 }

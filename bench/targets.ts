@@ -1,5 +1,6 @@
 /** The performance targets of DESIGN section 7, checked against one run's figures. */
 import type { FigureResult, StartResult, TargetResult } from "./json-report.js";
+import { fitNumber } from "./fixed-width.js";
 
 export function figureName(r: Pick<FigureResult, "kind" | "path" | "privilege" | "vcpus">): string {
   return `${r.kind} ${r.path} ${r.privilege} ${r.vcpus} vCPU${r.vcpus === 1 ? "" : "s"}`;
@@ -10,7 +11,11 @@ function check(value: number | null, limit: number, comparison: "<=" | ">="): bo
   return comparison === "<=" ? value <= limit : value >= limit;
 }
 
-const us = (ns: number) => `${(ns / 1000).toFixed(2)} us`;
+/** Numbers in the prose details: as the table prints them, wide enough for any plausible value. */
+const num = (value: number | null | undefined, decimals = 2) => fitNumber(value, 10, decimals);
+const us = (ns: number) => `${num(ns / 1000)} us`;
+const kilo = (perSecond: number) => `${num(perSecond / 1000, 1)}k`;
+const ms = (ns: number) => `${num(ns / 1e6)} ms`;
 
 export function evaluateTargets(results: readonly FigureResult[], c: readonly FigureResult[], start: readonly StartResult[], cores: number): TargetResult[] {
   const targets: TargetResult[] = [];
@@ -27,7 +32,7 @@ export function evaluateTargets(results: readonly FigureResult[], c: readonly Fi
       comparison: "<=",
       met: check(r.ratio_to_c, 1.1, "<="),
       detail: base
-        ? `${us(r.mean_ns)} vs C ${us(base.mean_ns)} (p50 ratio ${r.ratio_to_c_p50?.toFixed(2) ?? "-"}, run spread ${r.spread_pct.toFixed(0)}%)`
+        ? `${us(r.mean_ns)} vs C ${us(base.mean_ns)} (p50 ratio ${num(r.ratio_to_c_p50)}, run spread ${num(r.spread_pct, 0)}%)`
         : "no C baseline",
     });
   }
@@ -56,7 +61,7 @@ export function evaluateTargets(results: readonly FigureResult[], c: readonly Fi
       comparison: ">=",
       met: met === null ? null : met && !lost,
       detail: worker
-        ? `${(r.exits_per_s / 1000).toFixed(1)}k vs ${(worker.exits_per_s / 1000).toFixed(1)}k exits/s; ` +
+        ? `${kilo(r.exits_per_s)} vs ${kilo(worker.exits_per_s)} exits/s; ` +
           `${r.device_counted} of ${r.guest_iterations} writes arrived`
         : "no in-worker figure to compare with",
     });
@@ -72,7 +77,7 @@ export function evaluateTargets(results: readonly FigureResult[], c: readonly Fi
       comparison: ">=",
       met: cores < 2 ? null : check(value, 1.7, ">="),
       detail: one
-        ? `${(r.exits_per_s / 1000).toFixed(1)}k vs ${(one.exits_per_s / 1000).toFixed(1)}k exits/s on ${cores} cores`
+        ? `${kilo(r.exits_per_s)} vs ${kilo(one.exits_per_s)} exits/s on ${cores} cores`
         : "no 1-vCPU posted figure to compare with",
     });
   }
@@ -87,15 +92,15 @@ export function evaluateTargets(results: readonly FigureResult[], c: readonly Fi
   });
   const warm = start.find((s) => s.mode === "warm");
   if (warm) {
-    const ms = warm.p50_ns / 1e6;
+    const p50 = warm.p50_ns / 1e6;
     targets.push({
       target: "VM start to first guest instruction with a warm pool <= 5 ms (median)",
       figure: "vm start, warm pool",
-      value: ms,
+      value: p50,
       limit: 5,
       comparison: "<=",
-      met: check(ms, 5, "<="),
-      detail: `p50 ${ms.toFixed(2)} ms to the first exit (an upper bound), p99 ${(warm.p99_ns / 1e6).toFixed(2)} ms`,
+      met: check(p50, 5, "<="),
+      detail: `p50 ${ms(warm.p50_ns)} to the first exit (an upper bound), p99 ${ms(warm.p99_ns)}`,
     });
   }
   return targets;

@@ -7,6 +7,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { spawn, spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { PcMachine } from "../runtime/pc-machine.js";
+import { type Column, fitNumber, REPORT_WIDTH, tableLine, wrapText } from "./fixed-width.js";
 
 export const VMEXIT_SUBTESTS = [
   "cpuid", "inl_from_qemu", "inl_from_kernel", "outl_to_kernel", "mov_dr", "wr_tsc_adjust_msr", "inl_from_pmtimer",
@@ -103,17 +104,32 @@ export async function measureVmexit(
   };
 }
 
+/** The vmexit table's columns (the subtest names come from the command line, so they may not fit). */
+export const VMEXIT_COLUMNS: readonly Column[] = [
+  { title: "subtest", width: 19, left: true },
+  { title: "workervisor", width: 14 },
+  { title: "QEMU", width: 14 },
+  { title: "ratio", width: 10 },
+];
+
+/** The side-by-side table; at most REPORT_WIDTH columns whatever the counts are. */
 export function formatVmexitTable(report: VmexitReport): string {
   const lines = [
     "kvm-unit-tests vmexit: TSC cycles per iteration, measured by the guest itself",
-    `QEMU: ${report.qemu}`,
-    `${"subtest".padEnd(20)}${"workervisor".padStart(14)}${"QEMU".padStart(14)}${"ratio".padStart(10)}`,
+    ...wrapText(`QEMU: ${report.qemu}`, REPORT_WIDTH, "  "),
+    tableLine(VMEXIT_COLUMNS, VMEXIT_COLUMNS.map((c) => c.title)),
   ];
+  const [name, ours, theirs, ratio] = VMEXIT_COLUMNS;
   for (const row of report.rows) {
-    lines.push(
-      `${row.subtest.padEnd(20)}${String(row.workervisor_cycles ?? "-").padStart(14)}` +
-        `${String(row.qemu_cycles ?? "-").padStart(14)}${(row.ratio_to_qemu === null ? "-" : row.ratio_to_qemu.toFixed(2) + "x").padStart(10)}`,
-    );
+    const fits = row.subtest.length <= name.width;
+    if (!fits) lines.push(...wrapText(row.subtest));
+    const shown = fitNumber(row.ratio_to_qemu, ratio.width - 1);
+    lines.push(tableLine(VMEXIT_COLUMNS, [
+      fits ? row.subtest : "",
+      fitNumber(row.workervisor_cycles, ours.width, 0),
+      fitNumber(row.qemu_cycles, theirs.width, 0),
+      shown === "-" ? shown : `${shown}x`,
+    ]));
   }
   return lines.join("\n");
 }

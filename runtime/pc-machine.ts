@@ -6,6 +6,7 @@
 import { Vm, type VmResult } from "./vm.js";
 import { VmConfigError } from "./errors.js";
 import { Serial16550 } from "./devices/serial-16550.js";
+import { type InputSource, SerialInputPump } from "./devices/serial-input.js";
 import { FwCfg, FW_CFG_PORT, FW_CFG_PORT_LENGTH } from "./devices/fw-cfg.js";
 import { AcpiPmTimer, DEFAULT_PM1A_EVENT_PORT, DEFAULT_PM_TIMER_PORT, PM_TIMER_LENGTH, writeAcpiTables } from "./devices/acpi.js";
 import { AcpiPm1Registers, PM1_REGISTERS_LENGTH } from "./devices/acpi-pm1.js";
@@ -39,6 +40,8 @@ export interface PcMachineOptions {
   console: (byte: number) => void;
   /** The hypervisor CPUID leaves the guest sees (see HypervisorCpuidOptions). */
   hypervisorCpuid?: HypervisorCpuidOptions;
+  /** Host input for COM1 (e.g. piped stdin), delivered with flow control and never dropped. */
+  input?: InputSource;
 }
 
 function memoryLayout(size: number): RegionSpec[] {
@@ -55,6 +58,8 @@ function memoryLayout(size: number): RegionSpec[] {
 export class PcMachine {
   readonly vm: Vm;
   readonly serial: Serial16550;
+  /** Input waiting for room in COM1's receiver; `push` more into it. */
+  readonly input = new SerialInputPump();
 
   constructor(options: PcMachineOptions) {
     const cpus = options.cpus ?? 1;
@@ -74,7 +79,12 @@ export class PcMachine {
       vm.setCpuState(0, multibootCpuState(vm.memory, entry));
       for (let i = 1; i < cpus; i++) vm.setCpuState(i, applicationProcessorState());
 
-      this.serial = new Serial16550({ output: options.console, irq: vm.interruptLine(COM1_IRQ) });
+      this.serial = new Serial16550({
+        output: options.console, irq: vm.interruptLine(COM1_IRQ),
+        onRxDrained: this.input.drained, onRxDiscarded: this.input.discarded,
+      });
+      this.input.attach(this.serial);
+      if (options.input !== undefined) this.input.connect(options.input);
       vm.addDevice({ space: "pio", base: COM1_PORT, length: 8, device: this.serial });
       vm.addDebugExit();
       vm.addDevice({ space: "pio", base: FW_CFG_PORT, length: FW_CFG_PORT_LENGTH, device: new FwCfg({ cpus, ramSize: memory }) });
@@ -98,8 +108,12 @@ export class PcMachine {
     this.vm = vm;
   }
 
-  run(): Promise<VmResult> {
-    return this.vm.run();
+  async run(): Promise<VmResult> {
+    try {
+      return await this.vm.run();
+    } finally {
+      this.input.detach();
+    }
   }
 
   stop(): Promise<VmResult> {

@@ -104,15 +104,14 @@ export async function runCommand(args: string[]): Promise<number> {
       memory: values.mem === undefined ? DEFAULT_MEMORY : parseSize(values.mem),
       console: sink.push,
       hypervisorCpuid: hypervisorCpuidOption(values["hypervisor-cpuid"]),
+      // Piped input waits for room in the UART's receiver instead of overrunning it.
+      input: process.stdin.isTTY ? undefined : process.stdin.on("error", () => {}),
     });
-    const forwardInput = (chunk: Buffer) => machine.serial.receive(chunk);
-    if (!process.stdin.isTTY) process.stdin.on("data", forwardInput).on("error", () => {});
     try {
       const result = await machine.run();
       return exitStatusOf(result);
     } finally {
       sink.flush();
-      process.stdin.off("data", forwardInput);
       process.stdin.pause();
       process.stdin.unref?.();
     }

@@ -261,10 +261,20 @@ test("PM timer: writes are ignored", () => {
 
 test("PM timer: the host clock drives it forward", async () => {
   const timer = new AcpiPmTimer();
+  const before = process.hrtime.bigint();
   const first = timer.read(0, 4) as number;
+  const afterFirst = process.hrtime.bigint();
   await new Promise((resolve) => setTimeout(resolve, 20));
+  const beforeSecond = process.hrtime.bigint();
   const second = timer.read(0, 4) as number;
-  // 20 ms is at least 71_590 ticks; no wrap can happen this early.
-  assert.ok(second - first >= 71_000, `advanced ${second - first} ticks`);
-  assert.ok(second < 0x100_0000);
+  const after = process.hrtime.bigint();
+  // Bracketed by the same clock, so a loaded machine that stretches the wait cannot fail it:
+  // the ticks between the reads lie between those of the inner and the outer interval (one
+  // tick of rounding each way), modulo the 24-bit wrap every 4.7 s.
+  const ticks = (ns: bigint) => (Number(ns) * PM_TIMER_FREQUENCY_HZ) / 1e9;
+  const least = Math.floor(ticks(beforeSecond - afterFirst)) - 1;
+  const most = Math.ceil(ticks(after - before)) + 1;
+  let advanced = (second - first) & 0xff_ffff;
+  while (advanced < least) advanced += 0x100_0000;
+  assert.ok(advanced <= most, `advanced ${advanced} ticks, expected ${least}..${most}`);
 });

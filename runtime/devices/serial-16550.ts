@@ -88,6 +88,11 @@ export interface Serial16550Options {
    * holds back input beyond `rxSpace()` pushes more from here.
    */
   onRxDrained?: () => void;
+  /**
+   * Called with the unread bytes a FIFO reset or mode change threw away. A host that must
+   * not lose input (a pipe) queues them again; a host modelling a real line ignores it.
+   */
+  onRxDiscarded?: (bytes: Uint8Array) => void;
 }
 
 /** The four modem-status inputs, as seen on a connected cable (true = asserted). */
@@ -104,6 +109,7 @@ export class Serial16550 implements Device {
   readonly #output: (byte: number) => void;
   readonly #irq: InterruptLine | undefined;
   readonly #onRxDrained: (() => void) | undefined;
+  readonly #onRxDiscarded: ((bytes: Uint8Array) => void) | undefined;
 
   #ier = 0;
   #lcr = 0;
@@ -156,6 +162,10 @@ export class Serial16550 implements Device {
     this.#output = options.output;
     this.#irq = options.irq;
     this.#onRxDrained = options.onRxDrained;
+    if (options.onRxDiscarded !== undefined && typeof options.onRxDiscarded !== "function") {
+      throw new TypeError("Serial16550: options.onRxDiscarded must be a function, or omitted");
+    }
+    this.#onRxDiscarded = options.onRxDiscarded;
     this.reset();
     // 8N1, as PC firmware leaves COM1: guests that never program the UART still send 8-bit bytes.
     this.#lcr = 0x03;
@@ -372,6 +382,11 @@ export class Serial16550 implements Device {
   /** Returns whether the receiver held data that was discarded. */
   #clearRx(): boolean {
     const hadData = this.#rxCount > 0;
+    if (hadData && this.#onRxDiscarded !== undefined) {
+      const lost = new Uint8Array(this.#rxCount);
+      for (let i = 0; i < lost.length; i++) lost[i] = this.#rx[(this.#rxHead + i) & FIFO_INDEX_MASK]!;
+      this.#onRxDiscarded(lost);
+    }
     this.#rxHead = 0;
     this.#rxCount = 0;
     return hadData;

@@ -1,0 +1,90 @@
+/*
+ * The guest kit for flat 64-bit programs (test and benchmark guests): port and MMIO
+ * access, the debug-exit port, a small polled COM1 console. Freestanding: no libc.
+ * The program defines `void main(unsigned long arg)`; the host passes `arg` in RDI.
+ */
+#ifndef GUEST_KIT_H
+#define GUEST_KIT_H
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long u64;
+
+#define DEBUG_EXIT_PORT 0xf4
+#define COM1 0x3f8
+
+static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
+static inline void outw(u16 port, u16 v) { __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port)); }
+static inline void outl(u16 port, u32 v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
+static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline u16 inw(u16 port) { u16 v; __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline u32 inl(u16 port) { u32 v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+
+/* Ends the VM with `status` (the debug-exit device), and never returns. */
+static inline __attribute__((noreturn)) void guest_exit(u32 status) {
+  for (;;) {
+    outl(DEBUG_EXIT_PORT, status);
+    __asm__ volatile("hlt");
+  }
+}
+
+static inline void pause_cpu(void) { __asm__ volatile("pause" ::: "memory"); }
+
+typedef unsigned long long u64x; /* 64 bits in both modes */
+static inline u64x rdmsr(u32 index) {
+  u32 lo, hi;
+  __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(index));
+  return ((u64x)hi << 32) | lo;
+}
+
+static void serial_putc(char c) {
+  while ((inb(COM1 + 5) & 0x20) == 0) {}
+  outb(COM1, (u8)c);
+}
+
+static inline void serial_puts(const char *s) {
+  while (*s) serial_putc(*s++);
+}
+
+static inline void serial_put_decimal(u32 value) {
+  char digits[10];
+  int n = 0;
+  do {
+    digits[n++] = (char)('0' + value % 10);
+    value /= 10;
+  } while (value != 0);
+  while (n > 0) serial_putc(digits[--n]);
+}
+
+#ifdef __x86_64__
+void main(u64 arg);
+
+/* Flat program entry: RDI holds the host's argument, RSP a stack the host chose. */
+__attribute__((section(".text.entry"), naked, noreturn)) void _start(void) {
+  __asm__ volatile("call main\n\tmov $0xff, %eax\n\tout %eax, $0xf4\n1:\thlt\n\tjmp 1b");
+}
+#else
+/* Multiboot v1 kernel (32-bit protected mode, flat segments): EBX holds the info pointer. */
+void main(u32 multiboot_info);
+
+#define MULTIBOOT_MAGIC 0x1badb002u
+__attribute__((section(".multiboot"), used, aligned(4)))
+static const u32 multiboot_header[3] = {MULTIBOOT_MAGIC, 0, -MULTIBOOT_MAGIC};
+
+__attribute__((used)) static u8 kit_stack[16384] __attribute__((aligned(16)));
+
+__attribute__((section(".text.entry"), naked, noreturn)) void _start(void) {
+  __asm__ volatile(
+      "lea kit_stack + 16384, %esp\n\t"
+      "push %ebx\n\tcall main\n\t"
+      "mov $0xff, %eax\n\tout %eax, $0xf4\n1:\thlt\n\tjmp 1b");
+}
+#endif
+
+/* The ACPI PM timer of the PC machine: 3.579545 MHz, 24 bits. */
+#define PM_TIMER_PORT 0x608
+#define PM_TIMER_HZ 3579545u
+static inline u32 pm_timer(void) { return inl(PM_TIMER_PORT) & 0xffffff; }
+
+#endif
