@@ -15,7 +15,7 @@ import { VmConfigError } from "../runtime/errors.js";
 import { openHypervisor } from "../runtime/hypervisor/backends.js";
 import { withHypervisorLeaves, type HypervisorCpuidOptions } from "../runtime/boot/hypervisor-cpuid.js";
 import { parseHypervisorCpuidSpec } from "../runtime/boot/hypervisor-cpuid-spec.js";
-import { buildGuest } from "./fixtures/build-c.js";
+import { buildMultibootGuest } from "./helpers/flat-guest.js";
 
 const CLI = fileURLToPath(new URL("../runtime/cli.js", import.meta.url));
 const KVMCLOCK_TEST = fileURLToPath(new URL("../../../shared/kvm-unit-tests/kvmclock_test.flat", import.meta.url));
@@ -46,7 +46,7 @@ async function boot(kernel: string, options: { cpus?: number; append?: string; h
 
 /** Runs the probe guest and parses its "cpuid LEAF: EAX EBX ECX EDX" and "msr INDEX: ok|gp" lines. */
 async function probe(hypervisorCpuid?: HypervisorCpuidOptions): Promise<Probe> {
-  const run = await boot(buildGuest("hypervisor-cpuid"), { hypervisorCpuid });
+  const run = await boot(buildMultibootGuest("hypervisor-cpuid"), { hypervisorCpuid });
   assert.deepEqual(run.result, { reason: "debug-exit", status: 0 });
   assert.match(run.console, /^done$/m);
   const leaves = new Map<number, Leaf>();
@@ -183,7 +183,7 @@ test("kvmclock_test finds no kvmclock when it is withheld or the hypervisor is h
 });
 
 test("the run command takes --hypervisor-cpuid and explains a bad one", () => {
-  const kernel = buildGuest("hypervisor-cpuid");
+  const kernel = buildMultibootGuest("hypervisor-cpuid");
   const hidden = spawnSync(process.execPath, [CLI, "run", "--kernel", kernel, "--hypervisor-cpuid", "none"], { encoding: "latin1", timeout: 60_000 });
   assert.equal(hidden.status, 1, hidden.stderr);
   assert.match(hidden.stdout, /^cpuid 40000000: 00000000 /m);

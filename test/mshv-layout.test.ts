@@ -24,7 +24,7 @@ import { encodeGetVpRegisters, encodeInstallIntercept, encodeSetVpRegisters } fr
 import {
   encodeCreatePartition, encodeCreateVp, encodeIoEvent, encodeIrqFd, encodeMemoryRegion,
 } from "../runtime/hypervisor/mshv/mshv-partition.js";
-import { buildHostProgram, PROJECT_ROOT } from "./fixtures/build-c.js";
+import { buildHostProgram, PROJECT_ROOT } from "./helpers/host-program.js";
 
 interface Layout {
   ioctls: Record<string, number>;
