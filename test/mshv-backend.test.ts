@@ -69,11 +69,11 @@ const CASES: Expected[] = [
 ];
 
 /** Assembles each line with GNU as and returns its bytes, one entry per instruction. */
-function assemble(lines: string[]): Uint8Array[] {
+function assemble(lines: string[], bits: 32 | 64 = 64): Uint8Array[] {
   const dir = mkdtempSync(join(tmpdir(), "workervisor-mov-"));
   try {
     writeFileSync(join(dir, "moves.s"), `.text\n${lines.join("\n")}\n`);
-    const as = spawnSync("as", ["--64", "-o", join(dir, "moves.o"), join(dir, "moves.s")], { encoding: "utf8" });
+    const as = spawnSync("as", [`--${bits}`, "-o", join(dir, "moves.o"), join(dir, "moves.s")], { encoding: "utf8" });
     if (as.error) throw new Error(`cannot run GNU as (binutils): ${as.error.message}`);
     assert.equal(as.status, 0, as.stderr);
     const dump = spawnSync("objdump", ["-d", "--insn-width=16", join(dir, "moves.o")], { encoding: "utf8" });
@@ -108,6 +108,33 @@ test("the MOV decoder agrees with GNU as on length, width, direction and registe
   });
 });
 
+// 32-bit protected mode: no REX (0x40-0x4f are INC/DEC there), moffs are 4 bytes.
+const CASES_32: Expected[] = [
+  { asm: "movl %ecx,(%eax)", size: 4, write: true, register: 1 },
+  { asm: "movw %dx,0x10(%ebx,%esi,4)", size: 2, write: true, register: 2 },
+  { asm: "movb (%esi),%ah", size: 1, write: false, register: 0, highByte: true, destinationSize: 1 },
+  { asm: "movl 0x1000,%eax", size: 4, write: false, register: 0, destinationSize: 4 },
+  { asm: "movl %eax,0xfee000b0", size: 4, write: true, register: 0 },
+  { asm: "movzbl 4(%esp),%ecx", size: 1, write: false, register: 1, destinationSize: 4 },
+  { asm: "movl $0xdeadbeef,(%edi)", size: 4, write: true, register: -1, immediate: 0xdead_beefn },
+];
+
+test("in 32-bit code the MOV decoder agrees with GNU as too", () => {
+  const encoded = assemble(CASES_32.map((c) => c.asm), 32);
+  CASES_32.forEach((expected, i) => {
+    const bytes = new Uint8Array(16).fill(0x40); // INC EAX after the instruction must not read as REX
+    bytes.set(encoded[i]);
+    const move = decodeMmioMove(bytes, 16, { long: false, defaultBig: true });
+    const label = `${expected.asm} (${Buffer.from(encoded[i]).toString("hex")})`;
+    assert.deepEqual(
+      { length: move.length, size: move.size, write: move.write, register: move.register, highByte: move.highByte },
+      { length: encoded[i].length, size: expected.size, write: expected.write, register: expected.register, highByte: expected.highByte ?? false },
+      label,
+    );
+    if (expected.immediate !== undefined) assert.equal(move.immediate, expected.immediate, `${label}: immediate`);
+  });
+});
+
 test("the MOV decoder refuses what it does not decode, saying why", () => {
   const [add, movs, reg, cut] = assemble(["addl %ecx,(%rax)", "rep movsb", "movl %ecx,%eax", "movl $0x11223344,(%rax)"]);
   const decode = (bytes: Uint8Array, available = bytes.length) =>
@@ -117,4 +144,6 @@ test("the MOV decoder refuses what it does not decode, saying why", () => {
   assert.throws(decode(reg), /names a register, not memory/);
   assert.throws(decode(cut, 4), /end inside the immediate/);
   assert.throws(() => decodeMmioMove(add, add.length, { long: false, defaultBig: false }), /16-bit code/);
+  const [addr16] = assemble(["addr16 movl (%bx,%si),%eax"], 32);
+  assert.throws(() => decodeMmioMove(addr16, addr16.length, { long: false, defaultBig: true }), /16-bit addressing/);
 });

@@ -6,7 +6,7 @@
  * Covered (64-bit and 32-bit code, legacy/REX/operand-size prefixes, every ModRM/SIB/disp
  * form): 88/89 (store register), 8A/8B (load register), C6/C7 /0 (store immediate),
  * A0-A3 (moffs forms), 0F B6/B7 (MOVZX) and 0F BE/BF (MOVSX). Anything else (string moves,
- * read-modify-write ALU forms, 16-bit addressing) is refused with a clear reason; the
+ * read-modify-write ALU forms, 16-bit code or addressing) is refused with a clear reason; the
  * general x86 MMIO decoder of issue 12 part 3 is meant to replace this file.
  */
 
@@ -101,6 +101,9 @@ export function decodeMmioMove(bytes: Uint8Array, available: number, mode: { lon
     return rex === 0 && reg >= 4 && reg < 8 ? { register: reg - 4, highByte: true } : { register: reg, highByte: false };
   };
   const opcode = bytes[at++];
+  // In 32-bit code 0x67 selects 16-bit addressing (ModRM without SIB, disp16): not decoded.
+  const modrmAddressing16 = !mode.long && addressSize && (opcode & 0xfc) !== 0xa0;
+  if (modrmAddressing16) throw new MmioDecodeError(`16-bit addressing (0x67 in 32-bit code) is not decoded (bytes ${hex(bytes, limit)})`);
   const base = { immediate: 0n, signExtend: false, destinationSize: 0, highByte: false };
 
   switch (opcode) {
