@@ -15,3 +15,4 @@ export { warmVcpuPool, destroyVcpuPool } from "./vcpu-pool.js";
 export type { WorkerDeviceFactory } from "../workers/vcpu-worker.js";
 export { PcMachine, type PcMachineOptions } from "./pc-machine.js";
 export { KernelFormatError, detectKernelFormat } from "./boot/multiboot.js";
+export { type HypervisorCpuidOptions, type KvmPvFeature, KVM_PV_FEATURES } from "./boot/hypervisor-cpuid.js";

@@ -15,6 +15,7 @@ import { CmosRtc, CMOS_PORT, CMOS_PORT_LENGTH } from "./devices/cmos-rtc.js";
 import { loadMultiboot, type MultibootModule } from "./boot/multiboot.js";
 import { applicationProcessorState, multibootCpuState } from "./boot/multiboot-cpu.js";
 import type { RegionSpec } from "../memory/guest-memory.js";
+import type { HypervisorCpuidOptions } from "./boot/hypervisor-cpuid.js";
 
 export const COM1_PORT = 0x3f8;
 export const COM1_IRQ = 4;
@@ -37,6 +38,8 @@ export interface PcMachineOptions {
   memory?: number;
   /** Receives every byte the guest sends on COM1. */
   console: (byte: number) => void;
+  /** The hypervisor CPUID leaves the guest sees (see HypervisorCpuidOptions). */
+  hypervisorCpuid?: HypervisorCpuidOptions;
   /** Host input for COM1 (e.g. piped stdin), delivered with flow control and never dropped. */
   input?: InputSource;
 }
@@ -64,7 +67,7 @@ export class PcMachine {
     if (!Number.isInteger(cpus) || cpus < 1 || cpus > 255) {
       throw new VmConfigError(`cpus must be a whole number from 1 to 255 (APIC IDs fit in a byte), got ${cpus}`);
     }
-    const vm = Vm.create({ memory: memoryLayout(memory), vcpus: cpus, irqchip: true });
+    const vm = Vm.create({ memory: memoryLayout(memory), vcpus: cpus, irqchip: true, hypervisorCpuid: options.hypervisorCpuid });
     try {
       writeAcpiTables(vm.memory, { cpus, tablesAddress: ACPI_TABLES_ADDRESS });
       const name = options.kernelName ?? "kernel";

@@ -10,14 +10,21 @@ import { parseArgs } from "node:util";
 import { PcMachine, DEFAULT_MEMORY } from "./pc-machine.js";
 import { ConsoleSink } from "./devices/console-sink.js";
 import type { VmResult } from "./vm.js";
+import { hypervisorCpuidSpecUsage, parseHypervisorCpuidSpec } from "./boot/hypervisor-cpuid-spec.js";
+import { HypervisorCpuidError } from "./boot/hypervisor-cpuid.js";
 
 const USAGE = `usage: workervisor run --kernel FILE [--append "..."] [--module FILE]... [--cpus N] [--mem SIZE]
+                       [--hypervisor-cpuid SPEC]
 
   --kernel FILE   Multiboot v1 kernel (ELF32), e.g. a kvm-unit-tests .flat file
   --append TEXT   kernel command line after the file name
   --module FILE   a Multiboot module (repeatable; QEMU's -initrd is one module)
   --cpus N        vCPUs (default 1)
   --mem SIZE      RAM: bytes or with K, M, G suffix (default 128M)
+  --hypervisor-cpuid SPEC
+                  the CPUID 0x40000000 range the guest sees (default: KVM's signature and
+                  every PV feature the host has).
+${hypervisorCpuidSpecUsage("                  ")}
 
 Exit status: (guest debug-exit status << 1) | 1; 0 when the guest halts or powers off;
 2 when the VM could not start or failed.
@@ -44,6 +51,16 @@ function readInput(path: string, what: string): Uint8Array {
   }
 }
 
+function hypervisorCpuidOption(spec: string | undefined) {
+  if (spec === undefined) return undefined;
+  try {
+    return parseHypervisorCpuidSpec(spec);
+  } catch (error) {
+    if (error instanceof HypervisorCpuidError) throw new UsageError(`--hypervisor-cpuid: ${error.message}`);
+    throw error;
+  }
+}
+
 export function exitStatusOf(result: VmResult): number {
   if (result.reason === "debug-exit") return (((result.status ?? 0) << 1) | 1) & 0xff;
   return 0;
@@ -60,6 +77,7 @@ export async function runCommand(args: string[]): Promise<number> {
         module: { type: "string", multiple: true },
         cpus: { type: "string" },
         mem: { type: "string" },
+        "hypervisor-cpuid": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -85,6 +103,7 @@ export async function runCommand(args: string[]): Promise<number> {
       cpus,
       memory: values.mem === undefined ? DEFAULT_MEMORY : parseSize(values.mem),
       console: sink.push,
+      hypervisorCpuid: hypervisorCpuidOption(values["hypervisor-cpuid"]),
       // Piped input waits for room in the UART's receiver instead of overrunning it.
       input: process.stdin.isTTY ? undefined : process.stdin.on("error", () => {}),
     });

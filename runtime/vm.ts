@@ -11,6 +11,7 @@ import type { Device, InterruptLine } from "./devices/device.js";
 import { DEBUG_EXIT_LENGTH, DEBUG_EXIT_PORT, DebugExit } from "./devices/debug-exit.js";
 import { loadFlatProgram, type FlatProgram } from "./boot/flat-loader.js";
 import { cpuidForVcpu } from "./boot/cpuid.js";
+import { HypervisorCpuidError, withHypervisorLeaves, type HypervisorCpuidOptions } from "./boot/hypervisor-cpuid.js";
 import { withResetState } from "./boot/x86-reset.js";
 import { GuestFatalError, VcpuWorkerError, VmConfigError, VmStateError } from "./errors.js";
 import { vcpuPool } from "./vcpu-pool.js";
@@ -35,6 +36,8 @@ export interface VmOptions {
   backend?: BackendName;
   /** What a vCPU does on a HLT exit (no in-kernel irqchip): end (default) or re-enter the guest. */
   onHalt?: "stop" | "resume";
+  /** The hypervisor CPUID leaves the guest sees (default: KVM's signature and every PV feature the host has). */
+  hypervisorCpuid?: HypervisorCpuidOptions;
 }
 
 export type VmState = "created" | "running" | "paused" | "stopped";
@@ -183,7 +186,8 @@ export class Vm extends EventEmitter {
       memory.regions.forEach((region, slot) => handle!.setMemoryRegion(slot, region.gpa, region.size, region.hostAddress));
       if (options.irqchip) handle.createIrqChip();
       if (options.userspaceMsrs) handle.enableUserspaceMsrs();
-      const supported = hypervisor.supportedCpuid();
+      const vmHandle = handle;
+      const supported = withHypervisorLeaves(hypervisor.supportedCpuid(), options.hypervisorCpuid, () => vmHandle.timerFrequencies?.());
       this.cpuStates = [];
       for (let i = 0; i < vcpus; i++) {
         this.descriptors.push(handle.createVcpu(i));
@@ -194,7 +198,9 @@ export class Vm extends EventEmitter {
     } catch (error) {
       handle?.close();
       hypervisor.close();
-      if (error instanceof RangeError) throw new VmConfigError(error.message, { cause: error });
+      if (error instanceof RangeError || error instanceof HypervisorCpuidError) {
+        throw new VmConfigError(error.message, { cause: error });
+      }
       throw error;
     }
     this.hypervisor = hypervisor;

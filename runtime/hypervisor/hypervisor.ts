@@ -138,7 +138,15 @@ export interface Hypervisor {
   close(): void;
 }
 
+/** The rates a guest's time-stamp counter and local APIC timer run at. */
+export interface TimerFrequencies {
+  tscKHz: number;
+  apicKHz: number;
+}
+
 export interface VmHandle {
+  /** What the guest's TSC and APIC timer count at, when the hypervisor says. */
+  timerFrequencies?(): TimerFrequencies | undefined;
   /** Registers (or, with `size` 0, removes) a RAM slot backed by host memory. */
   setMemoryRegion(slot: number, gpa: number, size: number, hostAddress: bigint): void;
   /** In-kernel interrupt controllers (PIC, IOAPIC, local APICs) and timer (PIT). */

@@ -32,6 +32,7 @@ export const Ioctl = {
   SET_FPU: 0x41a0ae8d,
   SET_MP_STATE: 0x4004ae99,
   ENABLE_CAP: 0x4068aea3,
+  GET_TSC_KHZ: 0xaea3,
   X86_SET_MSR_FILTER: 0x4188aec6,
   REGISTER_COALESCED_MMIO: 0x4010ae67,
 } as const;
@@ -51,6 +52,7 @@ export const Cap = {
   X86_USER_SPACE_MSR: 188,
   COALESCED_MMIO: 15,
   COALESCED_PIO: 162,
+  ENFORCE_PV_FEATURE_CPUID: 190,
 } as const;
 
 /** Capabilities every VM needs; checked once when the backend opens. */
@@ -142,6 +144,9 @@ export const MAX_CPUID_ENTRIES = 256;
 export const MSR_ENTRY_SIZE = 16;
 
 export const KVM_MP_STATE_INIT_RECEIVED = 2;
+
+/** KVM's local APIC timer counts bus cycles of 1 ns (APIC_BUS_CYCLE_NS_DEFAULT in arch/x86/kvm/lapic.h). */
+export const KVM_APIC_BUS_KHZ = 1_000_000;
 
 /** KVM_MSR_EXIT_REASON_* for KVM_CAP_X86_USER_SPACE_MSR. */
 export const MSR_EXIT_INVAL = 1 << 0;

@@ -1,9 +1,11 @@
 /** A KVM VM file descriptor: memory slots, irqchip, eventfds, vCPU creation, kicks. */
 import {
-  type CoalescedConsumer, HypervisorError, type IoEventOptions, MissingCapabilityError, type VcpuDescriptor, type VmHandle,
+  type CoalescedConsumer, HypervisorError, type IoEventOptions, MissingCapabilityError, type TimerFrequencies,
+  type VcpuDescriptor, type VmHandle,
 } from "../hypervisor.js";
 import {
-  Cap, COALESCED_ZONE_SIZE, CoalescedRing, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_PIO, Ioctl, MSR_EXIT_FILTER, MSR_EXIT_INVAL,
+  Cap, COALESCED_ZONE_SIZE, CoalescedRing, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_PIO, Ioctl, KVM_APIC_BUS_KHZ,
+  MSR_EXIT_FILTER, MSR_EXIT_INVAL,
   MSR_EXIT_UNKNOWN, Run,
 } from "./kvm-abi.js";
 import * as libc from "./libc.js";
@@ -147,6 +149,12 @@ export class KvmVm implements VmHandle {
 
   createVcpu(index: number): VcpuDescriptor {
     const fd = this.check(libc.ioctlValue(this.fd, Ioctl.CREATE_VCPU, index), `KVM_CREATE_VCPU (${index})`);
+    try {
+      this.enforcePvFeatureCpuid(fd);
+    } catch (error) {
+      libc.close(fd);
+      throw error;
+    }
     // Mapped once, here: the worker uses this mapping (so a worker that dies leaves nothing
     // behind) and a kick sets immediate_exit in it. It is unmapped when the VM closes.
     const runPointer = libc.mmap(null, this.runSize, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, fd, 0);
@@ -158,6 +166,25 @@ export class KvmVm implements VmHandle {
     const run = new Uint8Array(libc.viewOf(runPointer, this.runSize));
     this.vcpus.set(index, { fd, run, runPointer });
     return { backend: "kvm", index, fd, runAddress: libc.addressOf(runPointer), runSize: this.runSize };
+  }
+
+  /** KVM_GET_TSC_KHZ on the VM (the rate new vCPUs get; Linux 6.0+), and KVM's APIC bus rate. */
+  timerFrequencies(): TimerFrequencies | undefined {
+    const tscKHz = libc.ioctlValue(this.fd, Ioctl.GET_TSC_KHZ, 0);
+    return tscKHz > 0 ? { tscKHz, apicKHz: KVM_APIC_BUS_KHZ } : undefined;
+  }
+
+  /**
+   * Without this KVM honours every paravirtual MSR and hypercall whatever CPUID 0x40000001
+   * offers; with it, withholding a feature (or hiding the signature) really withholds it.
+   */
+  private enforcePvFeatureCpuid(vcpuFd: number): void {
+    if (this.checkExtension(Cap.ENFORCE_PV_FEATURE_CPUID) <= 0) return;
+    const bytes = new Uint8Array(104);
+    const view = new DataView(bytes.buffer);
+    view.setUint32(0, Cap.ENFORCE_PV_FEATURE_CPUID, true);
+    view.setBigUint64(8, 1n, true);
+    this.check(libc.ioctlBuffer(vcpuFd, Ioctl.ENABLE_CAP, bytes), "KVM_ENABLE_CAP(KVM_CAP_ENFORCE_PV_FEATURE_CPUID)");
   }
 
   kick(vcpu: number, threadId: number): void {

@@ -1,0 +1,334 @@
+/**
+ * Turns the 256-byte hv_message MSHV_RUN_VP returns into the neutral Exit, and completes
+ * it the way Microsoft's hypervisor requires: nothing is emulated for the VMM, so the
+ * backend itself advances RIP past port I/O, MSR and CPUID instructions, decodes the
+ * instruction of a GPA intercept to learn width, data and register, and writes results
+ * into the guest's registers. Register reads and writes go through the VP register page
+ * (hv_vp_register_page, mapped from the VP fd), whose dirty bits make the hypervisor load
+ * what we changed on the next MSHV_RUN_VP.
+ *
+ * Every value in a message is treated as untrusted: sizes, counts and types are checked,
+ * and a message that does not fit becomes an internal-error exit naming what was wrong.
+ */
+import { type CpuidEntry, type Exit, ExitKind } from "../hypervisor.js";
+import {
+  InterceptAccess, IoAccessInfo, MessageType, Offset, RegisterClass, SegmentAttribute, Size,
+} from "./mshv-abi.js";
+import { decodeMmioMove, MmioDecodeError, type MmioMove } from "./mmio-move.js";
+
+const PAYLOAD = Offset.hv_message.payload;
+const HEADER = Offset.hv_x64_intercept_message_header;
+const IO = Offset.hv_x64_io_port_intercept_message;
+const MEMORY = Offset.hv_x64_memory_intercept_message;
+const MSR = Offset.hv_x64_msr_intercept_message;
+const CPUID = Offset.hv_x64_cpuid_intercept_message;
+const EXCEPTION = Offset.hv_x64_exception_intercept_message;
+const PAGE = Offset.hv_vp_register_page;
+const MAX_PAYLOAD = Size.hv_message - Size.hv_message_header;
+const KVM_CPUID_FLAG_SIGNIFICANT_INDEX = 1;
+const RAX = 0;
+const RCX = 1;
+const RDX = 2;
+const RBX = 3;
+const MASK64 = 0xffff_ffff_ffff_ffffn;
+
+/** The VP register page (hv_vp_register_page): general registers, RIP, RFLAGS, dirty bits. */
+export class RegisterPage {
+  constructor(readonly view: DataView) {
+    if (view.byteLength < Size.hv_vp_register_page) {
+      throw new RangeError(`a VP register page has ${Size.hv_vp_register_page} bytes, got ${view.byteLength}`);
+    }
+  }
+
+  /** General register by x86 encoding number (0 rax, 1 rcx, ... 15 r15). */
+  gpr(register: number): bigint {
+    return this.view.getBigUint64(PAGE.rax + 8 * register, true);
+  }
+
+  setGpr(register: number, value: bigint): void {
+    this.view.setBigUint64(PAGE.rax + 8 * register, value & MASK64, true);
+    this.markDirty(RegisterClass.GENERAL);
+  }
+
+  get rip(): bigint {
+    return this.view.getBigUint64(PAGE.rip, true);
+  }
+
+  set rip(value: bigint) {
+    this.view.setBigUint64(PAGE.rip, value & MASK64, true);
+    this.markDirty(RegisterClass.IP);
+  }
+
+  get dirty(): number {
+    return this.view.getUint32(PAGE.dirty, true);
+  }
+
+  private markDirty(registerClass: number): void {
+    this.view.setUint32(PAGE.dirty, this.dirty | (1 << registerClass), true);
+  }
+}
+
+/** What `run()` decoded: an exit for the VMM, or a CPUID the backend answers itself. */
+export const Decoded = { EXIT: 0, CPUID: 1 } as const;
+export type Decoded = (typeof Decoded)[keyof typeof Decoded];
+
+/** How the current exit completes. Preallocated per vCPU and reused. */
+export const Completion = { NONE: 0, ADVANCE: 1, IO_IN: 2, MMIO_LOAD: 3, MSR_READ: 4, CPUID: 5 } as const;
+
+export interface PendingCompletion {
+  action: number;
+  /** RIP after the intercepted instruction. */
+  nextRip: bigint;
+  /** io-in: access width. */
+  size: number;
+  /** mmio read: the decoded load. */
+  move: MmioMove | null;
+  /** CPUID intercept: leaf, subleaf and the hypervisor's default answer (EAX, EBX, ECX, EDX). */
+  leaf: number;
+  subleaf: number;
+  defaults: [number, number, number, number];
+}
+
+export function newPendingCompletion(): PendingCompletion {
+  return { action: Completion.NONE, nextRip: 0n, size: 0, move: null, leaf: 0, subleaf: 0, defaults: [0, 0, 0, 0] };
+}
+
+function hex(value: number | bigint): string {
+  return `0x${value.toString(16)}`;
+}
+
+function fatal(exit: Exit, kind: ExitKind, detail: string): Decoded {
+  exit.kind = kind;
+  exit.address = 0;
+  exit.size = 0;
+  exit.count = 0;
+  exit.data = 0;
+  exit.dataHigh = 0;
+  exit.detail = detail;
+  return Decoded.EXIT;
+}
+
+function setData(exit: Exit, value: bigint, size: number): void {
+  const masked = size === 8 ? value & MASK64 : value & ((1n << BigInt(8 * size)) - 1n);
+  exit.data = Number(masked & 0xffff_ffffn);
+  exit.dataHigh = Number(masked >> 32n);
+}
+
+/**
+ * Decodes the hv_message in one fixed buffer (the vCPU's MSHV_RUN_VP buffer) into the
+ * neutral exit, reading guest registers from the VP register page where the message does
+ * not carry them. One per vCPU: nothing is allocated per message.
+ */
+export class InterceptDecoder {
+  private readonly instructionBytes: Uint8Array;
+
+  constructor(
+    private readonly message: DataView,
+    private readonly registers: RegisterPage,
+  ) {
+    if (message.byteLength < Size.hv_message) throw new RangeError(`an hv_message has ${Size.hv_message} bytes, got ${message.byteLength}`);
+    this.instructionBytes = new Uint8Array(message.buffer, message.byteOffset + PAYLOAD + MEMORY.instruction_bytes, 16);
+  }
+
+  private u8(offset: number): number {
+    return this.message.getUint8(PAYLOAD + offset);
+  }
+
+  private u16(offset: number): number {
+    return this.message.getUint16(PAYLOAD + offset, true);
+  }
+
+  private u32(offset: number): number {
+    return this.message.getUint32(PAYLOAD + offset, true);
+  }
+
+  private u64(offset: number): bigint {
+    return this.message.getBigUint64(PAYLOAD + offset, true);
+  }
+
+  private rip(): bigint {
+    return this.u64(HEADER.rip);
+  }
+
+  private instructionLength(): number {
+    return this.u8(HEADER.instruction_length) & 0xf;
+  }
+
+  private access(): number {
+    return this.u8(HEADER.intercept_access_type);
+  }
+
+  /** False (and `exit` made an internal error) when the payload is too short or too long for its type. */
+  private fits(exit: Exit, bytes: number, name: string): boolean {
+    const payloadSize = this.message.getUint8(Offset.hv_message_header.payload_size);
+    if (payloadSize >= bytes && payloadSize <= MAX_PAYLOAD) return true;
+    fatal(exit, ExitKind.InternalError, `malformed ${name}: payload_size ${payloadSize}, expected ${bytes} to ${MAX_PAYLOAD}`);
+    return false;
+  }
+
+  decode(exit: Exit, pending: PendingCompletion): Decoded {
+    pending.action = Completion.NONE;
+    pending.move = null;
+    exit.count = 1;
+    exit.detail = "";
+    const type = this.message.getUint32(Offset.hv_message_header.message_type, true);
+    const registers = this.registers;
+    switch (type) {
+      case MessageType.X64_IO_PORT_INTERCEPT: {
+        if (!this.fits(exit, Size.hv_x64_io_port_intercept_message, "I/O port intercept")) return Decoded.EXIT;
+        const info = this.u8(IO.access_info);
+        const size = info & IoAccessInfo.SIZE_MASK;
+        const port = this.u16(IO.port_number);
+        if (size !== 1 && size !== 2 && size !== 4) return fatal(exit, ExitKind.InternalError, `I/O port intercept with access size ${size}`);
+        if (this.instructionLength() === 0) return fatal(exit, ExitKind.InternalError, `I/O port intercept at ${hex(this.rip())} without an instruction length`);
+        if (info & IoAccessInfo.STRING_OP) {
+          const count = info & IoAccessInfo.REP_PREFIX ? this.u64(IO.rcx) : 1n;
+          return fatal(exit, ExitKind.InternalError,
+            `string I/O on port ${hex(port)} (${count} × ${size} bytes at rip ${hex(this.rip())}): the MSHV backend cannot walk guest ` +
+            "page tables until the seam gives backends guest memory in the run path (issue 12 part 1)");
+        }
+        const write = this.access() === InterceptAccess.WRITE;
+        exit.kind = write ? ExitKind.IoOut : ExitKind.IoIn;
+        exit.address = port;
+        exit.size = size;
+        if (write) setData(exit, this.u64(IO.rax), size);
+        else exit.data = exit.dataHigh = 0;
+        pending.action = write ? Completion.ADVANCE : Completion.IO_IN;
+        pending.size = size;
+        pending.nextRip = this.rip() + BigInt(this.instructionLength());
+        return Decoded.EXIT;
+      }
+      case MessageType.UNMAPPED_GPA:
+      case MessageType.GPA_INTERCEPT: {
+        if (!this.fits(exit, Size.hv_x64_memory_intercept_message, "memory intercept")) return Decoded.EXIT;
+        const gpa = this.u64(MEMORY.guest_physical_address);
+        if (this.access() === InterceptAccess.EXECUTE) {
+          return fatal(exit, ExitKind.InternalError, `the guest executes from GPA ${hex(gpa)}, which is not RAM (rip ${hex(this.rip())})`);
+        }
+        const count = Math.min(this.u8(MEMORY.instruction_byte_count), 16);
+        const attributes = this.u16(HEADER.cs_segment + Offset.hv_x64_segment_register.attributes);
+        let move: MmioMove;
+        try {
+          move = decodeMmioMove(this.instructionBytes, count, {
+            long: (attributes & SegmentAttribute.LONG) !== 0, defaultBig: (attributes & SegmentAttribute.DEFAULT_BIG) !== 0,
+          });
+        } catch (error) {
+          if (!(error instanceof MmioDecodeError)) throw error;
+          return fatal(exit, ExitKind.InternalError, `MMIO access to ${hex(gpa)} at rip ${hex(this.rip())}: ${error.message}`);
+        }
+        const write = this.access() === InterceptAccess.WRITE;
+        if (move.write !== write) {
+          return fatal(exit, ExitKind.InternalError,
+            `MMIO access to ${hex(gpa)}: the hypervisor reports a ${write ? "write" : "read"}, the instruction is a ${move.write ? "store" : "load"}`);
+        }
+        exit.kind = write ? ExitKind.MmioWrite : ExitKind.MmioRead;
+        exit.address = Number(gpa);
+        exit.size = move.size;
+        if (write) {
+          const source = move.register < 0 ? move.immediate : registers.gpr(move.register) >> (move.highByte ? 8n : 0n);
+          setData(exit, source, move.size);
+        } else exit.data = exit.dataHigh = 0;
+        pending.action = write ? Completion.ADVANCE : Completion.MMIO_LOAD;
+        pending.move = move;
+        pending.nextRip = this.rip() + BigInt(move.length);
+        return Decoded.EXIT;
+      }
+      case MessageType.X64_MSR_INTERCEPT: {
+        if (!this.fits(exit, Size.hv_x64_msr_intercept_message, "MSR intercept")) return Decoded.EXIT;
+        const write = this.access() === InterceptAccess.WRITE;
+        exit.kind = write ? ExitKind.MsrWrite : ExitKind.MsrRead;
+        exit.address = this.u32(MSR.msr_number);
+        exit.size = 8;
+        exit.data = write ? Number(this.u64(MSR.rax) & 0xffff_ffffn) : 0;
+        exit.dataHigh = write ? Number(this.u64(MSR.rdx) & 0xffff_ffffn) : 0;
+        pending.action = write ? Completion.ADVANCE : Completion.MSR_READ;
+        pending.nextRip = this.rip() + BigInt(this.instructionLength() || 2); // RDMSR and WRMSR are 2 bytes
+        return Decoded.EXIT;
+      }
+      case MessageType.X64_CPUID_INTERCEPT: {
+        if (!this.fits(exit, Size.hv_x64_cpuid_intercept_message, "CPUID intercept")) return Decoded.EXIT;
+        pending.action = Completion.CPUID;
+        pending.leaf = Number(this.u64(CPUID.rax) & 0xffff_ffffn);
+        pending.subleaf = Number(this.u64(CPUID.rcx) & 0xffff_ffffn);
+        pending.defaults = [
+          Number(this.u64(CPUID.default_result_rax) & 0xffff_ffffn), Number(this.u64(CPUID.default_result_rbx) & 0xffff_ffffn),
+          Number(this.u64(CPUID.default_result_rcx) & 0xffff_ffffn), Number(this.u64(CPUID.default_result_rdx) & 0xffff_ffffn),
+        ];
+        pending.nextRip = this.rip() + BigInt(this.instructionLength() || 2); // CPUID is 2 bytes
+        return Decoded.CPUID;
+      }
+      case MessageType.X64_HALT:
+        if (!this.fits(exit, Size.hv_x64_halt_message, "halt message")) return Decoded.EXIT;
+        fatal(exit, ExitKind.Hlt, "");
+        return Decoded.EXIT;
+      case MessageType.UNRECOVERABLE_EXCEPTION:
+        if (!this.fits(exit, Size.hv_x64_unrecoverable_exception_message, "unrecoverable exception message")) return Decoded.EXIT;
+        return fatal(exit, ExitKind.Shutdown, `unrecoverable exception (triple fault) at rip ${hex(this.rip())}`);
+      case MessageType.X64_EXCEPTION_INTERCEPT: {
+        if (!this.fits(exit, Size.hv_x64_exception_intercept_message, "exception intercept")) return Decoded.EXIT;
+        const vector = this.u16(EXCEPTION.exception_vector);
+        if (vector === 1 || vector === 3) return fatal(exit, ExitKind.Debug, `debug exception ${vector} at rip ${hex(this.rip())}`);
+        return fatal(exit, ExitKind.InternalError,
+          `intercepted exception ${vector} (error code ${hex(this.u32(EXCEPTION.error_code))}) at rip ${hex(this.rip())}`);
+      }
+      case MessageType.INVALID_VP_REGISTER_VALUE:
+        return fatal(exit, ExitKind.FailEntry, "the hypervisor refused the VP's register state (HVMSG_INVALID_VP_REGISTER_VALUE)");
+      case MessageType.UNSUPPORTED_FEATURE:
+        return fatal(exit, ExitKind.InternalError, "the guest used a feature the hypervisor does not support (HVMSG_UNSUPPORTED_FEATURE)");
+      default:
+        return fatal(exit, ExitKind.Unknown, `hv_message type ${hex(type)}`);
+    }
+  }
+}
+
+function loadValue(old: bigint, value: bigint, move: MmioMove): bigint {
+  const bits = BigInt(8 * move.size);
+  let loaded = value & ((1n << bits) - 1n);
+  if (move.signExtend && loaded >> (bits - 1n)) loaded |= MASK64 ^ ((1n << bits) - 1n);
+  if (move.destinationSize >= 4) return loaded & (move.destinationSize === 4 ? 0xffff_ffffn : MASK64);
+  if (move.highByte) return (old & ~0xff00n) | ((loaded & 0xffn) << 8n);
+  const keep = (1n << BigInt(8 * move.destinationSize)) - 1n;
+  return (old & ~keep) | (loaded & keep);
+}
+
+/**
+ * Completes the pending exit in the guest's registers. `low`/`high` answer a read (io-in,
+ * mmio-read, msr-read) and are ignored otherwise. Leaves nothing pending.
+ */
+export function completeIntercept(pending: PendingCompletion, registers: RegisterPage, low: number, high: number): void {
+  const value = (BigInt(high >>> 0) << 32n) | BigInt(low >>> 0);
+  switch (pending.action) {
+    case Completion.NONE:
+      return;
+    case Completion.IO_IN: {
+      // IN to EAX zero-extends to RAX like any 32-bit write; AL and AX merge.
+      const mask = (1n << BigInt(8 * pending.size)) - 1n;
+      registers.setGpr(RAX, pending.size === 4 ? value & mask : (registers.gpr(RAX) & ~mask) | (value & mask));
+      break;
+    }
+    case Completion.MMIO_LOAD: {
+      const move = pending.move!;
+      registers.setGpr(move.register, loadValue(registers.gpr(move.register), value, move));
+      break;
+    }
+    case Completion.MSR_READ:
+      registers.setGpr(RAX, value & 0xffff_ffffn);
+      registers.setGpr(RDX, value >> 32n);
+      break;
+  }
+  registers.rip = pending.nextRip;
+  pending.action = Completion.NONE;
+  pending.move = null;
+}
+
+/** Answers a CPUID intercept from `table` (or the hypervisor's defaults) and advances RIP. */
+export function answerCpuid(pending: PendingCompletion, table: readonly CpuidEntry[], registers: RegisterPage): void {
+  const entry = table.find((e) => e.function === pending.leaf && ((e.flags & KVM_CPUID_FLAG_SIGNIFICANT_INDEX) === 0 || e.index === pending.subleaf));
+  const [eax, ebx, ecx, edx] = entry ? [entry.eax, entry.ebx, entry.ecx, entry.edx] : pending.defaults;
+  registers.setGpr(RAX, BigInt(eax >>> 0));
+  registers.setGpr(RBX, BigInt(ebx >>> 0));
+  registers.setGpr(RCX, BigInt(ecx >>> 0));
+  registers.setGpr(RDX, BigInt(edx >>> 0));
+  registers.rip = pending.nextRip;
+  pending.action = Completion.NONE;
+}
