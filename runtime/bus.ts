@@ -121,6 +121,41 @@ export class BusAccessor {
     }
   }
 
+  /**
+   * String I/O (`rep insb` and wider): `count` reads of `size` bytes at one port into
+   * `data`, looking the device up once. Returns false if no device claims the port.
+   */
+  readRepeated(address: number, size: AccessSize, count: number, data: Uint8Array): boolean {
+    const range = this.bus.find(address);
+    if (range === undefined) {
+      data.fill(0xff, 0, count * size);
+      return false;
+    }
+    this.device = range.device.name;
+    const device = range.device;
+    const offset = address - range.base;
+    for (let i = 0; i < count; i++) {
+      const value = Number(device.read(offset, size));
+      for (let b = 0; b < size; b++) data[i * size + b] = (value >>> (b * 8)) & 0xff;
+    }
+    return true;
+  }
+
+  /** `count` writes of `size` bytes from `data` to one port; false if no device claims it. */
+  writeRepeated(address: number, size: AccessSize, count: number, data: Uint8Array): boolean {
+    const range = this.bus.find(address);
+    if (range === undefined) return false;
+    this.device = range.device.name;
+    const device = range.device;
+    const offset = address - range.base;
+    for (let i = 0; i < count; i++) {
+      let value = 0;
+      for (let b = size - 1; b >= 0; b--) value = value * 256 + data[i * size + b];
+      device.write(offset, size, value);
+    }
+    return true;
+  }
+
   private readWhole(address: number, size: number): void {
     const range = this.bus.find(address);
     if (range === undefined) {

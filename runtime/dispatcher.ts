@@ -10,6 +10,7 @@
 import { ExitKind, exitKindName } from "./hypervisor/hypervisor.js";
 import { Answer, type ChannelRecord, Doorbell, type ExitChannel } from "../memory/exit-channel.js";
 import { type Bus, BusAccessor } from "./bus.js";
+import type { AccessSize } from "./devices/device.js";
 
 export interface DispatcherStats {
   /** Exits handled on the main thread (posted and sync). */
@@ -278,19 +279,18 @@ export class Dispatcher {
   /** `rep insb/outsb` and wider: one device access per element, data in the mailbox. */
   private handleStringIo(channel: ExitChannel, kind: number, address: number, size: number, count: number): void {
     const data = channel.syncData;
-    const accessor = this.pio;
     const elements = Math.min(count, Math.floor(data.byteLength / size));
-    for (let i = 0; i < elements; i++) {
-      const at = i * size;
-      if (kind === ExitKind.IoIn) {
-        this.read(accessor, kind, address, size);
-        const value = accessor.low;
-        for (let b = 0; b < size; b++) data[at + b] = (value >>> (b * 8)) & 0xff;
-      } else {
-        let value = 0;
-        for (let b = size - 1; b >= 0; b--) value = value * 256 + data[at + b];
-        this.write(kind, address, size, value, 0);
+    const accessor = this.pio;
+    try {
+      const claimed = kind === ExitKind.IoIn
+        ? accessor.readRepeated(address, size as AccessSize, elements, data)
+        : accessor.writeRepeated(address, size as AccessSize, elements, data);
+      if (!claimed) {
+        if (kind === ExitKind.IoIn) this.stats.unclaimedReads++;
+        else this.stats.unclaimedWrites++;
       }
+    } catch (error) {
+      this.fail(accessor.device, kind, address, error);
     }
   }
 

@@ -25,6 +25,7 @@ export class KvmVcpu implements VcpuHandle {
   private readonly exit: Exit = { kind: ExitKind.Unknown, address: 0, size: 0, count: 0, data: 0, dataHigh: 0, detail: "" };
   /** Where an io-in answer goes in the run page (data_offset of the last exit). */
   private ioDataOffset = 0;
+  private stringView: Uint8Array | undefined;
 
   constructor(descriptor: VcpuDescriptor) {
     libc.installKickHandler();
@@ -142,7 +143,11 @@ export class KvmVcpu implements VcpuHandle {
 
   stringData(): Uint8Array {
     const exit = this.exit;
-    return this.run8.subarray(this.ioDataOffset, this.ioDataOffset + exit.size * exit.count);
+    const length = exit.size * exit.count;
+    // KVM keeps string data at one offset, so the view is reused rather than made per exit.
+    const view = this.stringView;
+    if (view !== undefined && view.byteOffset === this.ioDataOffset && view.length === length) return view;
+    return (this.stringView = this.run8.subarray(this.ioDataOffset, this.ioDataOffset + length));
   }
 
   completeRead(low: number, high = 0): void {
