@@ -90,3 +90,24 @@ test("coalesced writes have reached the device when pause() resolves; an idle VM
     await vm.stop();
   }
 });
+
+test("an idle VM (a guest spinning without exits) does not wake the main thread", { timeout: 30_000 }, async () => {
+  const vm = Vm.create({ memory: 2 * MiB });
+  try {
+    vm.loadProgram({
+      code: [
+        0xc7, 0x04, 0x25, ...imm32(FLAG), ...imm32(1), // mov dword [FLAG], 1
+        0xeb, 0xfe,                               // 1: jmp 1b
+      ],
+    });
+    vm.start();
+    while (vm.memory.readU32(FLAG) !== 1) await sleep(1);
+    await sleep(100);
+    const before = vm.stats.mainWakeups;
+    await sleep(1000);
+    const wakeups = vm.stats.mainWakeups - before;
+    assert.ok(wakeups <= 1, `an idle VM woke the main thread ${wakeups} times in a second`);
+  } finally {
+    await vm.stop();
+  }
+});
