@@ -1,0 +1,367 @@
+/**
+ * The x86 MMIO instruction emulator against KVM as the oracle: a guest runs thousands of
+ * generated instructions (every form the emulator covers, random prefixes, REX bits,
+ * addressing modes, sizes, registers and flags) whose memory operand lies in an MMIO region.
+ * For each, KVM's own decode reaches a device as accesses (address, size, direction, data)
+ * and the guest saves its registers and flags afterwards; the emulator, given the same bytes
+ * and starting registers, must predict the same accesses and the same registers.
+ */
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import { type AccessSize, destroyVcpuPool, Vm } from "../runtime/index.js";
+import { emulateMmioInstruction, type X86State, X86DecodeError } from "../runtime/hypervisor/x86/mmio-emulator.js";
+import { imm32, imm64 } from "../runtime/guests/guest-bytes.js";
+
+after(() => destroyVcpuPool());
+
+const MiB = 1 << 20;
+const MMIO_BASE = 0x4000_0000;
+const MMIO_LENGTH = 0x10000;
+const CODE = 0x100000;
+const RESULTS = 0x600000;
+const RESULT_BYTES = 17 * 8;
+/** RAM a string move reads from: a known pattern the guest never writes. */
+const SCRATCH = 0x700000;
+const SCRATCH_LENGTH = 0x10000;
+const CASE_PORT = 0xe9;
+const CASES = 3000;
+const M64 = (1n << 64n) - 1n;
+
+/** The byte the MMIO device answers at `address`: reads of any width compose from it. */
+function mmioByte(address: number): number {
+  return (address * 31 + 7) & 0xff;
+}
+function scratchByte(address: number): number {
+  return (address * 13 + 91) & 0xff;
+}
+
+function composed(address: number, size: number, byteAt: (a: number) => number): bigint {
+  let value = 0n;
+  for (let b = size - 1; b >= 0; b--) value = (value << 8n) | BigInt(byteAt(address + b));
+  return value;
+}
+
+interface Access {
+  address: number;
+  size: number;
+  write: boolean;
+  value: bigint;
+}
+
+class LoggingMmio {
+  readonly name = "logging mmio";
+  readonly log: { kase: number; access: Access }[] = [];
+  kase = -1;
+  read(offset: number, size: AccessSize): number | bigint {
+    const value = composed(MMIO_BASE + offset, size, mmioByte);
+    this.log.push({ kase: this.kase, access: { address: MMIO_BASE + offset, size, write: false, value } });
+    return size === 8 ? value : Number(value);
+  }
+  write(offset: number, size: AccessSize, value: number | bigint): void {
+    this.log.push({ kase: this.kase, access: { address: MMIO_BASE + offset, size, write: true, value: BigInt(value) & ((1n << BigInt(size * 8)) - 1n) } });
+  }
+}
+
+/** A small deterministic generator (xorshift), so a failure can be reproduced. */
+class Random {
+  constructor(private state: bigint) {}
+  next(): bigint {
+    let x = this.state;
+    x ^= (x << 13n) & M64;
+    x ^= x >> 7n;
+    x ^= (x << 17n) & M64;
+    this.state = x & M64;
+    return this.state;
+  }
+  int(n: number): number {
+    return Number(this.next() % BigInt(n));
+  }
+  pick<T>(items: readonly T[]): T {
+    return items[this.int(items.length)];
+  }
+  chance(p: number): boolean {
+    return this.int(1000) < p * 1000;
+  }
+}
+
+interface Form {
+  name: string;
+  opcode: number[];
+  /** ModRM reg field when the opcode fixes it (group opcodes), else any register. */
+  fixedReg?: number;
+  sizes: number[];
+  /** Immediate bytes for an operand size. */
+  immediate?: (size: number) => number;
+  /** The reg field names a destination register (loads): it must not be RSP. */
+  writesReg?: boolean;
+  string?: "movs" | "stos" | "lods";
+  moffs?: boolean;
+}
+
+function forms(): Form[] {
+  const list: Form[] = [
+    { name: "mov r/m8, r8", opcode: [0x88], sizes: [1] },
+    { name: "mov r/m, r", opcode: [0x89], sizes: [2, 4, 8] },
+    { name: "mov r8, r/m8", opcode: [0x8a], sizes: [1], writesReg: true },
+    { name: "mov r, r/m", opcode: [0x8b], sizes: [2, 4, 8], writesReg: true },
+    { name: "mov r/m8, imm8", opcode: [0xc6], fixedReg: 0, sizes: [1], immediate: () => 1 },
+    { name: "mov r/m, imm", opcode: [0xc7], fixedReg: 0, sizes: [2, 4, 8], immediate: (s) => Math.min(s, 4) },
+    { name: "movzx r, r/m8", opcode: [0x0f, 0xb6], sizes: [2, 4, 8], writesReg: true },
+    { name: "movzx r, r/m16", opcode: [0x0f, 0xb7], sizes: [4, 8], writesReg: true },
+    { name: "movsx r, r/m8", opcode: [0x0f, 0xbe], sizes: [2, 4, 8], writesReg: true },
+    { name: "movsx r, r/m16", opcode: [0x0f, 0xbf], sizes: [4, 8], writesReg: true },
+    { name: "movsxd r, r/m32", opcode: [0x63], sizes: [4, 8], writesReg: true },
+    { name: "test r/m8, r8", opcode: [0x84], sizes: [1] },
+    { name: "test r/m, r", opcode: [0x85], sizes: [2, 4, 8] },
+    { name: "xchg r/m8, r8", opcode: [0x86], sizes: [1], writesReg: true },
+    { name: "xchg r/m, r", opcode: [0x87], sizes: [2, 4, 8], writesReg: true },
+    { name: "test r/m8, imm8", opcode: [0xf6], fixedReg: 0, sizes: [1], immediate: () => 1 },
+    { name: "test r/m, imm", opcode: [0xf7], fixedReg: 0, sizes: [2, 4, 8], immediate: (s) => Math.min(s, 4) },
+    { name: "mov al, moffs", opcode: [0xa0], sizes: [1], moffs: true },
+    { name: "mov eax, moffs", opcode: [0xa1], sizes: [2, 4, 8], moffs: true },
+    { name: "mov moffs, al", opcode: [0xa2], sizes: [1], moffs: true },
+    { name: "mov moffs, eax", opcode: [0xa3], sizes: [2, 4, 8], moffs: true },
+    { name: "movsb", opcode: [0xa4], sizes: [1], string: "movs" },
+    { name: "movs", opcode: [0xa5], sizes: [2, 4, 8], string: "movs" },
+    { name: "stosb", opcode: [0xaa], sizes: [1], string: "stos" },
+    { name: "stos", opcode: [0xab], sizes: [2, 4, 8], string: "stos" },
+    { name: "lodsb", opcode: [0xac], sizes: [1], string: "lods" },
+    { name: "lods", opcode: [0xad], sizes: [2, 4, 8], string: "lods" },
+  ];
+  const alu = ["add", "or", "adc", "sbb", "and", "sub", "xor", "cmp"];
+  alu.forEach((op, i) => {
+    list.push({ name: `${op} r/m8, r8`, opcode: [i * 8], sizes: [1] });
+    list.push({ name: `${op} r/m, r`, opcode: [i * 8 + 1], sizes: [2, 4, 8] });
+    list.push({ name: `${op} r8, r/m8`, opcode: [i * 8 + 2], sizes: [1], writesReg: true });
+    list.push({ name: `${op} r, r/m`, opcode: [i * 8 + 3], sizes: [2, 4, 8], writesReg: true });
+    list.push({ name: `${op} r/m8, imm8`, opcode: [0x80], fixedReg: i, sizes: [1], immediate: () => 1 });
+    list.push({ name: `${op} r/m, imm`, opcode: [0x81], fixedReg: i, sizes: [2, 4, 8], immediate: (s) => Math.min(s, 4) });
+    list.push({ name: `${op} r/m, imm8`, opcode: [0x83], fixedReg: i, sizes: [2, 4, 8], immediate: () => 1 });
+  });
+  for (const [sub, name] of [[2, "not"], [3, "neg"]] as const) {
+    list.push({ name: `${name} r/m8`, opcode: [0xf6], fixedReg: sub, sizes: [1] });
+    list.push({ name: `${name} r/m`, opcode: [0xf7], fixedReg: sub, sizes: [2, 4, 8] });
+  }
+  for (const [sub, name] of [[0, "inc"], [1, "dec"]] as const) {
+    list.push({ name: `${name} r/m8`, opcode: [0xfe], fixedReg: sub, sizes: [1] });
+    list.push({ name: `${name} r/m`, opcode: [0xff], fixedReg: sub, sizes: [2, 4, 8] });
+  }
+  return list;
+}
+
+interface Case {
+  form: string;
+  bytes: Uint8Array;
+  before: X86State;
+}
+
+const RSP = 4;
+const FLAG_BITS = [0x1n, 0x4n, 0x10n, 0x40n, 0x80n, 0x800n];
+
+/** One instruction of `form` whose memory operand lands in the MMIO region, with its registers. */
+function generateCase(random: Random, form: Form, rip: number): Case {
+  const size = random.pick(form.sizes);
+  const gpr = Array.from({ length: 16 }, () => random.next());
+  let rflags = 0x2n;
+  for (const bit of FLAG_BITS) if (random.chance(0.5)) rflags |= bit;
+  const prefixes: number[] = [];
+  if (size === 2) prefixes.push(0x66);
+  const address32 = !form.moffs && random.chance(0.15);
+  if (address32) prefixes.push(0x67);
+  if (random.chance(0.1)) prefixes.push(random.pick([0x3e, 0x26, 0x2e, 0x36]));
+  const ea = MMIO_BASE + 0x100 + random.int(MMIO_LENGTH - 0x1200);
+  // Never across a page (KVM would split the access); string elements naturally aligned.
+  const address = form.string ? ea - (ea % size) : Math.min(ea - (ea % 4096) + 4096 - size, ea);
+
+  if (form.string) {
+    const rep = random.chance(0.5);
+    if (rep) prefixes.push(0xf3);
+    const rex = size === 8 ? 0x48 : random.chance(0.2) ? 0x40 : 0;
+    const down = random.chance(0.3);
+    if (down) rflags |= 0x400n;
+    const count = rep ? random.int(4) : 1;
+    const span = Math.max(count, 1) * size;
+    const mmio = down ? address + span : address;
+    const ram = SCRATCH + 0x100 + random.int(SCRATCH_LENGTH - 0x200 - span);
+    gpr[1] = rep ? (random.next() & ~0xffff_ffffn) | BigInt(count) : gpr[1];
+    if (address32 && rep) gpr[1] = (random.next() & ~0xffff_ffffn) | BigInt(count);
+    const high = () => (address32 ? random.next() & ~0xffff_ffffn : 0n);
+    if (form.string === "movs") {
+      const ramSource = ram - (ram % size) + (down ? span : 0);
+      gpr[6] = high() | BigInt(random.chance(0.5) ? ramSource : mmio + 0x800);
+      gpr[7] = high() | BigInt(mmio);
+    } else if (form.string === "stos") {
+      gpr[7] = high() | BigInt(mmio);
+    } else {
+      gpr[6] = high() | BigInt(mmio);
+    }
+    const bytes = [...prefixes, ...(rex ? [rex] : []), ...form.opcode];
+    return { form: form.name, bytes: Uint8Array.from(bytes), before: { gpr, rip: BigInt(rip), rflags } };
+  }
+
+  if (form.moffs) {
+    const rex = size === 8 ? 0x48 : random.chance(0.2) ? 0x40 : 0;
+    const bytes = [...prefixes, ...(rex ? [rex] : []), ...form.opcode, ...imm64(BigInt(address))];
+    return { form: form.name, bytes: Uint8Array.from(bytes), before: { gpr, rip: BigInt(rip), rflags } };
+  }
+
+  // ModRM forms. Registers: reg field, base and index chosen apart; RSP only where harmless.
+  const allowRexByteRegs = random.chance(0.5);
+  const wantRex = size === 8 || allowRexByteRegs;
+  let reg = form.fixedReg ?? random.int(wantRex ? 16 : 8);
+  if (form.fixedReg === undefined && reg === RSP && (size > 1 || wantRex)) reg = 0;
+  if (form.fixedReg === undefined && reg === RSP && form.writesReg && size > 1) reg = 0;
+  const shape = random.pick(["base", "sib", "sib-no-base", "rip"] as const);
+  const mod = shape === "rip" || shape === "sib-no-base" ? 0 : random.pick([0, 1, 2]);
+  let base = random.int(16);
+  while (base === RSP || base === 12 || (mod === 0 && (base & 7) === 5 && shape !== "sib-no-base") || (shape !== "sib-no-base" && base === reg && form.fixedReg === undefined)) base = random.int(16);
+  let index = random.int(16);
+  while (index === RSP || index === base || (index === reg && form.fixedReg === undefined)) index = random.int(16);
+  const scaleBits = random.int(4);
+  const dispBytes = mod === 1 ? 1 : mod === 2 || shape === "rip" || shape === "sib-no-base" ? 4 : 0;
+  let displacement = dispBytes === 1 ? BigInt(random.int(256) - 128) : dispBytes === 4 ? BigInt(random.int(0x2000) - 0x1000) : 0n;
+  const indexValue = BigInt(random.int(0x800));
+  const rexBits = (size === 8 ? 8 : 0) | ((reg & 8) >> 1) |
+    (shape === "sib" || shape === "sib-no-base" ? (index & 8) >> 2 : 0) | (shape === "rip" || shape === "sib-no-base" ? 0 : (base & 8) >> 3);
+  const rex = rexBits !== 0 || wantRex ? 0x40 | rexBits : 0;
+  const modrm = [(mod << 6) | ((reg & 7) << 3) | (shape === "base" ? base & 7 : shape === "rip" ? 5 : 4)];
+  if (shape === "sib") modrm.push((scaleBits << 6) | ((index & 7) << 3) | (base & 7));
+  if (shape === "sib-no-base") modrm.push((scaleBits << 6) | ((index & 7) << 3) | 5);
+  const high = address32 ? random.next() & ~0xffff_ffffn : 0n;
+  const immediateBytes = form.immediate?.(size) ?? 0;
+  const immediate = Array.from({ length: immediateBytes }, () => random.int(256));
+  const head = [...prefixes, ...(rex ? [rex] : []), ...form.opcode, ...modrm];
+  const length = head.length + dispBytes + immediateBytes;
+  const scaled = (v: bigint) => v << BigInt(scaleBits);
+  switch (shape) {
+    case "base":
+      gpr[base] = high | (BigInt(address) - displacement);
+      break;
+    case "sib":
+      gpr[index] = high | indexValue;
+      gpr[base] = high | (BigInt(address) - displacement - scaled(indexValue));
+      break;
+    case "sib-no-base":
+      gpr[index] = high | indexValue;
+      displacement = BigInt(address) - scaled(indexValue);
+      break;
+    case "rip":
+      displacement = BigInt(address) - BigInt(rip + length);
+      break;
+  }
+  const disp = dispBytes === 1 ? [Number(displacement & 0xffn)] : dispBytes === 4 ? imm32(Number(displacement & 0xffff_ffffn)) : [];
+  const bytes = [...head, ...disp, ...immediate];
+  return { form: form.name, bytes: Uint8Array.from(bytes), before: { gpr, rip: BigInt(rip), rflags } };
+}
+
+const REG_NAMES = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
+
+/** Guest code for one case: load registers and flags, run the instruction, save them, mark. */
+function harness(kase: Case, index: number): number[] {
+  const code: number[] = [];
+  for (let r = 0; r < 16; r++) {
+    if (r === RSP) continue;
+    code.push(0x48 | (r >> 3), 0xb8 + (r & 7), ...imm64(kase.before.gpr[r])); // mov r, imm64
+  }
+  code.push(0x68, ...imm32(Number(kase.before.rflags))); // push imm32
+  code.push(0x9d); // popfq
+  code.push(...kase.bytes);
+  const results = RESULTS + index * RESULT_BYTES;
+  for (let r = 0; r < 16; r++) {
+    code.push(0x48 | ((r >> 3) << 2), 0x89, 0x04 | ((r & 7) << 3), 0x25, ...imm32(results + r * 8)); // mov [results + 8r], r
+  }
+  code.push(0x9c); // pushfq
+  code.push(0x8f, 0x04, 0x25, ...imm32(results + 16 * 8)); // pop qword [results + 128]
+  code.push(0xb8, ...imm32(index), 0xe7, CASE_PORT); // mov eax, index; out CASE_PORT, eax
+  return code;
+}
+
+const ARITH_AND_DF = 0x8d5n | 0x400n;
+/** Fifteen `mov r, imm64` (10 bytes each), `push imm32` (5) and `popfq` (1) before the instruction. */
+const HARNESS_PROLOGUE_BYTES = 15 * 10 + 5 + 1;
+
+test(`the MMIO emulator predicts KVM's accesses and registers for ${CASES} generated instructions`, { timeout: 300_000 }, async () => {
+  const random = new Random(0x9e37_79b9_7f4a_7c15n);
+  const all = forms();
+  const cases: Case[] = [];
+  const code: number[] = [];
+  for (let i = 0; i < CASES; i++) {
+    const form = all[i % all.length];
+    const kase = generateCase(random, form, CODE + code.length + HARNESS_PROLOGUE_BYTES);
+    cases.push(kase);
+    code.push(...harness(kase, i));
+  }
+  code.push(0xb8, ...imm32(0), 0xe7, 0xf4, 0xf4); // mov eax, 0; out 0xf4, eax; hlt
+
+  const device = new LoggingMmio();
+  const vm = Vm.create({ memory: 8 * MiB });
+  const memory = vm.memory;
+  try {
+    vm.addDebugExit();
+    vm.addDevice({ space: "mmio", base: MMIO_BASE, length: MMIO_LENGTH, device, sync: true });
+    vm.addDevice({
+      space: "pio", base: CASE_PORT, length: 1, sync: true,
+      device: { name: "case marker", read: () => 0, write: (_o, _s, v) => void (device.kase = Number(v) + 1) },
+    });
+    for (let a = 0; a < SCRATCH_LENGTH; a++) vm.memory.writeU8(SCRATCH + a, scratchByte(SCRATCH + a));
+    vm.loadProgram({ code, entry: CODE });
+    device.kase = 0;
+    assert.deepEqual(await vm.run(), { reason: "debug-exit", status: 0 });
+  } finally {
+    await vm.stop();
+  }
+
+  const byCase = new Map<number, Access[]>();
+  for (const { kase, access } of device.log) {
+    if (!byCase.has(kase)) byCase.set(kase, []);
+    byCase.get(kase)!.push(access);
+  }
+  const failures: string[] = [];
+  for (let i = 0; i < cases.length && failures.length < 10; i++) {
+    const kase = cases[i];
+    const state: X86State = { gpr: [...kase.before.gpr], rip: kase.before.rip, rflags: kase.before.rflags };
+    const predicted: Access[] = [];
+    try {
+      emulateMmioInstruction(kase.bytes, state, {
+        read(address, size) {
+          const a = Number(address);
+          if (a >= MMIO_BASE && a < MMIO_BASE + MMIO_LENGTH) {
+            const value = composed(a, size, mmioByte);
+            predicted.push({ address: a, size, write: false, value });
+            return value;
+          }
+          if (a >= SCRATCH && a + size <= SCRATCH + SCRATCH_LENGTH) return composed(a, size, scratchByte);
+          throw new Error(`read outside MMIO and scratch at 0x${a.toString(16)}`);
+        },
+        write(address, size, value) {
+          predicted.push({ address: Number(address), size, write: true, value: value & ((1n << BigInt(size * 8)) - 1n) });
+        },
+      });
+    } catch (error) {
+      if (error instanceof X86DecodeError) failures.push(`case ${i} ${kase.form} [${Buffer.from(kase.bytes).toString("hex")}]: ${error.message}`);
+      else throw error;
+      continue;
+    }
+    const seen = byCase.get(i) ?? [];
+    const show = (list: Access[]) => list.map((a) => `${a.write ? "W" : "R"}${a.size}@${a.address.toString(16)}=${a.value.toString(16)}`).join(" ");
+    if (show(seen) !== show(predicted)) {
+      failures.push(`case ${i} ${kase.form} [${Buffer.from(kase.bytes).toString("hex")}]: KVM ${show(seen) || "none"}, emulator ${show(predicted) || "none"}`);
+      continue;
+    }
+    const at = RESULTS + i * RESULT_BYTES;
+    for (let r = 0; r < 16; r++) {
+      if (r === RSP) continue;
+      const kvm = vmValue(at + r * 8);
+      if (kvm !== state.gpr[r]) failures.push(`case ${i} ${kase.form} [${Buffer.from(kase.bytes).toString("hex")}]: ${REG_NAMES[r]} KVM 0x${kvm.toString(16)}, emulator 0x${state.gpr[r].toString(16)}`);
+    }
+    const flags = vmValue(at + 16 * 8) & ARITH_AND_DF;
+    if (flags !== (state.rflags & ARITH_AND_DF)) {
+      failures.push(`case ${i} ${kase.form} [${Buffer.from(kase.bytes).toString("hex")}]: rflags KVM 0x${flags.toString(16)}, emulator 0x${(state.rflags & ARITH_AND_DF).toString(16)}`);
+    }
+  }
+  assert.deepEqual(failures, [], `${failures.length} of ${cases.length} cases differ`);
+
+  function vmValue(gpa: number): bigint {
+    return memory.readU64(gpa);
+  }
+});
