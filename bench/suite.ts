@@ -15,10 +15,10 @@ import { runPostMessageFigure } from "./postmessage-runner.js";
 import { analyzeRun, percentile } from "./stats.js";
 import { measureVmStart } from "./vm-start.js";
 import { measureIdleVm } from "./idle-vm.js";
-import { findQemu, qemuPrograms, runQemuPeer } from "./qemu-peer.js";
+import { findQemu, mergeQemuRuns, qemuPrograms, type QemuRun, runQemuPeer } from "./qemu-peer.js";
 import { machineInfo } from "./machine-info.js";
 import { evaluateTargets, figureName } from "./targets.js";
-import { type BenchReport, type FigureResult, type IdleResult, METHOD, REPORT_SCHEMA, type SpinReport, type StartResult } from "./json-report.js";
+import { type BenchReport, type FigureResult, type IdleResult, METHOD, type RunReport, REPORT_SCHEMA, type SpinReport, type StartResult } from "./json-report.js";
 import { pairedRatios } from "./paired-ratios.js";
 import { type Collected, qemuResult, runReport, startResult, toResult } from "./results.js";
 
@@ -172,11 +172,36 @@ export async function runSuite(options: BenchOptions, progress: Progress): Promi
       if (programs.length === 0) {
         qemuStatus = `${qemu.version}: none of the selected kinds runs under QEMU`;
       } else {
-        progress(`bench: QEMU peer (${qemu.version}), ${programs.length} exit loops x ${options.repeats} in one boot`);
+        progress(`bench: QEMU peer (${qemu.version}), ${programs.length} exit loops per boot, ${options.repeats} boots interleaved with C`);
         try {
-          const run = await runQemuPeer(qemu, programs, options.repeats);
-          qemuStatus = `${qemu.version}, -accel kvm -M pc; firmware to first marker ${run.bootMs.toFixed(0)} ms`;
-          qemuResults = run.figures.map((f) => qemuResult(f, cResults));
+          // A boot per round, C's runs of the same loops beside it (the order alternating), so
+          // each QEMU figure pairs with a C run made next to it in time.
+          const cRuns = new Map<string, RunReport[]>();
+          const runs: QemuRun[] = [];
+          const runC = async () => {
+            for (const p of programs) {
+              const key = `${p.kind}/${p.privilege}`;
+              const run = await runCFigure(c!, { kind: p.kind, privilege: p.privilege, vcpus: 1 }, p.counts);
+              const a = analyzeRun({ counts: p.counts, marks: run.vcpus.map((v) => v.marks), mainCpuNs: null });
+              cRuns.set(key, [...(cRuns.get(key) ?? []), runReport(a, null)]);
+            }
+          };
+          for (let round = 0; round < options.repeats; round++) {
+            if (c && round % 2 === 0) await runC();
+            runs.push(await runQemuPeer(qemu, programs, 1));
+            if (c && round % 2 === 1) await runC();
+          }
+          qemuStatus = `${qemu.version}, -accel kvm -M pc; firmware to first marker ${runs[0].bootMs.toFixed(0)} ms`;
+          qemuResults = mergeQemuRuns(runs).map((f) => {
+            const r = qemuResult(f, cResults);
+            const pairs = pairedRatios(r.runs, cRuns.get(`${f.kind}/${f.privilege}`) ?? []);
+            if (pairs) {
+              // QEMU gives one per-exit mean per run, no distribution: only means and rates pair.
+              r.vs_c = { ...pairs, p50: null, p99: null };
+              r.ratio_to_c = pairs.mean?.median ?? r.ratio_to_c;
+            }
+            return r;
+          });
         } catch (error) {
           qemuStatus = `failed: ${(error as Error).message}`;
           progress(`bench: QEMU peer failed: ${(error as Error).message}`);

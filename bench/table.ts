@@ -222,7 +222,7 @@ export function formatTable(report: BenchReport): string {
     out.push("", ...wrapText(section.title), header);
     for (const r of section.rows) out.push(...figureLines(r, targetFor(r, report.targets)));
   }
-  out.push(...pairRows(report.results));
+  out.push(...pairRows([...report.results, ...report.baselines.qemu]));
   out.push(...startRows(report.vm_start));
   out.push(...idleRows(report.idle_vm));
   if (report.kvm_unit_tests_vmexit) out.push("", formatVmexitTable(report.kvm_unit_tests_vmexit));
