@@ -31,7 +31,8 @@ selection
                        --quick runs 3 of its 7 subtests)
 
 length
-  --quick              a run under a minute that still measures every default figure
+  --quick              a run of about two minutes that still measures every default figure
+                       (2 interleaved rounds instead of 3)
   --iterations N       measured exits per vCPU per run (sets the batch count)
   --batches N          measured batches per run
   --ops-per-batch K    exits between two markers (default 16; 64 for cpuid and ioeventfd)
