@@ -88,7 +88,7 @@ export class BenchUsageError extends Error {
 
 const PRESETS = {
   default: { measuredBatches: 2000, warmupBatches: 100, calibrationRounds: 400, repeats: 3, startSamples: 20 },
-  quick: { measuredBatches: 400, warmupBatches: 20, calibrationRounds: 150, repeats: 2, startSamples: 5 },
+  quick: { measuredBatches: 300, warmupBatches: 20, calibrationRounds: 120, repeats: 2, startSamples: 5 },
 } as const;
 
 function list<T extends string>(value: string | undefined, allowed: readonly T[], option: string): T[] | undefined {

@@ -141,7 +141,7 @@ function idleRows(idle: readonly IdleResult[] | undefined): string[] {
   const lines = ["", "Idle VM: main-thread wake-ups while the guest spins without exits"];
   for (const i of idle) {
     lines.push(...wrapText(
-      `${i.mode.padEnd(15)} ${fitNumber(i.wakeups_per_s, 7, 1).padStart(7)}/s: ${i.main_wakeups} wake-ups in ${fitNumber(i.seconds, 6)} s, ` +
+      `${i.mode}: ${fitNumber(i.wakeups_per_s, 10, 1)} wake-ups/s (${i.main_wakeups} in ${fitNumber(i.seconds, 6)} s), ` +
         `${i.doorbells} doorbells, ${i.exits} exits` +
         (i.delivered === null ? "" : `; queued write delivered by pause(): ${i.delivered === 1 ? "yes" : `no (${i.delivered})`}`),
       REPORT_WIDTH, "    ", "  ",
