@@ -12,6 +12,8 @@ export interface RunCheck {
   countedBy: string;
   /** Userspace exits neither markers, barrier, finish nor counted explain. */
   unexplainedExits: number;
+  /** main-coalesced: writes delivered from the kernel's queue, writes that exited because it was full, zones the host took. */
+  coalesced?: { delivered: number; fullQueueExits: number; zones: number };
 }
 
 export function guestIterations(counts: RunCounts, vcpus: number): number {
@@ -27,7 +29,10 @@ export function countedBy(kind: ExitKindName, path: string): string {
     case "hlt":
       return path === "c-inline" ? "KVM_EXIT_HLT count" : "HLT exits the worker resumed";
     default:
-      return path === "worker" ? "counter device (in worker)" : path === "c-inline" ? "inline counter" : "counter device (main thread)";
+      if (path === "worker") return "counter device (in worker)";
+      if (path === "c-inline") return "inline counter";
+      if (path === "main-coalesced") return "counter device (main thread): kernel queue + full-queue exits";
+      return "counter device (main thread)";
   }
 }
 

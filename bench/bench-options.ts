@@ -20,16 +20,19 @@ selection
                        ${ALL_JS_PATHS.join(", ")}
   --privilege LIST     guest privilege: cpl0, cpl3 (default: both)
   --vcpus LIST         vCPU counts for the scaling figures (default: 1,2,4)
-  --scaling-kinds LIST kinds measured at every vCPU count (default: pio-write)
+  --scaling-kinds LIST kinds measured at every vCPU count (default: pio-write; pio-read
+                       scales on the main-sync path only, unless left out of LIST)
   --no-c               skip the C baseline
   --no-qemu            skip the QEMU peer
   --qemu BINARY        QEMU to use (default: qemu-system-x86_64 on PATH)
   --no-start           skip the VM start figures
+  --no-idle            skip the idle-VM figures (main-thread wake-ups, ~1.5 s each)
   --no-vmexit          skip kvm-unit-tests' vmexit kernel (workervisor beside QEMU;
                        --quick runs 3 of its 7 subtests)
 
 length
-  --quick              a run under a minute that still measures every default figure
+  --quick              a run of about two minutes that still measures every default figure
+                       (2 interleaved rounds instead of 3)
   --iterations N       measured exits per vCPU per run (sets the batch count)
   --batches N          measured batches per run
   --ops-per-batch K    exits between two markers (default 16; 64 for cpuid and ioeventfd)
@@ -66,6 +69,7 @@ export interface BenchOptions {
   qemu: boolean;
   qemuBinary: string | undefined;
   start: boolean;
+  idle: boolean;
   vmexit: boolean;
   spin: SpinPolicy;
   dispatcher: DispatcherOptions;
@@ -84,7 +88,7 @@ export class BenchUsageError extends Error {
 
 const PRESETS = {
   default: { measuredBatches: 2000, warmupBatches: 100, calibrationRounds: 400, repeats: 3, startSamples: 20 },
-  quick: { measuredBatches: 400, warmupBatches: 20, calibrationRounds: 150, repeats: 2, startSamples: 5 },
+  quick: { measuredBatches: 300, warmupBatches: 20, calibrationRounds: 120, repeats: 2, startSamples: 5 },
 } as const;
 
 function list<T extends string>(value: string | undefined, allowed: readonly T[], option: string): T[] | undefined {
@@ -121,6 +125,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
         "no-qemu": { type: "boolean" },
         qemu: { type: "string" },
         "no-start": { type: "boolean" },
+        "no-idle": { type: "boolean" },
         "no-vmexit": { type: "boolean" },
         quick: { type: "boolean" },
         iterations: { type: "string" },
@@ -153,6 +158,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
     vcpuCounts: vcpuCounts ?? DEFAULT_PLAN.vcpuCounts,
     scalingKinds: list<ExitKindName>(values["scaling-kinds"], ALL_KINDS, "scaling-kinds") ?? DEFAULT_PLAN.scalingKinds,
     scalingPaths: DEFAULT_PLAN.scalingPaths,
+    scalingSyncKinds: DEFAULT_PLAN.scalingSyncKinds.filter((k) => values["scaling-kinds"] === undefined || values["scaling-kinds"].split(",").map((s) => s.trim()).includes(k)),
     scalingPrivileges: DEFAULT_PLAN.scalingPrivileges,
   };
   const spin: SpinPolicy = {
@@ -180,6 +186,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
     qemu: !(values["no-qemu"] ?? false),
     qemuBinary: values.qemu,
     start: !(values["no-start"] ?? false),
+    idle: !(values["no-idle"] ?? false),
     vmexit: !(values["no-vmexit"] ?? false),
     spin,
     dispatcher: {

@@ -59,6 +59,8 @@ export interface CJobDevices {
   target?: { space: "pio" | "mmio" | "msr"; base: number; stride: number; length: number };
   ioeventfd?: { space: "pio" | "mmio"; base: number; stride: number; size: number };
   userspaceMsrs: boolean;
+  /** Busy-wait this long (ns) on the vCPU thread for each target write: a device's work done inline. */
+  workNs?: number;
 }
 
 export interface CVcpuResult {
@@ -118,6 +120,7 @@ function writeJob(dir: string, name: string, image: GuestImage, vcpus: number, d
     const t = devices.target;
     lines.push(`target ${t.space} ${hex(t.base)} ${hex(t.stride)} ${hex(t.length)}`);
   }
+  if (devices.workNs) lines.push(`work_ns ${devices.workNs}`);
   if (devices.ioeventfd) {
     const e = devices.ioeventfd;
     lines.push(`ioeventfd ${e.space} ${hex(e.base)} ${hex(e.stride)} ${e.size}`);

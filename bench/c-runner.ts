@@ -9,6 +9,7 @@ import { buildGuestImage } from "./guest-image.js";
 import { FINISH_PORT, IOEVENTFD_TARGET, MARKER_BASE, targetAddress, targetFor } from "./layout.js";
 import { countedBy, guestIterations, type RunCheck } from "./accounting.js";
 import { expectedMarkers } from "./stats.js";
+import { WORK_NS } from "./busy-counter.js";
 
 export async function runCFigure(c: CBaseline, key: FigureKey, counts: RunCounts): Promise<CRunResult> {
   const params = Array.from({ length: key.vcpus }, (_, i) => ({
@@ -27,6 +28,7 @@ export async function runCFigure(c: CBaseline, key: FigureKey, counts: RunCounts
     userspaceMsrs: key.kind === "msr-read" || key.kind === "msr-write",
     target: targetFor(key.kind),
     ioeventfd: key.kind === "ioeventfd" ? { space: "mmio", ...IOEVENTFD_TARGET } : undefined,
+    workNs: key.kind === "work-write" ? WORK_NS : 0,
   });
 }
 
@@ -36,7 +38,7 @@ export function cCheck(kind: FigureKey["kind"], run: CRunResult, counts: RunCoun
   const sum = (f: (v: CRunResult["vcpus"][number]) => number) => per.reduce((n, v) => n + f(v), 0);
   let counted: number | null;
   switch (kind) {
-    case "pio-write": case "mmio-write": counted = sum((v) => v.writes); break;
+    case "pio-write": case "mmio-write": case "work-write": counted = sum((v) => v.writes); break;
     case "pio-read": case "mmio-read": counted = sum((v) => v.reads); break;
     case "msr-read": counted = sum((v) => v.msrReads); break;
     case "msr-write": counted = sum((v) => v.msrWrites); break;

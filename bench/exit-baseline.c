@@ -10,6 +10,9 @@
  * batch of K exits; the handler takes CLOCK_MONOTONIC there and nowhere else. The TS side
  * turns the marker timestamps into per-exit figures (see bench/stats.ts).
  *
+ * A job may ask for a device's work on every target write (work_ns): a busy-wait of that
+ * long on the vCPU thread, what a VMM handling the write inline pays.
+ *
  * usage: exit-baseline JOBFILE     (job format: see bench/c-baseline.ts, writeJob)
  * output on stdout, one record a line:
  *   start_ns NS                      create (open /dev/kvm) to the first guest exit
@@ -84,6 +87,7 @@ struct job {
   uint64_t ioevent_base, ioevent_stride;
   uint32_t ioevent_size;
   size_t max_marks;
+  uint64_t work_ns; /* busy-wait per target write: a device's work done inline on the vCPU thread */
 };
 
 struct vcpu {
@@ -196,6 +200,8 @@ static void read_job(const char *path) {
       job.marker_base = (uint32_t)strtoul(rest, NULL, 0);
     } else if (!strcmp(key, "finish_port")) {
       job.finish_port = (uint32_t)strtoul(rest, NULL, 0);
+    } else if (!strcmp(key, "work_ns")) {
+      job.work_ns = strtoull(rest, NULL, 0);
     } else if (!strcmp(key, "max_marks")) {
       job.max_marks = (size_t)strtoull(rest, NULL, 0);
     } else if (!strcmp(key, "target")) {
@@ -365,6 +371,14 @@ static void handle_marker_write(struct vcpu *v) {
   v->marks_count++;
 }
 
+/* The device's work, as a spin: it occupies the vCPU thread, as kvmtool or QEMU handling it inline would. */
+static void do_work(void) {
+  if (job.work_ns == 0) return;
+  uint64_t until = now_ns() + job.work_ns;
+  while (now_ns() < until) {
+  }
+}
+
 static void *vcpu_thread(void *arg) {
   struct vcpu *v = arg;
   struct kvm_run *run = v->run;
@@ -388,6 +402,7 @@ static void *vcpu_thread(void *arg) {
             return NULL;
           } else if (job.target == TARGET_PIO && in_target(port, v->index)) {
             v->writes += run->io.count;
+            for (uint32_t n = 0; n < run->io.count; n++) do_work();
           } else {
             v->error = "unexpected port write";
             snprintf(v->detail, sizeof v->detail, "port 0x%x", port);
@@ -412,6 +427,7 @@ static void *vcpu_thread(void *arg) {
         if (job.target == TARGET_MMIO && in_target(run->mmio.phys_addr, v->index)) {
           if (run->mmio.is_write) {
             v->writes++;
+            do_work();
           } else {
             v->reads++;
             uint64_t value = v->writes;

@@ -11,18 +11,20 @@ export type { ExitKindName, GuestPrivilege } from "./guest-programs.js";
  *   worker       a device inside the vCPU worker (SAB state), no main-thread involvement
  *   main-sync    a main-thread device; the vCPU waits for the dispatcher's answer
  *   main-posted  a main-thread device; the write is posted to the ring and the vCPU runs on
+ *   main-coalesced  a main-thread device whose writes KVM queues in the kernel (coalesced
+ *                MMIO/PIO): no userspace exit unless the kernel's queue is full
  *   postmessage  the naive reference: every exit posted with postMessage, reply awaited
  *   kernel       nothing in userspace (CPUID, ioeventfd): the cost of the VM exit alone
  */
-export type JsPath = "worker" | "main-sync" | "main-posted" | "postmessage" | "kernel";
+export type JsPath = "worker" | "main-sync" | "main-posted" | "main-coalesced" | "postmessage" | "kernel";
 /** Baselines: the C program (exits handled inline on the vCPU thread) and QEMU. */
 export type BaselinePath = "c-inline" | "qemu";
 export type PathName = JsPath | BaselinePath;
 
 export const ALL_KINDS: readonly ExitKindName[] = [
-  "pio-write", "pio-read", "mmio-write", "mmio-read", "hlt", "cpuid", "msr-read", "msr-write", "ioeventfd",
+  "pio-write", "pio-read", "mmio-write", "mmio-read", "hlt", "cpuid", "msr-read", "msr-write", "ioeventfd", "work-write",
 ];
-export const ALL_JS_PATHS: readonly JsPath[] = ["worker", "main-sync", "main-posted", "postmessage", "kernel"];
+export const ALL_JS_PATHS: readonly JsPath[] = ["worker", "main-sync", "main-posted", "main-coalesced", "postmessage", "kernel"];
 export const ALL_PRIVILEGES: readonly GuestPrivilege[] = ["cpl0", "cpl3"];
 
 /** Which JS paths can carry each kind. */
@@ -30,10 +32,13 @@ export function pathsFor(kind: ExitKindName): readonly JsPath[] {
   switch (kind) {
     case "pio-write":
     case "mmio-write":
-      return ["worker", "main-sync", "main-posted", "postmessage"];
+      return ["worker", "main-sync", "main-posted", "main-coalesced", "postmessage"];
     case "pio-read":
     case "mmio-read":
       return ["worker", "main-sync", "postmessage"];
+    case "work-write":
+      // Against C doing the same work inline: does the work overlap the guest?
+      return ["main-posted", "main-coalesced"];
     case "msr-read":
     case "msr-write":
       // The worker sends every userspace MSR access it cannot handle as a sync request.
@@ -86,6 +91,8 @@ export interface PlanOptions {
   scalingKinds: readonly ExitKindName[];
   /** Paths measured at every vCPU count. */
   scalingPaths: readonly JsPath[];
+  /** Kinds measured at every vCPU count on the main-sync path only (sync exits contending for the dispatcher). */
+  scalingSyncKinds: readonly ExitKindName[];
   /** Privilege levels measured at every vCPU count. */
   scalingPrivileges: readonly GuestPrivilege[];
 }
@@ -97,6 +104,7 @@ export const DEFAULT_PLAN: PlanOptions = {
   vcpuCounts: [1, 2, 4],
   scalingKinds: ["pio-write"],
   scalingPaths: ["worker", "main-sync", "main-posted"],
+  scalingSyncKinds: ["pio-read"],
   scalingPrivileges: ["cpl0"],
 };
 
@@ -108,10 +116,13 @@ export function planFigures(plan: PlanOptions): FigureSpec[] {
     for (const privilege of plan.privileges) {
       for (const kind of plan.kinds) {
         if (privilege === "cpl3" && !kindRunsAtCpl3(kind)) continue;
-        if (vcpus > 1 && (!plan.scalingKinds.includes(kind) || !plan.scalingPrivileges.includes(privilege))) continue;
+        const scales = plan.scalingKinds.includes(kind);
+        const scalesSync = plan.scalingSyncKinds.includes(kind);
+        if (vcpus > 1 && ((!scales && !scalesSync) || !plan.scalingPrivileges.includes(privilege))) continue;
         for (const path of pathsFor(kind)) {
           if (!plan.paths.includes(path)) continue;
-          if (vcpus > 1 && (!plan.scalingPaths.includes(path) || !pathSupportsVcpus(path, kind, vcpus))) continue;
+          const scaledHere = scales ? plan.scalingPaths.includes(path) : path === "main-sync";
+          if (vcpus > 1 && (!scaledHere || !pathSupportsVcpus(path, kind, vcpus))) continue;
           figures.push({ kind, path, privilege, vcpus });
         }
       }

@@ -20,6 +20,8 @@ import { imm32 } from "../runtime/guests/guest-bytes.js";
 export type ExitKindName =
   | "pio-write"
   | "pio-read"
+  /** pio-write to a device that does WORK_NS of work per write (bench/busy-counter.ts). */
+  | "work-write"
   | "mmio-write"
   | "mmio-read"
   | "hlt"
@@ -33,6 +35,7 @@ export type GuestPrivilege = "cpl0" | "cpl3";
 /** The measured instruction of each kind; the exit loop sets EDX and ECX to the target first. */
 export const MEASURED_OP: Record<ExitKindName, { bytes: number[]; asm: string }> = {
   "pio-write": { bytes: [0xef], asm: "out dx, eax" },
+  "work-write": { bytes: [0xef], asm: "out dx, eax" },
   "pio-read": { bytes: [0xed], asm: "in eax, dx" },
   "mmio-write": { bytes: [0x41, 0x89, 0x03], asm: "mov [r11], eax" },
   "mmio-read": { bytes: [0x41, 0x8b, 0x03], asm: "mov eax, [r11]" },

@@ -1,10 +1,11 @@
 /**
  * One run of one JS figure through workervisor's own paths (worker, main-sync,
- * main-posted, kernel): builds the VM, runs the exit loop, checks every exit was counted,
- * and returns the raw markers for bench/stats.ts.
+ * main-posted, main-coalesced, kernel): builds the VM, runs the exit loop, checks every
+ * exit was counted, and returns the raw markers for bench/stats.ts.
  */
 import { Vm, type VmStats } from "../runtime/vm.js";
 import { CounterDevice } from "../runtime/devices/counter.js";
+import { BusyCounterDevice } from "./busy-counter.js";
 import type { DispatcherOptions } from "../runtime/dispatcher.js";
 import type { SpinPolicy } from "../memory/waiter.js";
 import { type FigureSpec, pathsFor, pathSupportsVcpus, type RunCounts } from "./figures.js";
@@ -61,8 +62,11 @@ export async function runJsFigure(figure: FigureSpec, counts: RunCounts, tuning:
         vm.addWorkerDevice({ space: target.space, base, length: target.length, module: COUNTER_WORKER_MODULE, shared });
         counters.push(new CounterDevice(shared));
       } else {
-        const counter = new CounterDevice(undefined, `counter ${i}`);
-        vm.addDevice({ space: target.space, base, length: target.length, device: counter, sync: path === "main-sync" });
+        const counter = kind === "work-write" ? new BusyCounterDevice(undefined, `busy counter ${i}`) : new CounterDevice(undefined, `counter ${i}`);
+        vm.addDevice({
+          space: target.space, base, length: target.length, device: counter,
+          sync: path === "main-sync", coalesced: path === "main-coalesced",
+        });
         counters.push(counter);
       }
     }
@@ -120,17 +124,30 @@ export async function runJsFigure(figure: FigureSpec, counts: RunCounts, tuning:
         counted = counters.reduce((sum, c) => sum + c.writes, 0);
     }
     const iterations = guestIterations(counts, vcpus);
-    const explained = markerWrites + 2 * vcpus + iterations * userspaceExitsPerOp(kind);
+    // With a coalesced zone a measured write exits only when the kernel's queue is full; it
+    // is then a sync write, as is each vCPU's finish-line write.
+    const coalesced = path === "main-coalesced"
+      ? { delivered: stats.coalesced, fullQueueExits: stats.coalescedZones > 0 ? stats.sync - vcpus : 0, zones: stats.coalescedZones }
+      : undefined;
+    if (coalesced && counted !== coalesced.delivered + coalesced.fullQueueExits + (coalesced.zones > 0 ? 0 : stats.posted)) {
+      throw new Error(
+        `${kind}/${path}: the device saw ${counted} writes but ${coalesced.delivered} were delivered from the kernel's queue ` +
+          `and ${coalesced.fullQueueExits} exited on a full queue (${stats.posted} posted)`,
+      );
+    }
+    const measuredExits = coalesced && coalesced.zones > 0 ? coalesced.fullQueueExits : iterations * userspaceExitsPerOp(kind);
+    const explained = markerWrites + 2 * vcpus + measuredExits;
     // An early finisher parks (HLT, or a kick out of its pause loop): one exit each.
     const unexplainedExits = Math.max(0, stats.exits - explained - (vcpus - 1));
     return {
       raw: {
         counts,
         marks: Array.from({ length: vcpus }, (_, i) => log.marks(i)),
-        drainedAt: path === "main-posted" ? Math.max(...finish.finishedAt) : undefined,
+        // The finish line is a sync write: every posted or queued write was handled before it.
+        drainedAt: path === "main-posted" || path === "main-coalesced" ? Math.max(...finish.finishedAt) : undefined,
         mainCpuNs,
       },
-      check: { iterations, counted, countedBy: countedBy(kind, path), unexplainedExits },
+      check: { iterations, counted, countedBy: countedBy(kind, path), unexplainedExits, coalesced },
       stats,
     };
   } finally {

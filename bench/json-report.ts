@@ -38,6 +38,24 @@ export interface RunReport {
   samples_ns: number[];
 }
 
+/** A ratio over interleaved pairs of runs: its median and the range of the per-pair values. */
+export interface RatioSpread {
+  median: number;
+  min: number;
+  max: number;
+  per_pair: number[];
+}
+
+/** This figure against the C baseline, run i paired with C's run i (same round). */
+export interface VsC {
+  pairs: number;
+  /** Per-exit mean, p50 and p99 (lower is better), and exits/s (higher is better), figure / C. */
+  mean: RatioSpread | null;
+  p50: RatioSpread | null;
+  p99: RatioSpread | null;
+  exits_per_s: RatioSpread | null;
+}
+
 export interface FigureResult {
   kind: ExitKindName;
   path: PathName;
@@ -51,9 +69,16 @@ export interface FigureResult {
   /** Aggregate over all vCPUs. */
   exits_per_s: number;
   main_cpu_ns_per_exit: number | null;
-  /** mean / the C baseline's mean for the same kind, privilege and vCPU count. */
+  /**
+   * mean / the C baseline's mean for the same kind, privilege and vCPU count: the median over
+   * interleaved pairs of runs (vs_c.mean); ratio_to_c_p50 likewise for p50.
+   */
   ratio_to_c: number | null;
   ratio_to_c_p50: number | null;
+  /** Every ratio to C with its spread over the interleaved pairs; absent without a C baseline. */
+  vs_c?: VsC | null;
+  /** main-coalesced: writes delivered from the kernel's queue, writes that exited on a full queue, zones the host took. */
+  coalesced?: { delivered: number; full_queue_exits: number; zones: number };
   /** (max - min) / median of the per-run medians, percent. */
   spread_pct: number;
   ops_per_batch: number;
@@ -76,6 +101,21 @@ export interface StartResult {
   p999_ns: number;
   ratio_to_c: number | null;
   samples_ns: number[];
+}
+
+/** An idle VM: main-thread wake-ups while the guest spins without exits. */
+export interface IdleResult {
+  mode: "spinning" | "coalesced-zone";
+  /** Wall time counted over. */
+  seconds: number;
+  main_wakeups: number;
+  wakeups_per_s: number;
+  /** Futex wakes the vCPUs rang, and userspace exits, in the same window (both should be 0). */
+  doorbells: number;
+  exits: number;
+  coalesced_zones: number;
+  /** coalesced-zone: writes the counter had when pause() resolved (the guest made 1). */
+  delivered: number | null;
 }
 
 export interface TargetResult {
@@ -110,6 +150,8 @@ export interface BenchReport {
     qemu_status: string;
   };
   vm_start: StartResult[];
+  /** Idle VMs; empty when skipped (absent in reports from before the figure existed). */
+  idle_vm?: IdleResult[];
   /** kvm-unit-tests' vmexit kernel under workervisor and QEMU; null when skipped or missing. */
   kvm_unit_tests_vmexit: VmexitReport | null;
   kvm_unit_tests_vmexit_status: string;
@@ -128,6 +170,11 @@ export const METHOD: Record<string, string> = {
   exits_per_s: "measured exits of all vCPUs / (makespan - B * m); makespan ends when the main thread has handled every posted write",
   main_cpu: "CLOCK_THREAD_CPUTIME_ID of the main thread between the first and last measured marker, per measured exit",
   spread: "(max - min) / median of the per-run medians, percent",
+  pairs:
+    "C and the JS paths of a group run interleaved, one run each per round (the order rotating); run i of a JS " +
+    "figure and run i of C form a pair; ratio_to_c and vs_c are medians of the per-pair ratios, with their min..max",
+  coalesced: "main-coalesced: writes KVM queued in the kernel plus those that exited on a full queue; exits_per_s is guest writes/s",
+  idle_vm: "vm.stats.mainWakeups over about a second of a guest spinning without exits, after 0.5 s to settle",
   warmup: "warm-up batches run before calibration and are discarded",
   counts: "device-counted exits (counter device, eventfd, HLT count) are checked against the guest's loop counts",
   qemu: "per exit from the difference of two iteration counts (K and 0 exits per round), timed by marker bytes on isa-debugcon read through a pipe; no per-exit distribution",

@@ -41,6 +41,7 @@ export function targetFor(kind: ExitKindName): TargetRange | undefined {
   switch (kind) {
     case "pio-write":
     case "pio-read":
+    case "work-write":
       return { space: "pio", ...PIO_TARGET };
     case "mmio-write":
     case "mmio-read":

@@ -138,6 +138,24 @@ export async function runQemuPeer(
   }
 }
 
+/** One figure per program from several boots: their repeats pooled, in boot order. */
+export function mergeQemuRuns(runs: readonly QemuRun[]): QemuFigure[] {
+  const merged = new Map<string, QemuFigure>();
+  for (const run of runs) {
+    for (const f of run.figures) {
+      const key = `${f.kind}/${f.privilege}`;
+      const into = merged.get(key);
+      if (into) into.repeatsNs.push(...f.repeatsNs);
+      else merged.set(key, { ...f, repeatsNs: [...f.repeatsNs] });
+    }
+  }
+  for (const f of merged.values()) {
+    f.meanNs = mean(f.repeatsNs);
+    f.p50Ns = percentile([...f.repeatsNs].sort((x, y) => x - y), 50);
+  }
+  return [...merged.values()];
+}
+
 export function qemuPrograms(
   kinds: readonly ExitKindName[],
   privileges: readonly GuestPrivilege[],

@@ -36,6 +36,18 @@ export function runReport(a: RunAnalysis, mainCpuNs: number | null, stats?: VmSt
   };
 }
 
+function coalescedTotals(checks: readonly RunCheck[]): Pick<FigureResult, "coalesced"> {
+  const runs = checks.map((x) => x.coalesced).filter((x) => x !== undefined);
+  if (runs.length === 0) return {};
+  return {
+    coalesced: {
+      delivered: runs.reduce((n, x) => n + x.delivered, 0),
+      full_queue_exits: runs.reduce((n, x) => n + x.fullQueueExits, 0),
+      zones: Math.min(...runs.map((x) => x.zones)),
+    },
+  };
+}
+
 /** Pools a figure's runs; a figure whose every run failed carries only its error. */
 export function toResult(c: Collected, spin: SpinReport | null): FigureResult {
   const base = {
@@ -48,6 +60,7 @@ export function toResult(c: Collected, spin: SpinReport | null): FigureResult {
     spin,
     ratio_to_c: null,
     ratio_to_c_p50: null,
+    ...coalescedTotals(c.checks),
   };
   if (c.analyses.length === 0) {
     return {

@@ -14,13 +14,18 @@ import { type FigureRun, runJsFigure } from "./js-runner.js";
 import { runPostMessageFigure } from "./postmessage-runner.js";
 import { analyzeRun, percentile } from "./stats.js";
 import { measureVmStart } from "./vm-start.js";
-import { findQemu, qemuPrograms, runQemuPeer } from "./qemu-peer.js";
+import { measureIdleVm } from "./idle-vm.js";
+import { findQemu, mergeQemuRuns, qemuPrograms, type QemuRun, runQemuPeer } from "./qemu-peer.js";
 import { machineInfo } from "./machine-info.js";
 import { evaluateTargets, figureName } from "./targets.js";
-import { type BenchReport, type FigureResult, METHOD, REPORT_SCHEMA, type SpinReport, type StartResult } from "./json-report.js";
+import { type BenchReport, type FigureResult, type IdleResult, METHOD, type RunReport, REPORT_SCHEMA, type SpinReport, type StartResult } from "./json-report.js";
+import { pairedRatios } from "./paired-ratios.js";
 import { type Collected, qemuResult, runReport, startResult, toResult } from "./results.js";
 
 type Progress = (line: string) => void;
+
+/** How long each idle VM is watched once idle. */
+const IDLE_SECONDS = 1;
 
 export function countsFor(kind: FigureKey["kind"], options: BenchOptions): RunCounts {
   const k = opsPerBatchFor(kind, options);
@@ -135,13 +140,27 @@ export async function runSuite(options: BenchOptions, progress: Progress): Promi
       }
     }
 
+    const idle: IdleResult[] = [];
+    if (options.idle) {
+      for (const mode of ["spinning", "coalesced-zone"] as const) {
+        progress(`bench: idle VM (${mode}), main-thread wake-ups over ${IDLE_SECONDS} s`);
+        try {
+          idle.push(await measureIdleVm(mode, IDLE_SECONDS));
+        } catch (error) {
+          progress(`bench: idle VM (${mode}) failed: ${(error as Error).message}`);
+        }
+      }
+    }
+
     const cResults = [...cCollected.values()].map((x) => toResult(x, null));
     const results = [...collected.values()].map((x) => {
       const r = toResult(x, x.spec.path === "kernel" ? null : spin);
       const base = cResults.find((b) => keyOf(b) === keyOf(r) && b.error === undefined);
       if (base && r.error === undefined) {
-        r.ratio_to_c = r.mean_ns / base.mean_ns;
-        r.ratio_to_c_p50 = r.p50_ns / base.p50_ns;
+        // Run i of each was made in the same round of the interleaved schedule: pair them.
+        r.vs_c = pairedRatios(r.runs, base.runs);
+        r.ratio_to_c = r.vs_c?.mean?.median ?? r.mean_ns / base.mean_ns;
+        r.ratio_to_c_p50 = r.vs_c?.p50?.median ?? r.p50_ns / base.p50_ns;
       }
       return r;
     });
@@ -153,11 +172,36 @@ export async function runSuite(options: BenchOptions, progress: Progress): Promi
       if (programs.length === 0) {
         qemuStatus = `${qemu.version}: none of the selected kinds runs under QEMU`;
       } else {
-        progress(`bench: QEMU peer (${qemu.version}), ${programs.length} exit loops x ${options.repeats} in one boot`);
+        progress(`bench: QEMU peer (${qemu.version}), ${programs.length} exit loops per boot, ${options.repeats} boots interleaved with C`);
         try {
-          const run = await runQemuPeer(qemu, programs, options.repeats);
-          qemuStatus = `${qemu.version}, -accel kvm -M pc; firmware to first marker ${run.bootMs.toFixed(0)} ms`;
-          qemuResults = run.figures.map((f) => qemuResult(f, cResults));
+          // A boot per round, C's runs of the same loops beside it (the order alternating), so
+          // each QEMU figure pairs with a C run made next to it in time.
+          const cRuns = new Map<string, RunReport[]>();
+          const runs: QemuRun[] = [];
+          const runC = async () => {
+            for (const p of programs) {
+              const key = `${p.kind}/${p.privilege}`;
+              const run = await runCFigure(c!, { kind: p.kind, privilege: p.privilege, vcpus: 1 }, p.counts);
+              const a = analyzeRun({ counts: p.counts, marks: run.vcpus.map((v) => v.marks), mainCpuNs: null });
+              cRuns.set(key, [...(cRuns.get(key) ?? []), runReport(a, null)]);
+            }
+          };
+          for (let round = 0; round < options.repeats; round++) {
+            if (c && round % 2 === 0) await runC();
+            runs.push(await runQemuPeer(qemu, programs, 1));
+            if (c && round % 2 === 1) await runC();
+          }
+          qemuStatus = `${qemu.version}, -accel kvm -M pc; firmware to first marker ${runs[0].bootMs.toFixed(0)} ms`;
+          qemuResults = mergeQemuRuns(runs).map((f) => {
+            const r = qemuResult(f, cResults);
+            const pairs = pairedRatios(r.runs, cRuns.get(`${f.kind}/${f.privilege}`) ?? []);
+            if (pairs) {
+              // QEMU gives one per-exit mean per run, no distribution: only means and rates pair.
+              r.vs_c = { ...pairs, p50: null, p99: null };
+              r.ratio_to_c = pairs.mean?.median ?? r.ratio_to_c;
+            }
+            return r;
+          });
         } catch (error) {
           qemuStatus = `failed: ${(error as Error).message}`;
           progress(`bench: QEMU peer failed: ${(error as Error).message}`);
@@ -172,9 +216,10 @@ export async function runSuite(options: BenchOptions, progress: Progress): Promi
         vmexitStatus = `missing: ${DEFAULT_VMEXIT_KERNEL} not found`;
       } else {
         const subtests = options.quick ? QUICK_VMEXIT_SUBTESTS : VMEXIT_SUBTESTS;
-        progress(`bench: kvm-unit-tests vmexit (${subtests.length} subtests) under workervisor${qemu ? " and QEMU" : ""}`);
+        progress(`bench: kvm-unit-tests vmexit (${subtests.length} subtests) under workervisor${qemu ? " and QEMU, interleaved" : ""}, ${options.repeats} round(s)`);
         try {
-          vmexit = await measureVmexit(subtests, DEFAULT_VMEXIT_KERNEL, qemu ? options.qemuBinary ?? "qemu-system-x86_64" : undefined);
+          // null, not undefined: undefined would take the default binary despite --no-qemu.
+          vmexit = await measureVmexit(subtests, DEFAULT_VMEXIT_KERNEL, qemu ? options.qemuBinary ?? "qemu-system-x86_64" : null, options.repeats);
           vmexitStatus = "measured";
         } catch (error) {
           vmexitStatus = `failed: ${(error as Error).message}`;
@@ -200,9 +245,10 @@ export async function runSuite(options: BenchOptions, progress: Progress): Promi
       results,
       baselines: { c: cResults, c_status: cStatus, qemu: qemuResults, qemu_status: qemuStatus },
       vm_start: vmStart,
+      idle_vm: idle,
       kvm_unit_tests_vmexit: vmexit,
       kvm_unit_tests_vmexit_status: vmexitStatus,
-      targets: evaluateTargets(results, cResults, vmStart, machine.cores),
+      targets: evaluateTargets(results, cResults, vmStart, machine.cores, idle),
       wall_s: (performance.now() - began) / 1000,
     };
   } finally {

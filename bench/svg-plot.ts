@@ -19,9 +19,10 @@ const PATH_STYLE: Record<string, { color: string; label: string }> = {
   worker: { color: "#2166ac", label: "worker" },
   "main-sync": { color: "#1b7837", label: "main, sync" },
   "main-posted": { color: "#5aae61", label: "main, posted" },
+  "main-coalesced": { color: "#a6dba0", label: "main, coalesced" },
   postmessage: { color: "#b2182b", label: "postMessage" },
 };
-const PATH_ORDER = ["c-inline", "qemu", "kernel", "worker", "main-sync", "main-posted", "postmessage"];
+const PATH_ORDER = ["c-inline", "qemu", "kernel", "worker", "main-sync", "main-posted", "main-coalesced", "postmessage"];
 
 function esc(text: string): string {
   return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;").replace(/'/g, "&apos;");

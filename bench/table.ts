@@ -4,22 +4,22 @@
  * (machine, method, errors, target details) wraps.
  */
 import { formatVmexitTable } from "./vmexit-kernel.js";
-import type { BenchReport, FigureResult, StartResult, TargetResult } from "./json-report.js";
+import type { BenchReport, FigureResult, IdleResult, RatioSpread, StartResult, TargetResult } from "./json-report.js";
 import { figureName } from "./targets.js";
 import { type Column, fitNumber, fitPercent, REPORT_WIDTH, tableLine, tableWidth, wrapText } from "./fixed-width.js";
 
 /** The figure table's columns; their widths and the single spaces between add up to REPORT_WIDTH. */
 export const FIGURE_COLUMNS: readonly Column[] = [
   { title: "kind", width: 10, left: true },
-  { title: "path", width: 11, left: true },
+  { title: "path", width: 14, left: true },
   { title: "samples", width: 7 },
   { title: "mean", width: 6 },
   { title: "p50", width: 6 },
   { title: "p99", width: 6 },
   { title: "p99.9", width: 6 },
   { title: "kexit/s", width: 7 },
-  { title: "cpu/ex", width: 6 },
-  { title: "xC", width: 5 },
+  { title: "cpu", width: 4 },
+  { title: "xC", width: 4 },
   { title: "spread", width: 6 },
   { title: "DESIGN target", width: 13, left: true },
 ];
@@ -72,7 +72,7 @@ function figureLines(r: FigureResult, target: TargetResult | undefined): string[
     us(r.p99_ns, "p99"),
     us(r.p999_ns, "p99.9"),
     fitNumber(r.exits_per_s === null ? null : r.exits_per_s / 1000, widthOf("kexit/s"), 1),
-    us(r.main_cpu_ns_per_exit, "cpu/ex"),
+    us(r.main_cpu_ns_per_exit, "cpu"),
     fitNumber(r.ratio_to_c, widthOf("xC")),
     fitPercent(r.spread_pct, widthOf("spread")),
     targetCell(target),
@@ -81,7 +81,7 @@ function figureLines(r: FigureResult, target: TargetResult | undefined): string[
   return lines;
 }
 
-const PATH_ORDER = ["c-inline", "qemu", "kernel", "worker", "main-sync", "main-posted", "postmessage"];
+const PATH_ORDER = ["c-inline", "qemu", "kernel", "worker", "main-sync", "main-posted", "main-coalesced", "postmessage"];
 
 function sections(report: BenchReport): { title: string; rows: FigureResult[] }[] {
   const all = [...report.baselines.c, ...report.baselines.qemu, ...report.results];
@@ -136,6 +136,46 @@ function startRows(start: readonly StartResult[]): string[] {
   return lines;
 }
 
+function idleRows(idle: readonly IdleResult[] | undefined): string[] {
+  if (!idle || idle.length === 0) return [];
+  const lines = ["", "Idle VM: main-thread wake-ups while the guest spins without exits"];
+  for (const i of idle) {
+    lines.push(...wrapText(
+      `${i.mode}: ${fitNumber(i.wakeups_per_s, 10, 1)} wake-ups/s (${i.main_wakeups} in ${fitNumber(i.seconds, 6)} s), ` +
+        `${i.doorbells} doorbells, ${i.exits} exits` +
+        (i.delivered === null ? "" : `; queued write delivered by pause(): ${i.delivered === 1 ? "yes" : `no (${i.delivered})`}`),
+      REPORT_WIDTH, "    ", "  ",
+    ));
+  }
+  return lines;
+}
+
+/** "1.05 [1.01..1.09]": a median pair ratio and its range. */
+function pairCell(spread: RatioSpread | null | undefined): string {
+  if (!spread) return "-";
+  return `${fitNumber(spread.median, 6).trim()} [${fitNumber(spread.min, 6).trim()}..${fitNumber(spread.max, 6).trim()}]`;
+}
+
+function pairRows(results: readonly FigureResult[]): string[] {
+  const paired = results.filter((r) => r.vs_c && r.error === undefined);
+  if (paired.length === 0) return [];
+  const lines = [
+    "",
+    ...wrapText(
+      "Against C, interleaved (C and each JS path take turns, round by round; run i of each is a pair): " +
+        "median of the per-pair ratios [min..max]; mean, p50, p99: lower is better; exits/s: higher is better",
+    ),
+  ];
+  for (const r of paired) {
+    const v = r.vs_c!;
+    lines.push(...wrapText(
+      `${figureName(r)} (${v.pairs}): mean ${pairCell(v.mean)}, p50 ${pairCell(v.p50)}, p99 ${pairCell(v.p99)}, exits/s ${pairCell(v.exits_per_s)}`,
+      REPORT_WIDTH, "      ", "  ",
+    ));
+  }
+  return lines;
+}
+
 function targetRows(targets: readonly TargetResult[]): string[] {
   if (targets.length === 0) return [];
   const lines = ["", "DESIGN section 7 targets, this run:"];
@@ -167,9 +207,11 @@ export function formatTable(report: BenchReport): string {
   paragraph(
     `method: per-exit latency in us from calibrated batch means (K exits between two markers timestamped on the vCPU ` +
       `thread, marker cost subtracted; same guest bytes and analysis for C); p99/p99.9 are nearest-rank over ` +
-      `batch means; ${report.settings.repeats} run(s) per figure, spread = range of run medians; cpu/ex = main-thread ` +
-      `CPU us per exit; xC = mean / C mean. DESIGN target: the compared value, its limit and ok/NO/? (in-worker PIO: xC; ` +
-      `sync: p50 / C p50; posted: exits/s / in-worker; 2 vCPUs: aggregate / 1 vCPU). Numbers too wide for their ` +
+      `batch means; ${report.settings.repeats} run(s) per figure, spread = range of run medians; cpu = main-thread ` +
+      `CPU us per exit; xC = mean / C mean, the median over interleaved pairs of runs (listed below with their ranges). ` +
+      `main-coalesced: the kernel queues the writes; "exits/s" there is guest writes/s, full-queue exits included. ` +
+      `work-write: pio-write to a device doing 5 us of work per write (C does it inline on the vCPU thread). DESIGN target: the compared value, its limit and ok/NO/? (in-worker PIO: xC; ` +
+      `sync: p50 / C p50; posted: exits/s / in-worker; coalesced and work-write: exits/s / C; 2 vCPUs: aggregate / 1 vCPU). Numbers too wide for their ` +
       `column switch to k/M/G/T units or an exponent (1.5e-6); "-" is not measured.`,
   );
   if (m.kvm_flavour.includes("pvm")) {
@@ -180,7 +222,9 @@ export function formatTable(report: BenchReport): string {
     out.push("", ...wrapText(section.title), header);
     for (const r of section.rows) out.push(...figureLines(r, targetFor(r, report.targets)));
   }
+  out.push(...pairRows([...report.results, ...report.baselines.qemu]));
   out.push(...startRows(report.vm_start));
+  out.push(...idleRows(report.idle_vm));
   if (report.kvm_unit_tests_vmexit) out.push("", formatVmexitTable(report.kvm_unit_tests_vmexit));
   else if (report.kvm_unit_tests_vmexit_status) out.push("", ...wrapText(`kvm-unit-tests vmexit: ${report.kvm_unit_tests_vmexit_status}`));
   out.push(...targetRows(report.targets));

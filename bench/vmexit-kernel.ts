@@ -21,8 +21,17 @@ export interface VmexitRow {
   subtest: string;
   workervisor_cycles: number | null;
   qemu_cycles: number | null;
-  /** workervisor / QEMU: below 1 means workervisor's exit is cheaper. */
+  /**
+   * workervisor / QEMU: below 1 means workervisor's exit is cheaper. With several rounds,
+   * the median of the per-round ratios (each round runs both, the order alternating), and
+   * the cycle counts are medians too.
+   */
   ratio_to_qemu: number | null;
+  /** Per-round figures and the ratio's range; absent in single-run reports. */
+  workervisor_runs?: number[];
+  qemu_runs?: number[];
+  ratio_min?: number | null;
+  ratio_max?: number | null;
 }
 
 export interface VmexitReport {
@@ -83,23 +92,55 @@ function runUnderQemu(binary: string, kernel: string, subtests: readonly string[
   });
 }
 
-/** Runs the kernel under workervisor, then under `qemuBinary` when given and installed. */
+function median(values: readonly number[]): number | null {
+  if (values.length === 0) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+/**
+ * Runs the kernel `rounds` times under workervisor and, when `qemuBinary` is given and
+ * installed, as many times under QEMU, interleaved (W Q, Q W, W Q, ...): the same subtest
+ * swings 15-30% from run to run on a shared host, so one pair proves little.
+ */
 export async function measureVmexit(
   subtests: readonly string[] = VMEXIT_SUBTESTS,
   kernel = DEFAULT_VMEXIT_KERNEL,
-  qemuBinary: string | undefined = "qemu-system-x86_64",
+  qemuBinary: string | null = "qemu-system-x86_64",
+  rounds = 1,
 ): Promise<VmexitReport> {
   if (!existsSync(kernel)) throw new Error(`vmexit kernel not found at ${kernel}`);
-  const ours = parseVmexitOutput(await runUnderWorkervisor(kernel, subtests));
+  if (!Number.isInteger(rounds) || rounds < 1) throw new RangeError(`vmexit rounds must be a whole number of at least 1, got ${rounds}`);
   const version = qemuBinary ? qemuVersion(qemuBinary) : undefined;
-  const theirs = version ? parseVmexitOutput(await runUnderQemu(qemuBinary!, kernel, subtests)) : new Map<string, number>();
+  const ours: Map<string, number>[] = [];
+  const theirs: Map<string, number>[] = [];
+  for (let round = 0; round < rounds; round++) {
+    const runOurs = async () => ours.push(parseVmexitOutput(await runUnderWorkervisor(kernel, subtests)));
+    const runTheirs = async () => { if (version) theirs.push(parseVmexitOutput(await runUnderQemu(qemuBinary!, kernel, subtests))); };
+    if (round % 2 === 0) { await runOurs(); await runTheirs(); } else { await runTheirs(); await runOurs(); }
+  }
   return {
     kernel,
     qemu: version ?? (qemuBinary ? `missing (${qemuBinary} not installed)` : "skipped (--no-qemu)"),
     rows: subtests.map((subtest) => {
-      const w = ours.get(subtest) ?? null;
-      const q = theirs.get(subtest) ?? null;
-      return { subtest, workervisor_cycles: w, qemu_cycles: q, ratio_to_qemu: w !== null && q ? w / q : null };
+      const w = ours.map((m) => m.get(subtest)).filter((v) => v !== undefined);
+      const q = theirs.map((m) => m.get(subtest)).filter((v) => v !== undefined);
+      const ratios = ours.flatMap((m, i) => {
+        const a = m.get(subtest);
+        const b = theirs[i]?.get(subtest);
+        return a !== undefined && b ? [a / b] : [];
+      });
+      return {
+        subtest,
+        workervisor_cycles: median(w),
+        qemu_cycles: median(q),
+        ratio_to_qemu: median(ratios),
+        workervisor_runs: w,
+        qemu_runs: q,
+        ratio_min: ratios.length ? Math.min(...ratios) : null,
+        ratio_max: ratios.length ? Math.max(...ratios) : null,
+      };
     }),
   };
 }
@@ -110,16 +151,18 @@ export const VMEXIT_COLUMNS: readonly Column[] = [
   { title: "workervisor", width: 14 },
   { title: "QEMU", width: 14 },
   { title: "ratio", width: 10 },
+  { title: "pair range", width: 19 },
 ];
 
 /** The side-by-side table; at most REPORT_WIDTH columns whatever the counts are. */
 export function formatVmexitTable(report: VmexitReport): string {
   const lines = [
     "kvm-unit-tests vmexit: TSC cycles per iteration, measured by the guest itself",
+    "  (medians over interleaved runs; ratio: median of the per-pair ratios, pair range: their min..max)",
     ...wrapText(`QEMU: ${report.qemu}`, REPORT_WIDTH, "  "),
     tableLine(VMEXIT_COLUMNS, VMEXIT_COLUMNS.map((c) => c.title)),
   ];
-  const [name, ours, theirs, ratio] = VMEXIT_COLUMNS;
+  const [name, ours, theirs, ratio, range] = VMEXIT_COLUMNS;
   for (const row of report.rows) {
     const fits = row.subtest.length <= name.width;
     if (!fits) lines.push(...wrapText(row.subtest));
@@ -129,6 +172,9 @@ export function formatVmexitTable(report: VmexitReport): string {
       fitNumber(row.workervisor_cycles, ours.width, 0),
       fitNumber(row.qemu_cycles, theirs.width, 0),
       shown === "-" ? shown : `${shown}x`,
+      row.ratio_min == null || row.ratio_max == null
+        ? "-"
+        : `${fitNumber(row.ratio_min, 6)}..${fitNumber(row.ratio_max, 6)} (${row.workervisor_runs?.length ?? 0})`.slice(0, range.width),
     ]));
   }
   return lines.join("\n");

@@ -222,6 +222,31 @@ test("workervisor bench --quick with tiny counts: every figure, every exit accou
       assert.equal(s.samples, START_SAMPLES, `VM start ${s.mode}: samples`);
       assert.equal(s.samples_ns.length, START_SAMPLES, `VM start ${s.mode}: samples kept`);
     }
+    // The coalesced path accounts for every write: queued in the kernel, or exited on a full queue.
+    for (const r of report.results.filter((x) => x.path === "main-coalesced")) {
+      const where = `${r.kind} ${r.path} ${r.privilege}`;
+      assert.ok(r.coalesced, `${where}: coalesced counts`);
+      if (r.coalesced.zones > 0) assert.equal(r.coalesced.delivered + r.coalesced.full_queue_exits, r.device_counted, where);
+    }
+    // Ratios to C come from interleaved pairs, one per round.
+    for (const r of report.results.filter((x) => x.vs_c)) {
+      for (const metric of ["mean", "p50", "p99", "exits_per_s"] as const) {
+        const spread = r.vs_c![metric];
+        if (spread === null) continue;
+        assert.equal(spread.per_pair.length, REPEATS, `${r.kind} ${r.path}: ${metric} pairs`);
+        assert.ok(spread.min <= spread.median && spread.median <= spread.max, `${r.kind} ${r.path}: ${metric} range`);
+      }
+    }
+    // Idle VMs: both watched, wake-ups counted, and the queued write delivered by pause().
+    assert.deepEqual(report.idle_vm?.map((i) => i.mode), ["spinning", "coalesced-zone"]);
+    for (const i of report.idle_vm!) {
+      assert.ok(Number.isInteger(i.main_wakeups) && i.main_wakeups >= 0, i.mode);
+      assert.equal(i.exits, 0, `${i.mode}: the spinning guest made no exit`);
+    }
+    assert.equal(report.idle_vm![1].delivered, 1);
+    for (const want of ["posted via coalescing", "5 us of work", "idle VM", "aggregate exits/s >= 1 vCPU's", "(p99)"]) {
+      assert.ok(report.targets.some((t) => t.target.includes(want)), `a target about '${want}'`);
+    }
     assert.ok(report.targets.length > 0);
     for (const t of report.targets) assert.ok(t.met === null || typeof t.met === "boolean", t.target);
 
