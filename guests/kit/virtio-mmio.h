@@ -51,7 +51,10 @@
 #define DESC_F_INDIRECT 4
 
 #define VQ_SIZE 8
-#define POLL_LIMIT 50000000u
+/* Polls of used.idx before giving up (about a second of emulated CPL0 code on PVM); the
+   status register, an MMIO exit, is read only every STATUS_POLL_EVERY polls. */
+#define POLL_LIMIT 2000000u
+#define STATUS_POLL_EVERY 1024u
 
 struct vq_desc { u64x addr; u32 len; u16 flags; u16 next; };
 struct vq_avail { u16 flags; u16 idx; u16 ring[VQ_SIZE]; u16 used_event; };
@@ -155,7 +158,7 @@ static int vq_submit(struct virtio_dev *d, u16 head) {
   vset(d, VM_QUEUE_NOTIFY, 0);
   for (u32 n = 0; n < POLL_LIMIT; n++) {
     if (d->used->idx != d->last_used) break;
-    if (vreg(d, VM_STATUS) & S_NEEDS_RESET) return -1;
+    if (n % STATUS_POLL_EVERY == 0 && (vreg(d, VM_STATUS) & S_NEEDS_RESET)) return -1;
     pause_cpu();
   }
   if (d->used->idx == d->last_used) return -1;
