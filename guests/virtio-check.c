@@ -9,6 +9,8 @@
  *     buffer across the end of RAM, 3 avail.idx jumping past the queue size, 4 nested
  *     indirect tables), reporting what the device did (hostile-outcome: needs-reset,
  *     completed or none); then a reset and re-initialisation must give entropy again.
+ *   CHECK=4 (endless I/O): reads sectors 0-1 of virtio-blk for ever, for a host that stops
+ *     the VM in the middle of it.
  * The same kernel runs under workervisor's PC machine and QEMU -M microvm.
  * Exit status 0 when every step worked; otherwise the number of the failed step.
  */
@@ -211,11 +213,22 @@ static void check_hostile(void) {
   put_hex("entropy", entropy, sizeof entropy);
 }
 
+static void endless_reads(void) {
+  u32 base = virtio_find(VIRTIO_ID_BLOCK, 0);
+  if (!base) fail(1, "no virtio-blk device in the window");
+  if (virtio_init(&dev, base, F_EVENT_IDX, ring)) fail(2, "initialisation");
+  serial_puts("reading\n");
+  for (;;) {
+    if (blk_request(BLK_T_IN, 0, readback, 1024, DESC_F_WRITE, 0) != 0) fail(3, "read of sectors 0-1");
+  }
+}
+
 void main(u32 info) {
   (void)info;
   if (CHECK == 1) check_entropy();
   else if (CHECK == 2) check_block();
-  else check_hostile();
+  else if (CHECK == 3) check_hostile();
+  else endless_reads();
   serial_puts("virtio-check: done\n");
   guest_exit(0);
 }

@@ -22,7 +22,7 @@ import { buildMultibootGuest } from "./helpers/flat-guest.js";
 
 after(() => destroyVcpuPool());
 
-const CHECK = { entropy: 1, block: 2, hostile: 3 } as const;
+const CHECK = { entropy: 1, block: 2, hostile: 3, endless: 4 } as const;
 const dir = mkdtempSync(join(tmpdir(), "workervisor-virtio-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -162,6 +162,28 @@ for (const { kind, what, fault } of HOSTILE) {
     assert.ok(machine.virtio[0].stats.resets >= 2);
   });
 }
+
+test("a VM stopped in the middle of block I/O ends, and the machine closes the image", { timeout: 120_000 }, async () => {
+  const image = makeImage("busy.img");
+  const blk = new VirtioBlk({ path: image.path });
+  const bytes: number[] = [];
+  const machine = new PcMachine({
+    kernel: readFileSync(buildMultibootGuest("virtio-check", { CHECK: CHECK.endless })), console: (b) => bytes.push(b),
+    virtio: [blk], memory: GUEST_MEMORY_MIB << 20,
+  });
+  let ended = false;
+  const running = machine.run().finally(() => { ended = true; });
+  while (blk.stats.reads < 20 && !ended) await new Promise((resolve) => setTimeout(resolve, 5));
+  assert.equal(ended, false, `the guest stopped by itself: ${Buffer.from(bytes).toString("latin1")}`);
+  assert.equal(blk.isOpen, true);
+  const stopped = await machine.stop();
+  assert.deepEqual(stopped, { reason: "stopped" });
+  assert.deepEqual(await running, { reason: "stopped" });
+  assert.equal(blk.isOpen, false, "the image was closed");
+  assert.equal(machine.vm.state, "stopped");
+  assert.equal(machine.virtio[0].stats.faults, 0);
+  assert.match(Buffer.from(bytes).toString("latin1"), /^reading$/m);
+});
 
 // ---- the same kernels under QEMU -M microvm, against QEMU's virtio-mmio devices ----
 
