@@ -11,6 +11,8 @@
  *     completed or none); then a reset and re-initialisation must give entropy again.
  *   CHECK=4 (endless I/O): reads sectors 0-1 of virtio-blk for ever, for a host that stops
  *     the VM in the middle of it.
+ *   CHECK=5 (measurement): COUNT reads of 4 KiB at pseudo-random 4 KiB-aligned sectors,
+ *     one at a time (queue depth 1), for timing from outside.
  * The same kernel runs under workervisor's PC machine and QEMU -M microvm.
  * Exit status 0 when every step worked; otherwise the number of the failed step.
  */
@@ -223,12 +225,32 @@ static void endless_reads(void) {
   }
 }
 
+#ifndef COUNT
+#define COUNT 1000
+#endif
+static u8 block4k[4096] __attribute__((aligned(4096)));
+
+static void timed_reads(void) {
+  u32 base = virtio_find(VIRTIO_ID_BLOCK, 0);
+  if (!base) fail(1, "no virtio-blk device in the window");
+  if (virtio_init(&dev, base, F_EVENT_IDX, ring)) fail(2, "initialisation");
+  u32 blocks = vreg(&dev, VM_CONFIG + 0) / 8;
+  if (blocks == 0) fail(2, "the image is smaller than 4 KiB");
+  u32 x = 12345;
+  for (u32 i = 0; i < COUNT; i++) {
+    x = x * 1103515245u + 12345u;
+    if (blk_request(BLK_T_IN, ((x >> 8) % blocks) * 8, block4k, sizeof block4k, DESC_F_WRITE, 0) != 0) fail(3, "4 KiB read");
+  }
+  put_number("reads", COUNT);
+}
+
 void main(u32 info) {
   (void)info;
   if (CHECK == 1) check_entropy();
   else if (CHECK == 2) check_block();
   else if (CHECK == 3) check_hostile();
-  else endless_reads();
+  else if (CHECK == 4) endless_reads();
+  else timed_reads();
   serial_puts("virtio-check: done\n");
   guest_exit(0);
 }
