@@ -13,11 +13,16 @@
  *     the VM in the middle of it.
  *   CHECK=5 (measurement): COUNT reads of 4 KiB at pseudo-random 4 KiB-aligned sectors,
  *     one at a time (queue depth 1), for timing from outside.
+ *   CHECK=6 (interrupt-driven entropy): virtio-rng's IOAPIC pin VIRTIO_GSI routed to a
+ *     vector (level-triggered, or edge with LEVEL=0); three requests, each completion seen
+ *     by the interrupt handler, which acks InterruptStatus before the EOI. Handler runs
+ *     that found InterruptStatus 0 are counted as other-interrupts.
  * The same kernel runs under workervisor's PC machine and QEMU -M microvm.
  * Exit status 0 when every step worked; otherwise the number of the failed step.
  */
 #include "kit.h"
 #include "virtio-mmio.h"
+#include "interrupts.h"
 
 #ifndef CHECK
 #define CHECK 1
@@ -244,13 +249,65 @@ static void timed_reads(void) {
   put_number("reads", COUNT);
 }
 
+#ifndef VIRTIO_GSI
+#define VIRTIO_GSI 20
+#endif
+#define VIRTIO_VECTOR 0x40
+#ifndef LEVEL
+#define LEVEL 1 /* virtio-mmio's line is level-triggered; 0 routes it as an edge */
+#endif
+static volatile u32 used_interrupts, other_interrupts;
+
+void kit_interrupt(void) {
+  u32 isr = vreg(&dev, VM_INTERRUPT_STATUS);
+  if (isr) {
+    vset(&dev, VM_INTERRUPT_ACK, isr);
+    /* Reading it back orders the ack before the EOI, so a level line is low by then. */
+    (void)vreg(&dev, VM_INTERRUPT_STATUS);
+    if (isr & 1) used_interrupts++;
+  } else {
+    other_interrupts++;
+  }
+  lapic_eoi();
+}
+
+static void interrupt_driven_entropy(void) {
+  u32 base = virtio_find(VIRTIO_ID_ENTROPY, 0);
+  if (!base) fail(1, "no virtio-rng device in the window");
+  if (virtio_init(&dev, base, F_EVENT_IDX, ring)) fail(2, "initialisation");
+  interrupts_init();
+  ioapic_route(VIRTIO_GSI, VIRTIO_VECTOR, LEVEL);
+  interrupts_enable();
+  for (u32 i = 0; i < 3; i++) {
+    u32 before = used_interrupts;
+    u16 idx = dev.avail->idx;
+    kit_memset(entropy, 0, sizeof entropy);
+    vq_set(&dev, 0, entropy, sizeof entropy, DESC_F_WRITE, 0);
+    dev.avail->ring[idx % VQ_SIZE] = 0;
+    dev.avail->used_event = idx;
+    barrier();
+    dev.avail->idx = (u16)(idx + 1);
+    barrier();
+    vset(&dev, VM_QUEUE_NOTIFY, 0);
+    for (u32 n = 0; n < POLL_LIMIT && used_interrupts == before; n++) pause_cpu();
+    if (used_interrupts == before) fail(3, "no interrupt for a completed request");
+    if (dev.used->idx != (u16)(dev.last_used + 1)) fail(4, "an interrupt but no used buffer");
+    dev.last_used++;
+    put_hex("entropy", entropy, sizeof entropy);
+  }
+  interrupts_disable();
+  put_number("used-interrupts", used_interrupts);
+  put_number("other-interrupts", other_interrupts);
+}
+
 void main(u32 info) {
   (void)info;
   if (CHECK == 1) check_entropy();
   else if (CHECK == 2) check_block();
   else if (CHECK == 3) check_hostile();
   else if (CHECK == 4) endless_reads();
-  else timed_reads();
+  else if (CHECK == 5) timed_reads();
+  else interrupt_driven_entropy();
   serial_puts("virtio-check: done\n");
   guest_exit(0);
 }

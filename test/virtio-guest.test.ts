@@ -22,7 +22,7 @@ import { buildMultibootGuest } from "./helpers/flat-guest.js";
 
 after(() => destroyVcpuPool());
 
-const CHECK = { entropy: 1, block: 2, hostile: 3, endless: 4 } as const;
+const CHECK = { entropy: 1, block: 2, hostile: 3, endless: 4, interrupts: 6 } as const;
 const dir = mkdtempSync(join(tmpdir(), "workervisor-virtio-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -136,6 +136,34 @@ test("virtio-blk read-only: VIRTIO_BLK_F_RO is offered, the write fails with IOE
  * and never answers the nested indirect table (hostile-outcome "completed" and "none").
  * Ours flags all four.
  */
+/**
+ * Level-triggered (as virtio-mmio's line is), this PVM host runs the handler a second time
+ * per request, finding InterruptStatus 0: inside the first run, after the ack and its
+ * read-back, the local APIC's IRR still shows the vector pending and its ISR shows nothing
+ * in service. Routed as an edge, IRR is clear and there is no second run. The cause is not
+ * pinned down (PVM's interrupt injection is the suspect). So the level test counts the
+ * interrupts that carried a used buffer; the edge test also checks there are no others.
+ */
+for (const level of [1, 0]) {
+  test(`virtio-rng's interrupt reaches the guest through the IOAPIC (${level ? "level" : "edge"}-triggered pin): one per request, acknowledged`, { timeout: 120_000 }, async (t) => {
+    const bytes: number[] = [];
+    const rng = new VirtioRng();
+    const machine = new PcMachine({
+      kernel: readFileSync(buildMultibootGuest("virtio-check", { CHECK: CHECK.interrupts, LEVEL: level })), console: (b) => bytes.push(b),
+      virtio: [rng], memory: GUEST_MEMORY_MIB << 20,
+    });
+    const result = await machine.run();
+    const report = parse(result.status, Buffer.from(bytes).toString("latin1"));
+    assert.deepEqual(result, { reason: "debug-exit", status: 0 }, report.console);
+    assert.equal(report.values.get("used-interrupts"), "3", "each completion raised the line and the guest took the interrupt");
+    t.diagnostic(`handler runs with InterruptStatus 0: ${report.values.get("other-interrupts")}`);
+    if (!level) assert.equal(report.values.get("other-interrupts"), "0");
+    assert.equal(new Set(report.all("entropy")).size, 3);
+    assert.equal(machine.virtio[0].stats.interrupts, 3);
+    assert.equal(rng.bytesServed, 96);
+  });
+}
+
 const HOSTILE = [
   { kind: 1, what: "a descriptor loop", fault: "chain-too-long", qemu: "needs-reset" },
   { kind: 2, what: "a buffer across the end of RAM", fault: "buffer-outside-ram", qemu: undefined },
