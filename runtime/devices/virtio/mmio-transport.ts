@@ -154,7 +154,12 @@ export class VirtioMmioTransport implements Device {
 
   write(offset: number, size: AccessSize, value: number | bigint): void {
     if (offset >= VirtioMmio.Config) {
-      if (size <= 4) this.device.writeConfig?.(offset - VirtioMmio.Config, size, toUnsigned(value, size));
+      if (size > 4 || this.device.writeConfig === undefined) return;
+      try {
+        this.device.writeConfig(offset - VirtioMmio.Config, size, toUnsigned(value, size));
+      } catch (error) {
+        this.needsReset(`device ${this.device.name} failed on a config write at 0x${offset.toString(16)}: ${(error as Error).message}`);
+      }
       return;
     }
     if (size !== 4 || offset % 4 !== 0) {
