@@ -16,3 +16,8 @@ export type { WorkerDeviceFactory } from "../workers/vcpu-worker.js";
 export { PcMachine, type PcMachineOptions } from "./pc-machine.js";
 export { KernelFormatError, detectKernelFormat } from "./boot/multiboot.js";
 export { type HypervisorCpuidOptions, type KvmPvFeature, KVM_PV_FEATURES } from "./boot/hypervisor-cpuid.js";
+export { VirtioMmioTransport, VIRTIO_MMIO_LENGTH, VirtioStatus, type VirtioMmioStats } from "./devices/virtio/mmio-transport.js";
+export { type VirtioDevice, type VirtioQueueContext } from "./devices/virtio/virtio-device.js";
+export { SplitVirtqueue, VirtqueueError, type VirtqueueFault, type DescriptorChain } from "./devices/virtio/virtqueue.js";
+export { VirtioRng } from "./devices/virtio/virtio-rng.js";
+export { VirtioBlk, BlockImageError, type VirtioBlkOptions } from "./devices/virtio/virtio-blk.js";

@@ -16,6 +16,8 @@ import { loadMultiboot, type MultibootModule } from "./boot/multiboot.js";
 import { applicationProcessorState, multibootCpuState } from "./boot/multiboot-cpu.js";
 import type { RegionSpec } from "../memory/guest-memory.js";
 import type { HypervisorCpuidOptions } from "./boot/hypervisor-cpuid.js";
+import type { VirtioDevice } from "./devices/virtio/virtio-device.js";
+import { VIRTIO_MMIO_LENGTH, VirtioMmioTransport } from "./devices/virtio/mmio-transport.js";
 
 export const COM1_PORT = 0x3f8;
 export const COM1_IRQ = 4;
@@ -26,6 +28,10 @@ const LOW_MEMORY_LIMIT = 3 * 1024 * MiB;
 const FOUR_GIB = 4 * 1024 * MiB;
 /** ACPI tables sit in the BIOS area just after the RSDP, out of the usable memory map. */
 const ACPI_TABLES_ADDRESS = 0xe1000;
+/** virtio-mmio transports: QEMU microvm's window (so one guest finds both), a GSI each. */
+export const VIRTIO_MMIO_BASE = 0xfeb0_0000;
+export const VIRTIO_MMIO_FIRST_GSI = 20;
+const VIRTIO_MMIO_SLOTS = 4; // GSIs 20..23 of the IOAPIC, clear of ISA and PCI INTx lines
 
 export interface PcMachineOptions {
   kernel: Uint8Array;
@@ -42,6 +48,14 @@ export interface PcMachineOptions {
   hypervisorCpuid?: HypervisorCpuidOptions;
   /** Host input for COM1 (e.g. piped stdin), delivered with flow control and never dropped. */
   input?: InputSource;
+  /**
+   * virtio devices, each on a virtio-mmio transport at VIRTIO_MMIO_BASE + 0x200 * i with
+   * GSI VIRTIO_MMIO_FIRST_GSI + i, announced by `virtio_mmio.device=` on the command line.
+   * The machine owns them: one with a `close()` is closed when the machine stops.
+   */
+  virtio?: VirtioDevice[];
+  /** Where a virtio device's once-per-reset fault report goes (default: console.warn). */
+  virtioLog?: (message: string) => void;
 }
 
 function memoryLayout(size: number): RegionSpec[] {
@@ -60,6 +74,9 @@ export class PcMachine {
   readonly serial: Serial16550;
   /** Input waiting for room in COM1's receiver; `push` more into it. */
   readonly input = new SerialInputPump();
+  /** The transports of `options.virtio`, in order. */
+  readonly virtio: VirtioMmioTransport[] = [];
+  private readonly virtioDevices: VirtioDevice[];
 
   constructor(options: PcMachineOptions) {
     const cpus = options.cpus ?? 1;
@@ -67,13 +84,18 @@ export class PcMachine {
     if (!Number.isInteger(cpus) || cpus < 1 || cpus > 255) {
       throw new VmConfigError(`cpus must be a whole number from 1 to 255 (APIC IDs fit in a byte), got ${cpus}`);
     }
+    this.virtioDevices = options.virtio ?? [];
+    if (this.virtioDevices.length > VIRTIO_MMIO_SLOTS) {
+      this.closeVirtio();
+      throw new VmConfigError(`a PC machine has ${VIRTIO_MMIO_SLOTS} virtio-mmio slots, ${this.virtioDevices.length} virtio devices were given`);
+    }
     const vm = Vm.create({ memory: memoryLayout(memory), vcpus: cpus, irqchip: true, hypervisorCpuid: options.hypervisorCpuid });
     try {
       writeAcpiTables(vm.memory, { cpus, tablesAddress: ACPI_TABLES_ADDRESS });
       const name = options.kernelName ?? "kernel";
       const entry = loadMultiboot(vm.memory, options.kernel, {
         fileName: name,
-        cmdline: options.append ? `${name} ${options.append}` : name,
+        cmdline: [name, options.append, ...this.virtioDevices.map((_, i) => virtioCommandLine(i))].filter((w) => w).join(" "),
         modules: options.modules,
       });
       vm.setCpuState(0, multibootCpuState(vm.memory, entry));
@@ -101,8 +123,13 @@ export class PcMachine {
         space: "pio", base: CMOS_PORT, length: CMOS_PORT_LENGTH,
         device: new CmosRtc({ ramSize: memory, ramBelow4GiB: Math.min(memory, LOW_MEMORY_LIMIT) }),
       });
+      this.virtioDevices.forEach((device, i) => {
+        const transport = new VirtioMmioTransport({ memory: vm.memory, device, interrupt: vm.interruptLine(VIRTIO_MMIO_FIRST_GSI + i), log: options.virtioLog });
+        vm.addDevice({ space: "mmio", base: VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_LENGTH, length: VIRTIO_MMIO_LENGTH, device: transport });
+        this.virtio.push(transport);
+      });
     } catch (error) {
-      void vm.stop();
+      void vm.stop().finally(() => this.closeVirtio());
       throw error;
     }
     this.vm = vm;
@@ -113,10 +140,24 @@ export class PcMachine {
       return await this.vm.run();
     } finally {
       this.input.detach();
+      this.closeVirtio();
     }
   }
 
-  stop(): Promise<VmResult> {
-    return this.vm.stop();
+  async stop(): Promise<VmResult> {
+    try {
+      return await this.vm.stop();
+    } finally {
+      this.closeVirtio();
+    }
   }
+
+  private closeVirtio(): void {
+    for (const device of this.virtioDevices) device.close?.();
+  }
+}
+
+/** Linux's `virtio_mmio.device=<size>@<base>:<irq>` for slot `i`. */
+function virtioCommandLine(i: number): string {
+  return `virtio_mmio.device=${VIRTIO_MMIO_LENGTH}@0x${(VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_LENGTH).toString(16)}:${VIRTIO_MMIO_FIRST_GSI + i}`;
 }

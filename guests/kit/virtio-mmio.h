@@ -1,0 +1,180 @@
+/*
+ * A polled virtio-mmio (version 2) driver for guest-kit kernels running with paging off
+ * (guest-physical = virtual): device discovery in the microvm window, the initialisation
+ * sequence of virtio 1.2 section 3.1.1, and one split virtqueue of VQ_SIZE entries.
+ * Completion is found by polling used.idx; InterruptStatus is read and acknowledged so the
+ * interrupt side of the transport is exercised too.
+ */
+#ifndef GUEST_KIT_VIRTIO_MMIO_H
+#define GUEST_KIT_VIRTIO_MMIO_H
+#include "kit.h"
+
+#define VIRTIO_MMIO_WINDOW 0xfeb00000u
+#define VIRTIO_MMIO_STRIDE 0x200u
+#define VIRTIO_MMIO_SLOTS 24 /* QEMU microvm has 24 and fills them from the top */
+
+#define VM_MAGIC 0x000
+#define VM_VERSION 0x004
+#define VM_DEVICE_ID 0x008
+#define VM_DEVICE_FEATURES 0x010
+#define VM_DEVICE_FEATURES_SEL 0x014
+#define VM_DRIVER_FEATURES 0x020
+#define VM_DRIVER_FEATURES_SEL 0x024
+#define VM_QUEUE_SEL 0x030
+#define VM_QUEUE_NUM_MAX 0x034
+#define VM_QUEUE_NUM 0x038
+#define VM_QUEUE_READY 0x044
+#define VM_QUEUE_NOTIFY 0x050
+#define VM_INTERRUPT_STATUS 0x060
+#define VM_INTERRUPT_ACK 0x064
+#define VM_STATUS 0x070
+#define VM_QUEUE_DESC_LOW 0x080
+#define VM_QUEUE_DESC_HIGH 0x084
+#define VM_QUEUE_DRIVER_LOW 0x090
+#define VM_QUEUE_DRIVER_HIGH 0x094
+#define VM_QUEUE_DEVICE_LOW 0x0a0
+#define VM_QUEUE_DEVICE_HIGH 0x0a4
+#define VM_CONFIG 0x100
+
+#define S_ACKNOWLEDGE 1u
+#define S_DRIVER 2u
+#define S_DRIVER_OK 4u
+#define S_FEATURES_OK 8u
+#define S_NEEDS_RESET 64u
+
+#define F_INDIRECT_DESC (1u << 28)
+#define F_EVENT_IDX (1u << 29)
+#define F_HIGH_VERSION_1 (1u << 0) /* bit 32 */
+
+#define DESC_F_NEXT 1
+#define DESC_F_WRITE 2
+#define DESC_F_INDIRECT 4
+
+#define VQ_SIZE 8
+/* Polls of used.idx before giving up (about a second of emulated CPL0 code on PVM); the
+   status register, an MMIO exit, is read only every STATUS_POLL_EVERY polls. */
+#define POLL_LIMIT 2000000u
+#define STATUS_POLL_EVERY 1024u
+
+struct vq_desc { u64x addr; u32 len; u16 flags; u16 next; };
+struct vq_avail { u16 flags; u16 idx; u16 ring[VQ_SIZE]; u16 used_event; };
+struct vq_used_elem { u32 id; u32 len; };
+struct vq_used { u16 flags; u16 idx; struct vq_used_elem ring[VQ_SIZE]; u16 avail_event; };
+
+struct virtio_dev {
+  u32 base;
+  u32 features;  /* low 32 feature bits accepted */
+  struct vq_desc *desc;
+  struct vq_avail *avail;
+  volatile struct vq_used *used;
+  u16 last_used;
+  u32 interrupts_seen;
+};
+
+static inline void barrier(void) { __asm__ volatile("" ::: "memory"); }
+static inline u32 mmio_read32(u32 addr) { return *(volatile u32 *)addr; }
+static inline void mmio_write32(u32 addr, u32 v) { *(volatile u32 *)addr = v; }
+static inline u8 mmio_read8(u32 addr) { return *(volatile u8 *)addr; }
+
+static inline u32 vreg(struct virtio_dev *d, u32 off) { return mmio_read32(d->base + off); }
+static inline void vset(struct virtio_dev *d, u32 off, u32 v) { mmio_write32(d->base + off, v); }
+
+/* The transport of the `nth` (0-based) device with `device_id` in the window, or 0. */
+static u32 virtio_find(u32 device_id, u32 nth) {
+  for (u32 i = 0; i < VIRTIO_MMIO_SLOTS; i++) {
+    u32 base = VIRTIO_MMIO_WINDOW + i * VIRTIO_MMIO_STRIDE;
+    if (mmio_read32(base + VM_MAGIC) != 0x74726976u || mmio_read32(base + VM_VERSION) != 2) continue;
+    if (mmio_read32(base + VM_DEVICE_ID) == device_id && nth-- == 0) return base;
+  }
+  return 0;
+}
+
+static void *kit_memset(void *p, int c, u32 n) {
+  u8 *b = p;
+  while (n--) *b++ = (u8)c;
+  return p;
+}
+
+/*
+ * Resets and initialises the device with queue 0 in `ring` (a zeroed, 4 KiB-aligned page),
+ * accepting `wanted` of the low feature bits it offers. 0 on success, else the failing step.
+ */
+static int virtio_init(struct virtio_dev *d, u32 base, u32 wanted, u8 *ring) {
+  d->base = base;
+  vset(d, VM_STATUS, 0);
+  if (vreg(d, VM_STATUS) != 0) return 1;
+  vset(d, VM_STATUS, S_ACKNOWLEDGE);
+  vset(d, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER);
+  vset(d, VM_DEVICE_FEATURES_SEL, 1);
+  if (!(vreg(d, VM_DEVICE_FEATURES) & F_HIGH_VERSION_1)) return 2;
+  vset(d, VM_DEVICE_FEATURES_SEL, 0);
+  d->features = vreg(d, VM_DEVICE_FEATURES) & wanted;
+  vset(d, VM_DRIVER_FEATURES_SEL, 0);
+  vset(d, VM_DRIVER_FEATURES, d->features);
+  vset(d, VM_DRIVER_FEATURES_SEL, 1);
+  vset(d, VM_DRIVER_FEATURES, F_HIGH_VERSION_1);
+  vset(d, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
+  if (!(vreg(d, VM_STATUS) & S_FEATURES_OK)) return 3;
+  vset(d, VM_QUEUE_SEL, 0);
+  if (vreg(d, VM_QUEUE_READY) != 0) return 4;
+  if (vreg(d, VM_QUEUE_NUM_MAX) < VQ_SIZE) return 5;
+  kit_memset(ring, 0, 4096);
+  d->desc = (struct vq_desc *)ring;
+  d->avail = (struct vq_avail *)(ring + 16 * VQ_SIZE);
+  d->used = (volatile struct vq_used *)(ring + 2048);
+  d->last_used = 0;
+  vset(d, VM_QUEUE_NUM, VQ_SIZE);
+  vset(d, VM_QUEUE_DESC_LOW, (u32)d->desc);
+  vset(d, VM_QUEUE_DESC_HIGH, 0);
+  vset(d, VM_QUEUE_DRIVER_LOW, (u32)d->avail);
+  vset(d, VM_QUEUE_DRIVER_HIGH, 0);
+  vset(d, VM_QUEUE_DEVICE_LOW, (u32)d->used);
+  vset(d, VM_QUEUE_DEVICE_HIGH, 0);
+  vset(d, VM_QUEUE_READY, 1);
+  vset(d, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+  if (vreg(d, VM_STATUS) & S_NEEDS_RESET) return 6;
+  return 0;
+}
+
+static void vq_set(struct virtio_dev *d, u32 i, const void *addr, u32 len, u16 flags, u16 next) {
+  d->desc[i].addr = (u32)addr;
+  d->desc[i].len = len;
+  d->desc[i].flags = flags;
+  d->desc[i].next = next;
+}
+
+/*
+ * Offers the chain at descriptor `head`, notifies and polls for its completion.
+ * Returns the used length, or -1 if the device did not answer (or needs a reset).
+ */
+static int vq_submit(struct virtio_dev *d, u16 head) {
+  u16 idx = d->avail->idx;
+  d->avail->ring[idx % VQ_SIZE] = head;
+  /* With EVENT_IDX, ask for an interrupt for exactly this request. */
+  d->avail->used_event = idx;
+  barrier();
+  d->avail->idx = (u16)(idx + 1);
+  barrier();
+  vset(d, VM_QUEUE_NOTIFY, 0);
+  for (u32 n = 0; n < POLL_LIMIT; n++) {
+    if (d->used->idx != d->last_used) break;
+    if (n % STATUS_POLL_EVERY == 0 && (vreg(d, VM_STATUS) & S_NEEDS_RESET)) return -1;
+    pause_cpu();
+  }
+  if (d->used->idx == d->last_used) return -1;
+  barrier();
+  u32 len = d->used->ring[d->last_used % VQ_SIZE].len;
+  d->last_used++;
+  u32 isr = vreg(d, VM_INTERRUPT_STATUS);
+  if (isr & 1) d->interrupts_seen++;
+  if (isr) vset(d, VM_INTERRUPT_ACK, isr);
+  return (int)len;
+}
+
+static void serial_put_hex8(u8 v) {
+  const char *digits = "0123456789abcdef";
+  serial_putc(digits[v >> 4]);
+  serial_putc(digits[v & 15]);
+}
+
+#endif

@@ -1,0 +1,313 @@
+/*
+ * Drives the virtio-mmio devices it finds in the microvm window, polled, and reports on
+ * COM1 in `key=value` lines for the host to check:
+ *   CHECK=1 (entropy): two 32-byte reads from virtio-rng, printed in hex.
+ *   CHECK=2 (block): config (capacity, blk_size, seg_max), GET_ID, a read of sectors 0-1,
+ *     a write of sectors 2-3 (through an indirect table when negotiated), FLUSH, and a read
+ *     back of sectors 2-3 compared with what was written.
+ *   CHECK=3 (hostile driver): a ring broken on purpose (HOSTILE: 1 a descriptor loop, 2 a
+ *     buffer across the end of RAM, 3 avail.idx jumping past the queue size, 4 nested
+ *     indirect tables), reporting what the device did (hostile-outcome: needs-reset,
+ *     completed or none); then a reset and re-initialisation must give entropy again.
+ *   CHECK=4 (endless I/O): reads sectors 0-1 of virtio-blk for ever, for a host that stops
+ *     the VM in the middle of it.
+ *   CHECK=5 (measurement): COUNT reads of 4 KiB at pseudo-random 4 KiB-aligned sectors,
+ *     one at a time (queue depth 1), for timing from outside.
+ *   CHECK=6 (interrupt-driven entropy): virtio-rng's IOAPIC pin VIRTIO_GSI routed to a
+ *     vector (level-triggered, or edge with LEVEL=0); three requests, each completion seen
+ *     by the interrupt handler, which acks InterruptStatus before the EOI. Handler runs
+ *     that found InterruptStatus 0 are counted as other-interrupts.
+ * The same kernel runs under workervisor's PC machine and QEMU -M microvm.
+ * Exit status 0 when every step worked; otherwise the number of the failed step.
+ */
+#include "kit.h"
+#include "virtio-mmio.h"
+#include "interrupts.h"
+
+#ifndef CHECK
+#define CHECK 1
+#endif
+
+#define VIRTIO_ID_BLOCK 2
+#define VIRTIO_ID_ENTROPY 4
+#define BLK_F_SEG_MAX (1u << 2)
+#define BLK_F_RO (1u << 5)
+#define BLK_F_BLK_SIZE (1u << 6)
+#define BLK_F_FLUSH (1u << 9)
+#define BLK_T_IN 0
+#define BLK_T_OUT 1
+#define BLK_T_FLUSH 4
+#define BLK_T_GET_ID 8
+
+static u8 ring[4096] __attribute__((aligned(4096)));
+static struct vq_desc indirect_table[4] __attribute__((aligned(16)));
+static u8 data[1024] __attribute__((aligned(16)));
+static u8 readback[1024] __attribute__((aligned(16)));
+static u8 entropy[32];
+static u8 status_byte;
+static struct { u32 type; u32 reserved; u64x sector; } header;
+static struct virtio_dev dev;
+
+static __attribute__((noreturn)) void fail(u32 step, const char *why) {
+  serial_puts("virtio-check: step ");
+  serial_put_decimal(step);
+  serial_puts(" failed: ");
+  serial_puts(why);
+  serial_puts("\n");
+  guest_exit(step);
+}
+
+static void put_hex(const char *key, const u8 *bytes, u32 n) {
+  serial_puts(key);
+  serial_putc('=');
+  for (u32 i = 0; i < n; i++) serial_put_hex8(bytes[i]);
+  serial_putc('\n');
+}
+
+static void put_number(const char *key, u32 value) {
+  serial_puts(key);
+  serial_putc('=');
+  serial_put_decimal(value);
+  serial_putc('\n');
+}
+
+static int read_entropy(void) {
+  kit_memset(entropy, 0, sizeof entropy);
+  vq_set(&dev, 0, entropy, sizeof entropy, DESC_F_WRITE, 0);
+  return vq_submit(&dev, 0);
+}
+
+static void check_entropy(void) {
+  u32 base = virtio_find(VIRTIO_ID_ENTROPY, 0);
+  if (!base) fail(1, "no virtio-rng device in the window");
+  int err = virtio_init(&dev, base, F_EVENT_IDX | F_INDIRECT_DESC, ring);
+  if (err) { put_number("init-step", err); fail(2, "initialisation"); }
+  for (int i = 0; i < 2; i++) {
+    int n = read_entropy();
+    if (n <= 0) fail(3, "no entropy came back");
+    put_number("entropy-bytes", n);
+    put_hex("entropy", entropy, sizeof entropy);
+  }
+  put_number("interrupts", dev.interrupts_seen);
+}
+
+/* A request of header + (data, len, data_flags) + status; through the indirect table if asked. */
+static int blk_request(u32 type, u32 sector, void *buf, u32 len, u16 data_flags, int indirect) {
+  header.type = type;
+  header.reserved = 0;
+  header.sector = sector;
+  status_byte = 0xff;
+  struct vq_desc *t = indirect ? indirect_table : dev.desc;
+  u16 n = 0;
+  t[n] = (struct vq_desc){(u32)&header, sizeof header, DESC_F_NEXT, (u16)(n + 1)}; n++;
+  if (len) { t[n] = (struct vq_desc){(u32)buf, len, (u16)(data_flags | DESC_F_NEXT), (u16)(n + 1)}; n++; }
+  t[n] = (struct vq_desc){(u32)&status_byte, 1, DESC_F_WRITE, 0}; n++;
+  if (indirect) vq_set(&dev, 0, indirect_table, n * sizeof(struct vq_desc), DESC_F_INDIRECT, 0);
+  if (vq_submit(&dev, 0) < 0) return -1;
+  return status_byte;
+}
+
+static u32 fnv1a(const u8 *p, u32 n) {
+  u32 h = 2166136261u;
+  for (u32 i = 0; i < n; i++) h = (h ^ p[i]) * 16777619u;
+  return h;
+}
+
+static void check_block(void) {
+  u32 base = virtio_find(VIRTIO_ID_BLOCK, 0);
+  if (!base) fail(1, "no virtio-blk device in the window");
+  int err = virtio_init(&dev, base, F_EVENT_IDX | F_INDIRECT_DESC | BLK_F_SEG_MAX | BLK_F_RO | BLK_F_BLK_SIZE | BLK_F_FLUSH, ring);
+  if (err) { put_number("init-step", err); fail(2, "initialisation"); }
+  put_number("capacity", vreg(&dev, VM_CONFIG + 0)); /* low word: small images */
+  if (dev.features & BLK_F_SEG_MAX) put_number("seg-max", vreg(&dev, VM_CONFIG + 12));
+  if (dev.features & BLK_F_BLK_SIZE) put_number("blk-size", vreg(&dev, VM_CONFIG + 20));
+  put_number("read-only", !!(dev.features & BLK_F_RO));
+  put_number("flush", !!(dev.features & BLK_F_FLUSH));
+  put_number("indirect", !!(dev.features & F_INDIRECT_DESC));
+
+  u8 id[21];
+  kit_memset(id, 0, sizeof id);
+  if (blk_request(BLK_T_GET_ID, 0, id, 20, DESC_F_WRITE, 0) != 0) fail(3, "GET_ID");
+  serial_puts("serial=");
+  serial_puts((const char *)id);
+  serial_putc('\n');
+
+  if (blk_request(BLK_T_IN, 0, readback, 1024, DESC_F_WRITE, 0) != 0) fail(4, "read of sectors 0-1");
+  put_number("sector0-fnv", fnv1a(readback, 1024));
+
+  for (u32 i = 0; i < sizeof data; i++) data[i] = (u8)(i * 7 + 3);
+  int indirect = (dev.features & F_INDIRECT_DESC) != 0;
+  int written = blk_request(BLK_T_OUT, 2, data, sizeof data, 0, indirect);
+  put_number("write-status", (u32)written);
+  if (written < 0) fail(5, "write of sectors 2-3 got no answer");
+  if (dev.features & BLK_F_FLUSH) {
+    int flushed = blk_request(BLK_T_FLUSH, 0, 0, 0, 0, 0);
+    put_number("flush-status", (u32)flushed);
+    if (flushed != 0) fail(6, "FLUSH");
+  }
+  kit_memset(readback, 0, sizeof readback);
+  if (blk_request(BLK_T_IN, 2, readback, 1024, DESC_F_WRITE, indirect) != 0) fail(7, "read of sectors 2-3");
+  u32 same = 1;
+  for (u32 i = 0; i < sizeof data; i++) same &= readback[i] == data[i];
+  put_number("readback-matches", same);
+  put_number("sector2-fnv", fnv1a(readback, 1024));
+  put_number("interrupts", dev.interrupts_seen);
+  if (!(dev.features & BLK_F_RO) && (!same || written != 0)) fail(8, "what was read back is not what was written");
+}
+
+#ifndef HOSTILE
+#define HOSTILE 1
+#endif
+#define RAM_END 0x4000000u /* the tests give the guest 64 MiB */
+
+/* Polls for DEVICE_NEEDS_RESET or a completion after a notification, for a while. */
+static const char *wait_outcome(void) {
+  for (u32 n = 0; n < POLL_LIMIT / 8; n++) {
+    if (n % STATUS_POLL_EVERY == 0 && (vreg(&dev, VM_STATUS) & S_NEEDS_RESET)) return "needs-reset";
+    if (dev.used->idx != dev.last_used) return "completed";
+    pause_cpu();
+  }
+  return (vreg(&dev, VM_STATUS) & S_NEEDS_RESET) ? "needs-reset" : "none";
+}
+
+/* Breaks the ring as HOSTILE says: 1 a descriptor loop, 2 a buffer across the end of RAM,
+   3 avail.idx jumping by more than the queue size, 4 an indirect table inside another. */
+static void offer_hostile(void) {
+  u16 idx = dev.avail->idx;
+  dev.avail->ring[idx % VQ_SIZE] = 0;
+  u16 next_idx = (u16)(idx + 1);
+  switch (HOSTILE) {
+  case 1:
+    vq_set(&dev, 0, entropy, 8, DESC_F_WRITE | DESC_F_NEXT, 1);
+    vq_set(&dev, 1, entropy + 8, 8, DESC_F_WRITE | DESC_F_NEXT, 0);
+    break;
+  case 2:
+    vq_set(&dev, 0, (void *)(RAM_END - 8), 16, DESC_F_WRITE, 0);
+    break;
+  case 3:
+    vq_set(&dev, 0, entropy, 8, DESC_F_WRITE, 0);
+    next_idx = (u16)(idx + VQ_SIZE + 1);
+    break;
+  case 4:
+    indirect_table[0] = (struct vq_desc){(u32)&indirect_table[2], 16, DESC_F_INDIRECT, 0};
+    indirect_table[2] = (struct vq_desc){(u32)entropy, 8, DESC_F_WRITE, 0};
+    vq_set(&dev, 0, indirect_table, 16, DESC_F_INDIRECT, 0);
+    break;
+  }
+  barrier();
+  dev.avail->idx = next_idx;
+  barrier();
+  vset(&dev, VM_QUEUE_NOTIFY, 0);
+}
+
+static void check_hostile(void) {
+  u32 base = virtio_find(VIRTIO_ID_ENTROPY, 0);
+  if (!base) fail(1, "no virtio-rng device in the window");
+  if (virtio_init(&dev, base, F_EVENT_IDX | F_INDIRECT_DESC, ring)) fail(2, "initialisation");
+  if (HOSTILE == 4 && !(dev.features & F_INDIRECT_DESC)) fail(2, "INDIRECT_DESC not offered");
+  offer_hostile();
+  serial_puts("hostile-outcome=");
+  serial_puts(wait_outcome());
+  serial_putc('\n');
+  u32 isr = vreg(&dev, VM_INTERRUPT_STATUS);
+  put_number("hostile-status", vreg(&dev, VM_STATUS));
+  put_number("hostile-isr", isr);
+  vset(&dev, VM_INTERRUPT_ACK, isr);
+  int err = virtio_init(&dev, base, F_EVENT_IDX, ring);
+  if (err) { put_number("init-step", err); fail(4, "re-initialisation after reset"); }
+  put_number("reinit-status", vreg(&dev, VM_STATUS));
+  if (read_entropy() <= 0) fail(5, "no entropy after re-initialisation");
+  put_hex("entropy", entropy, sizeof entropy);
+}
+
+static void endless_reads(void) {
+  u32 base = virtio_find(VIRTIO_ID_BLOCK, 0);
+  if (!base) fail(1, "no virtio-blk device in the window");
+  if (virtio_init(&dev, base, F_EVENT_IDX, ring)) fail(2, "initialisation");
+  serial_puts("reading\n");
+  for (;;) {
+    if (blk_request(BLK_T_IN, 0, readback, 1024, DESC_F_WRITE, 0) != 0) fail(3, "read of sectors 0-1");
+  }
+}
+
+#ifndef COUNT
+#define COUNT 1000
+#endif
+static u8 block4k[4096] __attribute__((aligned(4096)));
+
+static void timed_reads(void) {
+  u32 base = virtio_find(VIRTIO_ID_BLOCK, 0);
+  if (!base) fail(1, "no virtio-blk device in the window");
+  if (virtio_init(&dev, base, F_EVENT_IDX, ring)) fail(2, "initialisation");
+  u32 blocks = vreg(&dev, VM_CONFIG + 0) / 8;
+  if (blocks == 0) fail(2, "the image is smaller than 4 KiB");
+  u32 x = 12345;
+  for (u32 i = 0; i < COUNT; i++) {
+    x = x * 1103515245u + 12345u;
+    if (blk_request(BLK_T_IN, ((x >> 8) % blocks) * 8, block4k, sizeof block4k, DESC_F_WRITE, 0) != 0) fail(3, "4 KiB read");
+  }
+  put_number("reads", COUNT);
+}
+
+#ifndef VIRTIO_GSI
+#define VIRTIO_GSI 20
+#endif
+#define VIRTIO_VECTOR 0x40
+#ifndef LEVEL
+#define LEVEL 1 /* virtio-mmio's line is level-triggered; 0 routes it as an edge */
+#endif
+static volatile u32 used_interrupts, other_interrupts;
+
+void kit_interrupt(void) {
+  u32 isr = vreg(&dev, VM_INTERRUPT_STATUS);
+  if (isr) {
+    vset(&dev, VM_INTERRUPT_ACK, isr);
+    /* Reading it back orders the ack before the EOI, so a level line is low by then. */
+    (void)vreg(&dev, VM_INTERRUPT_STATUS);
+    if (isr & 1) used_interrupts++;
+  } else {
+    other_interrupts++;
+  }
+  lapic_eoi();
+}
+
+static void interrupt_driven_entropy(void) {
+  u32 base = virtio_find(VIRTIO_ID_ENTROPY, 0);
+  if (!base) fail(1, "no virtio-rng device in the window");
+  if (virtio_init(&dev, base, F_EVENT_IDX, ring)) fail(2, "initialisation");
+  interrupts_init();
+  ioapic_route(VIRTIO_GSI, VIRTIO_VECTOR, LEVEL);
+  interrupts_enable();
+  for (u32 i = 0; i < 3; i++) {
+    u32 before = used_interrupts;
+    u16 idx = dev.avail->idx;
+    kit_memset(entropy, 0, sizeof entropy);
+    vq_set(&dev, 0, entropy, sizeof entropy, DESC_F_WRITE, 0);
+    dev.avail->ring[idx % VQ_SIZE] = 0;
+    dev.avail->used_event = idx;
+    barrier();
+    dev.avail->idx = (u16)(idx + 1);
+    barrier();
+    vset(&dev, VM_QUEUE_NOTIFY, 0);
+    for (u32 n = 0; n < POLL_LIMIT && used_interrupts == before; n++) pause_cpu();
+    if (used_interrupts == before) fail(3, "no interrupt for a completed request");
+    if (dev.used->idx != (u16)(dev.last_used + 1)) fail(4, "an interrupt but no used buffer");
+    dev.last_used++;
+    put_hex("entropy", entropy, sizeof entropy);
+  }
+  interrupts_disable();
+  put_number("used-interrupts", used_interrupts);
+  put_number("other-interrupts", other_interrupts);
+}
+
+void main(u32 info) {
+  (void)info;
+  if (CHECK == 1) check_entropy();
+  else if (CHECK == 2) check_block();
+  else if (CHECK == 3) check_hostile();
+  else if (CHECK == 4) endless_reads();
+  else if (CHECK == 5) timed_reads();
+  else interrupt_driven_entropy();
+  serial_puts("virtio-check: done\n");
+  guest_exit(0);
+}

@@ -1,0 +1,56 @@
+/**
+ * What a virtio device (block, entropy, ...) gives its transport: its ID, features, queue
+ * sizes, config space, and the work it does when a queue is notified. The transport owns
+ * negotiation, status, queues and interrupts, so a device only ever sees working queues.
+ */
+import type { GuestMemory } from "../../../memory/guest-memory.js";
+import type { SplitVirtqueue } from "./virtqueue.js";
+
+/** Device IDs (virtio 1.2 section 5). */
+export const VIRTIO_ID_BLOCK = 2;
+export const VIRTIO_ID_ENTROPY = 4;
+
+/** Feature bits every transport-level device shares (virtio 1.2 section 6). */
+export const VIRTIO_F_RING_INDIRECT_DESC = 28n;
+export const VIRTIO_F_RING_EVENT_IDX = 29n;
+export const VIRTIO_F_VERSION_1 = 32n;
+
+export function featureBit(bit: bigint): bigint {
+  return 1n << bit;
+}
+
+/** What the transport lends a device while the driver has it running. */
+export interface VirtioQueueContext {
+  readonly memory: GuestMemory;
+  /** The features the driver accepted (FEATURES_OK). */
+  readonly features: bigint;
+  /**
+   * The driver broke the device's own protocol (not the ring's): the device stops until
+   * reset (DEVICE_NEEDS_RESET). `reason` is logged once.
+   */
+  needsReset(reason: string): void;
+}
+
+export interface VirtioDevice {
+  readonly name: string;
+  readonly deviceId: number;
+  /** Device-type feature bits offered; the transport adds VERSION_1, INDIRECT_DESC, EVENT_IDX. */
+  readonly features: bigint;
+  /** QueueNumMax of each queue (powers of 2). */
+  readonly queueSizes: readonly number[];
+  /** The device-specific configuration space, little-endian as the guest reads it. */
+  readonly config: Uint8Array;
+  /** The driver wrote `value` (size bytes) at `offset` of the config space. Default: ignored. */
+  writeConfig?(offset: number, size: number, value: number): void;
+  /**
+   * The driver notified queue `index`: take its requests with `queue.pop()` and return them
+   * with `queue.pushUsed`. A ring fault (pop returning a VirtqueueError) is the transport's
+   * business: the device just stops taking from that queue.
+   */
+  processQueue(index: number, queue: SplitVirtqueue, context: VirtioQueueContext): void;
+  /** The driver reset the device: forget every request in flight. */
+  reset(): void;
+  /** Releases host resources (files); the machine that owns the device calls it on stop. */
+  close?(): void;
+}
+
