@@ -13,6 +13,7 @@ import { PciConfigNoDevice, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LENGTH } from "./de
 import { CmosRtc, CMOS_PORT, CMOS_PORT_LENGTH } from "./devices/cmos-rtc.js";
 import { loadMultiboot, type MultibootModule } from "./boot/multiboot.js";
 import { applicationProcessorState, multibootCpuState } from "./boot/multiboot-cpu.js";
+import { isLinuxKernel, loadLinux, type Decompression, type LinuxBoot } from "./boot/linux/linux-loader.js";
 import type { RegionSpec } from "../memory/guest-memory.js";
 
 export const COM1_PORT = 0x3f8;
@@ -36,6 +37,14 @@ export interface PcMachineOptions {
   memory?: number;
   /** Receives every byte the guest sends on COM1. */
   console: (byte: number) => void;
+  /** Linux kernels (bzImage or ELF vmlinux, told from the file): the initrd. */
+  initrd?: Uint8Array;
+  /** Linux kernels: the whole command line (`append` is the multiboot one). */
+  cmdline?: string;
+  /** Linux bzImage: decompress the payload on the host (default) or run the kernel's decompressor. */
+  decompression?: Decompression;
+  /** Linux bzImage: folder for decompressed kernels, keyed by content hash; undefined: no cache. */
+  kernelCacheDir?: string;
 }
 
 function memoryLayout(size: number): RegionSpec[] {
@@ -52,6 +61,8 @@ function memoryLayout(size: number): RegionSpec[] {
 export class PcMachine {
   readonly vm: Vm;
   readonly serial: Serial16550;
+  /** How a Linux kernel was loaded (undefined for multiboot kernels). */
+  readonly linux: LinuxBoot | undefined;
 
   constructor(options: PcMachineOptions) {
     const cpus = options.cpus ?? 1;
@@ -61,14 +72,24 @@ export class PcMachine {
     }
     const vm = Vm.create({ memory: memoryLayout(memory), vcpus: cpus, irqchip: true });
     try {
-      writeAcpiTables(vm.memory, { cpus, tablesAddress: ACPI_TABLES_ADDRESS });
+      const acpi = writeAcpiTables(vm.memory, { cpus, tablesAddress: ACPI_TABLES_ADDRESS });
       const name = options.kernelName ?? "kernel";
-      const entry = loadMultiboot(vm.memory, options.kernel, {
-        fileName: name,
-        cmdline: options.append ? `${name} ${options.append}` : name,
-        modules: options.modules,
-      });
-      vm.setCpuState(0, multibootCpuState(vm.memory, entry));
+      if (isLinuxKernel(options.kernel)) {
+        this.linux = loadLinux(vm.memory, {
+          kernel: options.kernel, fileName: name, initrd: options.initrd, cmdline: options.cmdline,
+          rsdpAddress: acpi.rsdp, decompression: options.decompression, cacheDir: options.kernelCacheDir,
+        });
+        vm.setCpuState(0, this.linux.cpuState);
+      } else {
+        if (options.initrd !== undefined) throw new VmConfigError(`${name}: initrd given, but the kernel is not a Linux kernel (bzImage or ELF vmlinux)`);
+        this.linux = undefined;
+        const entry = loadMultiboot(vm.memory, options.kernel, {
+          fileName: name,
+          cmdline: options.append ? `${name} ${options.append}` : name,
+          modules: options.modules,
+        });
+        vm.setCpuState(0, multibootCpuState(vm.memory, entry));
+      }
       for (let i = 1; i < cpus; i++) vm.setCpuState(i, applicationProcessorState());
 
       this.serial = new Serial16550({ output: options.console, irq: vm.interruptLine(COM1_IRQ) });
