@@ -14,6 +14,7 @@ import { CmosRtc, CMOS_PORT, CMOS_PORT_LENGTH } from "./devices/cmos-rtc.js";
 import { loadMultiboot, type MultibootModule } from "./boot/multiboot.js";
 import { applicationProcessorState, multibootCpuState } from "./boot/multiboot-cpu.js";
 import { isLinuxKernel, loadLinux, type Decompression, type LinuxBoot } from "./boot/linux/linux-loader.js";
+import { hidePvmUnemulatedCpuid, PVM_KERNEL_PARAMETERS, withKernelParameters } from "./boot/linux/pvm-fallbacks.js";
 import type { RegionSpec } from "../memory/guest-memory.js";
 
 export const COM1_PORT = 0x3f8;
@@ -45,6 +46,11 @@ export interface PcMachineOptions {
   decompression?: Decompression;
   /** Linux bzImage: folder for decompressed kernels, keyed by content hash; undefined: no cache. */
   kernelCacheDir?: string;
+  /**
+   * Linux on a PVM host (default true; ignored elsewhere): steer the kernel away from
+   * instructions PVM cannot emulate at CPL0 (see boot/linux/pvm-fallbacks.ts).
+   */
+  pvmFallbacks?: boolean;
 }
 
 function memoryLayout(size: number): RegionSpec[] {
@@ -63,6 +69,8 @@ export class PcMachine {
   readonly serial: Serial16550;
   /** How a Linux kernel was loaded (undefined for multiboot kernels). */
   readonly linux: LinuxBoot | undefined;
+  /** Linux on a PVM host: what was changed so the kernel avoids instructions PVM cannot emulate. */
+  readonly pvmFallbacks: { hiddenCpuid: string[]; kernelParameters: string[] } | undefined;
 
   constructor(options: PcMachineOptions) {
     const cpus = options.cpus ?? 1;
@@ -75,12 +83,27 @@ export class PcMachine {
       const acpi = writeAcpiTables(vm.memory, { cpus, tablesAddress: ACPI_TABLES_ADDRESS });
       const name = options.kernelName ?? "kernel";
       if (isLinuxKernel(options.kernel)) {
+        const pvm = (options.pvmFallbacks ?? true) && vm.hypervisorFlavour.startsWith("kvm-pvm");
+        const cmdline = pvm ? withKernelParameters(options.cmdline ?? "", PVM_KERNEL_PARAMETERS) : options.cmdline;
         this.linux = loadLinux(vm.memory, {
-          kernel: options.kernel, fileName: name, initrd: options.initrd, cmdline: options.cmdline,
+          kernel: options.kernel, fileName: name, initrd: options.initrd, cmdline,
           rsdpAddress: acpi.rsdp, decompression: options.decompression, cacheDir: options.kernelCacheDir,
         });
         vm.setCpuState(0, this.linux.cpuState);
+        if (pvm) {
+          const hiddenCpuid = new Set<string>();
+          vm.editCpuid((entries) => {
+            const { entries: edited, hidden } = hidePvmUnemulatedCpuid(entries);
+            hidden.forEach((feature) => hiddenCpuid.add(feature));
+            return edited;
+          });
+          vm.completeKernelInt3();
+          this.pvmFallbacks = { hiddenCpuid: [...hiddenCpuid], kernelParameters: [...PVM_KERNEL_PARAMETERS] };
+        } else {
+          this.pvmFallbacks = undefined;
+        }
       } else {
+        this.pvmFallbacks = undefined;
         if (options.initrd !== undefined) throw new VmConfigError(`${name}: initrd given, but the kernel is not a Linux kernel (bzImage or ELF vmlinux)`);
         this.linux = undefined;
         const entry = loadMultiboot(vm.memory, options.kernel, {

@@ -4,7 +4,7 @@
  */
 import { EventEmitter } from "node:events";
 import { openHypervisor, type BackendName } from "./hypervisor/backends.js";
-import type { CpuState, Hypervisor, IoEventOptions, VcpuDescriptor, VmHandle } from "./hypervisor/hypervisor.js";
+import type { CpuidEntry, CpuState, Hypervisor, IoEventOptions, VcpuDescriptor, VmHandle } from "./hypervisor/hypervisor.js";
 import { Bus } from "./bus.js";
 import { DEFAULT_DISPATCHER_OPTIONS, type DeviceError, Dispatcher, type DispatcherOptions } from "./dispatcher.js";
 import type { Device, InterruptLine } from "./devices/device.js";
@@ -58,6 +58,8 @@ export interface VmStats {
   workerParks: number;
   /** Each worker's adaptive spin budget (iterations) when last published. */
   workerSpinBudgets: number[];
+  /** INT3s at CPL0 completed by the host fallback (PVM only; see `completeKernelInt3()`). */
+  kernelInt3Completed: number;
 }
 
 export interface DeviceRegistration {
@@ -164,6 +166,23 @@ export class Vm extends EventEmitter {
   }
 
   private readonly cpuidTable: ReturnType<typeof cpuidForVcpu>[];
+
+  /**
+   * Host fallback for PVM, which cannot emulate INT3 in kernel mode: complete it from the
+   * worker (step past, inject #BP) instead of failing the VM. Counted in `stats.kernelInt3Completed`.
+   */
+  completeKernelInt3(): void {
+    this.requireState(["created"], "enable the INT3 fallback on");
+    this.kernelInt3Fallback = true;
+  }
+
+  private kernelInt3Fallback = false;
+
+  /** Edits each vCPU's CPUID (already carrying its APIC ID) before the VM starts, e.g. to hide a feature. */
+  editCpuid(edit: (entries: CpuidEntry[], vcpu: number) => CpuidEntry[]): void {
+    this.requireState(["created"], "edit the CPUID of");
+    this.cpuidTable.forEach((entries, i) => (this.cpuidTable[i] = edit(entries, i)));
+  }
 
   get state(): VmState {
     return this.stateValue;
@@ -282,6 +301,7 @@ export class Vm extends EventEmitter {
         workerDevices: this.workerDevices,
         spin: this.spin,
         resumeOnHalt: this.resumeOnHalt,
+        completeKernelInt3: this.kernelInt3Fallback,
       };
       return pool.run(task).then(
         (outcome) => this.vcpuEnded(i, outcome as VcpuOutcome),
@@ -347,6 +367,7 @@ export class Vm extends EventEmitter {
       dispatcherParks: d.parks,
       workerParks: sum(Stat.WORKER_PARKS),
       workerSpinBudgets: this.channels.map((c) => c.stats[Stat.WORKER_SPIN_BUDGET]),
+      kernelInt3Completed: sum(Stat.KERNEL_INT3_COMPLETED),
     };
   }
 

@@ -13,20 +13,22 @@ import { PcMachine } from "../runtime/pc-machine.js";
 import { loadLinux } from "../runtime/boot/linux/linux-loader.js";
 import { GuestMemory } from "../memory/guest-memory.js";
 import { probeBzImage, probeVmlinux, type BzImageFields } from "./linux-images.js";
+import { PVM_KERNEL_PARAMETERS, withKernelParameters } from "../runtime/boot/linux/pvm-fallbacks.js";
+import { ON_PVM } from "./linux-guest.js";
 
 const MiB = 1024 * 1024;
 const CMDLINE = "console=ttyS0 probe=yes -- echo hello";
 const INITRD = new TextEncoder().encode("initrd-bytes\0");
 
-async function bootProbe(kernel: Uint8Array, extra: { decompression?: "host" | "guest"; cacheDir?: string } = {}) {
+async function bootProbe(kernel: Uint8Array, extra: { decompression?: "host" | "guest"; cacheDir?: string; pvmFallbacks?: boolean } = {}) {
   let output = "";
   const machine = new PcMachine({
     kernel, kernelName: "probe", cmdline: CMDLINE, initrd: INITRD, memory: 64 * MiB,
-    decompression: extra.decompression, kernelCacheDir: extra.cacheDir,
+    decompression: extra.decompression, kernelCacheDir: extra.cacheDir, pvmFallbacks: extra.pvmFallbacks ?? false,
     console: (byte) => (output += String.fromCharCode(byte)),
   });
   const result = await machine.run();
-  return { result, output, linux: machine.linux! };
+  return { result, output, linux: machine.linux!, machine };
 }
 
 test("ELF vmlinux: entered in long mode with RSI at the zero page, our command line, initrd and e820 map", async () => {
@@ -116,4 +118,20 @@ test("an initrd larger than RAM, a vmlinux outside RAM and an over-long command 
   assert.match(loadError(probeVmlinux(), { initrd: new Uint8Array(80 * MiB) }).message, /initrd \(83886080 bytes\) does not fit .*more memory/);
   assert.match(loadError(probeVmlinux(undefined, 0x800_0000)).message, /outside guest RAM .*give the VM more memory/);
   assert.match(loadError(probeBzImage("gzip", { cmdlineSize: 16 }), { cmdline: "x".repeat(17) }).message, /17 bytes; this kernel takes at most 16 \(cmdline_size\)/);
+});
+
+test("PVM fallback parameters go before '--', whose words belong to init, and only once", () => {
+  assert.equal(withKernelParameters("console=ttyS0 -- echo hi", ["noxsave"]), "console=ttyS0 noxsave -- echo hi");
+  assert.equal(withKernelParameters("console=ttyS0", ["noxsave", "a=b"]), "console=ttyS0 noxsave a=b");
+  assert.equal(withKernelParameters("noxsave -- noxsave", ["noxsave"]), "noxsave -- noxsave");
+  assert.equal(withKernelParameters("", ["noxsave"]), "noxsave");
+});
+
+test("on a PVM host the kernel is given the fallback parameters; elsewhere the command line is untouched", async () => {
+  const { output, machine } = await bootProbe(probeVmlinux(), { pvmFallbacks: true });
+  const expected = ON_PVM ? withKernelParameters(CMDLINE, PVM_KERNEL_PARAMETERS) : CMDLINE;
+  assert.equal(output, `${expected}initrd-bytes`);
+  assert.equal(machine.linux!.cmdline, expected);
+  assert.equal(machine.pvmFallbacks !== undefined, ON_PVM);
+  if (ON_PVM) assert.deepEqual(machine.pvmFallbacks!.kernelParameters, [...PVM_KERNEL_PARAMETERS]);
 });

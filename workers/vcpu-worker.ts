@@ -84,7 +84,7 @@ export default async function runVcpu(task: VcpuTask | { warmup: true }): Promis
     applyCpuState(vcpu, task.cpuState, task);
     channel.setThreadId(vcpu.threadId());
     channel.setWorkerState(WorkerState.RUNNING);
-    return runLoop(vcpu, channel, local, task.syncWrites, task.resumeOnHalt);
+    return runLoop(vcpu, channel, local, task.syncWrites, task.resumeOnHalt, task.completeKernelInt3 === true);
   } finally {
     vcpu.close();
     channel.setWorkerState(WorkerState.EXITED);
@@ -97,6 +97,7 @@ function runLoop(
   local: Record<string, Bus>,
   syncWrites: AddressRange[],
   resumeOnHalt: boolean,
+  completeKernelInt3: boolean,
 ): VcpuOutcome {
   const stats = channel.stats;
   const pio = local.pio;
@@ -172,6 +173,12 @@ function runLoop(
         break;
       case ExitKind.SystemEvent:
         return { reason: "system-event", detail: exit.detail };
+      case ExitKind.InternalError:
+        if (completeKernelInt3 && vcpu.completeKernelInt3?.()) {
+          stats[Stat.KERNEL_INT3_COMPLETED]++;
+          break;
+        }
+        return { reason: "fatal", exitKind: exitKindName(kind), detail: exit.detail, registers: registerDump(vcpu) };
       default:
         return { reason: "fatal", exitKind: exitKindName(kind), detail: exit.detail, registers: registerDump(vcpu) };
     }

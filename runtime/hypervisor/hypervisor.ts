@@ -176,6 +176,11 @@ export interface VcpuHandle {
   setFpuControl(fpu: FpuControl): void;
   /** Marks the vCPU as waiting for INIT/SIPI (an SMP application processor). */
   setWaitForStartup(): void;
+  /**
+   * Completes an INT3 the backend could not run at CPL0 (PVM) by stepping past it and
+   * delivering #BP; false if the last exit was not that. Optional: only backends that need it.
+   */
+  completeKernelInt3?(): boolean;
   close(): void;
 }
 

@@ -43,6 +43,8 @@ export interface LinuxBoot {
   payloadFormat?: PayloadFormat;
   decompressedFromCache: boolean;
   e820: E820Entry[];
+  /** acpi_rsdp_addr as written to the zero page. */
+  rsdpAddress: number;
   cmdline: string;
   kernelRange: { start: number; end: number };
   initrd?: { address: number; size: number };
@@ -235,6 +237,7 @@ export function loadLinux(memory: GuestMemory, options: LinuxBootOptions): Linux
     payloadFormat: compression,
     decompressedFromCache: fromCache,
     e820,
+    rsdpAddress: options.rsdpAddress,
     cmdline,
     kernelRange,
     initrd,

@@ -31,6 +31,8 @@ export const Ioctl = {
   GET_FPU: 0x81a0ae8c,
   SET_FPU: 0x41a0ae8d,
   SET_MP_STATE: 0x4004ae99,
+  GET_VCPU_EVENTS: 0x8040ae9f,
+  SET_VCPU_EVENTS: 0x4040aea0,
   ENABLE_CAP: 0x4068aea3,
   X86_SET_MSR_FILTER: 0x4188aec6,
 } as const;
@@ -95,6 +97,10 @@ export const Run = {
   internal_suberror: 32,
   internal_ndata: 36,
   internal_data: 40,
+  // struct kvm_run.emulation_failure, the KVM_INTERNAL_ERROR_EMULATION form of internal
+  emulation_failure_flags: 40,
+  emulation_failure_insn_size: 48,
+  emulation_failure_insn_bytes: 49,
   system_event_type: 32,
   msr_error: 32,
   msr_reason: 40,
@@ -148,3 +154,18 @@ export const MSR_EXIT_FILTER = 1 << 2;
 /** struct kvm_ioeventfd flags */
 export const IOEVENTFD_FLAG_DATAMATCH = 1 << 0;
 export const IOEVENTFD_FLAG_PIO = 1 << 1;
+
+/** KVM_EXIT_INTERNAL_ERROR suberror: the in-kernel emulator could not emulate an instruction. */
+export const KVM_INTERNAL_ERROR_EMULATION = 1;
+/** emulation_failure.flags: insn_size and insn_bytes are valid. */
+export const KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES = 1;
+
+/** struct kvm_vcpu_events (64 bytes): the exception part, offsets from its start. */
+export const KVM_VCPU_EVENTS_SIZE = 64;
+export const VcpuEvents = {
+  exception_injected: 0,
+  exception_nr: 1,
+  exception_has_error_code: 2,
+  exception_pending: 3,
+  exception_error_code: 4,
+} as const;
