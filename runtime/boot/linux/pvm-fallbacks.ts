@@ -6,8 +6,9 @@
  *
  * - lock cmpxchg16b (SLUB's per-CPU freelists, right after "Memory:"): hidden from CPUID
  *   (leaf 1 ECX.CX16), so SLUB takes its locked path. PVM honours this bit.
- * - XRSTOR (FPU init) and CLAC/STAC (SMAP): PVM reports XSAVE and SMAP whatever CPUID we
- *   set, so they are turned off on the kernel command line (`noxsave`, `clearcpuid=smap`).
+ * - XRSTOR (FPU init), CLAC/STAC (SMAP) and POPCNT (hweight, patched in by alternatives):
+ *   PVM reports XSAVE, SMAP and POPCNT whatever CPUID we
+ *   set, so they are turned off on the kernel command line (`noxsave`, `clearcpuid=smap,popcnt`).
  * - INT3 at CPL0 (the kernel's int3 self-test, kprobes, jump labels): completed by the vCPU
  *   worker (see Vm.completeKernelInt3), counted in VmStats.kernelInt3Completed.
  */
@@ -16,7 +17,7 @@ import type { CpuidEntry } from "../../hypervisor/hypervisor.js";
 const CPUID_LEAF1_ECX_CX16 = 1 << 13;
 
 /** Kernel parameters for the features PVM forces on but cannot emulate. */
-export const PVM_KERNEL_PARAMETERS = ["noxsave", "clearcpuid=smap"] as const;
+export const PVM_KERNEL_PARAMETERS = ["noxsave", "clearcpuid=smap,popcnt"] as const;
 
 /** `entries` without CX16; `hidden` is ["cx16"] when it was offered. */
 export function hidePvmUnemulatedCpuid(entries: CpuidEntry[]): { entries: CpuidEntry[]; hidden: string[] } {
