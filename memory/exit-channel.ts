@@ -46,8 +46,8 @@ export const Stat = {
   EXITS: 0, IN_WORKER: 1, SYNC: 2, POSTED: 3, RING_FULL_WAITS: 4,
   /** Times the worker parked waiting for an answer or ring space, and its spin budget now. */
   WORKER_PARKS: 5, WORKER_SPIN_BUDGET: 6,
-  /** INT3s at CPL0 the worker completed for a host that cannot (PVM). */
-  KERNEL_INT3_COMPLETED: 7,
+  /** CPL0 instructions (INT3, FWAIT) the worker completed for a host that cannot (PVM). */
+  KERNEL_INSTRUCTIONS_COMPLETED: 7,
 } as const;
 
 /** Doorbell slots: a sequence bumped on every publish, and the main thread's parked flag. */

@@ -97,7 +97,7 @@ export class PcMachine {
             hidden.forEach((feature) => hiddenCpuid.add(feature));
             return edited;
           });
-          vm.completeKernelInt3();
+          vm.completeUnemulatedKernelInstructions();
           this.pvmFallbacks = { hiddenCpuid: [...hiddenCpuid], kernelParameters: [...PVM_KERNEL_PARAMETERS] };
         } else {
           this.pvmFallbacks = undefined;

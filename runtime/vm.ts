@@ -58,8 +58,8 @@ export interface VmStats {
   workerParks: number;
   /** Each worker's adaptive spin budget (iterations) when last published. */
   workerSpinBudgets: number[];
-  /** INT3s at CPL0 completed by the host fallback (PVM only; see `completeKernelInt3()`). */
-  kernelInt3Completed: number;
+  /** CPL0 INT3s and FWAITs completed by the host fallback (PVM only; see `completeUnemulatedKernelInstructions()`). */
+  kernelInstructionsCompleted: number;
 }
 
 export interface DeviceRegistration {
@@ -168,15 +168,16 @@ export class Vm extends EventEmitter {
   private readonly cpuidTable: ReturnType<typeof cpuidForVcpu>[];
 
   /**
-   * Host fallback for PVM, which cannot emulate INT3 in kernel mode: complete it from the
-   * worker (step past, inject #BP) instead of failing the VM. Counted in `stats.kernelInt3Completed`.
+   * Host fallback for PVM, which cannot emulate INT3 or FWAIT in kernel mode: the worker
+   * completes them as the CPU would instead of failing the VM. Counted in
+   * `stats.kernelInstructionsCompleted`.
    */
-  completeKernelInt3(): void {
-    this.requireState(["created"], "enable the INT3 fallback on");
-    this.kernelInt3Fallback = true;
+  completeUnemulatedKernelInstructions(): void {
+    this.requireState(["created"], "enable the kernel-instruction fallback on");
+    this.kernelInstructionFallback = true;
   }
 
-  private kernelInt3Fallback = false;
+  private kernelInstructionFallback = false;
 
   /** Edits each vCPU's CPUID (already carrying its APIC ID) before the VM starts, e.g. to hide a feature. */
   editCpuid(edit: (entries: CpuidEntry[], vcpu: number) => CpuidEntry[]): void {
@@ -301,7 +302,7 @@ export class Vm extends EventEmitter {
         workerDevices: this.workerDevices,
         spin: this.spin,
         resumeOnHalt: this.resumeOnHalt,
-        completeKernelInt3: this.kernelInt3Fallback,
+        completeKernelInstructions: this.kernelInstructionFallback,
       };
       return pool.run(task).then(
         (outcome) => this.vcpuEnded(i, outcome as VcpuOutcome),
@@ -367,7 +368,7 @@ export class Vm extends EventEmitter {
       dispatcherParks: d.parks,
       workerParks: sum(Stat.WORKER_PARKS),
       workerSpinBudgets: this.channels.map((c) => c.stats[Stat.WORKER_SPIN_BUDGET]),
-      kernelInt3Completed: sum(Stat.KERNEL_INT3_COMPLETED),
+      kernelInstructionsCompleted: sum(Stat.KERNEL_INSTRUCTIONS_COMPLETED),
     };
   }
 

@@ -108,3 +108,17 @@ export function bootDebianKernel(assets: GuestAssets, options: { cpus: number; c
   );
   return { machine, console, result };
 }
+
+/** Types `text` on the guest's COM1 no faster than its receive FIFO drains, as a flow-controlled line would. */
+export async function typeOnConsole(machine: PcMachine, text: string): Promise<void> {
+  const bytes = Buffer.from(text);
+  let at = 0;
+  while (at < bytes.length) {
+    const room = machine.serial.rxSpace();
+    if (room > 0) {
+      machine.serial.receive(bytes.subarray(at, at + room));
+      at += room;
+    }
+    if (at < bytes.length) await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}

@@ -31,8 +31,8 @@ export interface VcpuTask {
   spin: SpinPolicy;
   /** Re-enter the guest after a HLT exit instead of ending the vCPU. */
   resumeOnHalt: boolean;
-  /** Complete INT3s the backend could not run at CPL0 (PVM) instead of failing. */
-  completeKernelInt3?: boolean;
+  /** Complete CPL0 instructions the backend could not run (PVM: INT3, FWAIT) instead of failing. */
+  completeKernelInstructions?: boolean;
 }
 
 export interface RegisterDump {

@@ -84,7 +84,7 @@ export default async function runVcpu(task: VcpuTask | { warmup: true }): Promis
     applyCpuState(vcpu, task.cpuState, task);
     channel.setThreadId(vcpu.threadId());
     channel.setWorkerState(WorkerState.RUNNING);
-    return runLoop(vcpu, channel, local, task.syncWrites, task.resumeOnHalt, task.completeKernelInt3 === true);
+    return runLoop(vcpu, channel, local, task.syncWrites, task.resumeOnHalt, task.completeKernelInstructions === true);
   } finally {
     vcpu.close();
     channel.setWorkerState(WorkerState.EXITED);
@@ -97,7 +97,7 @@ function runLoop(
   local: Record<string, Bus>,
   syncWrites: AddressRange[],
   resumeOnHalt: boolean,
-  completeKernelInt3: boolean,
+  completeKernelInstructions: boolean,
 ): VcpuOutcome {
   const stats = channel.stats;
   const pio = local.pio;
@@ -174,8 +174,8 @@ function runLoop(
       case ExitKind.SystemEvent:
         return { reason: "system-event", detail: exit.detail };
       case ExitKind.InternalError:
-        if (completeKernelInt3 && vcpu.completeKernelInt3?.()) {
-          stats[Stat.KERNEL_INT3_COMPLETED]++;
+        if (completeKernelInstructions && vcpu.completeUnemulatedKernelInstruction?.()) {
+          stats[Stat.KERNEL_INSTRUCTIONS_COMPLETED]++;
           break;
         }
         return { reason: "fatal", exitKind: exitKindName(kind), detail: exit.detail, registers: registerDump(vcpu) };

@@ -177,10 +177,10 @@ export interface VcpuHandle {
   /** Marks the vCPU as waiting for INIT/SIPI (an SMP application processor). */
   setWaitForStartup(): void;
   /**
-   * Completes an INT3 the backend could not run at CPL0 (PVM) by stepping past it and
-   * delivering #BP; false if the last exit was not that. Optional: only backends that need it.
+   * Completes a CPL0 instruction the backend could not run (PVM: INT3, FWAIT) as the CPU
+   * would; false if the last exit was not that. Optional: only backends that need it.
    */
-  completeKernelInt3?(): boolean;
+  completeUnemulatedKernelInstruction?(): boolean;
   close(): void;
 }
 

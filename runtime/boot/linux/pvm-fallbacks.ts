@@ -9,8 +9,9 @@
  * - XRSTOR (FPU init), CLAC/STAC (SMAP) and POPCNT (hweight, patched in by alternatives):
  *   PVM reports XSAVE, SMAP and POPCNT whatever CPUID we
  *   set, so they are turned off on the kernel command line (`noxsave`, `clearcpuid=smap,popcnt`).
- * - INT3 at CPL0 (the kernel's int3 self-test, kprobes, jump labels): completed by the vCPU
- *   worker (see Vm.completeKernelInt3), counted in VmStats.kernelInt3Completed.
+ * - INT3 at CPL0 (the kernel's int3 self-test, text patching) and FWAIT (fpu__drop, when a
+ *   task execs or exits): completed by the vCPU worker (Vm.completeUnemulatedKernelInstructions),
+ *   counted in VmStats.kernelInstructionsCompleted.
  */
 import type { CpuidEntry } from "../../hypervisor/hypervisor.js";
 

@@ -135,7 +135,7 @@ export const Sregs = {
 
 /** struct kvm_fpu: fpr[8][16], fcw, fsw, ftwx, pad, last_opcode, last_ip, last_dp, xmm[16][16], mxcsr. */
 export const KVM_FPU_SIZE = 416;
-export const Fpu = { fcw: 128, mxcsr: 408 } as const;
+export const Fpu = { fcw: 128, fsw: 130, mxcsr: 408 } as const;
 
 /** struct kvm_cpuid_entry2 */
 export const CPUID_ENTRY_SIZE = 40;

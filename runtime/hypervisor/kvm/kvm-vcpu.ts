@@ -16,6 +16,9 @@ const EINTR = 4;
 const EAGAIN = 11;
 const TWO_POW_32 = 2 ** 32;
 const INT3_OPCODE = 0xcc;
+const FWAIT_OPCODE = 0x9b;
+/** x87 status word: error summary, an unmasked exception is pending (FWAIT would raise #MF). */
+const FSW_ES = 0x80;
 const BREAKPOINT_VECTOR = 3;
 
 export class KvmVcpu implements VcpuHandle {
@@ -227,19 +230,30 @@ export class KvmVcpu implements VcpuHandle {
   }
 
   /**
-   * PVM emulates all CPL0 code but cannot emulate INT3 there; KVM reports the emulation
-   * failure with the instruction's bytes. When the last exit is that failure on a lone
-   * 0xCC at CPL0, do what the emulator would: step past it and inject #BP (a trap, so the
-   * saved RIP is the next instruction). Returns false, changing nothing, for anything else.
+   * PVM emulates all CPL0 code, but its emulator lacks INT3 and FWAIT; KVM reports the
+   * emulation failure with the instruction's bytes. When the last exit is that failure at
+   * CPL0 on one of them, do what the instruction does: INT3 steps past itself and raises #BP
+   * (a trap, so the saved RIP is the next instruction); FWAIT with no unmasked x87 exception
+   * pending (FSW.ES clear) does nothing. Returns false, changing nothing, for anything else.
    */
-  completeKernelInt3(): boolean {
+  completeUnemulatedKernelInstruction(): boolean {
     const view = this.runView;
     if (view.getUint32(Run.exit_reason, true) !== ExitReason.INTERNAL_ERROR) return false;
     if (view.getUint32(Run.internal_suberror, true) !== KVM_INTERNAL_ERROR_EMULATION) return false;
     const flags = view.getBigUint64(Run.emulation_failure_flags, true);
     if (!(flags & BigInt(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES))) return false;
-    if (this.run8[Run.emulation_failure_insn_size] < 1 || this.run8[Run.emulation_failure_insn_bytes] !== INT3_OPCODE) return false;
+    if (this.run8[Run.emulation_failure_insn_size] < 1) return false;
+    const opcode = this.run8[Run.emulation_failure_insn_bytes];
+    if (opcode !== INT3_OPCODE && opcode !== FWAIT_OPCODE) return false;
     if (this.getSpecialRegisters().cs.dpl !== 0) return false;
+    if (opcode === FWAIT_OPCODE) {
+      const fpu = new Uint8Array(KVM_FPU_SIZE);
+      this.ioctl(Ioctl.GET_FPU, fpu, "KVM_GET_FPU");
+      if (new DataView(fpu.buffer).getUint16(Fpu.fsw, true) & FSW_ES) return false;
+      const registers = this.getRegisters();
+      this.setRegisters({ ...registers, rip: registers.rip + 1n });
+      return true;
+    }
     const events = new Uint8Array(KVM_VCPU_EVENTS_SIZE);
     this.ioctl(Ioctl.GET_VCPU_EVENTS, events, "KVM_GET_VCPU_EVENTS");
     if (events[VcpuEvents.exception_injected] || events[VcpuEvents.exception_pending]) return false;

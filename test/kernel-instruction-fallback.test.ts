@@ -1,7 +1,8 @@
 /**
- * The INT3-at-CPL0 fallback for PVM hosts: an INT3 in kernel mode reaches the guest's #BP
- * handler with the saved RIP just past it, as on hardware, and is counted. Without the
- * fallback a PVM host fails the VM there, which is why it exists.
+ * The kernel-instruction fallback for PVM hosts: an INT3 in kernel mode reaches the guest's
+ * #BP handler with the saved RIP just past it, and an FWAIT with nothing pending does
+ * nothing, as on hardware; each is counted. Without the fallback a PVM host fails the VM
+ * there, which is why it exists.
  */
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
@@ -39,7 +40,7 @@ function int3Vm(fallback: boolean): Vm {
   vm.memory.writeU8(gate + 5, 0x8e);
   vm.memory.writeU16(gate + 6, handler >>> 16);
   vm.memory.writeU32(gate + 8, 0);
-  if (fallback) vm.completeKernelInt3();
+  if (fallback) vm.completeUnemulatedKernelInstructions();
   return vm;
 }
 
@@ -47,10 +48,20 @@ test("INT3 at CPL0 reaches the guest's #BP handler with RIP past it; the PVM fal
   const vm = int3Vm(true);
   const result = await vm.run();
   assert.deepEqual(result, { reason: "debug-exit", status: ENTRY + AFTER_INT3_OFFSET });
-  assert.equal(vm.stats.kernelInt3Completed, ON_PVM ? 1 : 0, "the fallback runs only where the host cannot");
+  assert.equal(vm.stats.kernelInstructionsCompleted, ON_PVM ? 1 : 0, "the fallback runs only where the host cannot");
 });
 
 test("without the fallback a PVM host fails the VM at a kernel-mode INT3", { skip: ON_PVM ? false : "the host runs INT3 itself (hardware virtualization)" }, async () => {
   const vm = int3Vm(false);
   await assert.rejects(vm.run(), (error: unknown) => error instanceof GuestFatalError && /internal-error/.test(error.message));
+});
+
+test("FWAIT at CPL0 with no x87 exception pending just goes on; the PVM fallback counts it", async () => {
+  const vm = Vm.create({ memory: 2 * 1024 * 1024 });
+  vm.addDebugExit();
+  // fninit; fwait; fwait; mov al, 7; out 0xf4, al
+  vm.loadProgram({ code: [0xdb, 0xe3, 0x9b, 0x9b, 0xb0, 0x07, 0xe6, 0xf4], mode: "long64" });
+  vm.completeUnemulatedKernelInstructions();
+  assert.deepEqual(await vm.run(), { reason: "debug-exit", status: 7 });
+  assert.equal(vm.stats.kernelInstructionsCompleted, ON_PVM ? 2 : 0);
 });
