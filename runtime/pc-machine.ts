@@ -11,6 +11,7 @@ import { DEFAULT_PM1A_EVENT_PORT, DEFAULT_PM_TIMER_PORT, PM_TIMER_LENGTH, writeA
 import { AcpiPm1Registers, PM1_REGISTERS_LENGTH } from "./devices/acpi-pm1.js";
 import { PciConfigNoDevice, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LENGTH } from "./devices/pci-config.js";
 import { CmosRtc, CMOS_PORT, CMOS_PORT_LENGTH } from "./devices/cmos-rtc.js";
+import { I8042Reset, I8042_COMMAND_PORT } from "./devices/i8042-reset.js";
 import { loadMultiboot, type MultibootModule } from "./boot/multiboot.js";
 import { applicationProcessorState, multibootCpuState } from "./boot/multiboot-cpu.js";
 import { isLinuxKernel, loadLinux, type Decompression, type LinuxBoot } from "./boot/linux/linux-loader.js";
@@ -128,6 +129,10 @@ export class PcMachine {
         device: new AcpiPm1Registers(() => vm.exit(0)),
       });
       vm.addDevice({ space: "pio", base: PCI_CONFIG_PORT, length: PCI_CONFIG_PORT_LENGTH, device: new PciConfigNoDevice() });
+      vm.addDevice({
+        space: "pio", base: I8042_COMMAND_PORT, length: 1, sync: true,
+        device: new I8042Reset(() => vm.reset("i8042 reset (0xfe to port 0x64)")),
+      });
       vm.addDevice({
         space: "pio", base: CMOS_PORT, length: CMOS_PORT_LENGTH,
         device: new CmosRtc({ ramSize: memory, ramBelow4GiB: Math.min(memory, LOW_MEMORY_LIMIT) }),

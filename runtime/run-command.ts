@@ -107,6 +107,7 @@ export async function runCommand(args: string[]): Promise<number> {
     if (!process.stdin.isTTY) process.stdin.on("data", forwardInput).on("error", () => {});
     try {
       const result = await machine.run();
+      if (result.reason === "reset") process.stderr.write(`workervisor run: the guest rebooted (${result.detail}); ending\n`);
       return exitStatusOf(result);
     } finally {
       sink.flush();

@@ -39,7 +39,7 @@ export interface VmOptions {
 export type VmState = "created" | "running" | "paused" | "stopped";
 
 export interface VmResult {
-  reason: "debug-exit" | "halted" | "stopped" | "system-event";
+  reason: "debug-exit" | "halted" | "stopped" | "system-event" | "reset";
   /** The debug-exit status the guest wrote. */
   status?: number;
   detail?: string;
@@ -347,6 +347,11 @@ export class Vm extends EventEmitter {
     this.end({ reason: "stopped" });
     await this.ending;
     return this.done.catch(() => ({ reason: "stopped" }) as VmResult);
+  }
+
+  /** Ends the VM because the guest reset the machine (a PC's reset line); `detail` says how. */
+  reset(detail: string): void {
+    this.end({ reason: "reset", detail });
   }
 
   /** Stops the VM with a debug-exit status (used by the debug-exit device). */

@@ -60,3 +60,15 @@ test("Debian cloud kernel: a command typed on the console runs in /init's shell 
     await machine.stop();
   }
 });
+
+test("Debian cloud kernel: `reboot -f` ends the VM through the i8042 reset line", { skip, timeout: 2 * GUARD_MS }, async (t) => {
+  const assets = guestAssetsOrSkip(t);
+  if (!assets) return;
+  const { machine, console, result } = bootDebianKernel(assets, { cpus: 1, cmdline: `${CONSOLE} -- reboot -f`, kernelCacheDir: kernelCache });
+  try {
+    await console.waitFor(new RegExp(`^${INIT_MARKER} nproc=1$`), GUARD_MS);
+    assert.deepEqual(await result, { reason: "reset", detail: "i8042 reset (0xfe to port 0x64)" });
+  } finally {
+    await machine.stop();
+  }
+});
