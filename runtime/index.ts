@@ -15,3 +15,6 @@ export { warmVcpuPool, destroyVcpuPool } from "./vcpu-pool.js";
 export type { WorkerDeviceFactory } from "../workers/vcpu-worker.js";
 export { PcMachine, type PcMachineOptions } from "./pc-machine.js";
 export { KernelFormatError, detectKernelFormat } from "./boot/multiboot.js";
+export { loadLinux, isLinuxKernel, LinuxLoadError, type LinuxBoot, type LinuxBootOptions } from "./boot/linux/linux-loader.js";
+export { ensureGuestAssets, GuestAssetsError, type GuestAssets } from "./assets/guest-assets.js";
+export { writeCpioNewc, type CpioEntry } from "./assets/cpio-newc.js";

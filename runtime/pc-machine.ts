@@ -14,8 +14,8 @@ import { CmosRtc, CMOS_PORT, CMOS_PORT_LENGTH } from "./devices/cmos-rtc.js";
 import { I8042Reset, I8042_COMMAND_PORT } from "./devices/i8042-reset.js";
 import { loadMultiboot, type MultibootModule } from "./boot/multiboot.js";
 import { applicationProcessorState, multibootCpuState } from "./boot/multiboot-cpu.js";
-import { isLinuxKernel, loadLinux, type Decompression, type LinuxBoot } from "./boot/linux/linux-loader.js";
-import { hidePvmUnemulatedCpuid, PVM_KERNEL_PARAMETERS, withKernelParameters } from "./boot/linux/pvm-fallbacks.js";
+import { isLinuxKernel, type Decompression, type LinuxBoot } from "./boot/linux/linux-loader.js";
+import { bootLinuxOnPc, type PvmFallbacks } from "./boot/linux/pc-linux-boot.js";
 import type { RegionSpec } from "../memory/guest-memory.js";
 
 export const COM1_PORT = 0x3f8;
@@ -71,7 +71,7 @@ export class PcMachine {
   /** How a Linux kernel was loaded (undefined for multiboot kernels). */
   readonly linux: LinuxBoot | undefined;
   /** Linux on a PVM host: what was changed so the kernel avoids instructions PVM cannot emulate. */
-  readonly pvmFallbacks: { hiddenCpuid: string[]; kernelParameters: string[] } | undefined;
+  readonly pvmFallbacks: PvmFallbacks | undefined;
 
   constructor(options: PcMachineOptions) {
     const cpus = options.cpus ?? 1;
@@ -84,25 +84,10 @@ export class PcMachine {
       const acpi = writeAcpiTables(vm.memory, { cpus, tablesAddress: ACPI_TABLES_ADDRESS });
       const name = options.kernelName ?? "kernel";
       if (isLinuxKernel(options.kernel)) {
-        const pvm = (options.pvmFallbacks ?? true) && vm.hypervisorFlavour.startsWith("kvm-pvm");
-        const cmdline = pvm ? withKernelParameters(options.cmdline ?? "", PVM_KERNEL_PARAMETERS) : options.cmdline;
-        this.linux = loadLinux(vm.memory, {
-          kernel: options.kernel, fileName: name, initrd: options.initrd, cmdline,
-          rsdpAddress: acpi.rsdp, decompression: options.decompression, cacheDir: options.kernelCacheDir,
-        });
-        vm.setCpuState(0, this.linux.cpuState);
-        if (pvm) {
-          const hiddenCpuid = new Set<string>();
-          vm.editCpuid((entries) => {
-            const { entries: edited, hidden } = hidePvmUnemulatedCpuid(entries);
-            hidden.forEach((feature) => hiddenCpuid.add(feature));
-            return edited;
-          });
-          vm.completeUnemulatedKernelInstructions();
-          this.pvmFallbacks = { hiddenCpuid: [...hiddenCpuid], kernelParameters: [...PVM_KERNEL_PARAMETERS] };
-        } else {
-          this.pvmFallbacks = undefined;
-        }
+        ({ linux: this.linux, pvmFallbacks: this.pvmFallbacks } = bootLinuxOnPc(vm, {
+          kernel: options.kernel, fileName: name, initrd: options.initrd, cmdline: options.cmdline, rsdpAddress: acpi.rsdp,
+          decompression: options.decompression, kernelCacheDir: options.kernelCacheDir, pvmFallbacks: options.pvmFallbacks,
+        }));
       } else {
         this.pvmFallbacks = undefined;
         if (options.initrd !== undefined) throw new VmConfigError(`${name}: initrd given, but the kernel is not a Linux kernel (bzImage or ELF vmlinux)`);
