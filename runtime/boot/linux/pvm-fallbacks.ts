@@ -7,8 +7,11 @@
  * - lock cmpxchg16b (SLUB's per-CPU freelists, right after "Memory:"): hidden from CPUID
  *   (leaf 1 ECX.CX16), so SLUB takes its locked path. PVM honours this bit.
  * - XRSTOR (FPU init), CLAC/STAC (SMAP) and POPCNT (hweight, patched in by alternatives):
- *   PVM reports XSAVE, SMAP and POPCNT whatever CPUID we
- *   set, so they are turned off on the kernel command line (`noxsave`, `clearcpuid=smap,popcnt`).
+ *   PVM reports XSAVE, SMAP and POPCNT whatever CPUID we set, so they are turned off on the
+ *   kernel command line (`noxsave`, which also drops AVX; `clearcpuid=smap,popcnt`).
+ * - LDMXCSR in kernel_fpu_begin(), reached by the kernel's SIMD users (blake2s for the RNG,
+ *   crypto): their SSE extensions are cleared too (ssse3, sse4_1, sse4_2, aes, pclmulqdq,
+ *   sha_ni), so they take their generic C paths.
  * - INT3 at CPL0 (the kernel's int3 self-test, text patching) and FWAIT (fpu__drop, when a
  *   task execs or exits): completed by the vCPU worker (Vm.completeUnemulatedKernelInstructions),
  *   counted in VmStats.kernelInstructionsCompleted.
@@ -18,7 +21,7 @@ import type { CpuidEntry } from "../../hypervisor/hypervisor.js";
 const CPUID_LEAF1_ECX_CX16 = 1 << 13;
 
 /** Kernel parameters for the features PVM forces on but cannot emulate. */
-export const PVM_KERNEL_PARAMETERS = ["noxsave", "clearcpuid=smap,popcnt"] as const;
+export const PVM_KERNEL_PARAMETERS = ["noxsave", "clearcpuid=smap,popcnt,ssse3,sse4_1,sse4_2,aes,pclmulqdq,sha_ni"] as const;
 
 /** `entries` without CX16; `hidden` is ["cx16"] when it was offered. */
 export function hidePvmUnemulatedCpuid(entries: CpuidEntry[]): { entries: CpuidEntry[]; hidden: string[] } {
