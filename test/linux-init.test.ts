@@ -3,9 +3,9 @@
  * loaded, `nproc` equal to the vCPUs we gave, the command from the kernel command line run,
  * a command typed on the console answered, and poweroff (ACPI S5) ending the VM.
  *
- * This needs a host whose KVM runs kernel code on hardware. On a PVM host the kernel gets
- * there only after many minutes of emulated kernel code (when it gets there at all), so
- * these tests are skipped there unless WORKERVISOR_PVM_FULL_BOOT=1 asks for the long run.
+ * This needs a host whose KVM runs kernel code on hardware. On a PVM host, even with the
+ * fallbacks, the kernel is still in its initcalls after 20 minutes of emulated kernel code,
+ * so these tests are skipped there unless WORKERVISOR_PVM_FULL_BOOT=1 asks for the long run.
  */
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
@@ -19,7 +19,7 @@ after(() => destroyVcpuPool());
 
 const FULL_BOOT_ON_PVM = process.env.WORKERVISOR_PVM_FULL_BOOT === "1";
 const skip = ON_PVM && !FULL_BOOT_ON_PVM ? `${PVM_SKIP_REASON}; set WORKERVISOR_PVM_FULL_BOOT=1 to try anyway` : false;
-/** Seconds on hardware; on PVM, with the fallbacks, tens of minutes. */
+/** Seconds on hardware; on PVM, with the fallbacks, well over 20 minutes. */
 const GUARD_MS = ON_PVM ? 80 * 60_000 : 5 * 60_000;
 const kernelCache = join(cacheDir(), "kernels");
 const CONSOLE = "console=ttyS0 panic=-1 quiet";
