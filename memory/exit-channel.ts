@@ -39,7 +39,7 @@ const H = {
 } as const;
 const HEADER_BYTES = 4 * LINE_INTS * 4;
 /** Float64 statistics written by the worker only. */
-const STATS_BYTES = 64;
+const STATS_BYTES = 128;
 /** String I/O data of a sync exit; KVM hands at most a page of it per exit. */
 export const SYNC_DATA_BYTES = 4096;
 /**
@@ -72,6 +72,8 @@ export const Stat = {
   WORKER_PARKS: 5, WORKER_SPIN_BUDGET: 6,
   /** Times a posted write or sync request had to wake a parked dispatcher. */
   DOORBELLS: 7,
+  /** CPL0 instructions (INT3, FWAIT) the worker completed for a host that cannot (PVM). */
+  KERNEL_INSTRUCTIONS_COMPLETED: 8,
 } as const;
 
 /** Doorbell slots: a sequence bumped on every wake-up, and the main thread's parked flag. */

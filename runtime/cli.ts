@@ -8,6 +8,7 @@ commands:
   demo                 boot the built-in demo guest (prints a greeting on COM1)
   run --kernel FILE    boot a multiboot kernel (see 'workervisor run --help')
   bench                run the exit-latency benchmark suite (see 'workervisor bench --help')
+  guest-fetch          fetch Debian's cloud kernel and build the test initramfs into the cache
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -25,6 +26,10 @@ async function main(argv: string[]): Promise<number> {
     case "bench": {
       const { benchCommand } = await import("../bench/bench-command.js");
       return benchCommand(rest);
+    }
+    case "guest-fetch": {
+      const { guestFetchCommand } = await import("./assets/guest-assets.js");
+      return guestFetchCommand();
     }
     case undefined:
     case "help":

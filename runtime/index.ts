@@ -21,3 +21,6 @@ export { type VirtioDevice, type VirtioQueueContext } from "./devices/virtio/vir
 export { SplitVirtqueue, VirtqueueError, type VirtqueueFault, type DescriptorChain } from "./devices/virtio/virtqueue.js";
 export { VirtioRng } from "./devices/virtio/virtio-rng.js";
 export { VirtioBlk, BlockImageError, type VirtioBlkOptions } from "./devices/virtio/virtio-blk.js";
+export { loadLinux, isLinuxKernel, LinuxLoadError, type LinuxBoot, type LinuxBootOptions } from "./boot/linux/linux-loader.js";
+export { ensureGuestAssets, GuestAssetsError, type GuestAssets } from "./assets/guest-assets.js";
+export { writeCpioNewc, type CpioEntry } from "./assets/cpio-newc.js";

@@ -12,8 +12,11 @@ import { AcpiPmTimer, DEFAULT_PM1A_EVENT_PORT, DEFAULT_PM_TIMER_PORT, PM_TIMER_L
 import { AcpiPm1Registers, PM1_REGISTERS_LENGTH } from "./devices/acpi-pm1.js";
 import { PciConfigNoDevice, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LENGTH } from "./devices/pci-config.js";
 import { CmosRtc, CMOS_PORT, CMOS_PORT_LENGTH } from "./devices/cmos-rtc.js";
+import { I8042Reset, I8042_COMMAND_PORT } from "./devices/i8042-reset.js";
 import { loadMultiboot, type MultibootModule } from "./boot/multiboot.js";
 import { applicationProcessorState, multibootCpuState } from "./boot/multiboot-cpu.js";
+import { isLinuxKernel, type Decompression, type LinuxBoot } from "./boot/linux/linux-loader.js";
+import { bootLinuxOnPc, type PvmFallbacks } from "./boot/linux/pc-linux-boot.js";
 import type { RegionSpec } from "../memory/guest-memory.js";
 import type { HypervisorCpuidOptions } from "./boot/hypervisor-cpuid.js";
 import type { VirtioDevice } from "./devices/virtio/virtio-device.js";
@@ -56,6 +59,19 @@ export interface PcMachineOptions {
   virtio?: VirtioDevice[];
   /** Where a virtio device's once-per-reset fault report goes (default: console.warn). */
   virtioLog?: (message: string) => void;
+  /** Linux kernels (bzImage or ELF vmlinux, told from the file): the initrd. */
+  initrd?: Uint8Array;
+  /** Linux kernels: the whole command line (`append` is the multiboot one). */
+  cmdline?: string;
+  /** Linux bzImage: decompress the payload on the host (default) or run the kernel's decompressor. */
+  decompression?: Decompression;
+  /** Linux bzImage: folder for decompressed kernels, keyed by content hash; undefined: no cache. */
+  kernelCacheDir?: string;
+  /**
+   * Linux on a PVM host (default true; ignored elsewhere): steer the kernel away from
+   * instructions PVM cannot emulate at CPL0 (see boot/linux/pvm-fallbacks.ts).
+   */
+  pvmFallbacks?: boolean;
 }
 
 function memoryLayout(size: number): RegionSpec[] {
@@ -77,6 +93,10 @@ export class PcMachine {
   /** The transports of `options.virtio`, in order. */
   readonly virtio: VirtioMmioTransport[] = [];
   private readonly virtioDevices: VirtioDevice[];
+  /** How a Linux kernel was loaded (undefined for multiboot kernels). */
+  readonly linux: LinuxBoot | undefined;
+  /** Linux on a PVM host: what was changed so the kernel avoids instructions PVM cannot emulate. */
+  readonly pvmFallbacks: PvmFallbacks | undefined;
 
   constructor(options: PcMachineOptions) {
     const cpus = options.cpus ?? 1;
@@ -91,14 +111,24 @@ export class PcMachine {
     }
     const vm = Vm.create({ memory: memoryLayout(memory), vcpus: cpus, irqchip: true, hypervisorCpuid: options.hypervisorCpuid });
     try {
-      writeAcpiTables(vm.memory, { cpus, tablesAddress: ACPI_TABLES_ADDRESS });
+      const acpi = writeAcpiTables(vm.memory, { cpus, tablesAddress: ACPI_TABLES_ADDRESS });
       const name = options.kernelName ?? "kernel";
-      const entry = loadMultiboot(vm.memory, options.kernel, {
-        fileName: name,
-        cmdline: [name, options.append, ...this.virtioDevices.map((_, i) => virtioCommandLine(i))].filter((w) => w).join(" "),
-        modules: options.modules,
-      });
-      vm.setCpuState(0, multibootCpuState(vm.memory, entry));
+      if (isLinuxKernel(options.kernel)) {
+        ({ linux: this.linux, pvmFallbacks: this.pvmFallbacks } = bootLinuxOnPc(vm, {
+          kernel: options.kernel, fileName: name, initrd: options.initrd, cmdline: options.cmdline, rsdpAddress: acpi.rsdp,
+          decompression: options.decompression, kernelCacheDir: options.kernelCacheDir, pvmFallbacks: options.pvmFallbacks,
+        }));
+      } else {
+        this.pvmFallbacks = undefined;
+        if (options.initrd !== undefined) throw new VmConfigError(`${name}: initrd given, but the kernel is not a Linux kernel (bzImage or ELF vmlinux)`);
+        this.linux = undefined;
+        const entry = loadMultiboot(vm.memory, options.kernel, {
+          fileName: name,
+          cmdline: [name, options.append, ...this.virtioDevices.map((_, i) => virtioCommandLine(i))].filter((w) => w).join(" "),
+          modules: options.modules,
+        });
+        vm.setCpuState(0, multibootCpuState(vm.memory, entry));
+      }
       for (let i = 1; i < cpus; i++) vm.setCpuState(i, applicationProcessorState());
 
       this.serial = new Serial16550({
@@ -119,6 +149,10 @@ export class PcMachine {
         device: new AcpiPm1Registers(() => vm.exit(0)),
       });
       vm.addDevice({ space: "pio", base: PCI_CONFIG_PORT, length: PCI_CONFIG_PORT_LENGTH, device: new PciConfigNoDevice() });
+      vm.addDevice({
+        space: "pio", base: I8042_COMMAND_PORT, length: 1, sync: true,
+        device: new I8042Reset(() => vm.reset("i8042 reset (0xfe to port 0x64)")),
+      });
       vm.addDevice({
         space: "pio", base: CMOS_PORT, length: CMOS_PORT_LENGTH,
         device: new CmosRtc({ ramSize: memory, ramBelow4GiB: Math.min(memory, LOW_MEMORY_LIMIT) }),

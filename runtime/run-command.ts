@@ -5,20 +5,26 @@
  * and a failure of the VM itself exits 2 (even, so it is never mistaken for a guest status).
  */
 import { readFileSync } from "node:fs";
-import { basename } from "node:path";
+import { basename, join } from "node:path";
 import { parseArgs } from "node:util";
 import { PcMachine, DEFAULT_MEMORY } from "./pc-machine.js";
 import { ConsoleSink } from "./devices/console-sink.js";
+import { cacheDir } from "./assets/cache-dir.js";
 import type { VmResult } from "./vm.js";
 import { hypervisorCpuidSpecUsage, parseHypervisorCpuidSpec } from "./boot/hypervisor-cpuid-spec.js";
 import { HypervisorCpuidError } from "./boot/hypervisor-cpuid.js";
 
 const USAGE = `usage: workervisor run --kernel FILE [--append "..."] [--module FILE]... [--cpus N] [--mem SIZE]
                        [--hypervisor-cpuid SPEC]
+       workervisor run --kernel bzImage|vmlinux [--initrd FILE] [--cmdline "..."] [--decompress host|guest] [--cpus N] [--mem SIZE]
 
-  --kernel FILE   Multiboot v1 kernel (ELF32), e.g. a kvm-unit-tests .flat file
-  --append TEXT   kernel command line after the file name
+  --kernel FILE   Multiboot v1 kernel (ELF32), e.g. a kvm-unit-tests .flat file, or a Linux
+                  x86-64 bzImage or ELF vmlinux (told from the file)
+  --append TEXT   multiboot: kernel command line after the file name
   --module FILE   a Multiboot module (repeatable; QEMU's -initrd is one module)
+  --initrd FILE   Linux: the initramfs
+  --cmdline TEXT  Linux: the kernel command line (e.g. "console=ttyS0")
+  --decompress W  Linux bzImage: "host" (default; cached under .cache/kernels) or "guest"
   --cpus N        vCPUs (default 1)
   --mem SIZE      RAM: bytes or with K, M, G suffix (default 128M)
   --hypervisor-cpuid SPEC
@@ -75,6 +81,9 @@ export async function runCommand(args: string[]): Promise<number> {
         kernel: { type: "string" },
         append: { type: "string" },
         module: { type: "string", multiple: true },
+        initrd: { type: "string" },
+        cmdline: { type: "string" },
+        decompress: { type: "string" },
         cpus: { type: "string" },
         mem: { type: "string" },
         "hypervisor-cpuid": { type: "string" },
@@ -94,6 +103,9 @@ export async function runCommand(args: string[]): Promise<number> {
     if (!values.kernel) throw new UsageError("--kernel FILE is required");
     const cpus = values.cpus === undefined ? 1 : Number(values.cpus);
     if (!Number.isInteger(cpus)) throw new UsageError(`--cpus: '${values.cpus}' is not a whole number`);
+    if (values.decompress !== undefined && values.decompress !== "host" && values.decompress !== "guest") {
+      throw new UsageError(`--decompress: '${values.decompress}' is neither 'host' nor 'guest'`);
+    }
     const sink = new ConsoleSink(process.stdout);
     const machine = new PcMachine({
       kernel: readInput(values.kernel, "kernel"),
@@ -104,11 +116,17 @@ export async function runCommand(args: string[]): Promise<number> {
       memory: values.mem === undefined ? DEFAULT_MEMORY : parseSize(values.mem),
       console: sink.push,
       hypervisorCpuid: hypervisorCpuidOption(values["hypervisor-cpuid"]),
+      initrd: values.initrd === undefined ? undefined : readInput(values.initrd, "initrd"),
+      cmdline: values.cmdline,
+      decompression: values.decompress as "host" | "guest" | undefined,
+      kernelCacheDir: join(cacheDir(), "kernels"),
       // Piped input waits for room in the UART's receiver instead of overrunning it.
       input: process.stdin.isTTY ? undefined : process.stdin.on("error", () => {}),
     });
+    for (const note of machine.linux?.notes ?? []) process.stderr.write(`workervisor run: ${note}\n`);
     try {
       const result = await machine.run();
+      if (result.reason === "reset") process.stderr.write(`workervisor run: the guest rebooted (${result.detail}); ending\n`);
       return exitStatusOf(result);
     } finally {
       sink.flush();

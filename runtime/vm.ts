@@ -4,7 +4,7 @@
  */
 import { EventEmitter } from "node:events";
 import { openHypervisor, type BackendName } from "./hypervisor/backends.js";
-import type { CpuState, Hypervisor, IoEventOptions, VcpuDescriptor, VmHandle } from "./hypervisor/hypervisor.js";
+import type { CpuidEntry, CpuState, Hypervisor, IoEventOptions, VcpuDescriptor, VmHandle } from "./hypervisor/hypervisor.js";
 import { Bus } from "./bus.js";
 import { DEFAULT_DISPATCHER_OPTIONS, type DeviceError, Dispatcher, type DispatcherOptions } from "./dispatcher.js";
 import type { Device, InterruptLine } from "./devices/device.js";
@@ -43,7 +43,7 @@ export interface VmOptions {
 export type VmState = "created" | "running" | "paused" | "stopped";
 
 export interface VmResult {
-  reason: "debug-exit" | "halted" | "stopped" | "system-event";
+  reason: "debug-exit" | "halted" | "stopped" | "system-event" | "reset";
   /** The debug-exit status the guest wrote. */
   status?: number;
   detail?: string;
@@ -71,6 +71,8 @@ export interface VmStats {
   workerParks: number;
   /** Each worker's adaptive spin budget (iterations) when last published. */
   workerSpinBudgets: number[];
+  /** CPL0 INT3s and FWAITs completed by the host fallback (PVM only; see `completeUnemulatedKernelInstructions()`). */
+  kernelInstructionsCompleted: number;
 }
 
 export interface DeviceRegistration {
@@ -221,6 +223,24 @@ export class Vm extends EventEmitter {
 
   private readonly cpuidTable: ReturnType<typeof cpuidForVcpu>[];
 
+  /**
+   * Host fallback for PVM, which cannot emulate INT3 or FWAIT in kernel mode: the worker
+   * completes them as the CPU would instead of failing the VM. Counted in
+   * `stats.kernelInstructionsCompleted`.
+   */
+  completeUnemulatedKernelInstructions(): void {
+    this.requireState(["created"], "enable the kernel-instruction fallback on");
+    this.kernelInstructionFallback = true;
+  }
+
+  private kernelInstructionFallback = false;
+
+  /** Edits each vCPU's CPUID (already carrying its APIC ID) before the VM starts, e.g. to hide a feature. */
+  editCpuid(edit: (entries: CpuidEntry[], vcpu: number) => CpuidEntry[]): void {
+    this.requireState(["created"], "edit the CPUID of");
+    this.cpuidTable.forEach((entries, i) => (this.cpuidTable[i] = edit(entries, i)));
+  }
+
   get state(): VmState {
     return this.stateValue;
   }
@@ -350,6 +370,7 @@ export class Vm extends EventEmitter {
         workerDevices: this.workerDevices,
         spin: this.workerSpin,
         resumeOnHalt: this.resumeOnHalt,
+        completeKernelInstructions: this.kernelInstructionFallback,
       };
       return pool.run(task).then(
         (outcome) => this.vcpuEnded(i, outcome as VcpuOutcome),
@@ -399,6 +420,11 @@ export class Vm extends EventEmitter {
     return this.done.catch(() => ({ reason: "stopped" }) as VmResult);
   }
 
+  /** Ends the VM because the guest reset the machine (a PC's reset line); `detail` says how. */
+  reset(detail: string): void {
+    this.end({ reason: "reset", detail });
+  }
+
   /** Stops the VM with a debug-exit status (used by the debug-exit device). */
   exit(status: number): void {
     this.end({ reason: "debug-exit", status });
@@ -423,6 +449,7 @@ export class Vm extends EventEmitter {
       dispatcherSpinMicros: d.spinWindowMicros,
       workerParks: sum(Stat.WORKER_PARKS),
       workerSpinBudgets: this.channels.map((c) => c.stats[Stat.WORKER_SPIN_BUDGET]),
+      kernelInstructionsCompleted: sum(Stat.KERNEL_INSTRUCTIONS_COMPLETED),
     };
   }
 

@@ -31,6 +31,8 @@ export interface VcpuTask {
   spin: SpinPolicy;
   /** Re-enter the guest after a HLT exit instead of ending the vCPU. */
   resumeOnHalt: boolean;
+  /** Complete CPL0 instructions the backend could not run (PVM: INT3, FWAIT) instead of failing. */
+  completeKernelInstructions?: boolean;
 }
 
 export interface RegisterDump {

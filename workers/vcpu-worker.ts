@@ -91,7 +91,7 @@ export default async function runVcpu(task: VcpuTask | { warmup: true }): Promis
     applyCpuState(vcpu, task.cpuState, task);
     channel.setThreadId(vcpu.threadId());
     channel.setWorkerState(WorkerState.RUNNING);
-    return runLoop(vcpu, channel, local, task.syncWrites, task.resumeOnHalt);
+    return runLoop(vcpu, channel, local, task.syncWrites, task.resumeOnHalt, task.completeKernelInstructions === true);
   } finally {
     vcpu.close();
     channel.setWorkerState(WorkerState.EXITED);
@@ -104,6 +104,7 @@ function runLoop(
   local: Record<string, Bus>,
   syncWrites: AddressRange[],
   resumeOnHalt: boolean,
+  completeKernelInstructions: boolean,
 ): VcpuOutcome {
   const stats = channel.stats;
   const pio = local.pio;
@@ -185,6 +186,12 @@ function runLoop(
         break;
       case ExitKind.SystemEvent:
         return { reason: "system-event", detail: exit.detail };
+      case ExitKind.InternalError:
+        if (completeKernelInstructions && vcpu.completeUnemulatedKernelInstruction?.()) {
+          stats[Stat.KERNEL_INSTRUCTIONS_COMPLETED]++;
+          break;
+        }
+        return { reason: "fatal", exitKind: exitKindName(kind), detail: exit.detail, registers: registerDump(vcpu) };
       default:
         return { reason: "fatal", exitKind: exitKindName(kind), detail: exit.detail, registers: registerDump(vcpu) };
     }

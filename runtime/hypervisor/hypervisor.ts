@@ -197,6 +197,11 @@ export interface VcpuHandle {
   setFpuControl(fpu: FpuControl): void;
   /** Marks the vCPU as waiting for INIT/SIPI (an SMP application processor). */
   setWaitForStartup(): void;
+  /**
+   * Completes a CPL0 instruction the backend could not run (PVM: INT3, FWAIT) as the CPU
+   * would; false if the last exit was not that. Optional: only backends that need it.
+   */
+  completeUnemulatedKernelInstruction?(): boolean;
   close(): void;
 }
 

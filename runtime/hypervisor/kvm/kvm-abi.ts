@@ -31,6 +31,8 @@ export const Ioctl = {
   GET_FPU: 0x81a0ae8c,
   SET_FPU: 0x41a0ae8d,
   SET_MP_STATE: 0x4004ae99,
+  GET_VCPU_EVENTS: 0x8040ae9f,
+  SET_VCPU_EVENTS: 0x4040aea0,
   ENABLE_CAP: 0x4068aea3,
   GET_TSC_KHZ: 0xaea3,
   X86_SET_MSR_FILTER: 0x4188aec6,
@@ -100,6 +102,10 @@ export const Run = {
   internal_suberror: 32,
   internal_ndata: 36,
   internal_data: 40,
+  // struct kvm_run.emulation_failure, the KVM_INTERNAL_ERROR_EMULATION form of internal
+  emulation_failure_flags: 40,
+  emulation_failure_insn_size: 48,
+  emulation_failure_insn_bytes: 49,
   system_event_type: 32,
   msr_error: 32,
   msr_reason: 40,
@@ -134,7 +140,7 @@ export const Sregs = {
 
 /** struct kvm_fpu: fpr[8][16], fcw, fsw, ftwx, pad, last_opcode, last_ip, last_dp, xmm[16][16], mxcsr. */
 export const KVM_FPU_SIZE = 416;
-export const Fpu = { fcw: 128, mxcsr: 408 } as const;
+export const Fpu = { fcw: 128, fsw: 130, mxcsr: 408 } as const;
 
 /** struct kvm_cpuid_entry2 */
 export const CPUID_ENTRY_SIZE = 40;
@@ -177,3 +183,18 @@ export const CoalescedRing = {
 } as const;
 /** struct kvm_coalesced_mmio_zone { u64 addr; u32 size; u32 pio; }. */
 export const COALESCED_ZONE_SIZE = 16;
+
+/** KVM_EXIT_INTERNAL_ERROR suberror: the in-kernel emulator could not emulate an instruction. */
+export const KVM_INTERNAL_ERROR_EMULATION = 1;
+/** emulation_failure.flags: insn_size and insn_bytes are valid. */
+export const KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES = 1;
+
+/** struct kvm_vcpu_events (64 bytes): the exception part, offsets from its start. */
+export const KVM_VCPU_EVENTS_SIZE = 64;
+export const VcpuEvents = {
+  exception_injected: 0,
+  exception_nr: 1,
+  exception_has_error_code: 2,
+  exception_pending: 3,
+  exception_error_code: 4,
+} as const;

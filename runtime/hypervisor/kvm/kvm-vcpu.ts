@@ -5,6 +5,7 @@ import {
 } from "../hypervisor.js";
 import {
   ExitReason, Fpu, Ioctl, KVM_EXIT_IO_IN, KVM_FPU_SIZE, KVM_MP_STATE_INIT_RECEIVED, KVM_REGS_SIZE, KVM_SREGS_SIZE, Run,
+  KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_VCPU_EVENTS_SIZE, VcpuEvents,
 } from "./kvm-abi.js";
 import {
   decodeRegisters, decodeSpecialRegisters, encodeCpuid, encodeMsrs, encodeRegisters, encodeSpecialRegisters,
@@ -14,6 +15,11 @@ import * as libc from "./libc.js";
 const EINTR = 4;
 const EAGAIN = 11;
 const TWO_POW_32 = 2 ** 32;
+const INT3_OPCODE = 0xcc;
+const FWAIT_OPCODE = 0x9b;
+/** x87 status word: error summary, an unmasked exception is pending (FWAIT would raise #MF). */
+const FSW_ES = 0x80;
+const BREAKPOINT_VECTOR = 3;
 
 export class KvmVcpu implements VcpuHandle {
   readonly index: number;
@@ -230,6 +236,44 @@ export class KvmVcpu implements VcpuHandle {
     const bytes = new Uint8Array(4);
     new DataView(bytes.buffer).setUint32(0, KVM_MP_STATE_INIT_RECEIVED, true);
     this.ioctl(Ioctl.SET_MP_STATE, bytes, "KVM_SET_MP_STATE");
+  }
+
+  /**
+   * PVM emulates all CPL0 code, but its emulator lacks INT3 and FWAIT; KVM reports the
+   * emulation failure with the instruction's bytes. When the last exit is that failure at
+   * CPL0 on one of them, do what the instruction does: INT3 steps past itself and raises #BP
+   * (a trap, so the saved RIP is the next instruction); FWAIT with no unmasked x87 exception
+   * pending (FSW.ES clear) does nothing. Returns false, changing nothing, for anything else.
+   */
+  completeUnemulatedKernelInstruction(): boolean {
+    const view = this.runView;
+    if (view.getUint32(Run.exit_reason, true) !== ExitReason.INTERNAL_ERROR) return false;
+    if (view.getUint32(Run.internal_suberror, true) !== KVM_INTERNAL_ERROR_EMULATION) return false;
+    const flags = view.getBigUint64(Run.emulation_failure_flags, true);
+    if (!(flags & BigInt(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES))) return false;
+    if (this.run8[Run.emulation_failure_insn_size] < 1) return false;
+    const opcode = this.run8[Run.emulation_failure_insn_bytes];
+    if (opcode !== INT3_OPCODE && opcode !== FWAIT_OPCODE) return false;
+    if (this.getSpecialRegisters().cs.dpl !== 0) return false;
+    if (opcode === FWAIT_OPCODE) {
+      const fpu = new Uint8Array(KVM_FPU_SIZE);
+      this.ioctl(Ioctl.GET_FPU, fpu, "KVM_GET_FPU");
+      if (new DataView(fpu.buffer).getUint16(Fpu.fsw, true) & FSW_ES) return false;
+      const registers = this.getRegisters();
+      this.setRegisters({ ...registers, rip: registers.rip + 1n });
+      return true;
+    }
+    const events = new Uint8Array(KVM_VCPU_EVENTS_SIZE);
+    this.ioctl(Ioctl.GET_VCPU_EVENTS, events, "KVM_GET_VCPU_EVENTS");
+    if (events[VcpuEvents.exception_injected] || events[VcpuEvents.exception_pending]) return false;
+    const registers = this.getRegisters();
+    this.setRegisters({ ...registers, rip: registers.rip + 1n });
+    events[VcpuEvents.exception_injected] = 1;
+    events[VcpuEvents.exception_nr] = BREAKPOINT_VECTOR;
+    events[VcpuEvents.exception_has_error_code] = 0;
+    new DataView(events.buffer).setUint32(VcpuEvents.exception_error_code, 0, true);
+    this.ioctl(Ioctl.SET_VCPU_EVENTS, events, "KVM_SET_VCPU_EVENTS");
+    return true;
   }
 
   /** The run page belongs to the VM, which unmaps it after every worker has ended. */

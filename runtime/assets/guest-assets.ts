@@ -1,0 +1,166 @@
+/**
+ * Guest assets for the Linux tests and benchmark: Debian's cloud kernel and an initramfs
+ * built around Debian's static busybox and the kernel's own virtio modules. Packages come
+ * through `apt-get download` (nothing is installed on the host) and are unpacked with
+ * `dpkg-deb -x` into the cache; a manifest records the result so a second call is free.
+ */
+import { execFileSync } from "node:child_process";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { cacheDir } from "./cache-dir.js";
+import { writeCpioNewc, type CpioEntry } from "./cpio-newc.js";
+import { initScript } from "./init-script.js";
+import { parseElf64 } from "../boot/linux/elf64.js";
+
+export const KERNEL_PACKAGE = "linux-image-cloud-amd64";
+export const BUSYBOX_PACKAGE = "busybox-static";
+/** Loaded by /init in dependency order; virtio-mmio is how Debian's kernels find our devices. */
+const WANTED_MODULES = ["virtio_mmio", "virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "virtio-rng"];
+const MANIFEST = "manifest.json";
+
+export interface GuestAssets {
+  /** The distribution bzImage, as shipped in /boot. */
+  kernel: string;
+  initrd: string;
+  kernelVersion: string;
+  /** The modules /init loads, in order. */
+  modules: string[];
+}
+
+export class GuestAssetsError extends Error {
+  override name = "GuestAssetsError";
+}
+
+function run(command: string, args: string[], cwd: string): string {
+  try {
+    return execFileSync(command, args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+  } catch (error) {
+    const failure = error as { code?: string; stderr?: string };
+    if (failure.code === "ENOENT") {
+      throw new GuestAssetsError(`guest assets: '${command}' is not installed; they come from Debian packages, so a Debian or Ubuntu host (apt-get, dpkg-deb) is needed`);
+    }
+    throw new GuestAssetsError(`guest assets: '${command} ${args.join(" ")}' failed: ${String(failure.stderr ?? error).trim()}`);
+  }
+}
+
+/** The concrete kernel package the metapackage points at (e.g. linux-image-6.1.0-50-cloud-amd64). */
+function kernelPackageName(cwd: string): string {
+  const depends = run("apt-cache", ["depends", KERNEL_PACKAGE], cwd);
+  const match = /Depends:\s*(linux-image-\S+)/.exec(depends);
+  if (!match) {
+    throw new GuestAssetsError(`guest assets: apt knows no '${KERNEL_PACKAGE}'; run 'apt-get update' with Debian's main archive in the sources`);
+  }
+  return match[1];
+}
+
+/** `depends=` from a module's .modinfo section. */
+function moduleDependencies(file: string): string[] {
+  const data = readFileSync(file);
+  const modinfo = parseElf64(data, `module ${file}`).sections().find((section) => section.name === ".modinfo");
+  if (!modinfo) return [];
+  const text = data.subarray(modinfo.fileOffset, modinfo.fileOffset + modinfo.size).toString("latin1");
+  const line = text.split("\0").find((entry) => entry.startsWith("depends="));
+  return line ? line.slice("depends=".length).split(",").filter((name) => name.length > 0) : [];
+}
+
+function findModules(root: string): Map<string, string> {
+  const byName = new Map<string, string>();
+  const walk = (dir: string) => {
+    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+      const path = join(dir, entry.name);
+      if (entry.isDirectory()) walk(path);
+      else if (entry.name.endsWith(".ko")) byName.set(entry.name.slice(0, -3).replaceAll("-", "_"), path);
+    }
+  };
+  walk(root);
+  return byName;
+}
+
+/** `wanted` and what they need, dependencies first. Built-in modules have no file and are skipped. */
+function moduleLoadOrder(available: Map<string, string>, wanted: string[]): string[] {
+  const order: string[] = [];
+  const visit = (name: string, path: string[]) => {
+    const key = name.replaceAll("-", "_");
+    if (order.includes(key) || !available.has(key)) return;
+    if (path.includes(key)) throw new GuestAssetsError(`guest assets: module dependency cycle ${[...path, key].join(" -> ")}`);
+    for (const dependency of moduleDependencies(available.get(key)!)) visit(dependency, [...path, key]);
+    order.push(key);
+  };
+  for (const name of wanted) visit(name, []);
+  return order;
+}
+
+function buildInitramfs(root: string, order: string[], available: Map<string, string>): Uint8Array {
+  const entries: CpioEntry[] = [
+    ...["bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "tmp"].map((path) => ({ kind: "directory" as const, path })),
+    // The kernel opens /dev/console for init before devtmpfs is mounted.
+    { kind: "char-device", path: "dev/console", major: 5, minor: 1 },
+    { kind: "file", path: "bin/busybox", data: readFileSync(join(root, "bin/busybox")), mode: 0o755 },
+    { kind: "symlink", path: "bin/sh", target: "busybox" },
+    { kind: "file", path: "init", data: new TextEncoder().encode(initScript()), mode: 0o755 },
+    { kind: "file", path: "etc/modules.order", data: new TextEncoder().encode(order.map((name) => `${name}\n`).join("")) },
+    ...order.map((name) => ({ kind: "file" as const, path: `lib/modules/${name}.ko`, data: readFileSync(available.get(name)!) })),
+  ];
+  return writeCpioNewc(entries);
+}
+
+function readManifest(dir: string): GuestAssets | undefined {
+  try {
+    const manifest = JSON.parse(readFileSync(join(dir, MANIFEST), "utf8")) as GuestAssets;
+    return existsSync(manifest.kernel) && existsSync(manifest.initrd) ? manifest : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The cached assets, fetching and building them first if needed. `log` hears each step. */
+export function ensureGuestAssets(options: { dir?: string; log?: (line: string) => void } = {}): GuestAssets {
+  const dir = options.dir ?? join(cacheDir(), "guest-assets");
+  const log = options.log ?? (() => {});
+  const cached = readManifest(dir);
+  if (cached) return cached;
+
+  const debs = join(dir, "debs");
+  const root = join(dir, "root");
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(debs, { recursive: true });
+  const kernelPackage = kernelPackageName(debs);
+  log(`apt-get download ${kernelPackage} ${BUSYBOX_PACKAGE}`);
+  run("apt-get", ["download", kernelPackage, BUSYBOX_PACKAGE], debs);
+  for (const deb of readdirSync(debs).filter((name) => name.endsWith(".deb"))) {
+    log(`dpkg-deb -x ${deb}`);
+    run("dpkg-deb", ["-x", join(debs, deb), root], debs);
+  }
+  const vmlinuz = readdirSync(join(root, "boot")).find((name) => name.startsWith("vmlinuz-"));
+  if (!vmlinuz) throw new GuestAssetsError(`guest assets: ${kernelPackage} has no /boot/vmlinuz-*`);
+  const kernelVersion = vmlinuz.slice("vmlinuz-".length);
+  const modulesRoot = join(root, "lib/modules", kernelVersion);
+  const available = findModules(modulesRoot);
+  const order = moduleLoadOrder(available, WANTED_MODULES);
+  log(`initramfs: busybox, /init, modules ${order.join(" ")}`);
+  const assets: GuestAssets = {
+    kernel: join(dir, "bzImage"),
+    initrd: join(dir, "initramfs.cpio"),
+    kernelVersion,
+    modules: order,
+  };
+  copyFileSync(join(root, "boot", vmlinuz), assets.kernel);
+  writeFileSync(assets.initrd, buildInitramfs(root, order, available));
+  writeFileSync(join(dir, MANIFEST), `${JSON.stringify(assets, null, 2)}\n`);
+  // Only the kernel and the initramfs are kept.
+  rmSync(debs, { recursive: true, force: true });
+  rmSync(root, { recursive: true, force: true });
+  return assets;
+}
+
+/** `workervisor guest-fetch`: prints where the assets are. */
+export function guestFetchCommand(): number {
+  try {
+    const assets = ensureGuestAssets({ log: (line) => process.stderr.write(`guest-fetch: ${line}\n`) });
+    process.stdout.write(`kernel ${assets.kernel}\ninitrd ${assets.initrd}\nversion ${assets.kernelVersion}\n`);
+    return 0;
+  } catch (error) {
+    process.stderr.write(`workervisor guest-fetch: ${(error as Error).message}\n`);
+    return 2;
+  }
+}

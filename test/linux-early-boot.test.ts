@@ -1,0 +1,84 @@
+/**
+ * Debian's cloud kernel (a distribution bzImage, lz4 payload decompressed on the host) on
+ * the PC machine, checked against what the machine gave it, from the kernel's own early log:
+ * its banner, our command line, our e820 map line by line, KVM detected with kvm-clock, our
+ * RSDP, and the CPUs from our MADT. Then the host stops the VM and every fd is released.
+ * On a PVM host this is as far as a kernel gets in reasonable time (~30 s to smpboot).
+ */
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import { readdirSync, readlinkSync } from "node:fs";
+import { join } from "node:path";
+import { destroyVcpuPool, warmVcpuPool } from "../runtime/vcpu-pool.js";
+import { cacheDir } from "../runtime/assets/cache-dir.js";
+import { e820LogLine } from "../runtime/boot/linux/e820-map.js";
+import { PVM_KERNEL_PARAMETERS, withKernelParameters } from "../runtime/boot/linux/pvm-fallbacks.js";
+import { bootDebianKernel, guestAssetsOrSkip, message, ON_PVM } from "./linux-guest.js";
+
+after(() => destroyVcpuPool());
+
+/** Generous: ~15 s to the first line and ~25 s to smpboot on a PVM host with nothing else running. */
+const GUARD_MS = 5 * 60_000;
+const CMDLINE = "console=ttyS0 earlyprintk=ttyS0 panic=-1 -- echo workervisor-command-ran";
+/** This process's fds on /dev/kvm, KVM VMs and vCPUs (the vCPU pool's idle threads come and go, so only these are counted). */
+function kvmFds(): number {
+  let count = 0;
+  for (const fd of readdirSync("/proc/self/fd")) {
+    try {
+      if (/^(\/dev\/kvm$|anon_inode:kvm-(vm|vcpu))/.test(readlinkSync(`/proc/self/fd/${fd}`))) count++;
+    } catch {
+      // closed while we looked
+    }
+  }
+  return count;
+}
+const kernelCache = join(cacheDir(), "kernels");
+
+for (const cpus of [1, 2]) {
+  test(`Debian cloud kernel, ${cpus} vCPU${cpus > 1 ? "s" : ""}: the early log reports the machine we built, then the host stops it`, { timeout: 2 * GUARD_MS }, async (t) => {
+    const assets = guestAssetsOrSkip(t);
+    if (!assets) return;
+    await warmVcpuPool(cpus);
+    assert.equal(kvmFds(), 0, "no VM is alive before this one");
+    const { machine, console, result } = bootDebianKernel(assets, { cpus, cmdline: CMDLINE, kernelCacheDir: kernelCache });
+    try {
+      const linux = machine.linux!;
+      assert.equal(linux.format, "bzImage");
+      assert.equal(linux.entryPath, "vmlinux", "the payload was decompressed on the host");
+      assert.equal(linux.payloadFormat, "lz4");
+      if (cpus === 2) assert.equal(linux.decompressedFromCache, true, "the first test's boot left the vmlinux in the cache");
+
+      await console.waitFor(new RegExp(`smpboot: Allowing ${cpus} CPUs`), GUARD_MS);
+      const log = console.lines.map(message);
+      const at = (prefix: string) => {
+        const index = log.findIndex((line) => line.startsWith(prefix));
+        assert.ok(index >= 0, `no '${prefix}' line in:\n${console.tail(40)}`);
+        return index;
+      };
+      const banner = at("Linux version 6.");
+      const commandLine = at("Command line: ");
+      // On PVM the machine adds its fallback parameters before "--"; nothing else changes.
+      assert.equal(linux.cmdline, ON_PVM ? withKernelParameters(CMDLINE, PVM_KERNEL_PARAMETERS) : CMDLINE);
+      assert.equal(log[commandLine], `Command line: ${linux.cmdline}`);
+      const e820 = log.filter((line) => line.startsWith("BIOS-e820: "));
+      assert.deepEqual(e820, linux.e820.map(e820LogLine), "every BIOS-e820 line is one of our entries, in order");
+      const hypervisor = at("Hypervisor detected: KVM");
+      const kvmClock = at("kvm-clock: Using msrs");
+      at("clocksource: kvm-clock:");
+      const rsdp = at(`ACPI: RSDP 0x${linux.rsdpAddress.toString(16).toUpperCase().padStart(16, "0")} `);
+      at("ACPI: Using ACPI (MADT) for SMP configuration information");
+      const smpboot = at(`smpboot: Allowing ${cpus} CPUs, 0 hotplug CPUs`);
+      assert.ok(banner < commandLine && commandLine < at("BIOS-e820: ") && at("BIOS-e820: ") < hypervisor, "setup_arch's order");
+      assert.ok(hypervisor < kvmClock && kvmClock < rsdp && rsdp < smpboot, "the platform is probed before the CPUs are counted");
+      assert.equal(log.filter((line) => /Allowing \d+ CPUs/.test(line)).length, 1);
+      assert.ok(machine.vm.stats.exits > 0);
+      assert.equal(kvmFds(), 2 + cpus, "the VM holds /dev/kvm, its own fd and one per vCPU");
+    } finally {
+      const stopped = await machine.stop();
+      assert.deepEqual(stopped, { reason: "stopped" });
+    }
+    assert.deepEqual(await result, { reason: "stopped" });
+    assert.equal(machine.vm.state, "stopped");
+    assert.equal(kvmFds(), 0, "the VM's and its vCPUs' fds are closed");
+  });
+}
