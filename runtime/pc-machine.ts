@@ -146,7 +146,7 @@ export class PcMachine {
       });
       vm.addDevice({
         space: "pio", base: DEFAULT_PM1A_EVENT_PORT, length: PM1_REGISTERS_LENGTH, sync: true,
-        device: new AcpiPm1Registers(() => vm.exit(0)),
+        device: new AcpiPm1Registers(() => vm.powerOff()),
       });
       vm.addDevice({ space: "pio", base: PCI_CONFIG_PORT, length: PCI_CONFIG_PORT_LENGTH, device: new PciConfigNoDevice() });
       vm.addDevice({

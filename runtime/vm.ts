@@ -43,7 +43,7 @@ export interface VmOptions {
 export type VmState = "created" | "running" | "paused" | "stopped";
 
 export interface VmResult {
-  reason: "debug-exit" | "halted" | "stopped" | "system-event" | "reset";
+  reason: "debug-exit" | "halted" | "stopped" | "system-event" | "reset" | "poweroff";
   /** The debug-exit status the guest wrote. */
   status?: number;
   detail?: string;
@@ -423,6 +423,11 @@ export class Vm extends EventEmitter {
   /** Ends the VM because the guest reset the machine (a PC's reset line); `detail` says how. */
   reset(detail: string): void {
     this.end({ reason: "reset", detail });
+  }
+
+  /** Ends the VM because the guest powered the machine off (ACPI S5). */
+  powerOff(): void {
+    this.end({ reason: "poweroff" });
   }
 
   /** Stops the VM with a debug-exit status (used by the debug-exit device). */
