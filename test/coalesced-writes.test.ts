@@ -32,6 +32,19 @@ function mmioCountingProgram(base: number): number[] {
   ];
 }
 
+/**
+ * Starts `vm`, waits for its guest to set FLAG (from then on it spins without exits), lets
+ * `settleMs` pass and returns the main-thread wake-ups of the next second.
+ */
+async function wakeupsWhileIdle(vm: Vm, settleMs: number): Promise<number> {
+  vm.start();
+  while (vm.memory.readU32(FLAG) !== 1) await sleep(1);
+  await sleep(settleMs);
+  const before = vm.stats.mainWakeups;
+  await sleep(1000);
+  return vm.stats.mainWakeups - before;
+}
+
 for (const space of ["mmio", "pio"] as const) {
   test(`${space}: 20,000 coalesced writes arrive in order before the read that counts them`, { timeout: 120_000 }, async () => {
     const n = 20_000;
@@ -74,14 +87,9 @@ test("coalesced writes have reached the device when pause() resolves; an idle VM
         0xeb, 0xfe,                               // 2: jmp 2b
       ],
     });
-    vm.start();
-    while (vm.memory.readU32(FLAG) !== 1) await sleep(1);
-    // Idle now: the guest spins without exits. Once the flush timer has backed off, count.
-    await sleep(500);
-    const before = vm.stats.mainWakeups;
-    await sleep(1000);
-    const wakeups = vm.stats.mainWakeups - before;
-    // A count, not a speed: a loaded host fires the flush timer later, so less often.
+    // Once the flush timer has backed off, count. A count, not a speed: a loaded host fires
+    // the flush timer later, so less often.
+    const wakeups = await wakeupsWhileIdle(vm, 500);
     assert.ok(wakeups <= 10, `an idle VM woke the main thread ${wakeups} times in a second`);
     await vm.pause();
     assert.equal(counter.writes, n, "every coalesced write was delivered when pause() resolved");
@@ -100,12 +108,7 @@ test("an idle VM (a guest spinning without exits) does not wake the main thread"
         0xeb, 0xfe,                               // 1: jmp 1b
       ],
     });
-    vm.start();
-    while (vm.memory.readU32(FLAG) !== 1) await sleep(1);
-    await sleep(100);
-    const before = vm.stats.mainWakeups;
-    await sleep(1000);
-    const wakeups = vm.stats.mainWakeups - before;
+    const wakeups = await wakeupsWhileIdle(vm, 100);
     assert.ok(wakeups <= 1, `an idle VM woke the main thread ${wakeups} times in a second`);
   } finally {
     await vm.stop();
