@@ -12,6 +12,7 @@ import { AcpiPm1Registers, PM1_REGISTERS_LENGTH } from "./devices/acpi-pm1.js";
 import { PciConfigNoDevice, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LENGTH } from "./devices/pci-config.js";
 import { CmosRtc, CMOS_PORT, CMOS_PORT_LENGTH } from "./devices/cmos-rtc.js";
 import { loadMultiboot, type MultibootModule } from "./boot/multiboot.js";
+import { addPcTestdev } from "./test-devices.js";
 import { applicationProcessorState, multibootCpuState } from "./boot/multiboot-cpu.js";
 import type { RegionSpec } from "../memory/guest-memory.js";
 
@@ -24,6 +25,8 @@ const LOW_MEMORY_LIMIT = 3 * 1024 * MiB;
 const FOUR_GIB = 4 * 1024 * MiB;
 /** ACPI tables sit in the BIOS area just after the RSDP, out of the usable memory map. */
 const ACPI_TABLES_ADDRESS = 0xe1000;
+const PIC_MASTER_VECTOR_BASE = 0x08;
+const PIC_SLAVE_VECTOR_BASE = 0x70;
 
 export interface PcMachineOptions {
   kernel: Uint8Array;
@@ -34,6 +37,11 @@ export interface PcMachineOptions {
   cpus?: number;
   /** RAM in bytes (a multiple of 4 KiB, at least 2 MiB). */
   memory?: number;
+  /**
+   * The test devices kvm-unit-tests' runner always adds to QEMU: pc-testdev (and
+   * pci-testdev on the PCI bus).
+   */
+  testDevices?: boolean;
   /** Receives every byte the guest sends on COM1. */
   console: (byte: number) => void;
 }
@@ -61,6 +69,9 @@ export class PcMachine {
     }
     const vm = Vm.create({ memory: memoryLayout(memory), vcpus: cpus, irqchip: true });
     try {
+      // PC firmware leaves the PICs initialised with the PC/AT vector bases; real-mode
+      // guests (kvm-unit-tests' realmode) hook IRQs in the IVT at those vectors.
+      vm.setPicVectorBases(PIC_MASTER_VECTOR_BASE, PIC_SLAVE_VECTOR_BASE);
       writeAcpiTables(vm.memory, { cpus, tablesAddress: ACPI_TABLES_ADDRESS });
       const name = options.kernelName ?? "kernel";
       const entry = loadMultiboot(vm.memory, options.kernel, {
@@ -88,6 +99,7 @@ export class PcMachine {
         space: "pio", base: CMOS_PORT, length: CMOS_PORT_LENGTH,
         device: new CmosRtc({ ramSize: memory, ramBelow4GiB: Math.min(memory, LOW_MEMORY_LIMIT) }),
       });
+      if (options.testDevices) addPcTestdev(vm);
     } catch (error) {
       void vm.stop();
       throw error;

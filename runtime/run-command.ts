@@ -11,13 +11,16 @@ import { PcMachine, DEFAULT_MEMORY } from "./pc-machine.js";
 import { ConsoleSink } from "./devices/console-sink.js";
 import type { VmResult } from "./vm.js";
 
-const USAGE = `usage: workervisor run --kernel FILE [--append "..."] [--module FILE]... [--cpus N] [--mem SIZE]
+const USAGE = `usage: workervisor run --kernel FILE [--append "..."] [--initrd FILE] [--module FILE]... [--cpus N] [--mem SIZE] [--test-devices]
 
   --kernel FILE   Multiboot v1 kernel (ELF32), e.g. a kvm-unit-tests .flat file
   --append TEXT   kernel command line after the file name
-  --module FILE   a Multiboot module (repeatable; QEMU's -initrd is one module)
+  --initrd FILE   the first Multiboot module, as QEMU's -initrd passes it (kvm-unit-tests'
+                  environment file)
+  --module FILE   a further Multiboot module (repeatable)
   --cpus N        vCPUs (default 1)
   --mem SIZE      RAM: bytes or with K, M, G suffix (default 128M)
+  --test-devices  add pc-testdev and pci-testdev, as kvm-unit-tests' x86/run gives QEMU
 
 Exit status: (guest debug-exit status << 1) | 1; 0 when the guest halts or powers off;
 2 when the VM could not start or failed.
@@ -57,7 +60,9 @@ export async function runCommand(args: string[]): Promise<number> {
       options: {
         kernel: { type: "string" },
         append: { type: "string" },
+        initrd: { type: "string" },
         module: { type: "string", multiple: true },
+        "test-devices": { type: "boolean" },
         cpus: { type: "string" },
         mem: { type: "string" },
         help: { type: "boolean", short: "h" },
@@ -81,7 +86,11 @@ export async function runCommand(args: string[]): Promise<number> {
       kernel: readInput(values.kernel, "kernel"),
       kernelName: values.kernel,
       append: values.append,
-      modules: (values.module ?? []).map((path) => ({ name: basename(path), data: readInput(path, "module") })),
+      modules: [
+        ...(values.initrd === undefined ? [] : [{ name: values.initrd, data: readInput(values.initrd, "initrd") }]),
+        ...(values.module ?? []).map((path) => ({ name: basename(path), data: readInput(path, "module") })),
+      ],
+      testDevices: values["test-devices"] ?? false,
       cpus,
       memory: values.mem === undefined ? DEFAULT_MEMORY : parseSize(values.mem),
       console: sink.push,

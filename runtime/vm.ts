@@ -245,6 +245,48 @@ export class Vm extends EventEmitter {
     return this.handle.registerIoEvent(options);
   }
 
+  /**
+   * Attaches an eventfd to guest writes at `address` while the VM runs (a device starting a
+   * doorbell or following a BAR the guest moved). Pass `fd` to re-attach an eventfd this VM
+   * made before; returns the eventfd, which closes with the VM.
+   */
+  attachIoEvent(options: IoEventOptions, fd?: number): number {
+    this.requireState(["created", "running", "paused"], "attach an I/O event to");
+    return this.handle.registerIoEvent(options, fd);
+  }
+
+  /** Detaches an eventfd attached with the same options. */
+  detachIoEvent(options: IoEventOptions, fd: number): void {
+    if (this.stateValue === "stopped" || this.ending !== undefined) return;
+    this.backendFeature("unregisterIoEvent").call(this.handle, options, fd);
+  }
+
+  /** Reads and clears an I/O event's count without blocking. */
+  drainIoEvent(fd: number): number {
+    if (this.stateValue === "stopped" || this.ending !== undefined) return 0;
+    return this.backendFeature("drainEventFd").call(this.handle, fd);
+  }
+
+  /** Delivers a message-signalled interrupt (PCI MSI); false when the guest blocked it. */
+  signalMsi(address: bigint, data: number): boolean {
+    if (this.stateValue === "stopped" || this.ending !== undefined) return false;
+    return this.backendFeature("signalMsi").call(this.handle, address, data);
+  }
+
+  /** Leaves the legacy PICs with the vector bases PC firmware gives them (see VmHandle). */
+  setPicVectorBases(master: number, slave: number): void {
+    this.requireState(["created"], "set the PIC vector bases of");
+    this.backendFeature("setPicVectorBases").call(this.handle, master, slave);
+  }
+
+  private backendFeature<K extends "unregisterIoEvent" | "drainEventFd" | "signalMsi" | "setPicVectorBases">(
+    name: K,
+  ): NonNullable<VmHandle[K]> {
+    const method = this.handle[name];
+    if (method === undefined) throw new VmConfigError(`the ${this.hypervisor.info.name} backend cannot ${name}`);
+    return method as NonNullable<VmHandle[K]>;
+  }
+
   setCpuState(vcpu: number, state: CpuState): void {
     this.requireState(["created"], "set the CPU state of");
     if (!Number.isInteger(vcpu) || vcpu < 0 || vcpu >= this.vcpuCount) {

@@ -33,6 +33,9 @@ export const Ioctl = {
   SET_MP_STATE: 0x4004ae99,
   ENABLE_CAP: 0x4068aea3,
   X86_SET_MSR_FILTER: 0x4188aec6,
+  GET_IRQCHIP: 0xc208ae62,
+  SET_IRQCHIP: 0x8208ae63,
+  SIGNAL_MSI: 0x4020aea5,
 } as const;
 
 export const Cap = {
@@ -47,6 +50,7 @@ export const Cap = {
   IOEVENTFD: 36,
   MAX_VCPUS: 66,
   IMMEDIATE_EXIT: 136,
+  SIGNAL_MSI: 77,
   X86_USER_SPACE_MSR: 188,
 } as const;
 
@@ -148,3 +152,15 @@ export const MSR_EXIT_FILTER = 1 << 2;
 /** struct kvm_ioeventfd flags */
 export const IOEVENTFD_FLAG_DATAMATCH = 1 << 0;
 export const IOEVENTFD_FLAG_PIO = 1 << 1;
+export const IOEVENTFD_FLAG_DEASSIGN = 1 << 2;
+
+/** struct kvm_irqchip: chip_id, pad, then a 512-byte union (struct kvm_pic_state for chips 0 and 1). */
+export const KVM_IRQCHIP_SIZE = 520;
+export const IRQCHIP_PIC_MASTER = 0;
+export const IRQCHIP_PIC_SLAVE = 1;
+export const IrqChip = { chip_id: 0, chip: 8 } as const;
+/** struct kvm_pic_state, inside kvm_irqchip's union. */
+export const PicState = { imr: 2, irq_base: 5 } as const;
+
+/** struct kvm_msi: address_lo, address_hi, data, flags, devid, pad[12]. */
+export const KVM_MSI_SIZE = 32;

@@ -1,8 +1,8 @@
 /** A KVM VM file descriptor: memory slots, irqchip, eventfds, vCPU creation, kicks. */
 import { HypervisorError, type IoEventOptions, type VcpuDescriptor, type VmHandle } from "../hypervisor.js";
 import {
-  Cap, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_PIO, Ioctl, MSR_EXIT_FILTER, MSR_EXIT_INVAL,
-  MSR_EXIT_UNKNOWN, Run,
+  Cap, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_DEASSIGN, IOEVENTFD_FLAG_PIO, Ioctl, IRQCHIP_PIC_MASTER, IRQCHIP_PIC_SLAVE,
+  IrqChip, KVM_IRQCHIP_SIZE, KVM_MSI_SIZE, MSR_EXIT_FILTER, MSR_EXIT_INVAL, MSR_EXIT_UNKNOWN, PicState, Run,
 } from "./kvm-abi.js";
 import * as libc from "./libc.js";
 
@@ -10,6 +10,19 @@ import * as libc from "./libc.js";
 // sit just under the BIOS area, where PC guests expect nothing.
 const TSS_ADDRESS = 0xfffb_d000;
 const IDENTITY_MAP_ADDRESS = 0xfffb_c000n;
+
+function ioEventBytes(options: IoEventOptions, fd: number, extraFlags: number): Uint8Array {
+  const bytes = new Uint8Array(64);
+  const view = new DataView(bytes.buffer);
+  view.setBigUint64(0, BigInt(options.value ?? 0), true);
+  view.setBigUint64(8, BigInt(options.address), true);
+  view.setUint32(16, options.size, true);
+  view.setInt32(20, fd, true);
+  let flags = extraFlags | (options.space === "pio" ? IOEVENTFD_FLAG_PIO : 0);
+  if (options.value !== undefined) flags |= IOEVENTFD_FLAG_DATAMATCH;
+  view.setUint32(24, flags, true);
+  return bytes;
+}
 
 interface VcpuRecord {
   fd: number;
@@ -73,27 +86,55 @@ export class KvmVm implements VmHandle {
     this.check(libc.ioctlBuffer(this.fd, Ioctl.IRQ_LINE, bytes), `KVM_IRQ_LINE (gsi ${gsi})`);
   }
 
-  private newEventFd(): number {
-    const fd = libc.eventfd(0, libc.EFD_CLOEXEC);
+  private newEventFd(flags = 0): number {
+    const fd = libc.eventfd(0, libc.EFD_CLOEXEC | flags);
     if (fd < 0) throw new HypervisorError("eventfd", libc.errno());
     this.eventFds.push(fd);
     return fd;
   }
 
-  registerIoEvent(options: IoEventOptions): number {
+  registerIoEvent(options: IoEventOptions, reuse?: number): number {
     if (this.checkExtension(Cap.IOEVENTFD) <= 0) throw new HypervisorError("KVM_IOEVENTFD", 95);
-    const fd = this.newEventFd();
-    const bytes = new Uint8Array(64);
-    const view = new DataView(bytes.buffer);
-    view.setBigUint64(0, BigInt(options.value ?? 0), true);
-    view.setBigUint64(8, BigInt(options.address), true);
-    view.setUint32(16, options.size, true);
-    view.setInt32(20, fd, true);
-    let flags = options.space === "pio" ? IOEVENTFD_FLAG_PIO : 0;
-    if (options.value !== undefined) flags |= IOEVENTFD_FLAG_DATAMATCH;
-    view.setUint32(24, flags, true);
-    this.check(libc.ioctlBuffer(this.fd, Ioctl.IOEVENTFD, bytes), `KVM_IOEVENTFD (0x${options.address.toString(16)})`);
+    if (reuse !== undefined && !this.eventFds.includes(reuse)) throw new RangeError(`eventfd ${reuse} was not made by this VM`);
+    // Non-blocking, so a device can drain it without waiting (drainEventFd).
+    const fd = reuse ?? this.newEventFd(libc.EFD_NONBLOCK);
+    this.check(libc.ioctlBuffer(this.fd, Ioctl.IOEVENTFD, ioEventBytes(options, fd, 0)), `KVM_IOEVENTFD (0x${options.address.toString(16)})`);
     return fd;
+  }
+
+  unregisterIoEvent(options: IoEventOptions, fd: number): void {
+    this.check(
+      libc.ioctlBuffer(this.fd, Ioctl.IOEVENTFD, ioEventBytes(options, fd, IOEVENTFD_FLAG_DEASSIGN)),
+      `KVM_IOEVENTFD deassign (0x${options.address.toString(16)})`,
+    );
+  }
+
+  /** Reads and clears an eventfd's counter without blocking; 0 when it was not signalled. */
+  drainEventFd(fd: number): number {
+    const counter = new BigUint64Array(1);
+    const got = libc.read(fd, counter, 8);
+    return got === 8 ? Number(counter[0]) : 0;
+  }
+
+  setPicVectorBases(master: number, slave: number): void {
+    for (const [chip, base] of [[IRQCHIP_PIC_MASTER, master], [IRQCHIP_PIC_SLAVE, slave]]) {
+      const bytes = new Uint8Array(KVM_IRQCHIP_SIZE);
+      new DataView(bytes.buffer).setUint32(IrqChip.chip_id, chip, true);
+      this.check(libc.ioctlBuffer(this.fd, Ioctl.GET_IRQCHIP, bytes), `KVM_GET_IRQCHIP (PIC ${chip})`);
+      bytes[IrqChip.chip + PicState.irq_base] = base & 0xf8;
+      this.check(libc.ioctlBuffer(this.fd, Ioctl.SET_IRQCHIP, bytes), `KVM_SET_IRQCHIP (PIC ${chip})`);
+    }
+  }
+
+  signalMsi(address: bigint, data: number): boolean {
+    if (this.checkExtension(Cap.SIGNAL_MSI) <= 0) throw new HypervisorError("KVM_SIGNAL_MSI", 95, "this host's KVM cannot inject MSIs");
+    const bytes = new Uint8Array(KVM_MSI_SIZE);
+    const view = new DataView(bytes.buffer);
+    view.setUint32(0, Number(address & 0xffff_ffffn), true);
+    view.setUint32(4, Number((address >> 32n) & 0xffff_ffffn), true);
+    view.setUint32(8, data >>> 0, true);
+    // > 0 delivered, 0 blocked by the guest (masked or no destination).
+    return this.check(libc.ioctlBuffer(this.fd, Ioctl.SIGNAL_MSI, bytes), "KVM_SIGNAL_MSI") > 0;
   }
 
   registerIrqFd(gsi: number): number {
