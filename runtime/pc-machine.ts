@@ -1,6 +1,6 @@
 /**
  * A PC-compatible machine for third-party kernels: in-kernel irqchip and PIT, COM1 on
- * IRQ 4, debug-exit, fw_cfg, ACPI tables with a PM timer, CMOS/RTC, an empty PCI bus, and
+ * IRQ 4, debug-exit, fw_cfg, ACPI tables with a PM timer, CMOS/RTC, a PCI bus, and
  * a Multiboot v1 kernel entered on vCPU 0 while the others wait for INIT/SIPI.
  */
 import { Vm, type VmResult } from "./vm.js";
@@ -9,7 +9,8 @@ import { Serial16550 } from "./devices/serial-16550.js";
 import { FwCfg, FW_CFG_PORT, FW_CFG_PORT_LENGTH } from "./devices/fw-cfg.js";
 import { DEFAULT_PM1A_EVENT_PORT, DEFAULT_PM_TIMER_PORT, PM_TIMER_LENGTH, writeAcpiTables } from "./devices/acpi.js";
 import { AcpiPm1Registers, PM1_REGISTERS_LENGTH } from "./devices/acpi-pm1.js";
-import { PciConfigNoDevice, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LENGTH } from "./devices/pci-config.js";
+import { PciHost, PCI_ECAM_BASE, PCI_ECAM_BUSES } from "./pci/pci-host.js";
+import { PciTestdev } from "./pci/pci-testdev.js";
 import { CmosRtc, CMOS_PORT, CMOS_PORT_LENGTH } from "./devices/cmos-rtc.js";
 import { loadMultiboot, type MultibootModule } from "./boot/multiboot.js";
 import { addPcTestdev } from "./test-devices.js";
@@ -60,6 +61,8 @@ function memoryLayout(size: number): RegionSpec[] {
 export class PcMachine {
   readonly vm: Vm;
   readonly serial: Serial16550;
+  /** The PCI bus (i440FX host bridge at 00:00.0); plug devices before `run()`. */
+  readonly pci: PciHost;
 
   constructor(options: PcMachineOptions) {
     const cpus = options.cpus ?? 1;
@@ -72,7 +75,7 @@ export class PcMachine {
       // PC firmware leaves the PICs initialised with the PC/AT vector bases; real-mode
       // guests (kvm-unit-tests' realmode) hook IRQs in the IVT at those vectors.
       vm.setPicVectorBases(PIC_MASTER_VECTOR_BASE, PIC_SLAVE_VECTOR_BASE);
-      writeAcpiTables(vm.memory, { cpus, tablesAddress: ACPI_TABLES_ADDRESS });
+      writeAcpiTables(vm.memory, { cpus, tablesAddress: ACPI_TABLES_ADDRESS, ecam: { base: PCI_ECAM_BASE, endBus: PCI_ECAM_BUSES - 1 } });
       const name = options.kernelName ?? "kernel";
       const entry = loadMultiboot(vm.memory, options.kernel, {
         fileName: name,
@@ -94,12 +97,16 @@ export class PcMachine {
         space: "pio", base: DEFAULT_PM1A_EVENT_PORT, length: PM1_REGISTERS_LENGTH, sync: true,
         device: new AcpiPm1Registers(() => vm.exit(0)),
       });
-      vm.addDevice({ space: "pio", base: PCI_CONFIG_PORT, length: PCI_CONFIG_PORT_LENGTH, device: new PciConfigNoDevice() });
+      this.pci = new PciHost(vm);
       vm.addDevice({
         space: "pio", base: CMOS_PORT, length: CMOS_PORT_LENGTH,
         device: new CmosRtc({ ramSize: memory, ramBelow4GiB: Math.min(memory, LOW_MEMORY_LIMIT) }),
       });
-      if (options.testDevices) addPcTestdev(vm);
+      if (options.testDevices) {
+        addPcTestdev(vm);
+        this.pci.plug(new PciTestdev());
+      }
+      this.pci.assignResources();
     } catch (error) {
       void vm.stop();
       throw error;

@@ -200,3 +200,24 @@ test("the run command takes --initrd as the environment file and names a missing
   assert.equal(missing.status, 2);
   assert.match(missing.stderr, /initrd '.*env\.missing': no such file/);
 });
+
+test("vmexit finds pci-testdev on the PCI bus and runs its six PCI subtests, eventfd ones included", { timeout: 300_000 }, async (t) => {
+  const run = await boot("vmexit", { testDevices: true, append: "pci-mem pci-io" });
+  if (!run) return t.skip(HOW_TO_GET);
+  // Firmware-style placement: memory BAR at the bottom of the 0xc0000000 window, I/O BAR at 0xc000.
+  assert.match(run.console, /pci-testdev at 0x10 membar c0000000 iobar c000/);
+  for (const type of ["mmio", "portio"]) {
+    for (const kind of ["no-eventfd", "wildcard-eventfd", "datamatch-eventfd"]) {
+      assert.match(run.console, new RegExp(`^${type}-${kind}:pci-${type === "mmio" ? "mem" : "io"} \\d+\\r?$`, "m"));
+    }
+  }
+  assert.doesNotMatch(run.console, /skipped/);
+  assert.deepEqual(run.result, { reason: "debug-exit", status: 0 });
+});
+
+test("without the test devices vmexit finds no pci-testdev and skips its PCI subtests", { timeout: 300_000 }, async (t) => {
+  const run = await boot("vmexit", { append: "pci-mem pci-io" });
+  if (!run) return t.skip(HOW_TO_GET);
+  assert.match(run.console, /pci-mem \(skipped\)/);
+  assert.match(run.console, /pci-io \(skipped\)/);
+});
