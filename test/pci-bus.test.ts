@@ -9,7 +9,7 @@ import { Vm } from "../runtime/vm.js";
 import { PciConfigSpace, PciCommand, PciRegister } from "../runtime/pci/config-space.js";
 import { CONFIG_ADDRESS_ENABLE, I440FX_DEVICE_ID, I440FX_VENDOR_ID, PciConfigPorts, PciEcam } from "../runtime/pci/host-bridge.js";
 import { intxGsi, PciBus } from "../runtime/pci/pci-bus.js";
-import type { PciSlotServices } from "../runtime/pci/pci-device.js";
+import type { PciDevice, PciSlotServices } from "../runtime/pci/pci-device.js";
 import { PciHost, PCI_IO_WINDOW, PCI_MEMORY_WINDOW } from "../runtime/pci/pci-host.js";
 import { PciTestdev, PCI_TESTDEV_DEVICE_ID, PCI_TESTDEV_VENDOR_ID } from "../runtime/pci/pci-testdev.js";
 import { I440fxHostBridge } from "../runtime/pci/host-bridge.js";
@@ -229,4 +229,55 @@ test("a guest moves pci-testdev's I/O BAR and its writes reach the device at the
   const result = await vm.run();
   assert.deepEqual(result, { reason: "debug-exit", status: 3 });
   assert.equal(testdev.count, 3);
+});
+
+/** A function with only an MSI capability, to drive the slot's MSI path. */
+class MsiFunction implements PciDevice {
+  readonly name = "msi function";
+  readonly config = new PciConfigSpace({ vendorId: 0x1234, deviceId: 0x0001, classCode: 0xff0000 });
+  readonly msiAt = addMsiCapability(this.config, { vectors: 1, addresses64: false });
+  slot: PciSlotServices | undefined;
+  barRead(): number {
+    return 0;
+  }
+  barWrite(): void {}
+  plugged(slot: PciSlotServices): void {
+    this.slot = slot;
+  }
+}
+
+test("MSI reaches KVM: the message the guest programmed is delivered to an enabled LAPIC, and not when MSI is off", async () => {
+  const vm = Vm.create({ memory: 2 << 20, irqchip: true });
+  let ready!: () => void;
+  const isReady = new Promise<void>((resolve) => (ready = resolve));
+  vm.addDevice({ space: "pio", base: 0x500, length: 1, sync: true, device: { name: "ready", read: () => 0, write: () => ready() } });
+  const host = new PciHost(vm);
+  const fn = new MsiFunction();
+  const slot = host.plug(fn);
+  host.assignResources();
+  vm.loadProgram({
+    code: [
+      0xfa,                                   // cli
+      0xb8, ...imm32(0xfee0_00f0),            // mov eax, LAPIC spurious-vector register
+      0xc7, 0x00, ...imm32(0x1ff),            // mov dword [rax], 0x1ff   ; software-enable the LAPIC
+      0x66, 0xba, ...imm16(0x500),            // mov dx, 0x500
+      0xee,                                   // out dx, al               ; ready
+      0xeb, 0xfe,                             // jmp $
+    ],
+    mode: "long64",
+  });
+  vm.start();
+  try {
+    await isReady;
+    const ports = new PciConfigPorts(host.bus);
+    writeConfig(ports, slot, fn.msiAt + 4, 0xfee0_0000); // destination APIC 0
+    writeConfig(ports, slot, fn.msiAt + 8, 0x40, 2); // vector 0x40, fixed
+    assert.equal(fn.slot!.signalMsi(), false); // not enabled yet
+    writeConfig(ports, slot, fn.msiAt + 2, 1, 2);
+    assert.equal(fn.slot!.signalMsi(), true);
+    writeConfig(ports, slot, fn.msiAt + 4, 0xfee0_5000); // APIC 5 does not exist
+    assert.equal(fn.slot!.signalMsi(), false);
+  } finally {
+    await vm.stop();
+  }
 });
