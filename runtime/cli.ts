@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-/** `workervisor demo | run | bench`: the command-line front end. */
+/** `workervisor demo | run | bench | kvm-unit-tests`: the command-line front end. */
 import { runDemo } from "./demo.js";
 
 const USAGE = `usage: workervisor <command> [options]
@@ -8,6 +8,7 @@ commands:
   demo                 boot the built-in demo guest (prints a greeting on COM1)
   run --kernel FILE    boot a multiboot kernel (see 'workervisor run --help')
   bench                run the exit-latency benchmark suite (see 'workervisor bench --help')
+  kvm-unit-tests DIR   run a kvm-unit-tests build's x86 suite (see 'workervisor kvm-unit-tests --help')
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -25,6 +26,10 @@ async function main(argv: string[]): Promise<number> {
     case "bench": {
       const { benchCommand } = await import("../bench/bench-command.js");
       return benchCommand(rest);
+    }
+    case "kvm-unit-tests": {
+      const { kvmUnitTestsCommand } = await import("./kvm-unit-tests/kvm-unit-tests-command.js");
+      return kvmUnitTestsCommand(rest);
     }
     case undefined:
     case "help":
