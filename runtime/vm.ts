@@ -11,6 +11,7 @@ import type { Device, InterruptLine } from "./devices/device.js";
 import { DEBUG_EXIT_LENGTH, DEBUG_EXIT_PORT, DebugExit } from "./devices/debug-exit.js";
 import { loadFlatProgram, type FlatProgram } from "./boot/flat-loader.js";
 import { cpuidForVcpu } from "./boot/cpuid.js";
+import { applyCpuFeatures, CpuFeatureError, parseCpuFeatures, type CpuFeatureChange } from "./boot/cpu-features.js";
 import { withResetState } from "./boot/x86-reset.js";
 import { GuestFatalError, VcpuWorkerError, VmConfigError, VmStateError } from "./errors.js";
 import { vcpuPool } from "./vcpu-pool.js";
@@ -32,6 +33,11 @@ export interface VmOptions {
   spin?: Partial<SpinPolicy>;
   dispatcher?: Partial<DispatcherOptions>;
   backend?: BackendName;
+  /**
+   * CPUID features to remove (`-pcid`) or require (`+x2apic`) relative to what the
+   * hypervisor supports, as QEMU's `-cpu` flags name them; one the host lacks is refused.
+   */
+  cpuFeatures?: string | CpuFeatureChange[];
   /** What a vCPU does on a HLT exit (no in-kernel irqchip): end (default) or re-enter the guest. */
   onHalt?: "stop" | "resume";
 }
@@ -134,7 +140,16 @@ export class Vm extends EventEmitter {
       memory.regions.forEach((region, slot) => handle!.setMemoryRegion(slot, region.gpa, region.size, region.hostAddress));
       if (options.irqchip) handle.createIrqChip();
       if (options.userspaceMsrs) handle.enableUserspaceMsrs();
-      const supported = hypervisor.supportedCpuid();
+      let supported = hypervisor.supportedCpuid();
+      if (options.cpuFeatures !== undefined) {
+        try {
+          const changes = typeof options.cpuFeatures === "string" ? parseCpuFeatures(options.cpuFeatures) : options.cpuFeatures;
+          supported = applyCpuFeatures(supported, changes);
+        } catch (error) {
+          if (error instanceof CpuFeatureError) throw new VmConfigError(error.message, { cause: error });
+          throw error;
+        }
+      }
       this.cpuStates = [];
       for (let i = 0; i < vcpus; i++) {
         this.descriptors.push(handle.createVcpu(i));

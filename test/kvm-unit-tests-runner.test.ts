@@ -13,6 +13,7 @@ import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { parseUnitTestsConfig, shellWords, UnitTestsConfigError } from "../runtime/kvm-unit-tests/unittests-cfg.js";
 import { environmentFile, translateQemuParams } from "../runtime/kvm-unit-tests/suite-runner.js";
+import type { CpuidEntry } from "../runtime/hypervisor/hypervisor.js";
 
 const KERNELS = fileURLToPath(new URL("../../../shared/kvm-unit-tests/", import.meta.url));
 const CLI = fileURLToPath(new URL("../runtime/cli.js", import.meta.url));
@@ -81,8 +82,12 @@ test("unittests.cfg: keys, quoting, groups, timeouts and \"\"\" blocks as kvm-un
   assert.throws(() => parseUnitTestsConfig("[a]\nfile = a.flat\ntimeout = soon\n"), /not a duration/);
 });
 
-test("qemu_params: memory and vCPUs are applied, -cpu is reported as not applied, other devices skip the entry", () => {
-  assert.deepEqual(translateQemuParams(["-m", "2048", "-cpu", "max"]), { memory: 2048 * 1024 * 1024, ignored: ["-cpu max"] });
+test("qemu_params: memory, vCPUs and -cpu flags the host can honour are applied; the rest is reported; other devices skip the entry", () => {
+  assert.deepEqual(translateQemuParams(["-m", "2048", "-cpu", "max"]), { memory: 2048 * 1024 * 1024, ignored: [] });
+  const supported: CpuidEntry[] = [{ function: 1, index: 0, flags: 0, eax: 0, ebx: 0, ecx: 1 << 21, edx: 0 }];
+  assert.deepEqual(translateQemuParams(["-cpu", "qemu64,+x2apic,-pcid,+vmx,vendor=GenuineIntel"], supported), {
+    cpuFeatures: "+x2apic,-pcid", ignored: ["-cpu model qemu64,+vmx (host lacks it),vendor=GenuineIntel"],
+  });
   assert.deepEqual(translateQemuParams(["-m", "4g"]).memory, 4 * 1024 ** 3);
   assert.match(translateQemuParams(["-device", "edu"]).unsupported ?? "", /QEMU device 'edu'/);
   assert.match(translateQemuParams(["-machine", "pit=off"]).unsupported ?? "", /'-machine pit=off'/);
@@ -118,7 +123,7 @@ test("the suite runner boots each entry as run_tests.sh does and reads its resul
     "SKIP intel_iommu (QEMU option '-M q35,kernel-irqchip=split' has no workervisor equivalent)",
     "SKIP vmx_manual (test marked as manual run only)",
     `SKIP not_built (Test file '${join(build, "x86", "no-such-kernel.flat")}' not found)`,
-    "PASS block (10 tests) [not applied: -cpu qemu64,+x2apic,+tsc-deadline]",
+    "PASS block (10 tests) [not applied: -cpu model qemu64]",
     "9 entries: 4 PASS, 0 FAIL, 4 SKIP, 1 TIMEOUT",
   ]);
   assert.equal(run.status, 1); // a TIMEOUT makes the suite fail

@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { parseDuration, parseUnitTestsConfig } from "./unittests-cfg.js";
 import { runSuite, type EntryResult, type Verdict } from "./suite-runner.js";
+import { openHypervisor } from "../hypervisor/backends.js";
 
 const USAGE = `usage: workervisor kvm-unit-tests BUILD_DIR [--only REGEX] [--timeout S] [--json FILE]
 
@@ -57,8 +58,15 @@ export async function kvmUnitTestsCommand(args: string[]): Promise<number> {
     }
     const timeout = values.timeout === undefined ? undefined : parseDuration(values.timeout, "--timeout");
     const entries = parseUnitTestsConfig(text, cfgPath).filter((e) => only === undefined || only.test(e.name));
+    const hypervisor = openHypervisor();
+    let supportedCpuid;
+    try {
+      supportedCpuid = hypervisor.supportedCpuid();
+    } finally {
+      hypervisor.close();
+    }
     const results = await runSuite(entries, {
-      buildDir, timeout, includeNodefault: only !== undefined,
+      buildDir, timeout, includeNodefault: only !== undefined, supportedCpuid,
       onResult: (r) => process.stdout.write(formatResult(r) + "\n"),
     });
     process.stdout.write(summaryLine(results) + "\n");

@@ -12,6 +12,8 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseSize } from "../run-command.js";
 import type { UnitTestEntry } from "./unittests-cfg.js";
+import { CPU_FEATURES, hostHasFeature } from "../boot/cpu-features.js";
+import type { CpuidEntry } from "../hypervisor/hypervisor.js";
 
 export type Verdict = "PASS" | "FAIL" | "SKIP" | "TIMEOUT";
 
@@ -30,6 +32,8 @@ export interface EntryResult {
 }
 
 export interface SuiteOptions {
+  /** The hypervisor's supported CPUID, to know which `-cpu +flag`s the host can give. */
+  supportedCpuid?: readonly CpuidEntry[];
   /** The kvm-unit-tests build directory (holding x86/unittests.cfg and x86/*.flat). */
   buildDir: string;
   /** Overrides every entry's timeout (seconds), as the TIMEOUT variable does. */
@@ -49,6 +53,8 @@ const CLI = fileURLToPath(new URL("../cli.js", import.meta.url));
 interface Translation {
   memory?: number;
   cpus?: number;
+  /** `--cpu-features` for the flags of `-cpu` this host can honour. */
+  cpuFeatures?: string;
   ignored: string[];
   /** Set when the entry needs something this machine does not have. */
   unsupported?: string;
@@ -59,8 +65,31 @@ function qemuMemory(text: string): number {
   return /^\d+$/.test(text) ? Number(text) * 1024 * 1024 : parseSize(text);
 }
 
+/**
+ * The feature flags of `-cpu MODEL,flag,...` the machine can apply: removals always, and
+ * additions the host offers. The model itself, properties (`vendor=`, `host-phys-bits`) and
+ * additions the host lacks are reported as not applied: the test then sees the host's CPU
+ * and reports its own SKIP for what it misses, as on a host without the feature.
+ */
+function translateCpu(value: string, supported: readonly CpuidEntry[], out: Translation): void {
+  const [model, ...flags] = value.split(",");
+  const applied: string[] = [];
+  const ignored: string[] = [];
+  if (model !== "host" && model !== "max") ignored.push(`model ${model}`);
+  for (const flag of flags) {
+    const sign = flag[0] === "+" || flag[0] === "-" ? flag[0] : undefined;
+    const name = sign ? flag.slice(1) : flag.replace(/=(on|off)$/, "");
+    const enable = sign ? sign === "+" : !flag.endsWith("=off");
+    if (CPU_FEATURES[name] === undefined || (!sign && !/=(on|off)$/.test(flag))) ignored.push(flag);
+    else if (enable && !hostHasFeature(supported, name)) ignored.push(`${flag} (host lacks it)`);
+    else applied.push(`${enable ? "+" : "-"}${name}`);
+  }
+  if (applied.length) out.cpuFeatures = applied.join(",");
+  if (ignored.length) out.ignored.push(`-cpu ${ignored.join(",")}`);
+}
+
 /** What of an entry's qemu_params the PC machine can honour. */
-export function translateQemuParams(words: string[]): Translation {
+export function translateQemuParams(words: string[], supported: readonly CpuidEntry[] = []): Translation {
   const out: Translation = { ignored: [] };
   for (let i = 0; i < words.length; i++) {
     const option = words[i].replace(/^--/, "-");
@@ -77,8 +106,7 @@ export function translateQemuParams(words: string[]): Translation {
         i++;
         break;
       case "-cpu":
-        // CPU models and feature flags are not applied yet: the guest sees the host's CPUID.
-        out.ignored.push(`-cpu ${value}`);
+        translateCpu(value ?? "", supported, out);
         i++;
         break;
       case "-device": {
@@ -187,11 +215,12 @@ export async function runEntry(entry: UnitTestEntry, options: SuiteOptions, envi
   const base = { name: entry.name, seconds: 0, ignoredParams: [] as string[], consoleTail: "" };
   const skip = skipReason(entry, options);
   if (skip !== undefined) return { ...base, verdict: "SKIP", detail: skip };
-  const params = translateQemuParams(entry.qemuParams);
+  const params = translateQemuParams(entry.qemuParams, options.supportedCpuid);
   if (params.unsupported !== undefined) return { ...base, verdict: "SKIP", detail: params.unsupported, ignoredParams: params.ignored };
   if (!existsSync(kernel)) return { ...base, verdict: "SKIP", detail: `Test file '${kernel}' not found` };
   const args = ["--kernel", kernel, "--cpus", String(params.cpus ?? entry.smp), "--test-devices", "--initrd", environment];
   if (params.memory !== undefined) args.push("--mem", String(params.memory));
+  if (params.cpuFeatures !== undefined) args.push(`--cpu-features=${params.cpuFeatures}`);
   if (entry.testArgs !== undefined) args.push("--append", entry.testArgs);
   const timeout = options.timeout ?? entry.timeout ?? DEFAULT_TIMEOUT_SECONDS;
   const started = performance.now();
