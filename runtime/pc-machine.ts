@@ -43,6 +43,8 @@ export interface PcMachineOptions {
    * pci-testdev on the PCI bus).
    */
   testDevices?: boolean;
+  /** Whether the machine has an 8254 PIT (default true; QEMU's `-machine pit=off`). */
+  pit?: boolean;
   /** CPUID feature changes, e.g. `+x2apic,-pcid,-invpcid` (see VmOptions.cpuFeatures). */
   cpuFeatures?: string;
   /** Receives every byte the guest sends on COM1. */
@@ -72,7 +74,7 @@ export class PcMachine {
     if (!Number.isInteger(cpus) || cpus < 1 || cpus > 255) {
       throw new VmConfigError(`cpus must be a whole number from 1 to 255 (APIC IDs fit in a byte), got ${cpus}`);
     }
-    const vm = Vm.create({ memory: memoryLayout(memory), vcpus: cpus, irqchip: true, cpuFeatures: options.cpuFeatures });
+    const vm = Vm.create({ memory: memoryLayout(memory), vcpus: cpus, irqchip: true, pit: options.pit, cpuFeatures: options.cpuFeatures });
     try {
       // PC firmware leaves the PICs initialised with the PC/AT vector bases; real-mode
       // guests (kvm-unit-tests' realmode) hook IRQs in the IVT at those vectors.

@@ -11,7 +11,7 @@ import { PcMachine, DEFAULT_MEMORY } from "./pc-machine.js";
 import { ConsoleSink } from "./devices/console-sink.js";
 import type { VmResult } from "./vm.js";
 
-const USAGE = `usage: workervisor run --kernel FILE [--append "..."] [--initrd FILE] [--module FILE]... [--cpus N] [--mem SIZE] [--cpu-features LIST] [--test-devices]
+const USAGE = `usage: workervisor run --kernel FILE [--append "..."] [--initrd FILE] [--module FILE]... [--cpus N] [--mem SIZE] [--cpu-features LIST] [--no-pit] [--test-devices]
 
   --kernel FILE   Multiboot v1 kernel (ELF32), e.g. a kvm-unit-tests .flat file
   --append TEXT   kernel command line after the file name
@@ -22,6 +22,7 @@ const USAGE = `usage: workervisor run --kernel FILE [--append "..."] [--initrd F
   --mem SIZE      RAM: bytes or with K, M, G suffix (default 128M)
   --cpu-features LIST  CPUID changes, e.g. +x2apic,-pcid,-invpcid (QEMU's -cpu flag names);
                   a feature this host cannot give is refused
+  --no-pit        a machine without the 8254 PIT (QEMU's -machine pit=off)
   --test-devices  add pc-testdev and pci-testdev, as kvm-unit-tests' x86/run gives QEMU
 
 Exit status: (guest debug-exit status << 1) | 1; 0 when the guest halts or powers off;
@@ -66,6 +67,7 @@ export async function runCommand(args: string[]): Promise<number> {
         module: { type: "string", multiple: true },
         "test-devices": { type: "boolean" },
         "cpu-features": { type: "string" },
+        "no-pit": { type: "boolean" },
         cpus: { type: "string" },
         mem: { type: "string" },
         help: { type: "boolean", short: "h" },
@@ -95,6 +97,7 @@ export async function runCommand(args: string[]): Promise<number> {
       ],
       testDevices: values["test-devices"] ?? false,
       cpuFeatures: values["cpu-features"],
+      pit: !(values["no-pit"] ?? false),
       cpus,
       memory: values.mem === undefined ? DEFAULT_MEMORY : parseSize(values.mem),
       console: sink.push,

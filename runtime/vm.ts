@@ -26,6 +26,8 @@ export interface VmOptions {
   vcpus?: number;
   /** In-kernel interrupt controllers and PIT. */
   irqchip?: boolean;
+  /** With `irqchip`: whether the machine has a PIT (default true; QEMU's `-machine pit=off` is false). */
+  pit?: boolean;
   /** Send MSR accesses the hypervisor does not handle to the `msr` bus. */
   userspaceMsrs?: boolean;
   /** Posted-ring records per vCPU (a power of two). */
@@ -138,7 +140,7 @@ export class Vm extends EventEmitter {
       }
       handle = hypervisor.createVm();
       memory.regions.forEach((region, slot) => handle!.setMemoryRegion(slot, region.gpa, region.size, region.hostAddress));
-      if (options.irqchip) handle.createIrqChip();
+      if (options.irqchip) handle.createIrqChip({ pit: options.pit ?? true });
       if (options.userspaceMsrs) handle.enableUserspaceMsrs();
       let supported = hypervisor.supportedCpuid();
       if (options.cpuFeatures !== undefined) {

@@ -27,6 +27,7 @@ function kernelPath(name: string): string | undefined {
 
 interface BootOptions {
   cpus?: number;
+  pit?: boolean;
   append?: string;
   /** pc-testdev and pci-testdev, as kvm-unit-tests' x86/run always gives QEMU. */
   testDevices?: boolean;
@@ -53,6 +54,7 @@ async function boot(name: string, options: BootOptions = {}): Promise<BootOutcom
     cpus: options.cpus,
     append: options.append,
     testDevices: options.testDevices,
+    pit: options.pit,
     console: (byte) => {
       bytes.push(byte);
       if (options.stopWhen && byte === 0x0a) {
@@ -220,4 +222,11 @@ test("without the test devices vmexit finds no pci-testdev and skips its PCI sub
   if (!run) return t.skip(HOW_TO_GET);
   assert.match(run.console, /pci-mem \(skipped\)/);
   assert.match(run.console, /pci-io \(skipped\)/);
+});
+
+test("vmexit_ipi as unittests.cfg runs it (2 vCPUs, -machine pit=off) passes, as under QEMU", { timeout: 300_000 }, async (t) => {
+  const run = await boot("vmexit", { cpus: 2, pit: false, testDevices: true, append: "ipi" });
+  if (!run) return t.skip(HOW_TO_GET);
+  assert.match(run.console, /^ipi \d+\r?$/m);
+  assert.deepEqual(run.result, { reason: "debug-exit", status: 0 });
 });

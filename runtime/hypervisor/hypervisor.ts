@@ -139,8 +139,8 @@ export interface Hypervisor {
 export interface VmHandle {
   /** Registers (or, with `size` 0, removes) a RAM slot backed by host memory. */
   setMemoryRegion(slot: number, gpa: number, size: number, hostAddress: bigint): void;
-  /** In-kernel interrupt controllers (PIC, IOAPIC, local APICs) and timer (PIT). */
-  createIrqChip(): void;
+  /** In-kernel interrupt controllers (PIC, IOAPIC, local APICs) and timer (PIT, unless `pit` is false). */
+  createIrqChip(options?: { pit?: boolean }): void;
   irqLine(gsi: number, level: boolean): void;
   /** An eventfd signalled in the kernel on a guest write; returns the eventfd (`fd`, if given, is reused). */
   registerIoEvent(options: IoEventOptions, fd?: number): number;

@@ -55,6 +55,7 @@ interface Translation {
   cpus?: number;
   /** `--cpu-features` for the flags of `-cpu` this host can honour. */
   cpuFeatures?: string;
+  noPit?: boolean;
   ignored: string[];
   /** Set when the entry needs something this machine does not have. */
   unsupported?: string;
@@ -115,6 +116,12 @@ export function translateQemuParams(words: string[], supported: readonly CpuidEn
         i++;
         break;
       }
+      case "-M":
+      case "-machine":
+        if (value === "pit=off") out.noPit = true;
+        else out.unsupported ??= `QEMU option '${words[i]} ${value}' has no workervisor equivalent`;
+        i++;
+        break;
       case "-global":
         out.ignored.push(`-global ${value}`);
         i++;
@@ -221,6 +228,7 @@ export async function runEntry(entry: UnitTestEntry, options: SuiteOptions, envi
   const args = ["--kernel", kernel, "--cpus", String(params.cpus ?? entry.smp), "--test-devices", "--initrd", environment];
   if (params.memory !== undefined) args.push("--mem", String(params.memory));
   if (params.cpuFeatures !== undefined) args.push(`--cpu-features=${params.cpuFeatures}`);
+  if (params.noPit) args.push("--no-pit");
   if (entry.testArgs !== undefined) args.push("--append", entry.testArgs);
   const timeout = options.timeout ?? entry.timeout ?? DEFAULT_TIMEOUT_SECONDS;
   const started = performance.now();

@@ -70,12 +70,13 @@ export class KvmVm implements VmHandle {
     );
   }
 
-  createIrqChip(): void {
-    if (this.checkExtension(Cap.IRQCHIP) <= 0 || this.checkExtension(Cap.PIT2) <= 0) {
+  createIrqChip(options: { pit?: boolean } = {}): void {
+    const pit = options.pit ?? true;
+    if (this.checkExtension(Cap.IRQCHIP) <= 0 || (pit && this.checkExtension(Cap.PIT2) <= 0)) {
       throw new HypervisorError("KVM_CREATE_IRQCHIP", 95, "this host's KVM has no in-kernel irqchip or PIT");
     }
     this.check(libc.ioctlValue(this.fd, Ioctl.CREATE_IRQCHIP, 0), "KVM_CREATE_IRQCHIP");
-    this.check(libc.ioctlBuffer(this.fd, Ioctl.CREATE_PIT2, new Uint8Array(64)), "KVM_CREATE_PIT2");
+    if (pit) this.check(libc.ioctlBuffer(this.fd, Ioctl.CREATE_PIT2, new Uint8Array(64)), "KVM_CREATE_PIT2");
   }
 
   irqLine(gsi: number, level: boolean): void {
