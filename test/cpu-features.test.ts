@@ -69,21 +69,3 @@ test("a feature the host cannot give is refused with its CPUID location; unknown
   assert.equal(run.status, 2);
   assert.match(run.stderr, /cannot be given/);
 });
-
-test("pit: false leaves port 0x40 unclaimed (QEMU's -machine pit=off); the default PIT answers it in the kernel", async () => {
-  for (const pit of [true, false]) {
-    const vm = Vm.create({ memory: 2 << 20, irqchip: true, pit });
-    vm.addDebugExit();
-    vm.loadProgram({
-      code: [
-        0xe4, 0x40,                     // in al, 0x40   ; PIT counter 0
-        0x31, 0xc0,                     // xor eax, eax
-        0xe6, DEBUG_EXIT,               // out 0xf4, al
-        0xf4,                           // hlt
-      ],
-      mode: "long64",
-    });
-    assert.deepEqual(await vm.run(), { reason: "debug-exit", status: 0 });
-    assert.equal(vm.stats.unclaimedReads, pit ? 0 : 1, `pit: ${pit}`);
-  }
-});

@@ -5,7 +5,7 @@
  * before the VM starts; their BARs are then placed as firmware would place them.
  */
 import type { Vm } from "../vm.js";
-import { PciStatus } from "./config-space.js";
+import { PciRegister, PciStatus } from "./config-space.js";
 import { ECAM_BYTES_PER_BUS, I440fxHostBridge, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LENGTH, PciConfigPorts, PciEcam } from "./host-bridge.js";
 import { PciBus, type PciWindow } from "./pci-bus.js";
 import type { PciDevice, PciSlotServices } from "./pci-device.js";
@@ -22,8 +22,9 @@ export const FIRST_DEVICE_SLOT = 2;
 
 function findCapability(device: PciDevice, id: number): number | undefined {
   const config = device.config;
-  if ((config.u16(0x06) & PciStatus.CAPABILITIES_LIST) === 0) return undefined;
-  let at = config.u8(0x34) & 0xfc;
+  if ((config.u16(PciRegister.STATUS) & PciStatus.CAPABILITIES_LIST) === 0) return undefined;
+  let at = config.u8(PciRegister.CAPABILITIES_POINTER) & 0xfc;
+  // At most 48 dword-aligned capabilities fit after the header: a longer walk is a loop.
   for (let hops = 0; at !== 0 && hops < 48; hops++) {
     if (config.u8(at) === id) return at;
     at = config.u8(at + 1) & 0xfc;
