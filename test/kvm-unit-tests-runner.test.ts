@@ -33,6 +33,10 @@ file = vmexit.flat
 test_args = 'cpuid'
 groups = vmexit
 
+[args_with_dash]
+file = dummy.flat
+test_args = '-vmx_init_signal_test'
+
 [vmexit_vmcall]
 file = vmexit.flat
 test_args = 'vmcall'
@@ -67,7 +71,7 @@ qemu_params = """
 
 test("unittests.cfg: keys, quoting, groups, timeouts and \"\"\" blocks as kvm-unit-tests' scripts read them", () => {
   const entries = parseUnitTestsConfig(CONFIG);
-  assert.deepEqual(entries.map((e) => e.name), ["setjmp", "smptest3", "vmexit_cpuid", "vmexit_vmcall", "cmpxchg8b", "intel_iommu", "vmx_manual", "not_built", "block"]);
+  assert.deepEqual(entries.map((e) => e.name), ["setjmp", "smptest3", "vmexit_cpuid", "args_with_dash", "vmexit_vmcall", "cmpxchg8b", "intel_iommu", "vmx_manual", "not_built", "block"]);
   const byName = Object.fromEntries(entries.map((e) => [e.name, e]));
   assert.equal(byName.smptest3.smp, 3);
   assert.equal(byName.vmexit_cpuid.testArgs, "cpuid");
@@ -119,17 +123,18 @@ test("the suite runner boots each entry as run_tests.sh does and reads its resul
     "PASS setjmp (10 tests)",
     "PASS smptest3 (1 tests)",
     "PASS vmexit_cpuid",
+    "PASS args_with_dash",
     "TIMEOUT vmexit_vmcall (timeout; duration=5s)",
     "SKIP cmpxchg8b (i386 only)",
     "SKIP intel_iommu (QEMU option '-M q35,kernel-irqchip=split' has no workervisor equivalent)",
     "SKIP vmx_manual (test marked as manual run only)",
     `SKIP not_built (Test file '${join(build, "x86", "no-such-kernel.flat")}' not found)`,
     "PASS block (10 tests) [not applied: -cpu model qemu64]",
-    "9 entries: 4 PASS, 0 FAIL, 4 SKIP, 1 TIMEOUT",
+    "10 entries: 5 PASS, 0 FAIL, 4 SKIP, 1 TIMEOUT",
   ]);
   assert.equal(run.status, 1); // a TIMEOUT makes the suite fail
   const results = JSON.parse(readFileSync(json, "utf8")).results as { name: string; verdict: string; consoleTail: string }[];
-  assert.equal(results.length, 9);
+  assert.equal(results.length, 10);
   assert.match(results.find((r) => r.name === "smptest3")!.consoleTail, /found 3 cpus/);
 });
 

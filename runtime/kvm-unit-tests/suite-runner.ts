@@ -229,7 +229,8 @@ export async function runEntry(entry: UnitTestEntry, options: SuiteOptions, envi
   if (params.memory !== undefined) args.push("--mem", String(params.memory));
   if (params.cpuFeatures !== undefined) args.push(`--cpu-features=${params.cpuFeatures}`);
   if (params.noPit) args.push("--no-pit");
-  if (entry.testArgs !== undefined) args.push("--append", entry.testArgs);
+  // `=` form: test_args may start with '-' (vmx's "-vmx_init_signal_test"), which a separate argument would not survive.
+  if (entry.testArgs !== undefined) args.push(`--append=${entry.testArgs}`);
   const timeout = options.timeout ?? entry.timeout ?? DEFAULT_TIMEOUT_SECONDS;
   const started = performance.now();
   const run = await runOne(args, timeout);
