@@ -119,6 +119,8 @@ export class PcMachine {
   }
 
   run(): Promise<VmResult> {
+    // Devices plugged after construction get their BARs as firmware would give them.
+    if (this.pci.needsAssignment && this.vm.state === "created") this.pci.assignResources();
     return this.vm.run();
   }
 

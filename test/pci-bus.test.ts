@@ -5,7 +5,10 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { existsSync, readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import { Vm } from "../runtime/vm.js";
+import { PcMachine } from "../runtime/pc-machine.js";
 import { PciConfigSpace, PciCommand, PciRegister } from "../runtime/pci/config-space.js";
 import { CONFIG_ADDRESS_ENABLE, I440FX_DEVICE_ID, I440FX_VENDOR_ID, PciConfigPorts, PciEcam } from "../runtime/pci/host-bridge.js";
 import { intxGsi, PciBus } from "../runtime/pci/pci-bus.js";
@@ -280,4 +283,16 @@ test("MSI reaches KVM: the message the guest programmed is delivered to an enabl
   } finally {
     await vm.stop();
   }
+});
+
+test("a function plugged into a PcMachine after construction gets its BARs placed before the guest runs", async (t) => {
+  const kernel = fileURLToPath(new URL("../../../shared/kvm-unit-tests/dummy.flat", import.meta.url));
+  if (!existsSync(kernel)) return t.skip(`no ${kernel}`);
+  const machine = new PcMachine({ kernel: readFileSync(kernel), console: () => {} });
+  const testdev = new PciTestdev();
+  assert.equal(machine.pci.plug(testdev), 2);
+  assert.equal(testdev.config.barAddress(0), 0);
+  assert.deepEqual(await machine.run(), { reason: "debug-exit", status: 0 });
+  assert.equal(testdev.config.barAddress(0), PCI_MEMORY_WINDOW.base);
+  assert.equal(testdev.config.barAddress(1), PCI_IO_WINDOW.base);
 });

@@ -35,6 +35,7 @@ function findCapability(device: PciDevice, id: number): number | undefined {
 export class PciHost {
   readonly bus: PciBus;
   private nextSlot = FIRST_DEVICE_SLOT;
+  private unplaced = false;
 
   constructor(private readonly vm: Vm) {
     this.bus = new PciBus({
@@ -54,12 +55,19 @@ export class PciHost {
   plug(device: PciDevice, slot = this.nextSlot): number {
     this.bus.plug(slot, device);
     if (slot >= this.nextSlot) this.nextSlot = slot + 1;
+    this.unplaced = true;
     return slot;
   }
 
-  /** Places every BAR and enables decoding, as firmware leaves a PC. */
+  /** Places every BAR and enables decoding, as firmware leaves a PC. Before the guest runs. */
   assignResources(): void {
     this.bus.assignResources();
+    this.unplaced = false;
+  }
+
+  /** Whether a device was plugged since the last assignResources(). */
+  get needsAssignment(): boolean {
+    return this.unplaced;
   }
 
   private services(slot: number, device: PciDevice): PciSlotServices {
