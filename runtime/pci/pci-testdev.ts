@@ -146,8 +146,14 @@ export class PciTestdev implements PciDevice {
       space: placement.space, address: placement.address + test.offset, size: 1,
       ...(test.matchData ? { value: test.data } : {}),
     };
-    test.eventFd = this.slot.attachIoEvent(options, test.eventFd);
-    test.attached = options;
+    try {
+      test.eventFd = this.slot.attachIoEvent(options, test.eventFd);
+      test.attached = options;
+    } catch {
+      // A backend without runtime ioeventfds: the writes reach barWrite and are counted,
+      // which kvm-unit-tests accepts as well (count 16 instead of 0).
+      test.attached = undefined;
+    }
   }
 
   private detachEventFd(test: IoTest): void {
