@@ -11,6 +11,7 @@ import { DEFAULT_PM1A_EVENT_PORT, DEFAULT_PM_TIMER_PORT, PM_TIMER_LENGTH, writeA
 import { AcpiPm1Registers, PM1_REGISTERS_LENGTH } from "./devices/acpi-pm1.js";
 import { PciHost, PCI_ECAM_BASE, PCI_ECAM_BUSES } from "./pci/pci-host.js";
 import { PciTestdev } from "./pci/pci-testdev.js";
+import { PIRQ_GSIS } from "./pci/pci-bus.js";
 import { CmosRtc, CMOS_PORT, CMOS_PORT_LENGTH } from "./devices/cmos-rtc.js";
 import { loadMultiboot, type MultibootModule } from "./boot/multiboot.js";
 import { addPcTestdev } from "./test-devices.js";
@@ -79,7 +80,7 @@ export class PcMachine {
       // PC firmware leaves the PICs initialised with the PC/AT vector bases; real-mode
       // guests (kvm-unit-tests' realmode) hook IRQs in the IVT at those vectors.
       vm.setPicVectorBases(PIC_MASTER_VECTOR_BASE, PIC_SLAVE_VECTOR_BASE);
-      writeAcpiTables(vm.memory, { cpus, tablesAddress: ACPI_TABLES_ADDRESS, ecam: { base: PCI_ECAM_BASE, endBus: PCI_ECAM_BUSES - 1 } });
+      writeAcpiTables(vm.memory, { cpus, tablesAddress: ACPI_TABLES_ADDRESS, ecam: { base: PCI_ECAM_BASE, endBus: PCI_ECAM_BUSES - 1 }, pciIrqs: [...new Set(PIRQ_GSIS)] });
       const name = options.kernelName ?? "kernel";
       const entry = loadMultiboot(vm.memory, options.kernel, {
         fileName: name,

@@ -289,3 +289,16 @@ test("an ECAM range that is misaligned or crosses 4 GiB is refused with the reas
   assert.throws(() => writeAcpiTables(lowMemory(), { cpus: 1, tablesAddress: TABLES, ecam: { base: 0xf800_0000, endBus: 255 } }), /below 4 GiB/);
   assert.throws(() => writeAcpiTables(lowMemory(), { cpus: 1, tablesAddress: TABLES, ecam: { base: 0xe000_0000, endBus: 256 } }), /endBus/);
 });
+
+test("pciIrqs get active-high level overrides after the SCI's, as QEMU's PC gives IRQs 10 and 11", () => {
+  const memory = lowMemory();
+  const at = writeAcpiTables(memory, { cpus: 1, tablesAddress: TABLES, pciIrqs: [10, 11] });
+  const length = 44 + 8 + 12 + 4 * 10;
+  checkHeader(memory, at.madt, "APIC", length, 1);
+  assert.deepEqual(Array.from(memory.read(at.madt + length - 20, 20)), [
+    2, 10, 0, 10, 10, 0, 0, 0, 0x0d, 0x00,
+    2, 10, 0, 11, 11, 0, 0, 0, 0x0d, 0x00,
+  ]);
+  assert.throws(() => writeAcpiTables(lowMemory(), { cpus: 1, tablesAddress: TABLES, pciIrqs: [9] }), /other than 2 and the SCI/);
+  assert.throws(() => writeAcpiTables(lowMemory(), { cpus: 1, tablesAddress: TABLES, pciIrqs: [10, 10] }), /distinct/);
+});

@@ -150,6 +150,11 @@ export interface AcpiTableOptions {
   pm1aControlPort?: number;
   /** ISA IRQ of the SCI (also its GSI, identity-mapped). Default 9. */
   sciIrq?: number;
+  /**
+   * ISA IRQs that carry PCI INTx (level-triggered, shared): each gets an active-high level
+   * interrupt source override in the MADT, as QEMU's PC machine gives IRQs 10 and 11.
+   */
+  pciIrqs?: number[];
   /** PCI ECAM (MMCONFIG) of segment 0 for buses 0..endBus, announced in an MCFG table. */
   ecam?: { base: number; endBus: number };
 }
@@ -213,12 +218,12 @@ function sealTable(view: DataView, bytes: Uint8Array, at: number): void {
   bytes[at + H_CHECKSUM] = checksumByte(bytes, at, length);
 }
 
-function madtLength(cpus: number): number {
+function madtLength(cpus: number, extraOverrides = 0): number {
   return (
     MADT_ENTRIES +
     cpus * MADT_LOCAL_APIC_LENGTH +
     MADT_IO_APIC_LENGTH +
-    2 * MADT_INTERRUPT_OVERRIDE_LENGTH
+    (2 + extraOverrides) * MADT_INTERRUPT_OVERRIDE_LENGTH
   );
 }
 
@@ -283,7 +288,13 @@ export function writeAcpiTables(memory: GuestMemory, options: AcpiTableOptions):
   const dsdtOffset = alignUp(facsOffset + FACS_LENGTH, TABLE_ALIGNMENT);
   const fadtOffset = alignUp(dsdtOffset + HEADER_LENGTH, TABLE_ALIGNMENT);
   const madtOffset = alignUp(fadtOffset + FADT_LENGTH, TABLE_ALIGNMENT);
-  const madtSize = madtLength(cpus);
+  const pciIrqs = options.pciIrqs ?? [];
+  for (const irq of pciIrqs) {
+    if (!Number.isInteger(irq) || irq < 1 || irq > 15 || irq === 2 || irq === sciIrq || pciIrqs.indexOf(irq) !== pciIrqs.lastIndexOf(irq)) {
+      throw new AcpiTableError(`ACPI: pciIrqs must be distinct ISA IRQs 1..15 other than 2 and the SCI (${sciIrq}), got ${pciIrqs.join(", ")}`);
+    }
+  }
+  const madtSize = madtLength(cpus, pciIrqs.length);
   const ecam = options.ecam;
   if (ecam !== undefined) {
     const buses = ecam.endBus + 1;
@@ -381,6 +392,8 @@ export function writeAcpiTables(memory: GuestMemory, options: AcpiTableOptions):
   // raise it, and an idle line sits low, so declare it active-high level as QEMU does for
   // its PIIX4: an IOAPIC that honours polarity then sees it idle, not asserted forever.
   entry = writeInterruptOverride(view, entry, sciIrq, sciIrq, MPS_INTI_ACTIVE_HIGH_LEVEL);
+  // PCI INTx lines are level-triggered; our host bridge drives them active-high into the IOAPIC.
+  for (const irq of pciIrqs) entry = writeInterruptOverride(view, entry, irq, irq, MPS_INTI_ACTIVE_HIGH_LEVEL);
   sealTable(view, area, madtOffset);
 
   // MCFG: one allocation, segment 0, buses 0..endBus.
