@@ -230,3 +230,34 @@ test("vmexit_ipi as unittests.cfg runs it (2 vCPUs, -machine pit=off) passes, as
   assert.match(run.console, /^ipi \d+\r?$/m);
   assert.deepEqual(run.result, { reason: "debug-exit", status: 0 });
 });
+
+test("s3 passes, as under QEMU", { timeout: 300_000 }, async (t) => {
+  const run = await boot("s3", { testDevices: true });
+  if (!run) return t.skip(HOW_TO_GET);
+  assert.deepEqual(lines(run.console, "FAIL"), []);
+  assert.deepEqual(run.result, { reason: "debug-exit", status: 0 });
+});
+
+test("apic (x2apic entry, 2 vCPUs): its first checks pass with no FAIL, as QEMU's first 60 s here", { timeout: 600_000 }, async (t) => {
+  const run = await boot("apic", { cpus: 2, testDevices: true, stopWhen: /PASS: APIC physical broadcast shorthand/ });
+  if (!run) return t.skip(HOW_TO_GET);
+  assert.deepEqual(lines(run.console, "FAIL"), []);
+  assert.ok(lines(run.console, "PASS:").length >= 21, `only ${lines(run.console, "PASS:").length} PASS`);
+  assert.match(run.console, /PASS: apic_disable: \*0xfee00030/);
+});
+
+test("msr: every check passes but the six mitigation MSRs this host's KVM accepts, as msr64 under QEMU here", { timeout: 300_000 }, async (t) => {
+  const run = await boot("msr", { testDevices: true });
+  if (!run) return t.skip(HOW_TO_GET);
+  const failures = lines(run.console, "FAIL:");
+  assert.equal(failures.length, 6, failures.join("\n"));
+  for (const line of failures) assert.match(line, /Expected #GP on (RD|WR)MSR\((SPEC_CTRL|PRED_CMD|FLUSH_CMD)/);
+  assert.deepEqual(run.result, { reason: "debug-exit", status: 1 });
+});
+
+test("tsc reports its own SKIP (exit 77 from the run command's status)", { timeout: 300_000 }, async (t) => {
+  const run = await boot("tsc", { testDevices: true });
+  if (!run) return t.skip(HOW_TO_GET);
+  assert.deepEqual(lines(run.console, "FAIL"), []);
+  assert.ok(run.result?.status !== undefined && ((run.result.status << 1) | 1) === 77, `status ${run.result?.status}`);
+});
