@@ -1,5 +1,6 @@
 import { freemem, totalmem } from "node:os";
 import { hostAddressOf } from "./host-address.js";
+import { cycleHostPageProtection } from "./host-pages.js";
 
 export const PAGE_SIZE = 4096;
 
@@ -173,6 +174,18 @@ export class GuestMemory {
     } catch {
       return false;
     }
+  }
+
+  /**
+   * Drops and restores the host mapping of the RAM page holding `gpa`, so the hypervisor
+   * must map it in again (pc-testdev's flush port). Addresses outside RAM are ignored, as
+   * QEMU ignores them; returns whether a page was cycled.
+   */
+  remapPage(gpa: number): boolean {
+    const page = gpa - (gpa % PAGE_SIZE);
+    if (!this.isBacked(page, PAGE_SIZE)) return false;
+    const region = this.regionFor(page, PAGE_SIZE);
+    return cycleHostPageProtection(region.hostAddress + BigInt(page - region.gpa), PAGE_SIZE);
   }
 
   read(gpa: number, length: number): Uint8Array {

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-/** `workervisor demo | run | bench`: the command-line front end. */
+/** `workervisor demo | run | bench | kvm-unit-tests`: the command-line front end. */
 import { runDemo } from "./demo.js";
 
 const USAGE = `usage: workervisor <command> [options]
@@ -9,6 +9,7 @@ commands:
   run --kernel FILE    boot a multiboot kernel (see 'workervisor run --help')
   bench                run the exit-latency benchmark suite (see 'workervisor bench --help')
   guest-fetch          fetch Debian's cloud kernel and build the test initramfs into the cache
+  kvm-unit-tests DIR   run a kvm-unit-tests build's x86 suite (see 'workervisor kvm-unit-tests --help')
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -30,6 +31,10 @@ async function main(argv: string[]): Promise<number> {
     case "guest-fetch": {
       const { guestFetchCommand } = await import("./assets/guest-assets.js");
       return guestFetchCommand();
+    }
+    case "kvm-unit-tests": {
+      const { kvmUnitTestsCommand } = await import("./kvm-unit-tests/kvm-unit-tests-command.js");
+      return kvmUnitTestsCommand(rest);
     }
     case undefined:
     case "help":

@@ -24,3 +24,9 @@ export { VirtioBlk, BlockImageError, type VirtioBlkOptions } from "./devices/vir
 export { loadLinux, isLinuxKernel, LinuxLoadError, type LinuxBoot, type LinuxBootOptions } from "./boot/linux/linux-loader.js";
 export { ensureGuestAssets, GuestAssetsError, type GuestAssets } from "./assets/guest-assets.js";
 export { writeCpioNewc, type CpioEntry } from "./assets/cpio-newc.js";
+export { PciHost, PCI_ECAM_BASE, PCI_IO_WINDOW, PCI_MEMORY_WINDOW } from "./pci/pci-host.js";
+export type { PciDevice, PciSlotServices, BarPlacement } from "./pci/pci-device.js";
+export { PciConfigSpace, PciCommand, PciRegister, type BarSpec, type PciIdentity } from "./pci/config-space.js";
+export { addMsiCapability } from "./pci/msi.js";
+export { PciTestdev } from "./pci/pci-testdev.js";
+export { parseCpuFeatures, CpuFeatureError, type CpuFeatureChange } from "./boot/cpu-features.js";

@@ -1,6 +1,6 @@
 /**
  * A PC-compatible machine for third-party kernels: in-kernel irqchip and PIT, COM1 on
- * IRQ 4, debug-exit, fw_cfg, ACPI tables with a PM timer, CMOS/RTC, an empty PCI bus, and
+ * IRQ 4, debug-exit, fw_cfg, ACPI tables with a PM timer, CMOS/RTC, a PCI bus, and
  * a Multiboot v1 kernel entered on vCPU 0 while the others wait for INIT/SIPI.
  */
 import { Vm, type VmResult } from "./vm.js";
@@ -10,10 +10,13 @@ import { type InputSource, SerialInputPump } from "./devices/serial-input.js";
 import { FwCfg, FW_CFG_PORT, FW_CFG_PORT_LENGTH } from "./devices/fw-cfg.js";
 import { AcpiPmTimer, DEFAULT_PM1A_EVENT_PORT, DEFAULT_PM_TIMER_PORT, PM_TIMER_LENGTH, writeAcpiTables } from "./devices/acpi.js";
 import { AcpiPm1Registers, PM1_REGISTERS_LENGTH } from "./devices/acpi-pm1.js";
-import { PciConfigNoDevice, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LENGTH } from "./devices/pci-config.js";
+import { PciHost, PCI_ECAM_BASE, PCI_ECAM_BUSES } from "./pci/pci-host.js";
+import { PciTestdev } from "./pci/pci-testdev.js";
+import { PIRQ_GSIS } from "./pci/pci-bus.js";
 import { CmosRtc, CMOS_PORT, CMOS_PORT_LENGTH } from "./devices/cmos-rtc.js";
 import { I8042Reset, I8042_COMMAND_PORT } from "./devices/i8042-reset.js";
 import { loadMultiboot, type MultibootModule } from "./boot/multiboot.js";
+import { addPcTestdev } from "./test-devices.js";
 import { applicationProcessorState, multibootCpuState } from "./boot/multiboot-cpu.js";
 import { isLinuxKernel, type Decompression, type LinuxBoot } from "./boot/linux/linux-loader.js";
 import { bootLinuxOnPc, type PvmFallbacks } from "./boot/linux/pc-linux-boot.js";
@@ -35,6 +38,8 @@ const ACPI_TABLES_ADDRESS = 0xe1000;
 export const VIRTIO_MMIO_BASE = 0xfeb0_0000;
 export const VIRTIO_MMIO_FIRST_GSI = 20;
 const VIRTIO_MMIO_SLOTS = 4; // GSIs 20..23 of the IOAPIC, clear of ISA and PCI INTx lines
+const PIC_MASTER_VECTOR_BASE = 0x08;
+const PIC_SLAVE_VECTOR_BASE = 0x70;
 
 export interface PcMachineOptions {
   kernel: Uint8Array;
@@ -45,6 +50,15 @@ export interface PcMachineOptions {
   cpus?: number;
   /** RAM in bytes (a multiple of 4 KiB, at least 2 MiB). */
   memory?: number;
+  /**
+   * The test devices kvm-unit-tests' runner always adds to QEMU: pc-testdev (and
+   * pci-testdev on the PCI bus).
+   */
+  testDevices?: boolean;
+  /** Whether the machine has an 8254 PIT (default true; QEMU's `-machine pit=off`). */
+  pit?: boolean;
+  /** CPUID feature changes, e.g. `+x2apic,-pcid,-invpcid` (see VmOptions.cpuFeatures). */
+  cpuFeatures?: string;
   /** Receives every byte the guest sends on COM1. */
   console: (byte: number) => void;
   /** The hypervisor CPUID leaves the guest sees (see HypervisorCpuidOptions). */
@@ -97,6 +111,8 @@ export class PcMachine {
   readonly linux: LinuxBoot | undefined;
   /** Linux on a PVM host: what was changed so the kernel avoids instructions PVM cannot emulate. */
   readonly pvmFallbacks: PvmFallbacks | undefined;
+  /** The PCI bus (i440FX host bridge at 00:00.0); plug devices before `run()`. */
+  readonly pci: PciHost;
 
   constructor(options: PcMachineOptions) {
     const cpus = options.cpus ?? 1;
@@ -109,9 +125,17 @@ export class PcMachine {
       this.closeVirtio();
       throw new VmConfigError(`a PC machine has ${VIRTIO_MMIO_SLOTS} virtio-mmio slots, ${this.virtioDevices.length} virtio devices were given`);
     }
-    const vm = Vm.create({ memory: memoryLayout(memory), vcpus: cpus, irqchip: true, hypervisorCpuid: options.hypervisorCpuid });
+    const vm = Vm.create({
+      memory: memoryLayout(memory), vcpus: cpus, irqchip: true, pit: options.pit, cpuFeatures: options.cpuFeatures,
+      hypervisorCpuid: options.hypervisorCpuid,
+    });
     try {
-      const acpi = writeAcpiTables(vm.memory, { cpus, tablesAddress: ACPI_TABLES_ADDRESS });
+      // PC firmware leaves the PICs initialised with the PC/AT vector bases; real-mode
+      // guests (kvm-unit-tests' realmode) hook IRQs in the IVT at those vectors.
+      vm.setPicVectorBases(PIC_MASTER_VECTOR_BASE, PIC_SLAVE_VECTOR_BASE);
+      const acpi = writeAcpiTables(vm.memory, {
+        cpus, tablesAddress: ACPI_TABLES_ADDRESS, ecam: { base: PCI_ECAM_BASE, endBus: PCI_ECAM_BUSES - 1 }, pciIrqs: [...new Set(PIRQ_GSIS)],
+      });
       const name = options.kernelName ?? "kernel";
       if (isLinuxKernel(options.kernel)) {
         ({ linux: this.linux, pvmFallbacks: this.pvmFallbacks } = bootLinuxOnPc(vm, {
@@ -148,7 +172,7 @@ export class PcMachine {
         space: "pio", base: DEFAULT_PM1A_EVENT_PORT, length: PM1_REGISTERS_LENGTH, sync: true,
         device: new AcpiPm1Registers(() => vm.powerOff()),
       });
-      vm.addDevice({ space: "pio", base: PCI_CONFIG_PORT, length: PCI_CONFIG_PORT_LENGTH, device: new PciConfigNoDevice() });
+      this.pci = new PciHost(vm);
       vm.addDevice({
         space: "pio", base: I8042_COMMAND_PORT, length: 1, sync: true,
         device: new I8042Reset(() => vm.reset("i8042 reset (0xfe to port 0x64)")),
@@ -162,6 +186,11 @@ export class PcMachine {
         vm.addDevice({ space: "mmio", base: VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_LENGTH, length: VIRTIO_MMIO_LENGTH, device: transport });
         this.virtio.push(transport);
       });
+      if (options.testDevices) {
+        addPcTestdev(vm);
+        this.pci.plug(new PciTestdev());
+      }
+      this.pci.assignResources();
     } catch (error) {
       void vm.stop().finally(() => this.closeVirtio());
       throw error;
@@ -170,6 +199,8 @@ export class PcMachine {
   }
 
   async run(): Promise<VmResult> {
+    // Devices plugged after construction get their BARs as firmware would give them.
+    if (this.pci.needsAssignment && this.vm.state === "created") this.pci.assignResources();
     try {
       return await this.vm.run();
     } finally {

@@ -10,23 +10,29 @@ import { parseArgs } from "node:util";
 import { PcMachine, DEFAULT_MEMORY } from "./pc-machine.js";
 import { ConsoleSink } from "./devices/console-sink.js";
 import { cacheDir } from "./assets/cache-dir.js";
+import { isLinuxKernel } from "./boot/linux/linux-loader.js";
 import type { VmResult } from "./vm.js";
 import { hypervisorCpuidSpecUsage, parseHypervisorCpuidSpec } from "./boot/hypervisor-cpuid-spec.js";
 import { HypervisorCpuidError } from "./boot/hypervisor-cpuid.js";
 
-const USAGE = `usage: workervisor run --kernel FILE [--append "..."] [--module FILE]... [--cpus N] [--mem SIZE]
-                       [--hypervisor-cpuid SPEC]
+const USAGE = `usage: workervisor run --kernel FILE [--append "..."] [--initrd FILE] [--module FILE]... [--cpus N] [--mem SIZE]
+                       [--cpu-features LIST] [--no-pit] [--test-devices] [--hypervisor-cpuid SPEC]
        workervisor run --kernel bzImage|vmlinux [--initrd FILE] [--cmdline "..."] [--decompress host|guest] [--cpus N] [--mem SIZE]
 
   --kernel FILE   Multiboot v1 kernel (ELF32), e.g. a kvm-unit-tests .flat file, or a Linux
                   x86-64 bzImage or ELF vmlinux (told from the file)
   --append TEXT   multiboot: kernel command line after the file name
-  --module FILE   a Multiboot module (repeatable; QEMU's -initrd is one module)
-  --initrd FILE   Linux: the initramfs
+  --initrd FILE   Linux: the initramfs; multiboot: the first module, as QEMU's -initrd passes
+                  it (kvm-unit-tests' environment file)
+  --module FILE   a further Multiboot module (repeatable)
   --cmdline TEXT  Linux: the kernel command line (e.g. "console=ttyS0")
   --decompress W  Linux bzImage: "host" (default; cached under .cache/kernels) or "guest"
   --cpus N        vCPUs (default 1)
   --mem SIZE      RAM: bytes or with K, M, G suffix (default 128M)
+  --cpu-features LIST  CPUID changes, e.g. +x2apic,-pcid,-invpcid (QEMU's -cpu flag names);
+                  a feature this host cannot give is refused
+  --no-pit        a machine without the 8254 PIT (QEMU's -machine pit=off)
+  --test-devices  add pc-testdev and pci-testdev, as kvm-unit-tests' x86/run gives QEMU
   --hypervisor-cpuid SPEC
                   the CPUID 0x40000000 range the guest sees (default: KVM's signature and
                   every PV feature the host has).
@@ -80,10 +86,13 @@ export async function runCommand(args: string[]): Promise<number> {
       options: {
         kernel: { type: "string" },
         append: { type: "string" },
-        module: { type: "string", multiple: true },
         initrd: { type: "string" },
+        module: { type: "string", multiple: true },
         cmdline: { type: "string" },
         decompress: { type: "string" },
+        "test-devices": { type: "boolean" },
+        "cpu-features": { type: "string" },
+        "no-pit": { type: "boolean" },
         cpus: { type: "string" },
         mem: { type: "string" },
         "hypervisor-cpuid": { type: "string" },
@@ -107,16 +116,25 @@ export async function runCommand(args: string[]): Promise<number> {
       throw new UsageError(`--decompress: '${values.decompress}' is neither 'host' nor 'guest'`);
     }
     const sink = new ConsoleSink(process.stdout);
+    const kernel = readInput(values.kernel, "kernel");
+    const linux = isLinuxKernel(kernel);
+    const initrd = values.initrd === undefined ? undefined : readInput(values.initrd, "initrd");
     const machine = new PcMachine({
-      kernel: readInput(values.kernel, "kernel"),
+      kernel,
       kernelName: values.kernel,
       append: values.append,
-      modules: (values.module ?? []).map((path) => ({ name: basename(path), data: readInput(path, "module") })),
+      modules: [
+        ...(initrd === undefined || linux ? [] : [{ name: values.initrd!, data: initrd }]),
+        ...(values.module ?? []).map((path) => ({ name: basename(path), data: readInput(path, "module") })),
+      ],
+      testDevices: values["test-devices"] ?? false,
+      cpuFeatures: values["cpu-features"],
+      pit: !(values["no-pit"] ?? false),
       cpus,
       memory: values.mem === undefined ? DEFAULT_MEMORY : parseSize(values.mem),
       console: sink.push,
       hypervisorCpuid: hypervisorCpuidOption(values["hypervisor-cpuid"]),
-      initrd: values.initrd === undefined ? undefined : readInput(values.initrd, "initrd"),
+      initrd: linux ? initrd : undefined,
       cmdline: values.cmdline,
       decompression: values.decompress as "host" | "guest" | undefined,
       kernelCacheDir: join(cacheDir(), "kernels"),

@@ -12,6 +12,7 @@ import { DEBUG_EXIT_LENGTH, DEBUG_EXIT_PORT, DebugExit } from "./devices/debug-e
 import { loadFlatProgram, type FlatProgram } from "./boot/flat-loader.js";
 import { cpuidForVcpu } from "./boot/cpuid.js";
 import { HypervisorCpuidError, withHypervisorLeaves, type HypervisorCpuidOptions } from "./boot/hypervisor-cpuid.js";
+import { applyCpuFeatures, CpuFeatureError, parseCpuFeatures, type CpuFeatureChange } from "./boot/cpu-features.js";
 import { withResetState } from "./boot/x86-reset.js";
 import { GuestFatalError, VcpuWorkerError, VmConfigError, VmStateError } from "./errors.js";
 import { vcpuPool } from "./vcpu-pool.js";
@@ -27,6 +28,8 @@ export interface VmOptions {
   vcpus?: number;
   /** In-kernel interrupt controllers and PIT. */
   irqchip?: boolean;
+  /** With `irqchip`: whether the machine has a PIT (default true; QEMU's `-machine pit=off` is false). */
+  pit?: boolean;
   /** Send MSR accesses the hypervisor does not handle to the `msr` bus. */
   userspaceMsrs?: boolean;
   /** Posted-ring records per vCPU (a power of two). */
@@ -34,6 +37,11 @@ export interface VmOptions {
   spin?: Partial<SpinPolicy>;
   dispatcher?: Partial<DispatcherOptions>;
   backend?: BackendName;
+  /**
+   * CPUID features to remove (`-pcid`) or require (`+x2apic`) relative to what the
+   * hypervisor supports, as QEMU's `-cpu` flags name them; one the host lacks is refused.
+   */
+  cpuFeatures?: string | CpuFeatureChange[];
   /** What a vCPU does on a HLT exit (no in-kernel irqchip): end (default) or re-enter the guest. */
   onHalt?: "stop" | "resume";
   /** The hypervisor CPUID leaves the guest sees (default: KVM's signature and every PV feature the host has). */
@@ -186,10 +194,20 @@ export class Vm extends EventEmitter {
       }
       handle = hypervisor.createVm();
       memory.regions.forEach((region, slot) => handle!.setMemoryRegion(slot, region.gpa, region.size, region.hostAddress));
-      if (options.irqchip) handle.createIrqChip();
+      if (options.irqchip) handle.createIrqChip({ pit: options.pit ?? true });
       if (options.userspaceMsrs) handle.enableUserspaceMsrs();
+      let supported = hypervisor.supportedCpuid();
+      if (options.cpuFeatures !== undefined) {
+        try {
+          const changes = typeof options.cpuFeatures === "string" ? parseCpuFeatures(options.cpuFeatures) : options.cpuFeatures;
+          supported = applyCpuFeatures(supported, changes);
+        } catch (error) {
+          if (error instanceof CpuFeatureError) throw new VmConfigError(error.message, { cause: error });
+          throw error;
+        }
+      }
       const vmHandle = handle;
-      const supported = withHypervisorLeaves(hypervisor.supportedCpuid(), options.hypervisorCpuid, () => vmHandle.timerFrequencies?.());
+      supported = withHypervisorLeaves(supported, options.hypervisorCpuid, () => vmHandle.timerFrequencies?.());
       this.cpuStates = [];
       for (let i = 0; i < vcpus; i++) {
         this.descriptors.push(handle.createVcpu(i));
@@ -325,6 +343,48 @@ export class Vm extends EventEmitter {
     this.requireState(["created"], "add an I/O event to");
     checkIoEvent(options);
     return this.handle.registerIoEvent(options);
+  }
+
+  /**
+   * Attaches an eventfd to guest writes at `address` while the VM runs (a device starting a
+   * doorbell or following a BAR the guest moved). Pass `fd` to re-attach an eventfd this VM
+   * made before; returns the eventfd, which closes with the VM.
+   */
+  attachIoEvent(options: IoEventOptions, fd?: number): number {
+    this.requireState(["created", "running", "paused"], "attach an I/O event to");
+    return this.handle.registerIoEvent(options, fd);
+  }
+
+  /** Detaches an eventfd attached with the same options. */
+  detachIoEvent(options: IoEventOptions, fd: number): void {
+    if (this.stateValue === "stopped" || this.ending !== undefined) return;
+    this.backendFeature("unregisterIoEvent").call(this.handle, options, fd);
+  }
+
+  /** Reads and clears an I/O event's count without blocking. */
+  drainIoEvent(fd: number): number {
+    if (this.stateValue === "stopped" || this.ending !== undefined) return 0;
+    return this.backendFeature("drainEventFd").call(this.handle, fd);
+  }
+
+  /** Delivers a message-signalled interrupt (PCI MSI); false when the guest blocked it. */
+  signalMsi(address: bigint, data: number): boolean {
+    if (this.stateValue === "stopped" || this.ending !== undefined) return false;
+    return this.backendFeature("signalMsi").call(this.handle, address, data);
+  }
+
+  /** Leaves the legacy PICs with the vector bases PC firmware gives them (see VmHandle). */
+  setPicVectorBases(master: number, slave: number): void {
+    this.requireState(["created"], "set the PIC vector bases of");
+    this.backendFeature("setPicVectorBases").call(this.handle, master, slave);
+  }
+
+  private backendFeature<K extends "unregisterIoEvent" | "drainEventFd" | "signalMsi" | "setPicVectorBases">(
+    name: K,
+  ): NonNullable<VmHandle[K]> {
+    const method = this.handle[name];
+    if (method === undefined) throw new VmConfigError(`the ${this.hypervisor.info.name} backend cannot ${name}`);
+    return method as NonNullable<VmHandle[K]>;
   }
 
   setCpuState(vcpu: number, state: CpuState): void {

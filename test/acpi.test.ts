@@ -278,3 +278,37 @@ test("PM timer: the host clock drives it forward", async () => {
   while (advanced < least) advanced += 0x100_0000;
   assert.ok(advanced <= most, `advanced ${advanced} ticks, expected ${least}..${most}`);
 });
+
+test("with ecam, an MCFG table announces segment 0's ECAM base and bus range, listed in the RSDT", () => {
+  const memory = lowMemory();
+  const at = writeAcpiTables(memory, { cpus: 1, tablesAddress: TABLES, ecam: { base: 0xe000_0000, endBus: 255 } });
+  assert.ok(at.mcfg !== undefined);
+  checkHeader(memory, at.mcfg, "MCFG", 60, 1);
+  assert.equal(memory.readU64(at.mcfg + 44), 0xe000_0000n);
+  assert.equal(memory.readU16(at.mcfg + 52), 0); // segment
+  assert.equal(memory.readU8(at.mcfg + 54), 0); // start bus
+  assert.equal(memory.readU8(at.mcfg + 55), 255); // end bus
+  const rsdtLength = memory.readU32(at.rsdt + 4);
+  const entries = Array.from({ length: (rsdtLength - 36) / 4 }, (_, i) => memory.readU32(at.rsdt + 36 + i * 4));
+  assert.deepEqual(entries, [at.fadt, at.madt, at.mcfg]);
+  assert.equal(findRsdp(memory), at.rsdp);
+});
+
+test("an ECAM range that is misaligned or crosses 4 GiB is refused with the reason", () => {
+  assert.throws(() => writeAcpiTables(lowMemory(), { cpus: 1, tablesAddress: TABLES, ecam: { base: 0xe000_1000, endBus: 0 } }), /1 MiB aligned/);
+  assert.throws(() => writeAcpiTables(lowMemory(), { cpus: 1, tablesAddress: TABLES, ecam: { base: 0xf800_0000, endBus: 255 } }), /below 4 GiB/);
+  assert.throws(() => writeAcpiTables(lowMemory(), { cpus: 1, tablesAddress: TABLES, ecam: { base: 0xe000_0000, endBus: 256 } }), /endBus/);
+});
+
+test("pciIrqs get active-high level overrides after the SCI's, as QEMU's PC gives IRQs 10 and 11", () => {
+  const memory = lowMemory();
+  const at = writeAcpiTables(memory, { cpus: 1, tablesAddress: TABLES, pciIrqs: [10, 11] });
+  const length = 44 + 8 + 12 + 4 * 10;
+  checkHeader(memory, at.madt, "APIC", length, 1);
+  assert.deepEqual(Array.from(memory.read(at.madt + length - 20, 20)), [
+    2, 10, 0, 10, 10, 0, 0, 0, 0x0d, 0x00,
+    2, 10, 0, 11, 11, 0, 0, 0, 0x0d, 0x00,
+  ]);
+  assert.throws(() => writeAcpiTables(lowMemory(), { cpus: 1, tablesAddress: TABLES, pciIrqs: [9] }), /other than 2 and the SCI/);
+  assert.throws(() => writeAcpiTables(lowMemory(), { cpus: 1, tablesAddress: TABLES, pciIrqs: [10, 10] }), /distinct/);
+});

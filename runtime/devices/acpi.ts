@@ -11,13 +11,18 @@ import type { AccessSize, Device } from "./device.js";
  *   then          DSDT  header only (empty AML)
  *   then          FADT  ("FACP") revision 1, 116 bytes (5.2.9)
  *   then          MADT  ("APIC") (5.2.12)
- *   then          RSDT  -> FADT, MADT
+ *   then          MCFG  (only with the `ecam` option) (PCI Firmware Spec 3.0, 4.1.2)
+ *   then          RSDT  -> FADT, MADT[, MCFG]
  *
  * Every table after the FACS starts on a 16-byte boundary. All pointers are 32-bit, so
  * everything must lie below 4 GiB.
  */
 
 const KiB = 1024;
+const MiB = 1024 * KiB;
+// MCFG (PCI Firmware Spec 3.0, table 4-2): header, 8 reserved bytes, 16-byte allocations.
+const MCFG_ALLOCATIONS = 44;
+const MCFG_LENGTH = MCFG_ALLOCATIONS + 16;
 const FOUR_GIB = 2 ** 32;
 
 export const DEFAULT_RSDP_ADDRESS = 0xe0000;
@@ -145,6 +150,13 @@ export interface AcpiTableOptions {
   pm1aControlPort?: number;
   /** ISA IRQ of the SCI (also its GSI, identity-mapped). Default 9. */
   sciIrq?: number;
+  /**
+   * ISA IRQs that carry PCI INTx (level-triggered, shared): each gets an active-high level
+   * interrupt source override in the MADT, as QEMU's PC machine gives IRQs 10 and 11.
+   */
+  pciIrqs?: number[];
+  /** PCI ECAM (MMCONFIG) of segment 0 for buses 0..endBus, announced in an MCFG table. */
+  ecam?: { base: number; endBus: number };
 }
 
 /** Guest-physical addresses of everything writeAcpiTables wrote. */
@@ -155,6 +167,8 @@ export interface AcpiTableAddresses {
   facs: number;
   dsdt: number;
   madt: number;
+  /** Present with the `ecam` option. */
+  mcfg?: number;
   /** First byte after the table area (the RSDP is separate). */
   tablesEnd: number;
 }
@@ -204,12 +218,12 @@ function sealTable(view: DataView, bytes: Uint8Array, at: number): void {
   bytes[at + H_CHECKSUM] = checksumByte(bytes, at, length);
 }
 
-function madtLength(cpus: number): number {
+function madtLength(cpus: number, extraOverrides = 0): number {
   return (
     MADT_ENTRIES +
     cpus * MADT_LOCAL_APIC_LENGTH +
     MADT_IO_APIC_LENGTH +
-    2 * MADT_INTERRUPT_OVERRIDE_LENGTH
+    (2 + extraOverrides) * MADT_INTERRUPT_OVERRIDE_LENGTH
   );
 }
 
@@ -274,9 +288,26 @@ export function writeAcpiTables(memory: GuestMemory, options: AcpiTableOptions):
   const dsdtOffset = alignUp(facsOffset + FACS_LENGTH, TABLE_ALIGNMENT);
   const fadtOffset = alignUp(dsdtOffset + HEADER_LENGTH, TABLE_ALIGNMENT);
   const madtOffset = alignUp(fadtOffset + FADT_LENGTH, TABLE_ALIGNMENT);
-  const madtSize = madtLength(cpus);
-  const rsdtOffset = alignUp(madtOffset + madtSize, TABLE_ALIGNMENT);
-  const rsdtEntries = 2;
+  const pciIrqs = options.pciIrqs ?? [];
+  for (const irq of pciIrqs) {
+    if (!Number.isInteger(irq) || irq < 1 || irq > 15 || irq === 2 || irq === sciIrq || pciIrqs.indexOf(irq) !== pciIrqs.lastIndexOf(irq)) {
+      throw new AcpiTableError(`ACPI: pciIrqs must be distinct ISA IRQs 1..15 other than 2 and the SCI (${sciIrq}), got ${pciIrqs.join(", ")}`);
+    }
+  }
+  const madtSize = madtLength(cpus, pciIrqs.length);
+  const ecam = options.ecam;
+  if (ecam !== undefined) {
+    const buses = ecam.endBus + 1;
+    if (!Number.isInteger(ecam.endBus) || ecam.endBus < 0 || ecam.endBus > 255) {
+      throw new AcpiTableError(`ACPI: ecam.endBus must be a bus number 0..255, got ${ecam.endBus}`);
+    }
+    if (!Number.isSafeInteger(ecam.base) || ecam.base % MiB !== 0 || ecam.base + buses * MiB > FOUR_GIB) {
+      throw new AcpiTableError(`ACPI: ecam.base must be 1 MiB aligned with its ${buses} MiB below 4 GiB, got ${hex(ecam.base)}`);
+    }
+  }
+  const mcfgOffset = alignUp(madtOffset + madtSize, TABLE_ALIGNMENT);
+  const rsdtOffset = ecam === undefined ? mcfgOffset : alignUp(mcfgOffset + MCFG_LENGTH, TABLE_ALIGNMENT);
+  const rsdtEntries = ecam === undefined ? 2 : 3;
   const rsdtSize = HEADER_LENGTH + rsdtEntries * 4;
   const areaSize = rsdtOffset + rsdtSize;
   const tablesEnd = tablesAddress + areaSize;
@@ -361,12 +392,25 @@ export function writeAcpiTables(memory: GuestMemory, options: AcpiTableOptions):
   // raise it, and an idle line sits low, so declare it active-high level as QEMU does for
   // its PIIX4: an IOAPIC that honours polarity then sees it idle, not asserted forever.
   entry = writeInterruptOverride(view, entry, sciIrq, sciIrq, MPS_INTI_ACTIVE_HIGH_LEVEL);
+  // PCI INTx lines are level-triggered; our host bridge drives them active-high into the IOAPIC.
+  for (const irq of pciIrqs) entry = writeInterruptOverride(view, entry, irq, irq, MPS_INTI_ACTIVE_HIGH_LEVEL);
   sealTable(view, area, madtOffset);
+
+  // MCFG: one allocation, segment 0, buses 0..endBus.
+  if (ecam !== undefined) {
+    writeHeader(view, area, mcfgOffset, "MCFG", MCFG_LENGTH, 1);
+    view.setBigUint64(mcfgOffset + MCFG_ALLOCATIONS, BigInt(ecam.base), true);
+    view.setUint16(mcfgOffset + MCFG_ALLOCATIONS + 8, 0, true);
+    view.setUint8(mcfgOffset + MCFG_ALLOCATIONS + 10, 0);
+    view.setUint8(mcfgOffset + MCFG_ALLOCATIONS + 11, ecam.endBus);
+    sealTable(view, area, mcfgOffset);
+  }
 
   // RSDT.
   writeHeader(view, area, rsdtOffset, "RSDT", rsdtSize, 1);
   view.setUint32(rsdtOffset + HEADER_LENGTH, tablesAddress + fadtOffset, true);
   view.setUint32(rsdtOffset + HEADER_LENGTH + 4, tablesAddress + madtOffset, true);
+  if (ecam !== undefined) view.setUint32(rsdtOffset + HEADER_LENGTH + 8, tablesAddress + mcfgOffset, true);
   sealTable(view, area, rsdtOffset);
 
   // RSDP (ACPI 1.0: revision 0, 20 bytes, one checksum).
@@ -388,6 +432,7 @@ export function writeAcpiTables(memory: GuestMemory, options: AcpiTableOptions):
     facs: tablesAddress + facsOffset,
     dsdt: tablesAddress + dsdtOffset,
     madt: tablesAddress + madtOffset,
+    ...(ecam === undefined ? {} : { mcfg: tablesAddress + mcfgOffset }),
     tablesEnd,
   };
 }

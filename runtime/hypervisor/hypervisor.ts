@@ -149,12 +149,23 @@ export interface VmHandle {
   timerFrequencies?(): TimerFrequencies | undefined;
   /** Registers (or, with `size` 0, removes) a RAM slot backed by host memory. */
   setMemoryRegion(slot: number, gpa: number, size: number, hostAddress: bigint): void;
-  /** In-kernel interrupt controllers (PIC, IOAPIC, local APICs) and timer (PIT). */
-  createIrqChip(): void;
+  /** In-kernel interrupt controllers (PIC, IOAPIC, local APICs) and timer (PIT, unless `pit` is false). */
+  createIrqChip(options?: { pit?: boolean }): void;
   irqLine(gsi: number, level: boolean): void;
-  /** An eventfd signalled in the kernel on a guest write; returns the eventfd. */
-  registerIoEvent(options: IoEventOptions): number;
+  /** An eventfd signalled in the kernel on a guest write; returns the eventfd (`fd`, if given, is reused). */
+  registerIoEvent(options: IoEventOptions, fd?: number): number;
   registerIrqFd(gsi: number): number;
+  /** Removes an I/O event registered with the same options; its eventfd stays open. */
+  unregisterIoEvent?(options: IoEventOptions, fd: number): void;
+  /** Reads and clears an I/O event's counter without blocking (0 when not signalled). */
+  drainEventFd?(fd: number): number;
+  /**
+   * Programs the legacy PIC pair's vector bases as PC firmware leaves them (0x08, 0x70),
+   * for guests started without firmware. x86 with an in-kernel PIC only.
+   */
+  setPicVectorBases?(master: number, slave: number): void;
+  /** Delivers a message-signalled interrupt; false when the guest blocked it. */
+  signalMsi?(address: bigint, data: number): boolean;
   /** Lets the guest's MSR accesses (those the hypervisor does not know) exit to userspace. */
   enableUserspaceMsrs(): void;
   createVcpu(index: number): VcpuDescriptor;

@@ -14,6 +14,7 @@ export const MAP_SHARED = 1;
 export const MAP_PRIVATE = 2;
 export const MAP_ANONYMOUS = 0x20;
 export const EFD_CLOEXEC = 0o2000000;
+export const EFD_NONBLOCK = 0o4000;
 
 export const open = libc.func("int open(const char *path, int flags)");
 export const close = libc.func("int close(int fd)");
@@ -24,6 +25,7 @@ export const ioctlBuffer = libc.func("ioctl", "int", ["int", "unsigned long", "v
 export const mmap = libc.func("void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)");
 export const munmap = libc.func("int munmap(void *addr, size_t length)");
 export const eventfd = libc.func("int eventfd(unsigned int initval, int flags)");
+export const read = libc.func("long read(int fd, void *buf, size_t count)");
 export const gettid = libc.func("int gettid(void)");
 export const getpid = libc.func("int getpid(void)");
 export const tgkill = libc.func("int tgkill(int tgid, int tid, int sig)");

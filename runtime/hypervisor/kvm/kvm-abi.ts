@@ -37,6 +37,9 @@ export const Ioctl = {
   GET_TSC_KHZ: 0xaea3,
   X86_SET_MSR_FILTER: 0x4188aec6,
   REGISTER_COALESCED_MMIO: 0x4010ae67,
+  GET_IRQCHIP: 0xc208ae62,
+  SET_IRQCHIP: 0x8208ae63,
+  SIGNAL_MSI: 0x4020aea5,
 } as const;
 
 export const Cap = {
@@ -51,6 +54,7 @@ export const Cap = {
   IOEVENTFD: 36,
   MAX_VCPUS: 66,
   IMMEDIATE_EXIT: 136,
+  SIGNAL_MSI: 77,
   X86_USER_SPACE_MSR: 188,
   COALESCED_MMIO: 15,
   COALESCED_PIO: 162,
@@ -198,3 +202,16 @@ export const VcpuEvents = {
   exception_pending: 3,
   exception_error_code: 4,
 } as const;
+
+export const IOEVENTFD_FLAG_DEASSIGN = 1 << 2;
+
+/** struct kvm_irqchip: chip_id, pad, then a 512-byte union (struct kvm_pic_state for chips 0 and 1). */
+export const KVM_IRQCHIP_SIZE = 520;
+export const IRQCHIP_PIC_MASTER = 0;
+export const IRQCHIP_PIC_SLAVE = 1;
+export const IrqChip = { chip_id: 0, chip: 8 } as const;
+/** struct kvm_pic_state, inside kvm_irqchip's union. */
+export const PicState = { imr: 2, irq_base: 5 } as const;
+
+/** struct kvm_msi: address_lo, address_hi, data, flags, devid, pad[12]. */
+export const KVM_MSI_SIZE = 32;

@@ -4,9 +4,9 @@ import {
   type VcpuDescriptor, type VmHandle,
 } from "../hypervisor.js";
 import {
-  Cap, COALESCED_ZONE_SIZE, CoalescedRing, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_PIO, Ioctl, KVM_APIC_BUS_KHZ,
-  MSR_EXIT_FILTER, MSR_EXIT_INVAL,
-  MSR_EXIT_UNKNOWN, Run,
+  Cap, COALESCED_ZONE_SIZE, CoalescedRing, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_DEASSIGN, IOEVENTFD_FLAG_PIO, Ioctl,
+  IRQCHIP_PIC_MASTER, IRQCHIP_PIC_SLAVE, IrqChip, KVM_APIC_BUS_KHZ, KVM_IRQCHIP_SIZE, KVM_MSI_SIZE, MSR_EXIT_FILTER,
+  MSR_EXIT_INVAL, MSR_EXIT_UNKNOWN, PicState, Run,
 } from "./kvm-abi.js";
 import * as libc from "./libc.js";
 
@@ -17,6 +17,19 @@ const EINVAL = 22;
 const EEXIST = 17;
 const ENOSPC = 28;
 const IDENTITY_MAP_ADDRESS = 0xfffb_c000n;
+
+function ioEventBytes(options: IoEventOptions, fd: number, extraFlags: number): Uint8Array {
+  const bytes = new Uint8Array(64);
+  const view = new DataView(bytes.buffer);
+  view.setBigUint64(0, BigInt(options.value ?? 0), true);
+  view.setBigUint64(8, BigInt(options.address), true);
+  view.setUint32(16, options.size, true);
+  view.setInt32(20, fd, true);
+  let flags = extraFlags | (options.space === "pio" ? IOEVENTFD_FLAG_PIO : 0);
+  if (options.value !== undefined) flags |= IOEVENTFD_FLAG_DATAMATCH;
+  view.setUint32(24, flags, true);
+  return bytes;
+}
 
 interface VcpuRecord {
   fd: number;
@@ -67,15 +80,16 @@ export class KvmVm implements VmHandle {
     );
   }
 
-  createIrqChip(): void {
+  createIrqChip(options: { pit?: boolean } = {}): void {
+    const pit = options.pit ?? true;
     if (this.checkExtension(Cap.IRQCHIP) <= 0) {
       throw new MissingCapabilityError("KVM_CAP_IRQCHIP", "an in-kernel interrupt controller (irqchip: true)", "Run without irqchip, or on a host whose KVM has it.");
     }
-    if (this.checkExtension(Cap.PIT2) <= 0) {
-      throw new MissingCapabilityError("KVM_CAP_PIT2", "an in-kernel PIT (irqchip: true)", "Run without irqchip, or on a host whose KVM has it.");
+    if (pit && this.checkExtension(Cap.PIT2) <= 0) {
+      throw new MissingCapabilityError("KVM_CAP_PIT2", "an in-kernel PIT (irqchip: true)", "Run without the PIT (pit: false), or on a host whose KVM has it.");
     }
     this.check(libc.ioctlValue(this.fd, Ioctl.CREATE_IRQCHIP, 0), "KVM_CREATE_IRQCHIP");
-    this.check(libc.ioctlBuffer(this.fd, Ioctl.CREATE_PIT2, new Uint8Array(64)), "KVM_CREATE_PIT2");
+    if (pit) this.check(libc.ioctlBuffer(this.fd, Ioctl.CREATE_PIT2, new Uint8Array(64)), "KVM_CREATE_PIT2");
   }
 
   irqLine(gsi: number, level: boolean): void {
@@ -86,28 +100,21 @@ export class KvmVm implements VmHandle {
     this.check(libc.ioctlBuffer(this.fd, Ioctl.IRQ_LINE, bytes), `KVM_IRQ_LINE (gsi ${gsi})`);
   }
 
-  private newEventFd(): number {
-    const fd = libc.eventfd(0, libc.EFD_CLOEXEC);
+  private newEventFd(flags = 0): number {
+    const fd = libc.eventfd(0, libc.EFD_CLOEXEC | flags);
     if (fd < 0) throw new HypervisorError("eventfd", libc.errno());
     this.eventFds.push(fd);
     return fd;
   }
 
-  registerIoEvent(options: IoEventOptions): number {
+  registerIoEvent(options: IoEventOptions, reuse?: number): number {
     if (this.checkExtension(Cap.IOEVENTFD) <= 0) {
       throw new MissingCapabilityError("KVM_CAP_IOEVENTFD", "an I/O event (addIoEvent)", "Use a posted device write instead.");
     }
-    const fd = this.newEventFd();
-    const bytes = new Uint8Array(64);
-    const view = new DataView(bytes.buffer);
-    view.setBigUint64(0, BigInt(options.value ?? 0), true);
-    view.setBigUint64(8, BigInt(options.address), true);
-    view.setUint32(16, options.size, true);
-    view.setInt32(20, fd, true);
-    let flags = options.space === "pio" ? IOEVENTFD_FLAG_PIO : 0;
-    if (options.value !== undefined) flags |= IOEVENTFD_FLAG_DATAMATCH;
-    view.setUint32(24, flags, true);
-    if (libc.ioctlBuffer(this.fd, Ioctl.IOEVENTFD, bytes) < 0) {
+    if (reuse !== undefined && !this.eventFds.includes(reuse)) throw new RangeError(`eventfd ${reuse} was not made by this VM`);
+    // Non-blocking, so a device can drain it without waiting (drainEventFd).
+    const fd = reuse ?? this.newEventFd(libc.EFD_NONBLOCK);
+    if (libc.ioctlBuffer(this.fd, Ioctl.IOEVENTFD, ioEventBytes(options, fd, 0)) < 0) {
       const errno = libc.errno();
       const hint = errno === EEXIST
         ? "An I/O event with the same address, size and value is already registered."
@@ -119,6 +126,41 @@ export class KvmVm implements VmHandle {
       throw new HypervisorError(`KVM_IOEVENTFD (${options.space} 0x${options.address.toString(16)}, ${options.size} bytes)`, errno, hint);
     }
     return fd;
+  }
+
+  unregisterIoEvent(options: IoEventOptions, fd: number): void {
+    this.check(
+      libc.ioctlBuffer(this.fd, Ioctl.IOEVENTFD, ioEventBytes(options, fd, IOEVENTFD_FLAG_DEASSIGN)),
+      `KVM_IOEVENTFD deassign (0x${options.address.toString(16)})`,
+    );
+  }
+
+  /** Reads and clears an eventfd's counter without blocking; 0 when it was not signalled. */
+  drainEventFd(fd: number): number {
+    const counter = new BigUint64Array(1);
+    const got = libc.read(fd, counter, 8);
+    return got === 8 ? Number(counter[0]) : 0;
+  }
+
+  setPicVectorBases(master: number, slave: number): void {
+    for (const [chip, base] of [[IRQCHIP_PIC_MASTER, master], [IRQCHIP_PIC_SLAVE, slave]]) {
+      const bytes = new Uint8Array(KVM_IRQCHIP_SIZE);
+      new DataView(bytes.buffer).setUint32(IrqChip.chip_id, chip, true);
+      this.check(libc.ioctlBuffer(this.fd, Ioctl.GET_IRQCHIP, bytes), `KVM_GET_IRQCHIP (PIC ${chip})`);
+      bytes[IrqChip.chip + PicState.irq_base] = base & 0xf8;
+      this.check(libc.ioctlBuffer(this.fd, Ioctl.SET_IRQCHIP, bytes), `KVM_SET_IRQCHIP (PIC ${chip})`);
+    }
+  }
+
+  signalMsi(address: bigint, data: number): boolean {
+    if (this.checkExtension(Cap.SIGNAL_MSI) <= 0) throw new HypervisorError("KVM_SIGNAL_MSI", 95, "this host's KVM cannot inject MSIs");
+    const bytes = new Uint8Array(KVM_MSI_SIZE);
+    const view = new DataView(bytes.buffer);
+    view.setUint32(0, Number(address & 0xffff_ffffn), true);
+    view.setUint32(4, Number((address >> 32n) & 0xffff_ffffn), true);
+    view.setUint32(8, data >>> 0, true);
+    // > 0 delivered, 0 blocked by the guest (masked or no destination).
+    return this.check(libc.ioctlBuffer(this.fd, Ioctl.SIGNAL_MSI, bytes), "KVM_SIGNAL_MSI") > 0;
   }
 
   registerIrqFd(gsi: number): number {
