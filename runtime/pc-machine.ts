@@ -170,7 +170,9 @@ export class PcMachine {
       });
       vm.addDevice({
         space: "pio", base: DEFAULT_PM1A_EVENT_PORT, length: PM1_REGISTERS_LENGTH, sync: true,
-        device: new AcpiPm1Registers(() => vm.powerOff()),
+        // SLP_TYP 0 is soft-off (S5), as on QEMU's PC; suspend is not emulated, so a request
+        // for another sleep state powers the machine off too, saying so.
+        device: new AcpiPm1Registers((type) => vm.powerOff(type === 0 ? undefined : `the guest asked for ACPI sleep type ${type} (S3/S4 are not emulated): powered off`)),
       });
       this.pci = new PciHost(vm);
       vm.addDevice({

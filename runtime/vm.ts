@@ -485,9 +485,9 @@ export class Vm extends EventEmitter {
     this.end({ reason: "reset", detail });
   }
 
-  /** Ends the VM because the guest powered the machine off (ACPI S5). */
-  powerOff(): void {
-    this.end({ reason: "poweroff" });
+  /** Ends the VM because the guest powered the machine off (ACPI S5); `detail` says more. */
+  powerOff(detail?: string): void {
+    this.end(detail === undefined ? { reason: "poweroff" } : { reason: "poweroff", detail });
   }
 
   /** Stops the VM with a debug-exit status (used by the debug-exit device). */
