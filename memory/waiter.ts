@@ -15,13 +15,14 @@ export interface SpinPolicy {
 export const DEFAULT_SPIN: SpinPolicy = { minSpins: 64, maxSpins: 200_000, shortParkMicros: 200 };
 
 /**
- * When more threads spin than the host has cores, a spinner burns the time slice the thread
- * it waits for needs: the budget is then capped to this share of `maxSpins`.
+ * When more threads spin than the host has cores, a spinning vCPU burns the time slice the
+ * thread it waits for (the dispatcher, or the vCPU sharing its core) needs: vCPU workers
+ * then spin only `minSpins` before parking. Measured on 2 cores, pio-read main-sync, 2 and
+ * 4 vCPUs: 64.1k and 61.2k exits/s spinning as usual, 67.9k and 78.8k parking early.
  */
 export function oversubscribedPolicy(policy: SpinPolicy, spinners: number, cores: number): SpinPolicy {
   if (spinners <= cores) return policy;
-  const maxSpins = Math.max(policy.minSpins, Math.floor((policy.maxSpins * cores) / (spinners * 8)));
-  return { ...policy, maxSpins };
+  return { ...policy, maxSpins: policy.minSpins };
 }
 
 export class AdaptiveSpinner {
