@@ -234,7 +234,6 @@ export class Vm extends EventEmitter {
       (error) => this.fail(error),
       { ...DEFAULT_DISPATCHER_OPTIONS, spinners, cores, ...options.dispatcher },
     );
-    this.dispatcher.setBeforeDrain(() => this.handle.drainCoalesced(this.dispatcher.consumeCoalesced));
     this.done = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
     this.done.catch(() => {}); // surfaced through wait()/run() and the 'error' event
   }
@@ -291,6 +290,10 @@ export class Vm extends EventEmitter {
       if (coalesced && space === "msr") throw new Error(`'${device.name}': MSR writes cannot be coalesced`);
       bus.insert({ base, length, device, sync });
       if (coalesced && this.handle.registerCoalescedZone(space as "pio" | "mmio", base, length)) {
+        // Only a VM with a zone pays for looking at the kernel's queue on every drain.
+        if (this.coalescedZones.length === 0) {
+          this.dispatcher.setBeforeDrain(() => this.handle.drainCoalesced(this.dispatcher.consumeCoalesced));
+        }
         this.coalescedZones.push({ space, base, length });
       }
     } catch (error) {

@@ -68,18 +68,6 @@ function fitsIn(range: { base: number; length: number }, address: number, size: 
   return address + size <= range.base + range.length;
 }
 
-function readElement(data: Uint8Array, index: number, size: number): number {
-  const at = index * size;
-  if (size === 1) return data[at];
-  if (size === 2) return data[at] | (data[at + 1] << 8);
-  return (data[at] | (data[at + 1] << 8) | (data[at + 2] << 16) | (data[at + 3] << 24)) >>> 0;
-}
-
-function writeElement(data: Uint8Array, index: number, size: number, value: number): void {
-  const at = index * size;
-  for (let b = 0; b < size; b++) data[at + b] = (value >>> (b * 8)) & 0xff;
-}
-
 export default async function runVcpu(task: VcpuTask | { warmup: true }): Promise<VcpuOutcome | "warm"> {
   if ("warmup" in task) return "warm";
   const doorbell = new Int32Array(task.doorbell);
@@ -133,9 +121,7 @@ function runLoop(
         if (range !== undefined && (kind !== ExitKind.MmioWrite || fitsIn(range, exit.address, exit.size))) {
           stats[Stat.IN_WORKER]++;
           if (exit.count > 1) {
-            const offset = exit.address - range.base;
-            const data = vcpu.stringData();
-            for (let i = 0; i < exit.count; i++) range.device.write(offset, exit.size as AccessSize, readElement(data, i, exit.size));
+            accessors[space].writeRepeated(exit.address, exit.size as AccessSize, exit.count, vcpu.stringData());
           } else {
             accessors[space].write(exit.address, exit.size, exit.data, exit.dataHigh);
           }
@@ -159,9 +145,7 @@ function runLoop(
         if (range !== undefined && (kind !== ExitKind.MmioRead || fitsIn(range, exit.address, exit.size))) {
           stats[Stat.IN_WORKER]++;
           if (exit.count > 1) {
-            const offset = exit.address - range.base;
-            const data = vcpu.stringData();
-            for (let i = 0; i < exit.count; i++) writeElement(data, i, exit.size, Number(range.device.read(offset, exit.size as AccessSize)));
+            accessors[space].readRepeated(exit.address, exit.size as AccessSize, exit.count, vcpu.stringData());
           } else {
             const accessor = accessors[space];
             accessor.read(exit.address, exit.size);
