@@ -194,6 +194,7 @@ export class PcMachine {
       }
       this.pci.assignResources();
     } catch (error) {
+      this.input.detach();
       void vm.stop().finally(() => this.closeVirtio());
       throw error;
     }

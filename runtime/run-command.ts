@@ -153,6 +153,9 @@ export async function runCommand(args: string[]): Promise<number> {
     }
   } catch (error) {
     process.stderr.write(`workervisor run: ${(error as Error).message}\n`);
+    // A machine that failed to build may have started reading piped stdin: let Node exit.
+    process.stdin.pause();
+    process.stdin.unref?.();
     return 2;
   }
 }

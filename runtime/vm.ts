@@ -355,6 +355,7 @@ export class Vm extends EventEmitter {
    */
   attachIoEvent(options: IoEventOptions, fd?: number): number {
     this.requireState(["created", "running", "paused"], "attach an I/O event to");
+    checkIoEvent(options);
     return this.handle.registerIoEvent(options, fd);
   }
 

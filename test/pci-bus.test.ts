@@ -277,6 +277,8 @@ test("MSI reaches KVM: the message the guest programmed is delivered to an enabl
     writeConfig(ports, slot, fn.msiAt + 8, 0x40, 2); // vector 0x40, fixed
     assert.equal(fn.slot!.signalMsi(), false); // not enabled yet
     writeConfig(ports, slot, fn.msiAt + 2, 1, 2);
+    assert.equal(fn.slot!.signalMsi(), false); // enabled, but the function may not master the bus
+    writeConfig(ports, slot, 0x04, 0x4, 2); // COMMAND: bus master
     assert.equal(fn.slot!.signalMsi(), true);
     writeConfig(ports, slot, fn.msiAt + 4, 0xfee0_5000); // APIC 5 does not exist
     assert.equal(fn.slot!.signalMsi(), false);

@@ -31,13 +31,16 @@ export class GuestAssetsError extends Error {
   override name = "GuestAssetsError";
 }
 
+const COMMAND_TIMEOUT_MS = 10 * 60_000;
+
 function run(command: string, args: string[], cwd: string): string {
   try {
-    return execFileSync(command, args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+    // A stalled mirror must not hang the caller (CI) for ever.
+    return execFileSync(command, args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: COMMAND_TIMEOUT_MS });
   } catch (error) {
     const failure = error as { code?: string; stderr?: string };
     if (failure.code === "ENOENT") {
-      throw new GuestAssetsError(`guest assets: '${command}' is not installed; they come from Debian packages, so a Debian or Ubuntu host (apt-get, dpkg-deb) is needed`);
+      throw new GuestAssetsError(`guest assets: '${command}' is not installed; they come from Debian packages, so a Debian host (apt-get, dpkg-deb, and Debian's archive in its apt sources) is needed`);
     }
     throw new GuestAssetsError(`guest assets: '${command} ${args.join(" ")}' failed: ${String(failure.stderr ?? error).trim()}`);
   }

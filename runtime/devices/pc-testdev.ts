@@ -128,6 +128,6 @@ export class PcTestdevFlushPage implements Device {
 
   write(offset: number, size: AccessSize, value: number | bigint): void {
     if (offset !== 0 || size !== 4) return;
-    this.flush(toUnsigned(value, 4) & ~0xfff);
+    this.flush((toUnsigned(value, 4) & ~0xfff) >>> 0);
   }
 }

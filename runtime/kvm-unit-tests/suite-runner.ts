@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseSize } from "../run-command.js";
 import type { UnitTestEntry } from "./unittests-cfg.js";
-import { CPU_FEATURES, hostHasFeature } from "../boot/cpu-features.js";
+import { type CpuFeatureChange, hostHasFeature, parseCpuFeatures } from "../boot/cpu-features.js";
 import type { CpuidEntry } from "../hypervisor/hypervisor.js";
 
 export type Verdict = "PASS" | "FAIL" | "SKIP" | "TIMEOUT";
@@ -78,12 +78,16 @@ function translateCpu(value: string, supported: readonly CpuidEntry[], out: Tran
   const ignored: string[] = [];
   if (model !== "host" && model !== "max") ignored.push(`model ${model}`);
   for (const flag of flags) {
-    const sign = flag[0] === "+" || flag[0] === "-" ? flag[0] : undefined;
-    const name = sign ? flag.slice(1) : flag.replace(/=(on|off)$/, "");
-    const enable = sign ? sign === "+" : !flag.endsWith("=off");
-    if (CPU_FEATURES[name] === undefined || (!sign && !/=(on|off)$/.test(flag))) ignored.push(flag);
-    else if (enable && !hostHasFeature(supported, name)) ignored.push(`${flag} (host lacks it)`);
-    else applied.push(`${enable ? "+" : "-"}${name}`);
+    let change: CpuFeatureChange;
+    try {
+      [change] = parseCpuFeatures(flag); // the machine's own reading of QEMU's flag syntax
+    } catch {
+      ignored.push(flag); // a property (vendor=...) or a feature the machine does not model
+      continue;
+    }
+    if (change === undefined) continue;
+    if (change.enable && !hostHasFeature(supported, change.name)) ignored.push(`${flag} (host lacks it)`);
+    else applied.push(`${change.enable ? "+" : "-"}${change.name}`);
   }
   if (applied.length) out.cpuFeatures = applied.join(",");
   if (ignored.length) out.ignored.push(`-cpu ${ignored.join(",")}`);

@@ -5,7 +5,7 @@
  * before the VM starts; their BARs are then placed as firmware would place them.
  */
 import type { Vm } from "../vm.js";
-import { PciRegister, PciStatus } from "./config-space.js";
+import { PciCommand, PciRegister, PciStatus } from "./config-space.js";
 import { ECAM_BYTES_PER_BUS, I440fxHostBridge, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LENGTH, PciConfigPorts, PciEcam } from "./host-bridge.js";
 import { PciBus, type PciWindow } from "./pci-bus.js";
 import type { PciDevice, PciSlotServices } from "./pci-device.js";
@@ -79,6 +79,8 @@ export class PciHost {
         vm.interruptLine(gsi).set(asserted);
       },
       signalMsi: (vector = 0) => {
+        // An MSI is a memory write by the device: without bus mastering it cannot be sent.
+        if ((device.config.command & PciCommand.BUS_MASTER) === 0) return false;
         const at = findCapability(device, MSI_CAPABILITY_ID);
         const message = at === undefined ? undefined : msiMessage(device.config, at, vector);
         return message === undefined ? false : vm.signalMsi(message.address, message.data);

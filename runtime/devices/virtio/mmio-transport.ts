@@ -85,6 +85,8 @@ export class VirtioMmioTransport implements Device {
   private readonly log: (message: string) => void;
   private readonly offered: bigint;
   private readonly queues: QueueRegisters[];
+  /** Queues with a continuation of a budget-limited notify already scheduled. */
+  private readonly rescheduled = new Set<number>();
   private status = 0;
   private deviceFeaturesSel = 0;
   private driverFeaturesSel = 0;
@@ -249,6 +251,8 @@ export class VirtioMmioTransport implements Device {
   }
 
   private setQueueReady(queue: QueueRegisters, ready: boolean): void {
+    // QueueReady = 1 again on a live queue must not restart its indices (and replay requests).
+    if (ready && queue.ready) return;
     if (!ready) {
       queue.ready = false;
       queue.ring = undefined;
@@ -276,6 +280,10 @@ export class VirtioMmioTransport implements Device {
 
   private notify(index: number): void {
     this.stats.notifications++;
+    this.serve(index);
+  }
+
+  private serve(index: number): void {
     if ((this.status & (VirtioStatus.DRIVER_OK | VirtioStatus.DEVICE_NEEDS_RESET)) !== VirtioStatus.DRIVER_OK) return;
     const ring = this.queues[index]?.ring;
     if (ring === undefined) return;
@@ -291,6 +299,14 @@ export class VirtioMmioTransport implements Device {
       return;
     }
     if (ring.takeNotification()) this.raise(VIRTIO_MMIO_INT_VRING);
+    // Work left after the device's budget: serve it after the event loop has had its turn.
+    if (ring.hasPending() && !this.rescheduled.has(index)) {
+      this.rescheduled.add(index);
+      setImmediate(() => {
+        this.rescheduled.delete(index);
+        if (this.queues[index]?.ring === ring) this.serve(index);
+      });
+    }
   }
 
   private needsReset(reason: string): void {

@@ -76,7 +76,15 @@ export class VirtioBlk implements VirtioDevice {
         { cause: error },
       );
     }
-    const size = fstatSync(this.fd).size;
+    let size: number;
+    try {
+      const stat = fstatSync(this.fd);
+      if (!stat.isFile()) throw new Error("not a regular file");
+      size = stat.size;
+    } catch (error) {
+      this.close();
+      throw new BlockImageError(`the block image ${options.path} cannot be used: ${(error as Error).message}. Give a raw image file.`, { cause: error });
+    }
     this.capacityBytes = size - (size % SECTOR_SIZE);
     if (this.capacityBytes === 0) {
       this.close();
@@ -102,7 +110,9 @@ export class VirtioBlk implements VirtioDevice {
   }
 
   processQueue(_index: number, queue: SplitVirtqueue, context: VirtioQueueContext): void {
-    for (let chain = queue.pop(); chain !== undefined && !(chain instanceof Error); chain = queue.pop()) {
+    // At most a queue's worth per call: a guest refilling the ring from another vCPU must not
+    // hold the main thread; the transport calls again later for what is left.
+    for (let budget = queue.size, chain = queue.pop(); chain !== undefined && !(chain instanceof Error); chain = --budget > 0 ? queue.pop() : undefined) {
       const status = statusByte(chain);
       if (status === undefined) {
         context.needsReset(`request ${chain.head} has no device-writable byte for its status`);

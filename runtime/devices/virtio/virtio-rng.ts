@@ -20,7 +20,9 @@ export class VirtioRng implements VirtioDevice {
   bytesServed = 0;
 
   processQueue(_index: number, queue: SplitVirtqueue): void {
-    for (let chain = queue.pop(); chain !== undefined && !(chain instanceof Error); chain = queue.pop()) {
+    // At most a queue's worth per call: a guest refilling the ring from another vCPU must not
+    // hold the main thread; the transport calls again later for what is left.
+    for (let budget = queue.size, chain = queue.pop(); chain !== undefined && !(chain instanceof Error); chain = --budget > 0 ? queue.pop() : undefined) {
       let written = 0;
       for (const segment of chain.writable) {
         const room = Math.min(segment.bytes.length, VIRTIO_RNG_MAX_REQUEST - written);

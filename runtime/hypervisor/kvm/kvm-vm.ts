@@ -14,6 +14,7 @@ import * as libc from "./libc.js";
 // sit just under the BIOS area, where PC guests expect nothing.
 const TSS_ADDRESS = 0xfffb_d000;
 const EINVAL = 22;
+const EPERM = 1;
 const EEXIST = 17;
 const ENOSPC = 28;
 const IDENTITY_MAP_ADDRESS = 0xfffb_c000n;
@@ -116,6 +117,11 @@ export class KvmVm implements VmHandle {
     const fd = reuse ?? this.newEventFd(libc.EFD_NONBLOCK);
     if (libc.ioctlBuffer(this.fd, Ioctl.IOEVENTFD, ioEventBytes(options, fd, 0)) < 0) {
       const errno = libc.errno();
+      if (reuse === undefined) {
+        // The eventfd was made for this call: it must not outlive the failure.
+        this.eventFds.splice(this.eventFds.indexOf(fd), 1);
+        libc.close(fd);
+      }
       const hint = errno === EEXIST
         ? "An I/O event with the same address, size and value is already registered."
         : errno === ENOSPC
@@ -159,8 +165,11 @@ export class KvmVm implements VmHandle {
     view.setUint32(0, Number(address & 0xffff_ffffn), true);
     view.setUint32(4, Number((address >> 32n) & 0xffff_ffffn), true);
     view.setUint32(8, data >>> 0, true);
-    // > 0 delivered, 0 blocked by the guest (masked or no destination).
-    return this.check(libc.ioctlBuffer(this.fd, Ioctl.SIGNAL_MSI, bytes), "KVM_SIGNAL_MSI") > 0;
+    // > 0 delivered, 0 coalesced with one pending; -1 with EPERM when the guest's message
+    // names no vCPU: a guest choice, not a host failure.
+    const result = libc.ioctlBuffer(this.fd, Ioctl.SIGNAL_MSI, bytes);
+    if (result < 0 && libc.errno() === EPERM) return false;
+    return this.check(result, "KVM_SIGNAL_MSI") > 0;
   }
 
   registerIrqFd(gsi: number): number {

@@ -347,7 +347,7 @@ export function emulateMmioInstruction(code: Uint8Array, state: X86State, memory
       case 0xab:
       case 0xac:
       case 0xad:
-        stringOperation(d, state, memory);
+        if (!stringOperation(d, state, memory)) return; // more to do: RIP stays, the guest re-executes it
         break;
       case 0xc6:
       case 0xc7:
@@ -389,8 +389,15 @@ const RCX = 1;
 const RSI = 6;
 const RDI = 7;
 
-/** MOVS, STOS, LODS: one element, or RCX of them with REP; RSI/RDI step by DF. */
-function stringOperation(d: Decoded, state: X86State, memory: X86Memory): void {
+/** Elements one call handles at most: a guest-chosen RCX must not hold the host thread. */
+const MAX_STRING_ELEMENTS = 1024;
+
+/**
+ * MOVS, STOS, LODS: one element, or RCX of them with REP; RSI/RDI step by DF. Returns false
+ * when RCX is not yet zero after MAX_STRING_ELEMENTS: the instruction is then left for the
+ * guest to execute again, as the CPU does when it takes an interrupt inside a REP.
+ */
+function stringOperation(d: Decoded, state: X86State, memory: X86Memory): boolean {
   const size = d.operandSize;
   const addressMask = d.addressSize === 4 ? 0xffff_ffffn : M64;
   const step = (state.rflags & FLAG.DF ? -1n : 1n) * BigInt(size);
@@ -399,7 +406,8 @@ function stringOperation(d: Decoded, state: X86State, memory: X86Memory): void {
     state.gpr[n] = (state.gpr[n] + step) & addressMask;
   };
   let count = d.rep ? state.gpr[RCX] & addressMask : 1n;
-  while (count > 0n) {
+  for (let done = 0; count > 0n; done++) {
+    if (done === MAX_STRING_ELEMENTS) return false;
     const source = state.gpr[RSI] & addressMask;
     const destination = state.gpr[RDI] & addressMask;
     switch (d.opcode) {
@@ -421,4 +429,5 @@ function stringOperation(d: Decoded, state: X86State, memory: X86Memory): void {
     count--;
     if (d.rep) state.gpr[RCX] = count;
   }
+  return true;
 }
