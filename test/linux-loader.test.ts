@@ -117,6 +117,7 @@ test("truncated, random and non-x86-64 kernels are refused with what was expecte
 test("an initrd larger than RAM, a vmlinux outside RAM and an over-long command line are refused", () => {
   assert.match(loadError(probeVmlinux(), { initrd: new Uint8Array(80 * MiB) }).message, /initrd \(83886080 bytes\) does not fit .*more memory/);
   assert.match(loadError(probeVmlinux(undefined, 0x800_0000)).message, /outside guest RAM .*give the VM more memory/);
+  assert.match(loadError(probeVmlinux(undefined, 0x8_0000)).message, /loads at 0x80000, below 1 MiB, where the boot structures live/);
   assert.match(loadError(probeBzImage("gzip", { cmdlineSize: 16 }), { cmdline: "x".repeat(17) }).message, /17 bytes; this kernel takes at most 16 \(cmdline_size\)/);
 });
 

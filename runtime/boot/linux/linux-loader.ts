@@ -55,6 +55,7 @@ export interface LinuxBoot {
 /** The kernel's 64-bit entry in the protected-mode image, 0x200 past its start (boot.rst). */
 const ENTRY_64_OFFSET = 0x200;
 const PAGE = 0x1000;
+const LOW_MEMORY_END = 0x10_0000;
 /** A vmlinux has no setup header; these are what Linux's own x86-64 defaults are. */
 const VMLINUX_CMDLINE_SIZE = 2047;
 const VMLINUX_INITRD_ADDR_MAX = 0x7fff_ffff;
@@ -193,6 +194,12 @@ export function loadLinux(memory: GuestMemory, options: LinuxBootOptions): Linux
     throw new LinuxLoadError(`${name}: an ELF file but not a 64-bit x86-64 one (EI_CLASS ${image[4]}); a 64-bit x86-64 kernel is needed`);
   } else {
     throw new LinuxLoadError(`${name}: neither a bzImage (no "HdrS" at offset 0x202) nor an ELF vmlinux (no \\x7fELF magic); is it a Linux kernel?`);
+  }
+
+  // Below 1 MiB sit the loader's own structures (GDT, zero page, page tables, command line)
+  // and the ACPI tables: a kernel placed there would be overwritten, or overwrite them.
+  if (kernelRange.start < LOW_MEMORY_END) {
+    throw new LinuxLoadError(`${name}: the kernel loads at ${hex(kernelRange.start)}, below 1 MiB, where the boot structures live; a kernel must load at 1 MiB or above`);
   }
 
   const cmdline = options.cmdline ?? "";

@@ -40,6 +40,8 @@ export interface ZeroPageContents {
   rsdpAddress: number;
 }
 
+const SETUP_DATA_OFFSET = 0x250;
+
 /** Writes the zero page at `address`; the page is cleared first, so the sentinel reads 0. */
 export function writeZeroPage(memory: GuestMemory, address: number, contents: ZeroPageContents): void {
   if (contents.e820.length > E820_MAX_ENTRIES) throw new RangeError(`zero page: ${contents.e820.length} e820 entries, at most ${E820_MAX_ENTRIES} fit`);
@@ -49,6 +51,9 @@ export function writeZeroPage(memory: GuestMemory, address: number, contents: Ze
   const O = ZeroPageOffset;
   const H = SetupHeaderOffset;
   view.setUint8(H.type_of_loader, LOADER_TYPE_UNDEFINED);
+  // setup_data (boot.rst: 0x250/8) is a pointer the kernel follows: the file's value means
+  // nothing here, and this loader passes no setup_data list.
+  view.setBigUint64(SETUP_DATA_OFFSET, 0n, true);
   view.setUint32(H.cmd_line_ptr, contents.cmdlineAddress % 2 ** 32, true);
   view.setUint32(O.ext_cmd_line_ptr, Math.floor(contents.cmdlineAddress / 2 ** 32), true);
   if (contents.initrd) {
