@@ -80,7 +80,7 @@ static inline u32 vreg(struct virtio_dev *d, u32 off) { return mmio_read32(d->ba
 static inline void vset(struct virtio_dev *d, u32 off, u32 v) { mmio_write32(d->base + off, v); }
 
 /* The transport of the `nth` (0-based) device with `device_id` in the window, or 0. */
-static u32 virtio_find(u32 device_id, u32 nth) {
+static inline u32 virtio_find(u32 device_id, u32 nth) {
   for (u32 i = 0; i < VIRTIO_MMIO_SLOTS; i++) {
     u32 base = VIRTIO_MMIO_WINDOW + i * VIRTIO_MMIO_STRIDE;
     if (mmio_read32(base + VM_MAGIC) != 0x74726976u || mmio_read32(base + VM_VERSION) != 2) continue;
@@ -99,7 +99,7 @@ static void *kit_memset(void *p, int c, u32 n) {
  * Resets and initialises the device with queue 0 in `ring` (a zeroed, 4 KiB-aligned page),
  * accepting `wanted` of the low feature bits it offers. 0 on success, else the failing step.
  */
-static int virtio_init(struct virtio_dev *d, u32 base, u32 wanted, u8 *ring) {
+static inline int virtio_init(struct virtio_dev *d, u32 base, u32 wanted, u8 *ring) {
   d->base = base;
   vset(d, VM_STATUS, 0);
   if (vreg(d, VM_STATUS) != 0) return 1;
@@ -136,7 +136,7 @@ static int virtio_init(struct virtio_dev *d, u32 base, u32 wanted, u8 *ring) {
   return 0;
 }
 
-static void vq_set(struct virtio_dev *d, u32 i, const void *addr, u32 len, u16 flags, u16 next) {
+static inline void vq_set(struct virtio_dev *d, u32 i, const void *addr, u32 len, u16 flags, u16 next) {
   d->desc[i].addr = (u32)addr;
   d->desc[i].len = len;
   d->desc[i].flags = flags;
@@ -147,7 +147,7 @@ static void vq_set(struct virtio_dev *d, u32 i, const void *addr, u32 len, u16 f
  * Offers the chain at descriptor `head`, notifies and polls for its completion.
  * Returns the used length, or -1 if the device did not answer (or needs a reset).
  */
-static int vq_submit(struct virtio_dev *d, u16 head) {
+static inline int vq_submit(struct virtio_dev *d, u16 head) {
   u16 idx = d->avail->idx;
   d->avail->ring[idx % VQ_SIZE] = head;
   /* With EVENT_IDX, ask for an interrupt for exactly this request. */
@@ -169,6 +169,121 @@ static int vq_submit(struct virtio_dev *d, u16 head) {
   if (isr & 1) d->interrupts_seen++;
   if (isr) vset(d, VM_INTERRUPT_ACK, isr);
   return (int)len;
+}
+
+/*
+ * Devices with several queues (net, console, vsock): the same initialisation split in
+ * three steps, virtio_begin (reset, features), virtio_queue per queue, virtio_driver_ok.
+ * Each queue lives in its own zeroed, 4 KiB-aligned page.
+ */
+struct virtq {
+  u32 base;
+  u16 index;
+  struct vq_desc *desc;
+  struct vq_avail *avail;
+  volatile struct vq_used *used;
+  u16 last_used;
+};
+
+/* Resets the device and accepts `wanted` of its low feature bits and VERSION_1; 0 or the failing step. */
+static inline int virtio_begin(struct virtio_dev *d, u32 base, u32 wanted) {
+  d->base = base;
+  d->interrupts_seen = 0;
+  vset(d, VM_STATUS, 0);
+  if (vreg(d, VM_STATUS) != 0) return 1;
+  vset(d, VM_STATUS, S_ACKNOWLEDGE);
+  vset(d, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER);
+  vset(d, VM_DEVICE_FEATURES_SEL, 1);
+  if (!(vreg(d, VM_DEVICE_FEATURES) & F_HIGH_VERSION_1)) return 2;
+  vset(d, VM_DEVICE_FEATURES_SEL, 0);
+  d->features = vreg(d, VM_DEVICE_FEATURES) & wanted;
+  vset(d, VM_DRIVER_FEATURES_SEL, 0);
+  vset(d, VM_DRIVER_FEATURES, d->features);
+  vset(d, VM_DRIVER_FEATURES_SEL, 1);
+  vset(d, VM_DRIVER_FEATURES, F_HIGH_VERSION_1);
+  vset(d, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
+  if (!(vreg(d, VM_STATUS) & S_FEATURES_OK)) return 3;
+  return 0;
+}
+
+/* Sets up queue `index` of VQ_SIZE entries in `page`; 0 or the failing step (10 + n). */
+static inline int virtio_queue(struct virtio_dev *d, struct virtq *q, u16 index, u8 *page) {
+  q->base = d->base;
+  q->index = index;
+  vset(d, VM_QUEUE_SEL, index);
+  if (vreg(d, VM_QUEUE_READY) != 0) return 11;
+  if (vreg(d, VM_QUEUE_NUM_MAX) < VQ_SIZE) return 12;
+  kit_memset(page, 0, 4096);
+  q->desc = (struct vq_desc *)page;
+  q->avail = (struct vq_avail *)(page + 16 * VQ_SIZE);
+  q->used = (volatile struct vq_used *)(page + 2048);
+  q->last_used = 0;
+  vset(d, VM_QUEUE_NUM, VQ_SIZE);
+  vset(d, VM_QUEUE_DESC_LOW, (u32)q->desc);
+  vset(d, VM_QUEUE_DESC_HIGH, 0);
+  vset(d, VM_QUEUE_DRIVER_LOW, (u32)q->avail);
+  vset(d, VM_QUEUE_DRIVER_HIGH, 0);
+  vset(d, VM_QUEUE_DEVICE_LOW, (u32)q->used);
+  vset(d, VM_QUEUE_DEVICE_HIGH, 0);
+  vset(d, VM_QUEUE_READY, 1);
+  return 0;
+}
+
+static inline int virtio_driver_ok(struct virtio_dev *d) {
+  vset(d, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+  return (vreg(d, VM_STATUS) & S_NEEDS_RESET) ? 13 : 0;
+}
+
+static inline void virtq_set(struct virtq *q, u32 i, const void *addr, u32 len, u16 flags, u16 next) {
+  q->desc[i].addr = (u32)addr;
+  q->desc[i].len = len;
+  q->desc[i].flags = flags;
+  q->desc[i].next = next;
+}
+
+/* Makes the chain at descriptor `head` available, without notifying. */
+static inline void virtq_offer(struct virtq *q, u16 head) {
+  u16 idx = q->avail->idx;
+  q->avail->ring[idx % VQ_SIZE] = head;
+  q->avail->used_event = idx;
+  barrier();
+  q->avail->idx = (u16)(idx + 1);
+  barrier();
+}
+
+static inline void virtq_notify(struct virtq *q) { mmio_write32(q->base + VM_QUEUE_NOTIFY, q->index); }
+
+/* The next used element, if any: 1 with its descriptor id and length, else 0. */
+static inline int virtq_take(struct virtq *q, u32 *id, u32 *len) {
+  if (q->used->idx == q->last_used) return 0;
+  barrier();
+  *id = q->used->ring[q->last_used % VQ_SIZE].id;
+  *len = q->used->ring[q->last_used % VQ_SIZE].len;
+  q->last_used++;
+  return 1;
+}
+
+/* Acknowledges whatever InterruptStatus shows (the kit polls; this keeps the line low). */
+static inline void virtio_ack(struct virtio_dev *d) {
+  u32 isr = vreg(d, VM_INTERRUPT_STATUS);
+  if (isr & 1) d->interrupts_seen++;
+  if (isr) vset(d, VM_INTERRUPT_ACK, isr);
+}
+
+/* Offers `head`, notifies and polls for its completion: the used length, or -1. */
+static inline int virtq_submit(struct virtio_dev *d, struct virtq *q, u16 head) {
+  virtq_offer(q, head);
+  virtq_notify(q);
+  u32 id, len;
+  for (u32 n = 0; n < POLL_LIMIT; n++) {
+    if (virtq_take(q, &id, &len)) {
+      virtio_ack(d);
+      return (int)len;
+    }
+    if (n % STATUS_POLL_EVERY == 0 && (vreg(d, VM_STATUS) & S_NEEDS_RESET)) return -1;
+    pause_cpu();
+  }
+  return -1;
 }
 
 static void serial_put_hex8(u8 v) {

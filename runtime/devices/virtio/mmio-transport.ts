@@ -113,6 +113,7 @@ export class VirtioMmioTransport implements Device {
       get features() { return transport.driverFeatures; },
       needsReset: (reason: string) => this.needsReset(reason),
     };
+    this.device.attach?.({ wake: (index) => this.schedule(index) });
   }
 
   /** The device status byte as the driver last saw it. */
@@ -287,8 +288,9 @@ export class VirtioMmioTransport implements Device {
     if ((this.status & (VirtioStatus.DRIVER_OK | VirtioStatus.DEVICE_NEEDS_RESET)) !== VirtioStatus.DRIVER_OK) return;
     const ring = this.queues[index]?.ring;
     if (ring === undefined) return;
+    let leftForBudget: void | boolean;
     try {
-      this.device.processQueue(index, ring, this.context);
+      leftForBudget = this.device.processQueue(index, ring, this.context);
     } catch (error) {
       // A device bug, not the guest's: still contained to this device.
       this.needsReset(`device ${this.device.name} failed on queue ${index}: ${(error as Error).message}`);
@@ -300,13 +302,17 @@ export class VirtioMmioTransport implements Device {
     }
     if (ring.takeNotification()) this.raise(VIRTIO_MMIO_INT_VRING);
     // Work left after the device's budget: serve it after the event loop has had its turn.
-    if (ring.hasPending() && !this.rescheduled.has(index)) {
-      this.rescheduled.add(index);
-      setImmediate(() => {
-        this.rescheduled.delete(index);
-        if (this.queues[index]?.ring === ring) this.serve(index);
-      });
-    }
+    if (leftForBudget !== false && ring.hasPending()) this.schedule(index, ring);
+  }
+
+  /** Serves queue `index` after the event loop's turn, if it is still the same live ring. */
+  private schedule(index: number, ring = this.queues[index]?.ring): void {
+    if (ring === undefined || this.rescheduled.has(index)) return;
+    this.rescheduled.add(index);
+    setImmediate(() => {
+      this.rescheduled.delete(index);
+      if (this.queues[index]?.ring === ring) this.serve(index);
+    });
   }
 
   private needsReset(reason: string): void {

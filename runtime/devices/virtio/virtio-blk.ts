@@ -5,6 +5,7 @@
  */
 import { closeSync, fstatSync, fsyncSync, openSync, readSync, writeSync } from "node:fs";
 import type { BufferSegment, DescriptorChain, SplitVirtqueue } from "./virtqueue.js";
+import { gather, scatter } from "./segments.js";
 import { featureBit, VIRTIO_ID_BLOCK, type VirtioDevice, type VirtioQueueContext } from "./virtio-device.js";
 
 export const SECTOR_SIZE = 512;
@@ -163,7 +164,7 @@ export class VirtioBlk implements VirtioDevice {
       case VirtioBlkRequest.GET_ID: {
         const id = new Uint8Array(VIRTIO_BLK_ID_BYTES);
         id.set(this.serial);
-        return { status: VirtioBlkStatus.OK, written: scatter(chain.writable, id, Math.min(inLength, VIRTIO_BLK_ID_BYTES)) };
+        return { status: VirtioBlkStatus.OK, written: scatter(chain.writable, id.subarray(0, Math.min(inLength, VIRTIO_BLK_ID_BYTES))) };
       }
       default:
         return { status: VirtioBlkStatus.UNSUPP, written: 0 };
@@ -214,28 +215,4 @@ function statusByte(chain: DescriptorChain): { segment: BufferSegment; dataLengt
     }
   }
   return undefined;
-}
-
-/** Copies the first bytes of the segments into `into`; returns how many were copied. */
-function gather(segments: BufferSegment[], into: Uint8Array): number {
-  let copied = 0;
-  for (const { bytes } of segments) {
-    if (copied === into.length) break;
-    const count = Math.min(bytes.length, into.length - copied);
-    into.set(bytes.subarray(0, count), copied);
-    copied += count;
-  }
-  return copied;
-}
-
-/** Copies the first `length` bytes of `from` into the segments; returns how many. */
-function scatter(segments: BufferSegment[], from: Uint8Array, length: number): number {
-  let copied = 0;
-  for (const { bytes } of segments) {
-    if (copied === length) break;
-    const count = Math.min(bytes.length, length - copied);
-    bytes.set(from.subarray(copied, copied + count));
-    copied += count;
-  }
-  return copied;
 }

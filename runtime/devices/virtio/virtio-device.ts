@@ -7,8 +7,11 @@ import type { GuestMemory } from "../../../memory/guest-memory.js";
 import type { SplitVirtqueue } from "./virtqueue.js";
 
 /** Device IDs (virtio 1.2 section 5). */
+export const VIRTIO_ID_NET = 1;
 export const VIRTIO_ID_BLOCK = 2;
+export const VIRTIO_ID_CONSOLE = 3;
 export const VIRTIO_ID_ENTROPY = 4;
+export const VIRTIO_ID_VSOCK = 19;
 
 /** Feature bits every transport-level device shares (virtio 1.2 section 6). */
 export const VIRTIO_F_RING_INDIRECT_DESC = 28n;
@@ -31,6 +34,18 @@ export interface VirtioQueueContext {
   needsReset(reason: string): void;
 }
 
+/**
+ * What the transport lends a device for work that starts on the host side (a frame arrived,
+ * a stream became writable): the device asks to be served, it never walks a queue itself.
+ */
+export interface VirtioDeviceHost {
+  /**
+   * Asks for `processQueue(index)` soon (after the current call stack, never re-entrantly);
+   * nothing happens while the driver has not made the queue live.
+   */
+  wake(index: number): void;
+}
+
 export interface VirtioDevice {
   readonly name: string;
   readonly deviceId: number;
@@ -46,8 +61,14 @@ export interface VirtioDevice {
    * The driver notified queue `index`: take its requests with `queue.pop()` and return them
    * with `queue.pushUsed`. A ring fault (pop returning a VirtqueueError) is the transport's
    * business: the device just stops taking from that queue.
+   *
+   * Returns false when what is left in the queue waits on the host, not on the device's
+   * budget (receive buffers with no frame yet): the transport then leaves the queue alone
+   * until the driver notifies again or the device calls `host.wake`.
    */
-  processQueue(index: number, queue: SplitVirtqueue, context: VirtioQueueContext): void;
+  processQueue(index: number, queue: SplitVirtqueue, context: VirtioQueueContext): void | boolean;
+  /** Called once by the transport that serves the device, before any other call. */
+  attach?(host: VirtioDeviceHost): void;
   /** The driver reset the device: forget every request in flight. */
   reset(): void;
   /** Releases host resources (files); the machine that owns the device calls it on stop. */

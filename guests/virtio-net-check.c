@@ -1,0 +1,254 @@
+/*
+ * A polled virtio-net driver (no offloads: MAC and STATUS only, the 12-byte VERSION_1
+ * header) that plays one side of a frame exchange and reports on COM1 in key=value lines:
+ *   ROLE=0 (initiator): sends COUNT frames of EtherType 0x88b5, each with a known pattern,
+ *     the first broadcast and the rest to the MAC the responder answered from; after each it
+ *     waits for the matching reply, checks it byte for byte, and resends on a timeout (the
+ *     peer may not be up yet: frames sent before its driver reset are lost, as on a wire).
+ *     With RESET=1 it resets and re-initialises its device half way through.
+ *   ROLE=1 (responder): checks each frame byte for byte and answers it (a resent frame is
+ *     answered again), until COUNT different frames were answered.
+ *   ROLE=2 (endless): transmits for ever, for a host that stops the VM in the middle of it.
+ *   ROLE=3 (malformed): a transmit header with NEEDS_CSUM (not negotiated: the device drops
+ *     it and completes the request), then a chain shorter than the header (DEVICE_NEEDS_RESET),
+ *     then a reset and re-initialisation that must transmit again.
+ * The same kernel runs under workervisor's PC machine and QEMU -M microvm.
+ * Exit status 0 when every step worked; otherwise the number of the failed step.
+ */
+#include "kit.h"
+#include "virtio-mmio.h"
+
+#ifndef ROLE
+#define ROLE 0
+#endif
+#ifndef COUNT
+#define COUNT 8
+#endif
+#ifndef RESET
+#define RESET 0
+#endif
+/* Polls for a reply before the initiator resends. */
+#ifndef REPLY_POLLS
+#define REPLY_POLLS 200000u
+#endif
+
+#define VIRTIO_ID_NET 1
+#define NET_F_MAC (1u << 5)
+#define NET_F_STATUS (1u << 16)
+#define NET_HDR 12
+#define ETHERTYPE 0x88b5
+#define RX_BUFS 4
+#define RX_BUF_BYTES 1526 /* header + 1514, what a driver without MRG_RXBUF must offer */
+#define MAX_FRAME 1514
+
+static u8 rx_page[4096] __attribute__((aligned(4096)));
+static u8 tx_page[4096] __attribute__((aligned(4096)));
+static u8 rx_bufs[RX_BUFS][RX_BUF_BYTES] __attribute__((aligned(16)));
+static u8 tx_hdr[NET_HDR];
+static u8 tx_frame[MAX_FRAME];
+static struct virtio_dev dev;
+static struct virtq rxq, txq;
+static u8 mac[6], peer[6];
+static u32 retransmits, mismatches, num_buffers_not_1;
+
+static __attribute__((noreturn)) void fail(u32 step, const char *why) {
+  serial_puts("virtio-net-check: step ");
+  serial_put_decimal(step);
+  serial_puts(" failed: ");
+  serial_puts(why);
+  serial_puts("\n");
+  guest_exit(step);
+}
+
+static void put_number(const char *key, u32 value) {
+  serial_puts(key);
+  serial_putc('=');
+  serial_put_decimal(value);
+  serial_putc('\n');
+}
+
+static void put_mac(const char *key, const u8 *m) {
+  serial_puts(key);
+  serial_putc('=');
+  for (int i = 0; i < 6; i++) {
+    if (i) serial_putc(':');
+    serial_put_hex8(m[i]);
+  }
+  serial_putc('\n');
+}
+
+static void post_rx(u16 i) {
+  virtq_set(&rxq, i, rx_bufs[i], RX_BUF_BYTES, DESC_F_WRITE, 0);
+  virtq_offer(&rxq, i);
+}
+
+static void net_init(void) {
+  u32 base = virtio_find(VIRTIO_ID_NET, 0);
+  if (!base) fail(1, "no virtio-net device in the window");
+  int err = virtio_begin(&dev, base, NET_F_MAC | NET_F_STATUS);
+  if (!err) err = virtio_queue(&dev, &rxq, 0, rx_page);
+  if (!err) err = virtio_queue(&dev, &txq, 1, tx_page);
+  if (!err) err = virtio_driver_ok(&dev);
+  if (err) { put_number("init-step", err); fail(2, "initialisation"); }
+  if (!(dev.features & NET_F_MAC)) fail(2, "VIRTIO_NET_F_MAC not offered");
+  for (int i = 0; i < 6; i++) mac[i] = mmio_read8(base + VM_CONFIG + i);
+  u32 status = (dev.features & NET_F_STATUS) ? (u32)mmio_read8(base + VM_CONFIG + 6) | (u32)mmio_read8(base + VM_CONFIG + 7) << 8 : 1;
+  put_mac("mac", mac);
+  put_number("link-up", status & 1);
+  for (u16 i = 0; i < RX_BUFS; i++) post_rx(i);
+  virtq_notify(&rxq);
+}
+
+static u8 pattern(u32 j, u32 seq, u32 role) { return (u8)(j * 13 + seq * 7 + role * 101); }
+static u32 frame_length(u32 seq, u32 role) { return 60 + (seq * 197 + role * 500) % (MAX_FRAME - 59); }
+
+/* Sends a frame of sequence `seq` from `role` to `to`: header and frame in two descriptors. */
+static void send_frame(const u8 *to, u32 seq, u32 role) {
+  u32 len = frame_length(seq, role);
+  for (int i = 0; i < 6; i++) { tx_frame[i] = to[i]; tx_frame[6 + i] = mac[i]; }
+  tx_frame[12] = ETHERTYPE >> 8;
+  tx_frame[13] = ETHERTYPE & 0xff;
+  tx_frame[14] = (u8)seq;
+  tx_frame[15] = (u8)role;
+  for (u32 j = 16; j < len; j++) tx_frame[j] = pattern(j, seq, role);
+  kit_memset(tx_hdr, 0, NET_HDR);
+  virtq_set(&txq, 0, tx_hdr, NET_HDR, DESC_F_NEXT, 1);
+  virtq_set(&txq, 1, tx_frame, len, 0, 0);
+  if (virtq_submit(&dev, &txq, 0) < 0) fail(3, "a transmit request was not completed");
+}
+
+/* Waits up to `polls` for a frame; returns its buffer index (its bytes after the header) or -1. */
+static int receive_frame(u32 polls, u32 *frame_len) {
+  u32 id, len;
+  for (u32 n = 0; n < polls; n++) {
+    if (virtq_take(&rxq, &id, &len)) {
+      virtio_ack(&dev);
+      if (id >= RX_BUFS || len < NET_HDR || len > RX_BUF_BYTES) fail(4, "a used receive element out of range");
+      /* num_buffers must be 1 without MRG_RXBUF (5.1.6.3); QEMU 7.2 leaves it 0: reported, not failed. */
+      u32 num_buffers = rx_bufs[id][10] | (u32)rx_bufs[id][11] << 8;
+      if (num_buffers > 1) fail(4, "num_buffers above 1 without VIRTIO_NET_F_MRG_RXBUF");
+      if (num_buffers != 1) num_buffers_not_1++;
+      *frame_len = len - NET_HDR;
+      return (int)id;
+    }
+    if (n % STATUS_POLL_EVERY == 0 && (vreg(&dev, VM_STATUS) & S_NEEDS_RESET)) fail(4, "the device needs a reset");
+    pause_cpu();
+  }
+  return -1;
+}
+
+/* Whether the frame in buffer `id` is frame `seq` of `role`, byte for byte; the sender's MAC to `from`. */
+static int frame_matches(int id, u32 len, u32 seq, u32 role, const u8 *to, u8 *from) {
+  const u8 *f = rx_bufs[id] + NET_HDR;
+  if (len != frame_length(seq, role)) return 0;
+  for (int i = 0; i < 6; i++) if (f[i] != to[i] && !(to[0] == 0xff && f[i] == 0xff)) return 0;
+  if (f[12] != (ETHERTYPE >> 8) || f[13] != (ETHERTYPE & 0xff) || f[14] != (u8)seq || f[15] != (u8)role) return 0;
+  for (u32 j = 16; j < len; j++) if (f[j] != pattern(j, seq, role)) return 0;
+  for (int i = 0; i < 6; i++) from[i] = f[6 + i];
+  return 1;
+}
+
+static const u8 broadcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+
+static void initiator(void) {
+  int unicast = 0;
+  u32 replies = 0;
+  for (u32 seq = 0; seq < COUNT; seq++) {
+    if (RESET && seq == COUNT / 2) {
+      net_init();
+      put_number("reinitialised-at", seq);
+    }
+    int answered = 0;
+    for (u32 attempt = 0; attempt < 200 && !answered; attempt++) {
+      if (attempt) retransmits++;
+      send_frame(unicast ? peer : broadcast, seq, 0);
+      u32 len;
+      int id;
+      while (!answered && (id = receive_frame(REPLY_POLLS, &len)) >= 0) {
+        u8 from[6];
+        if (frame_matches(id, len, seq, 1, mac, from)) {
+          answered = 1;
+          for (int i = 0; i < 6; i++) peer[i] = from[i];
+          unicast = 1;
+        } else if (((const u8 *)rx_bufs[id] + NET_HDR)[14] != (u8)seq || ((const u8 *)rx_bufs[id] + NET_HDR)[15] != 1) {
+          /* a late answer to a resent frame: ignored */
+        } else {
+          mismatches++;
+        }
+        post_rx((u16)id);
+        virtq_notify(&rxq);
+      }
+    }
+    if (!answered) fail(5, "no reply");
+    replies++;
+  }
+  put_mac("peer", peer);
+  put_number("replies-checked", replies);
+}
+
+static void responder(void) {
+  u32 next = 0;
+  while (next < COUNT) {
+    u32 len;
+    int id = receive_frame(POLL_LIMIT * 20, &len);
+    if (id < 0) fail(6, "no frame from the initiator");
+    const u8 *f = rx_bufs[id] + NET_HDR;
+    u32 seq = f[14];
+    u8 from[6];
+    if (len >= 16 && seq <= next && frame_matches(id, len, seq, 0, seq == 0 ? broadcast : mac, from)) {
+      for (int i = 0; i < 6; i++) peer[i] = from[i];
+      post_rx((u16)id);
+      virtq_notify(&rxq);
+      send_frame(peer, seq, 1);
+      if (seq == next) next++;
+      else retransmits++;
+    } else {
+      mismatches++;
+      post_rx((u16)id);
+      virtq_notify(&rxq);
+    }
+  }
+  put_mac("peer", peer);
+  put_number("frames-checked", next);
+}
+
+static void endless(void) {
+  serial_puts("sending\n");
+  for (u32 seq = 0;; seq++) send_frame(broadcast, seq, 2);
+}
+
+static void malformed(void) {
+  kit_memset(tx_hdr, 0, NET_HDR);
+  tx_hdr[0] = 1; /* VIRTIO_NET_HDR_F_NEEDS_CSUM, never negotiated */
+  for (int i = 0; i < 6; i++) { tx_frame[i] = 0xff; tx_frame[6 + i] = mac[i]; }
+  tx_frame[12] = ETHERTYPE >> 8;
+  tx_frame[13] = ETHERTYPE & 0xff;
+  virtq_set(&txq, 0, tx_hdr, NET_HDR, DESC_F_NEXT, 1);
+  virtq_set(&txq, 1, tx_frame, 60, 0, 0);
+  put_number("csum-request-used", (u32)virtq_submit(&dev, &txq, 0) + 1);
+  virtq_set(&txq, 0, tx_hdr, NET_HDR - 4, 0, 0);
+  virtq_offer(&txq, 0);
+  virtq_notify(&txq);
+  u32 status = 0;
+  for (u32 n = 0; n < POLL_LIMIT / 64 && !(status & S_NEEDS_RESET); n++) status = vreg(&dev, VM_STATUS);
+  put_number("short-header-needs-reset", !!(status & S_NEEDS_RESET));
+  virtio_ack(&dev);
+  net_init();
+  send_frame(broadcast, 0, 3);
+  put_number("sent-after-reset", 1);
+}
+
+void main(u32 info) {
+  (void)info;
+  net_init();
+  if (ROLE == 0) initiator();
+  else if (ROLE == 1) responder();
+  else if (ROLE == 2) endless();
+  else malformed();
+  put_number("retransmits", retransmits);
+  put_number("mismatches", mismatches);
+  put_number("num-buffers-not-1", num_buffers_not_1);
+  put_number("interrupts", dev.interrupts_seen);
+  serial_puts("virtio-net-check: done\n");
+  guest_exit(0);
+}

@@ -1,0 +1,76 @@
+/**
+ * What a guest-kit kernel reports on COM1 in `key=value` lines, and running one under the
+ * PC machine or under QEMU -M microvm (against QEMU's devices) for the same report.
+ */
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { PcMachine, type PcMachineOptions } from "../../runtime/pc-machine.js";
+import { buildMultibootGuest } from "./flat-guest.js";
+
+export interface GuestReport {
+  status: number | undefined;
+  console: string;
+  values: Map<string, string>;
+  all: (key: string) => string[];
+}
+
+export function parseReport(status: number | undefined, console: string): GuestReport {
+  const pairs = [...console.matchAll(/^([a-z0-9-]+)=(.*)$/gm)].map((m) => [m[1], m[2]] as const);
+  return { status, console, values: new Map(pairs), all: (key) => pairs.filter(([k]) => k === key).map(([, v]) => v) };
+}
+
+/** The RAM the guest-kit tests give a guest, under both VMMs. */
+export const GUEST_MEMORY_MIB = 64;
+
+/** A PC machine running `guests/<name>.c` built with `defines`; its COM1 output collected. */
+export function guestMachine(name: string, defines: Record<string, number>, options: Partial<PcMachineOptions> = {}): { machine: PcMachine; output: () => string } {
+  const bytes: number[] = [];
+  const machine = new PcMachine({
+    kernel: readFileSync(buildMultibootGuest(name, defines)), console: (b) => bytes.push(b), memory: GUEST_MEMORY_MIB << 20, ...options,
+  });
+  return { machine, output: () => Buffer.from(bytes).toString("latin1") };
+}
+
+/** Runs the machine to its debug exit and parses what the guest said. */
+export async function runToReport(guest: { machine: PcMachine; output: () => string }): Promise<GuestReport> {
+  const result = await guest.machine.run();
+  assert.equal(result.reason, "debug-exit", `the guest ended by ${result.reason} ${result.detail ?? ""}: ${guest.output()}`);
+  return parseReport(result.status, guest.output());
+}
+
+const qemuVersion = spawnSync("qemu-system-x86_64", ["--version"], { encoding: "utf8" });
+/** A skip reason when QEMU cannot run here, else false. */
+export const noQemu = qemuVersion.error || qemuVersion.status !== 0 ? "qemu-system-x86_64 is not installed (Debian: apt-get install -y qemu-system-x86)" : false;
+
+/** QEMU's arguments for a guest-kit kernel on microvm with version-2 virtio-mmio transports. */
+export function qemuArgs(kernel: string, deviceArgs: string[]): string[] {
+  return [
+    "-accel", "kvm", "-M", "microvm", "-m", String(GUEST_MEMORY_MIB), "-nodefaults", "-no-reboot", "-display", "none",
+    "-serial", "stdio", "-monitor", "none", "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+    // Version 2 (virtio 1.x) transports, as ours; QEMU's default is the legacy version 1.
+    "-global", "virtio-mmio.force-legacy=false", ...deviceArgs, "-kernel", kernel,
+  ];
+}
+
+/** Runs QEMU (asynchronously, so several can talk) to the guest's debug exit. */
+export function runQemuGuest(name: string, defines: Record<string, number>, deviceArgs: string[], timeoutMs = 90_000): Promise<GuestReport> {
+  const child = spawn("qemu-system-x86_64", qemuArgs(buildMultibootGuest(name, defines), deviceArgs), { stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.setEncoding("latin1").on("data", (s: string) => { stdout += s; });
+  child.stderr.setEncoding("latin1").on("data", (s: string) => { stderr += s; });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    child.on("error", (error) => { clearTimeout(timer); reject(error); });
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      // isa-debug-exit ends QEMU with (status << 1) | 1.
+      if (code === null || (code & 1) !== 1) {
+        reject(new Error(`QEMU ended with ${code ?? signal} (not by debug-exit): ${stderr} ${stdout}`));
+        return;
+      }
+      resolve(parseReport(code >> 1, stdout));
+    });
+  });
+}
