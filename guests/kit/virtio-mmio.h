@@ -89,7 +89,7 @@ static inline u32 virtio_find(u32 device_id, u32 nth) {
   return 0;
 }
 
-static void *kit_memset(void *p, int c, u32 n) {
+static inline void *kit_memset(void *p, int c, u32 n) {
   u8 *b = p;
   while (n--) *b++ = (u8)c;
   return p;
@@ -286,7 +286,7 @@ static inline int virtq_submit(struct virtio_dev *d, struct virtq *q, u16 head) 
   return -1;
 }
 
-static void serial_put_hex8(u8 v) {
+static inline void serial_put_hex8(u8 v) {
   const char *digits = "0123456789abcdef";
   serial_putc(digits[v >> 4]);
   serial_putc(digits[v & 15]);
