@@ -99,3 +99,30 @@ test("vsock host: a stale socket path is refused with a clear error", () => {
     server.close();
   }
 });
+
+test("a VM stopped with a vsock connection open ends, closes the host's end of it and the listening socket", { timeout: 120_000 }, async () => {
+  const udsPath = join(dir, "stop.sock");
+  const host = new UnixSocketVsockHost(udsPath);
+  const vsock = new VirtioVsock({ guestCid: 7, host });
+  let bytes = 0;
+  let closed = false;
+  // A server that takes the guest's bytes and never answers: the guest waits in part A.
+  const server = createServer((socket) => {
+    socket.on("data", (chunk: Buffer) => { bytes += chunk.length; });
+    socket.on("close", () => { closed = true; });
+  }).listen(`${udsPath}_5000`);
+  const guest = guestMachine("virtio-vsock-check", { GUEST_BUF_ALLOC: 1024 }, { virtio: [vsock] });
+  const running = guest.machine.run();
+  try {
+    while (bytes < A_BYTES) await new Promise((resolve) => setTimeout(resolve, 10));
+    assert.equal(vsock.connectionCount, 1);
+    assert.deepEqual(await guest.machine.stop(), { reason: "stopped" });
+    assert.deepEqual(await running, { reason: "stopped" });
+    for (let i = 0; i < 100 && !closed; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  } finally {
+    server.close();
+  }
+  assert.equal(closed, true, "the host's end of the connection was closed");
+  assert.equal(vsock.connectionCount, 0);
+  assert.equal(existsSync(udsPath), false, "the listening socket is gone");
+});
