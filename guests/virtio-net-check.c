@@ -12,6 +12,9 @@
  *   ROLE=3 (malformed): a transmit header with NEEDS_CSUM (not negotiated: the device drops
  *     it and completes the request), then a chain shorter than the header (DEVICE_NEEDS_RESET),
  *     then a reset and re-initialisation that must transmit again.
+ *   ROLE=4 (ARP, against a host kernel through TAP): asks who has HOST_IP, telling GUEST_IP
+ *     (addresses as 32-bit numbers, most significant byte first), resending until an ARP reply
+ *     for GUEST_IP comes; reports the replier's MAC and IP. Other frames are ignored.
  * The same kernel runs under workervisor's PC machine and QEMU -M microvm.
  * Exit status 0 when every step worked; otherwise the number of the failed step.
  */
@@ -212,6 +215,61 @@ static void responder(void) {
   put_number("frames-checked", next);
 }
 
+#ifndef HOST_IP
+#define HOST_IP 0x0a000001u
+#endif
+#ifndef GUEST_IP
+#define GUEST_IP 0x0a000002u
+#endif
+
+static void put_ip(u8 *at, u32 ip) {
+  for (int i = 0; i < 4; i++) at[i] = (u8)(ip >> (24 - 8 * i));
+}
+
+static u32 get_ip(const u8 *at) { return (u32)at[0] << 24 | (u32)at[1] << 16 | (u32)at[2] << 8 | at[3]; }
+
+static void arp(void) {
+  u32 ignored = 0;
+  for (u32 attempt = 0; attempt < 50; attempt++) {
+    /* Ethernet: broadcast, from us, ARP; ARP: Ethernet/IPv4, request, sender us, target HOST_IP. */
+    for (int i = 0; i < 6; i++) { tx_frame[i] = 0xff; tx_frame[6 + i] = mac[i]; }
+    tx_frame[12] = 0x08; tx_frame[13] = 0x06;
+    u8 *a = tx_frame + 14;
+    a[0] = 0; a[1] = 1; a[2] = 0x08; a[3] = 0x00; a[4] = 6; a[5] = 4; a[6] = 0; a[7] = 1;
+    for (int i = 0; i < 6; i++) { a[8 + i] = mac[i]; a[18 + i] = 0; }
+    put_ip(a + 14, GUEST_IP);
+    put_ip(a + 24, HOST_IP);
+    kit_memset(tx_frame + 42, 0, 18);
+    kit_memset(tx_hdr, 0, NET_HDR);
+    virtq_set(&txq, 0, tx_hdr, NET_HDR, DESC_F_NEXT, 1);
+    virtq_set(&txq, 1, tx_frame, 60, 0, 0);
+    if (virtq_submit(&dev, &txq, 0) < 0) fail(3, "a transmit request was not completed");
+    u32 len;
+    int id;
+    while ((id = receive_frame(REPLY_POLLS, &len)) >= 0) {
+      const u8 *f = rx_bufs[id] + NET_HDR;
+      const u8 *r = f + 14;
+      int reply = len >= 42 && f[12] == 0x08 && f[13] == 0x06 && r[6] == 0 && r[7] == 2 && get_ip(r + 24) == GUEST_IP && get_ip(r + 14) == HOST_IP;
+      if (reply) {
+        int to_us = 1;
+        for (int i = 0; i < 6; i++) to_us &= f[i] == mac[i] && r[18 + i] == mac[i];
+        put_number("arp-reply-to-us", to_us);
+        put_mac("arp-reply-mac", r + 8);
+        put_number("arp-reply-ip", get_ip(r + 14));
+        put_number("arp-requests", attempt + 1);
+        put_number("frames-ignored", ignored);
+        post_rx((u16)id);
+        virtq_notify(&rxq);
+        return;
+      }
+      ignored++;
+      post_rx((u16)id);
+      virtq_notify(&rxq);
+    }
+  }
+  fail(7, "no ARP reply");
+}
+
 static void endless(void) {
   serial_puts("sending\n");
   for (u32 seq = 0;; seq++) send_frame(broadcast, seq, 2);
@@ -244,7 +302,8 @@ void main(u32 info) {
   if (ROLE == 0) initiator();
   else if (ROLE == 1) responder();
   else if (ROLE == 2) endless();
-  else malformed();
+  else if (ROLE == 3) malformed();
+  else arp();
   put_number("retransmits", retransmits);
   put_number("mismatches", mismatches);
   put_number("num-buffers-not-1", num_buffers_not_1);

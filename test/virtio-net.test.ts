@@ -3,11 +3,15 @@
  * process joined by the in-process switch exchange frames with known patterns, each side
  * checking the other's byte for byte; a device reset in the middle; a hostile transmit
  * header; a VM stopped while it transmits. The same kernels under two QEMU microvms joined
- * by `-netdev socket` check the driver against QEMU's virtio-net-device.
+ * by `-netdev socket` check the driver against QEMU's virtio-net-device, and a TAP interface
+ * (when the host allows one) puts the host kernel on the other end.
  */
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
+import { execFileSync, spawnSync } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
 import { destroyVcpuPool } from "../runtime/vcpu-pool.js";
+import { TapBackend, TapError } from "../runtime/devices/virtio/net-tap.js";
 import { NetSwitch } from "../runtime/devices/virtio/net-switch.js";
 import { VirtioNet } from "../runtime/devices/virtio/virtio-net.js";
 import { guestMachine, noQemu, runQemuGuest, runToReport } from "./helpers/guest-report.js";
@@ -133,4 +137,57 @@ test("under QEMU microvm: the same kernels exchange and check frames through QEM
   assert.equal(ra.values.get("replies-checked"), String(COUNT));
   assert.equal(rb.values.get("frames-checked"), String(COUNT));
   t.diagnostic(`QEMU: received headers with num_buffers != 1: ${ra.values.get("num-buffers-not-1")} and ${rb.values.get("num-buffers-not-1")}`);
+});
+
+// ---- a host TAP interface: the host kernel as the guest's peer ----
+
+const tapName = `wvt${process.pid % 100000}`;
+const subnet = 10 * 2 ** 24 + 213 * 2 ** 16 + (process.pid % 250) * 2 ** 8;
+function tapSkip(): string | false {
+  if (!existsSync("/dev/net/tun")) return "/dev/net/tun does not exist on this host: no TAP test";
+  try {
+    new TapBackend(tapName).close();
+  } catch (error) {
+    return `cannot create a TAP interface here: ${(error as Error).message}`;
+  }
+  const ip = spawnSync("ip", ["-V"], { encoding: "utf8" });
+  if (ip.error || ip.status !== 0) return "iproute2's `ip` is not installed (needed to give the TAP an address)";
+  return false;
+}
+
+test("virtio-net on a TAP interface: the guest's ARP request reaches the host kernel, which answers it and learns the guest's MAC", { skip: tapSkip(), timeout: 120_000 }, async () => {
+  const tap = new TapBackend(tapName);
+  const nic = new VirtioNet({ backend: tap, mac: MAC_A });
+  const hostIp = subnet + 1;
+  const guestIp = subnet + 2;
+  const dotted = (ip: number) => [24, 16, 8, 0].map((s) => Math.floor(ip / 2 ** s) % 256).join(".");
+  try {
+    execFileSync("ip", ["addr", "add", `${dotted(hostIp)}/24`, "dev", tapName]);
+    execFileSync("ip", ["link", "set", tapName, "up"]);
+    const tapMac = readFileSync(`/sys/class/net/${tapName}/address`, "latin1").trim();
+    const guest = guestMachine("virtio-net-check", { ROLE: 4, HOST_IP: hostIp, GUEST_IP: guestIp }, { virtio: [nic] });
+    const report = await runToReport(guest);
+    assert.equal(report.status, 0, report.console);
+    assert.equal(report.values.get("arp-reply-mac"), tapMac, "the host kernel answered from the TAP's MAC");
+    assert.equal(report.values.get("arp-reply-ip"), String(hostIp));
+    assert.equal(report.values.get("arp-reply-to-us"), "1");
+    const neighbours = readFileSync("/proc/net/arp", "latin1");
+    assert.match(neighbours, new RegExp(`^${dotted(guestIp).replaceAll(".", "\\.")}\\s+0x1\\s+0x\\d+\\s+${MAC_A}\\s+\\S+\\s+${tapName}$`, "m"), `the kernel learnt the guest's MAC:\n${neighbours}`);
+    assert.ok(tap.stats.framesOut >= 1 && tap.stats.framesIn >= 1, JSON.stringify(tap.stats));
+  } finally {
+    nic.close();
+  }
+  // The fd closes once the pending poll(2) has woken (on the pool thread): soon, not at once.
+  for (let i = 0; i < 200 && existsSync(`/sys/class/net/${tapName}`); i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  assert.equal(existsSync(`/sys/class/net/${tapName}`), false, "closing the TAP's fd removed the interface");
+});
+
+test("TAP errors name the cause: a bad interface name, an interface another fd holds", { skip: tapSkip() }, async () => {
+  assert.throws(() => new TapBackend("no spaces allowed"), (error: Error) => error instanceof TapError && /must be 1 to 15/.test(error.message));
+  const first = new TapBackend(`${tapName}b`);
+  try {
+    assert.throws(() => new TapBackend(`${tapName}b`), (error: Error) => error instanceof TapError && /in use by another process/.test(error.message));
+  } finally {
+    first.close();
+  }
 });
