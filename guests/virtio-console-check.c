@@ -28,21 +28,7 @@ static u8 rx_bufs[RX_BUFS][RX_BUF_BYTES];
 static struct virtio_dev dev;
 static struct virtq rxq, txq;
 
-static __attribute__((noreturn)) void fail(u32 step, const char *why) {
-  serial_puts("virtio-console-check: step ");
-  serial_put_decimal(step);
-  serial_puts(" failed: ");
-  serial_puts(why);
-  serial_puts("\n");
-  guest_exit(step);
-}
-
-static void put_number(const char *key, u32 value) {
-  serial_puts(key);
-  serial_putc('=');
-  serial_put_decimal(value);
-  serial_putc('\n');
-}
+static __attribute__((noreturn)) void fail(u32 step, const char *why) { kit_fail("virtio-console-check", step, why); }
 
 static void console_init(void) {
   u32 base = virtio_find(VIRTIO_ID_CONSOLE, 0);
@@ -51,7 +37,7 @@ static void console_init(void) {
   if (!err) err = virtio_queue(&dev, &rxq, 0, rx_page);
   if (!err) err = virtio_queue(&dev, &txq, 1, tx_page);
   if (!err) err = virtio_driver_ok(&dev);
-  if (err) { put_number("init-step", err); fail(2, "initialisation"); }
+  if (err) { kit_report("init-step", err); fail(2, "initialisation"); }
   for (u16 i = 0; i < RX_BUFS; i++) {
     virtq_set(&rxq, i, rx_bufs[i], RX_BUF_BYTES, DESC_F_WRITE, 0);
     virtq_offer(&rxq, i);
@@ -81,7 +67,7 @@ void main(u32 info) {
     if (RESET && !was_reset && echoed >= ECHO_BYTES / 2) {
       console_init();
       was_reset = 1;
-      put_number("reinitialised-after", echoed);
+      kit_report("reinitialised-after", echoed);
     }
     u32 id, len, n;
     for (n = 0; n < POLL_LIMIT * 10 && !virtq_take(&rxq, &id, &len); n++) pause_cpu();
@@ -98,10 +84,10 @@ void main(u32 info) {
   const char *done = "console: done\n";
   send(done, length_of(done));
   if (dev.features & CONSOLE_F_EMERG_WRITE) mmio_write32(dev.base + VM_CONFIG + 8, '!');
-  put_number("emerg-write", !!(dev.features & CONSOLE_F_EMERG_WRITE));
-  put_number("echoed", echoed);
-  put_number("chunks", chunks);
-  put_number("fnv", hash);
+  kit_report("emerg-write", !!(dev.features & CONSOLE_F_EMERG_WRITE));
+  kit_report("echoed", echoed);
+  kit_report("chunks", chunks);
+  kit_report("fnv", hash);
   serial_puts("virtio-console-check: done\n");
   guest_exit(0);
 }

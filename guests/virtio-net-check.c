@@ -54,21 +54,7 @@ static struct virtq rxq, txq;
 static u8 mac[6], peer[6];
 static u32 retransmits, mismatches, num_buffers_not_1;
 
-static __attribute__((noreturn)) void fail(u32 step, const char *why) {
-  serial_puts("virtio-net-check: step ");
-  serial_put_decimal(step);
-  serial_puts(" failed: ");
-  serial_puts(why);
-  serial_puts("\n");
-  guest_exit(step);
-}
-
-static void put_number(const char *key, u32 value) {
-  serial_puts(key);
-  serial_putc('=');
-  serial_put_decimal(value);
-  serial_putc('\n');
-}
+static __attribute__((noreturn)) void fail(u32 step, const char *why) { kit_fail("virtio-net-check", step, why); }
 
 static void put_mac(const char *key, const u8 *m) {
   serial_puts(key);
@@ -92,12 +78,12 @@ static void net_init(void) {
   if (!err) err = virtio_queue(&dev, &rxq, 0, rx_page);
   if (!err) err = virtio_queue(&dev, &txq, 1, tx_page);
   if (!err) err = virtio_driver_ok(&dev);
-  if (err) { put_number("init-step", err); fail(2, "initialisation"); }
+  if (err) { kit_report("init-step", err); fail(2, "initialisation"); }
   if (!(dev.features & NET_F_MAC)) fail(2, "VIRTIO_NET_F_MAC not offered");
   for (int i = 0; i < 6; i++) mac[i] = mmio_read8(base + VM_CONFIG + i);
   u32 status = (dev.features & NET_F_STATUS) ? (u32)mmio_read8(base + VM_CONFIG + 6) | (u32)mmio_read8(base + VM_CONFIG + 7) << 8 : 1;
   put_mac("mac", mac);
-  put_number("link-up", status & 1);
+  kit_report("link-up", status & 1);
   for (u16 i = 0; i < RX_BUFS; i++) post_rx(i);
   virtq_notify(&rxq);
 }
@@ -159,7 +145,7 @@ static void initiator(void) {
   for (u32 seq = 0; seq < COUNT; seq++) {
     if (RESET && seq == COUNT / 2) {
       net_init();
-      put_number("reinitialised-at", seq);
+      kit_report("reinitialised-at", seq);
     }
     int answered = 0;
     for (u32 attempt = 0; attempt < 200 && !answered; attempt++) {
@@ -186,7 +172,7 @@ static void initiator(void) {
     replies++;
   }
   put_mac("peer", peer);
-  put_number("replies-checked", replies);
+  kit_report("replies-checked", replies);
 }
 
 static void responder(void) {
@@ -212,7 +198,7 @@ static void responder(void) {
     }
   }
   put_mac("peer", peer);
-  put_number("frames-checked", next);
+  kit_report("frames-checked", next);
 }
 
 #ifndef HOST_IP
@@ -253,11 +239,11 @@ static void arp(void) {
       if (reply) {
         int to_us = 1;
         for (int i = 0; i < 6; i++) to_us &= f[i] == mac[i] && r[18 + i] == mac[i];
-        put_number("arp-reply-to-us", to_us);
+        kit_report("arp-reply-to-us", to_us);
         put_mac("arp-reply-mac", r + 8);
-        put_number("arp-reply-ip", get_ip(r + 14));
-        put_number("arp-requests", attempt + 1);
-        put_number("frames-ignored", ignored);
+        kit_report("arp-reply-ip", get_ip(r + 14));
+        kit_report("arp-requests", attempt + 1);
+        kit_report("frames-ignored", ignored);
         post_rx((u16)id);
         virtq_notify(&rxq);
         return;
@@ -283,17 +269,17 @@ static void malformed(void) {
   tx_frame[13] = ETHERTYPE & 0xff;
   virtq_set(&txq, 0, tx_hdr, NET_HDR, DESC_F_NEXT, 1);
   virtq_set(&txq, 1, tx_frame, 60, 0, 0);
-  put_number("csum-request-used", (u32)virtq_submit(&dev, &txq, 0) + 1);
+  kit_report("csum-request-used", (u32)virtq_submit(&dev, &txq, 0) + 1);
   virtq_set(&txq, 0, tx_hdr, NET_HDR - 4, 0, 0);
   virtq_offer(&txq, 0);
   virtq_notify(&txq);
   u32 status = 0;
   for (u32 n = 0; n < POLL_LIMIT / 64 && !(status & S_NEEDS_RESET); n++) status = vreg(&dev, VM_STATUS);
-  put_number("short-header-needs-reset", !!(status & S_NEEDS_RESET));
+  kit_report("short-header-needs-reset", !!(status & S_NEEDS_RESET));
   virtio_ack(&dev);
   net_init();
   send_frame(broadcast, 0, 3);
-  put_number("sent-after-reset", 1);
+  kit_report("sent-after-reset", 1);
 }
 
 void main(u32 info) {
@@ -304,10 +290,10 @@ void main(u32 info) {
   else if (ROLE == 2) endless();
   else if (ROLE == 3) malformed();
   else arp();
-  put_number("retransmits", retransmits);
-  put_number("mismatches", mismatches);
-  put_number("num-buffers-not-1", num_buffers_not_1);
-  put_number("interrupts", dev.interrupts_seen);
+  kit_report("retransmits", retransmits);
+  kit_report("mismatches", mismatches);
+  kit_report("num-buffers-not-1", num_buffers_not_1);
+  kit_report("interrupts", dev.interrupts_seen);
   serial_puts("virtio-net-check: done\n");
   guest_exit(0);
 }

@@ -70,21 +70,7 @@ struct conn {
   u32 fwd_cnt, announced_fwd;       /* bytes consumed, and last told to the host */
 };
 
-static __attribute__((noreturn)) void fail(u32 step, const char *why) {
-  serial_puts("virtio-vsock-check: step ");
-  serial_put_decimal(step);
-  serial_puts(" failed: ");
-  serial_puts(why);
-  serial_puts("\n");
-  guest_exit(step);
-}
-
-static void put_number(const char *key, u32 value) {
-  serial_puts(key);
-  serial_putc('=');
-  serial_put_decimal(value);
-  serial_putc('\n');
-}
+static __attribute__((noreturn)) void fail(u32 step, const char *why) { kit_fail("virtio-vsock-check", step, why); }
 
 static void vsock_init(void) {
   u32 base = virtio_find(VIRTIO_ID_VSOCK, 0);
@@ -94,9 +80,9 @@ static void vsock_init(void) {
   if (!err) err = virtio_queue(&dev, &txq, 1, tx_page);
   if (!err) err = virtio_queue(&dev, &eventq, 2, event_page);
   if (!err) err = virtio_driver_ok(&dev);
-  if (err) { put_number("init-step", err); fail(2, "initialisation"); }
+  if (err) { kit_report("init-step", err); fail(2, "initialisation"); }
   cid = (u64x)vreg(&dev, VM_CONFIG) | (u64x)vreg(&dev, VM_CONFIG + 4) << 32;
-  put_number("guest-cid", (u32)cid);
+  kit_report("guest-cid", (u32)cid);
   for (u16 i = 0; i < RX_BUFS; i++) {
     virtq_set(&rxq, i, rx_bufs[i], sizeof rx_bufs[i], DESC_F_WRITE, 0);
     virtq_offer(&rxq, i);
@@ -168,9 +154,9 @@ static void part_a(void) {
   struct vsock_hdr *h;
   send_packet(&c, OP_REQUEST, 0, 0, 0);
   int id = receive_packet(&h);
-  if (h->op != OP_RESPONSE || h->src_port != HOST_PORT || h->dst_port != 1234) { put_number("a-op", h->op); fail(5, "no RESPONSE to the REQUEST"); }
+  if (h->op != OP_RESPONSE || h->src_port != HOST_PORT || h->dst_port != 1234) { kit_report("a-op", h->op); fail(5, "no RESPONSE to the REQUEST"); }
   note_credit(&c, h);
-  put_number("a-host-buf-alloc", h->buf_alloc);
+  kit_report("a-host-buf-alloc", h->buf_alloc);
   repost(id);
   u32 sent = 0, received = 0, credit_waits = 0;
   while (sent < A_BYTES) {
@@ -198,7 +184,7 @@ static void part_a(void) {
     } else if (h->op == OP_SHUTDOWN) {
       shutdown = 1;
     } else if (h->op != OP_CREDIT_UPDATE) {
-      put_number("a-op", h->op);
+      kit_report("a-op", h->op);
       fail(6, "an unexpected packet in part A");
     }
     repost(id);
@@ -206,18 +192,18 @@ static void part_a(void) {
   }
   if (received != A_BYTES) fail(6, "more data than was sent");
   send_packet(&c, OP_RST, 0, 0, 0);
-  put_number("a-received", received);
-  put_number("a-credit-waits", credit_waits);
+  kit_report("a-received", received);
+  kit_report("a-credit-waits", credit_waits);
   serial_puts("part-a=ok\n");
 }
 
 static void part_b(void) {
   struct vsock_hdr *h;
   int id = receive_packet(&h);
-  if (h->op != OP_REQUEST || h->dst_port != GUEST_PORT) { put_number("b-op", h->op); fail(7, "no REQUEST to the guest's port"); }
+  if (h->op != OP_REQUEST || h->dst_port != GUEST_PORT) { kit_report("b-op", h->op); fail(7, "no REQUEST to the guest's port"); }
   struct conn c = {GUEST_PORT, h->src_port, 0, 0, 0, 0, 0};
   note_credit(&c, h);
-  put_number("b-host-port", h->src_port);
+  kit_report("b-host-port", h->src_port);
   repost(id);
   send_packet(&c, OP_RESPONSE, 0, 0, 0);
   u32 received = 0, echoed = 0;
@@ -238,7 +224,7 @@ static void part_b(void) {
     } else if (h->op == OP_CREDIT_UPDATE) {
       repost(id);
     } else {
-      put_number("b-op", h->op);
+      kit_report("b-op", h->op);
       fail(8, "an unexpected packet in part B");
     }
   }
@@ -248,10 +234,10 @@ static void part_b(void) {
     u16 op = h->op;
     repost(id);
     if (op == OP_RST) break;
-    if (op != OP_CREDIT_UPDATE && op != OP_RW) { put_number("b-op", op); fail(10, "no RST after the SHUTDOWN"); }
+    if (op != OP_CREDIT_UPDATE && op != OP_RW) { kit_report("b-op", op); fail(10, "no RST after the SHUTDOWN"); }
   }
-  put_number("b-received", received);
-  put_number("b-echoed", echoed);
+  kit_report("b-received", received);
+  kit_report("b-echoed", echoed);
   serial_puts("part-b=ok\n");
 }
 

@@ -57,6 +57,25 @@ static inline void serial_put_decimal(u32 value) {
   while (n > 0) serial_putc(digits[--n]);
 }
 
+/* One `key=value` line of a guest's report on COM1. */
+static inline void kit_report(const char *key, u32 value) {
+  serial_puts(key);
+  serial_putc('=');
+  serial_put_decimal(value);
+  serial_putc('\n');
+}
+
+/* "<program>: step <n> failed: <why>" on COM1, then the VM ends with status `step`. */
+static inline __attribute__((noreturn)) void kit_fail(const char *program, u32 step, const char *why) {
+  serial_puts(program);
+  serial_puts(": step ");
+  serial_put_decimal(step);
+  serial_puts(" failed: ");
+  serial_puts(why);
+  serial_putc('\n');
+  guest_exit(step);
+}
+
 #ifdef __x86_64__
 void main(u64 arg);
 

@@ -95,45 +95,36 @@ static inline void *kit_memset(void *p, int c, u32 n) {
   return p;
 }
 
+/* One queue of a device with several (net, console, vsock); see virtio_begin below. */
+struct virtq {
+  u32 base;
+  u16 index;
+  struct vq_desc *desc;
+  struct vq_avail *avail;
+  volatile struct vq_used *used;
+  u16 last_used;
+};
+
+/* The initialisation steps, defined below with the multi-queue helpers. */
+static inline int virtio_begin(struct virtio_dev *d, u32 base, u32 wanted);
+static inline int virtio_queue(struct virtio_dev *d, struct virtq *q, u16 index, u8 *page);
+static inline int virtio_driver_ok(struct virtio_dev *d);
+
 /*
  * Resets and initialises the device with queue 0 in `ring` (a zeroed, 4 KiB-aligned page),
  * accepting `wanted` of the low feature bits it offers. 0 on success, else the failing step.
  */
 static inline int virtio_init(struct virtio_dev *d, u32 base, u32 wanted, u8 *ring) {
-  d->base = base;
-  vset(d, VM_STATUS, 0);
-  if (vreg(d, VM_STATUS) != 0) return 1;
-  vset(d, VM_STATUS, S_ACKNOWLEDGE);
-  vset(d, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER);
-  vset(d, VM_DEVICE_FEATURES_SEL, 1);
-  if (!(vreg(d, VM_DEVICE_FEATURES) & F_HIGH_VERSION_1)) return 2;
-  vset(d, VM_DEVICE_FEATURES_SEL, 0);
-  d->features = vreg(d, VM_DEVICE_FEATURES) & wanted;
-  vset(d, VM_DRIVER_FEATURES_SEL, 0);
-  vset(d, VM_DRIVER_FEATURES, d->features);
-  vset(d, VM_DRIVER_FEATURES_SEL, 1);
-  vset(d, VM_DRIVER_FEATURES, F_HIGH_VERSION_1);
-  vset(d, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
-  if (!(vreg(d, VM_STATUS) & S_FEATURES_OK)) return 3;
-  vset(d, VM_QUEUE_SEL, 0);
-  if (vreg(d, VM_QUEUE_READY) != 0) return 4;
-  if (vreg(d, VM_QUEUE_NUM_MAX) < VQ_SIZE) return 5;
-  kit_memset(ring, 0, 4096);
-  d->desc = (struct vq_desc *)ring;
-  d->avail = (struct vq_avail *)(ring + 16 * VQ_SIZE);
-  d->used = (volatile struct vq_used *)(ring + 2048);
+  struct virtq q;
+  int err = virtio_begin(d, base, wanted);
+  if (err) return err;
+  err = virtio_queue(d, &q, 0, ring);
+  if (err) return err == 11 ? 4 : 5;
+  d->desc = q.desc;
+  d->avail = q.avail;
+  d->used = q.used;
   d->last_used = 0;
-  vset(d, VM_QUEUE_NUM, VQ_SIZE);
-  vset(d, VM_QUEUE_DESC_LOW, (u32)d->desc);
-  vset(d, VM_QUEUE_DESC_HIGH, 0);
-  vset(d, VM_QUEUE_DRIVER_LOW, (u32)d->avail);
-  vset(d, VM_QUEUE_DRIVER_HIGH, 0);
-  vset(d, VM_QUEUE_DEVICE_LOW, (u32)d->used);
-  vset(d, VM_QUEUE_DEVICE_HIGH, 0);
-  vset(d, VM_QUEUE_READY, 1);
-  vset(d, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
-  if (vreg(d, VM_STATUS) & S_NEEDS_RESET) return 6;
-  return 0;
+  return virtio_driver_ok(d) ? 6 : 0;
 }
 
 static inline void vq_set(struct virtio_dev *d, u32 i, const void *addr, u32 len, u16 flags, u16 next) {
@@ -176,14 +167,6 @@ static inline int vq_submit(struct virtio_dev *d, u16 head) {
  * three steps, virtio_begin (reset, features), virtio_queue per queue, virtio_driver_ok.
  * Each queue lives in its own zeroed, 4 KiB-aligned page.
  */
-struct virtq {
-  u32 base;
-  u16 index;
-  struct vq_desc *desc;
-  struct vq_avail *avail;
-  volatile struct vq_used *used;
-  u16 last_used;
-};
 
 /* Resets the device and accepts `wanted` of its low feature bits and VERSION_1; 0 or the failing step. */
 static inline int virtio_begin(struct virtio_dev *d, u32 base, u32 wanted) {
