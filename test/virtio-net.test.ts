@@ -113,6 +113,35 @@ test("a VM stopped while it transmits ends, and its switch port is closed", { ti
   observer.close();
 });
 
+test("frames for a guest that gives no more buffers wait in a bounded backlog, then are dropped and counted", { timeout: 120_000 }, async () => {
+  const net = new NetSwitch();
+  const observer = net.port();
+  let seen = 0;
+  observer.attach({ receive: () => { seen++; } });
+  const BACKLOG = 8;
+  const nic = new VirtioNet({ backend: net.port(), mac: MAC_A, rxBacklog: BACKLOG });
+  // The endless sender posted its 4 receive buffers once and never takes a frame.
+  const guest = guestMachine("virtio-net-check", { ROLE: ROLE.endless }, { virtio: [nic] });
+  const running = guest.machine.run();
+  while (seen < 5) await new Promise((resolve) => setTimeout(resolve, 5));
+  const frame = new Uint8Array(60);
+  frame.set([0x52, 0x54, 0, 0, 0, 0x0a, 0x52, 0x54, 0, 0, 0, 0x0c, 0x88, 0xb5]);
+  const SENT = 100;
+  for (let i = 0; i < SENT; i++) observer.transmit(frame);
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  // All arrived at once: BACKLOG were queued, the rest dropped; then the guest's four buffers took four.
+  assert.equal(nic.stats.rxFrames, 4, "the four buffers the guest gave were filled");
+  assert.equal(nic.backlogLength, BACKLOG - 4);
+  assert.equal(nic.stats.rxDropped, SENT - BACKLOG);
+  observer.transmit(frame);
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.equal(nic.backlogLength, BACKLOG - 3, "room again for one");
+  await guest.machine.stop();
+  await running;
+  assert.equal(nic.stats.rxDropped, SENT + 1 - 4, "the frames still waiting at the stop count as dropped too");
+  observer.close();
+});
+
 // ---- the same kernels under QEMU -M microvm, against QEMU's virtio-net-device ----
 
 /**

@@ -76,7 +76,7 @@ export interface VirtioNetStats {
   txErrors: number;
   rxFrames: number;
   rxBytes: number;
-  /** Frames dropped because the backlog was full (the guest gave no buffers in time). */
+  /** Frames dropped: the backlog was full (the guest gave no buffers in time), or the driver reset or the device closed with frames waiting. */
   rxDropped: number;
   /** Frames dropped because the guest's buffer was shorter than header + frame. */
   rxTooLong: number;
@@ -128,14 +128,16 @@ export class VirtioNet implements VirtioDevice {
     if (index === RX_QUEUE) return this.fillReceiveBuffers(queue, context);
   }
 
+  /** Frames still waiting were for the old driver: dropped, and counted as such. */
   reset(): void {
+    this.stats.rxDropped += this.backlog.length;
     this.backlog = [];
   }
 
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.backlog = [];
+    this.reset();
     this.backend.close();
   }
 
