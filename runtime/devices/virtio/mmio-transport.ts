@@ -45,6 +45,12 @@ export interface VirtioMmioOptions {
    * after the event loop's turn, with setImmediate). A thread with no event loop passes its own.
    */
   schedule?: (serve: () => void) => void;
+  /**
+   * The line is a resampling irqfd: the hypervisor deasserts it on the guest's EOI, and
+   * InterruptACK may be applied by another thread. Then every interrupt asserts it (a no-op
+   * while it is high) and nothing here deasserts it.
+   */
+  resampledLine?: boolean;
 }
 
 /**
@@ -68,6 +74,7 @@ export class VirtioMmioTransport implements Device {
   private readonly rescheduled = new Set<number>();
   private driverFeatures = 0n;
   private lineLevel = false;
+  private readonly resampledLine: boolean;
   private readonly context: VirtioQueueContext;
 
   constructor(options: VirtioMmioOptions) {
@@ -77,6 +84,7 @@ export class VirtioMmioTransport implements Device {
     this.log = options.log ?? ((message) => console.warn(message));
     this.schedule = options.schedule ?? ((serve) => void setImmediate(serve));
     this.name = `virtio-mmio ${this.device.name}`;
+    this.resampledLine = options.resampledLine ?? false;
     this.offered = (this.device.features & ~TRANSPORT_FEATURES) | TRANSPORT_FEATURES;
     this.registers = options.registers ?? VirtioMmioRegisters.allocate();
     this.registers.publish({ deviceId: this.device.deviceId, offered: this.offered, queueSizes: this.device.queueSizes, config: this.device.config });
@@ -313,6 +321,10 @@ export class VirtioMmioTransport implements Device {
   }
 
   private updateLine(): void {
+    if (this.resampledLine) {
+      if (this.interruptPending) this.line.set(true);
+      return;
+    }
     const level = this.registers.get(Word.InterruptStatus) !== 0;
     if (level === this.lineLevel) return;
     this.lineLevel = level;

@@ -33,6 +33,11 @@ export const MAX_VIRTIO_CONFIG = VIRTIO_MMIO_LENGTH - VirtioMmio.Config;
 export const Word = {
   Status: 0, DeviceFeaturesSel: 1, DriverFeaturesSel: 2, QueueSel: 3, InterruptStatus: 4, ConfigGeneration: 5,
   DeviceId: 6, OfferedLow: 7, OfferedHigh: 8, DriverLow: 9, DriverHigh: 10, QueueCount: 11, ConfigLength: 12,
+  /**
+   * 1 when a thread other than the state machine's may apply InterruptACK itself (the line
+   * is a resampling irqfd, which the hypervisor lowers on EOI, so no line change is owed).
+   */
+  AckInPlace: 13,
 } as const;
 
 /** Word indices of the counters (`VirtioMmioStats`). */
@@ -43,6 +48,10 @@ export const StatWord = {
   /** Interrupt line changes made from the main thread (no resampling irqfd on this host). */
   mainThreadLineChanges: 22,
 } as const;
+
+/** Words 24-31: the write mailbox of a transport placed on a device worker (virtio-write-mailbox.ts). */
+const MAILBOX_BASE = 24;
+const MAILBOX_LENGTH = 8;
 
 /** Per-queue words, at QUEUE_BASE + QUEUE_STRIDE * queue. */
 export const QueueWord = { MaxSize: 0, Size: 1, Ready: 2, DescLow: 3, DescHigh: 4, AvailLow: 5, AvailHigh: 6, UsedLow: 7, UsedHigh: 8 } as const;
@@ -78,6 +87,11 @@ export class VirtioMmioRegisters {
     }
     this.words = new Int32Array(shared, 0, WORDS);
     this.config = new Uint8Array(shared, CONFIG_OFFSET, MAX_VIRTIO_CONFIG);
+  }
+
+  /** The words of the write mailbox (used only by the device-worker placement). */
+  mailboxWords(): Int32Array {
+    return new Int32Array(this.shared, MAILBOX_BASE * 4, MAILBOX_LENGTH);
   }
 
   /** Publishes the device's identity; refuses what the window cannot describe. */
