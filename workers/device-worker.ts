@@ -36,7 +36,7 @@ function deviceStats(device: VirtioDevice): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(device)) {
     if (typeof value === "number" || typeof value === "boolean") out[key] = value;
-    else if (value !== null && Object.getPrototypeOf(value) === Object.prototype && Object.values(value).every((v) => typeof v === "number")) out[key] = { ...value };
+    else if (typeof value === "object" && value !== null && Object.getPrototypeOf(value) === Object.prototype && Object.values(value).every((v) => typeof v === "number")) out[key] = { ...value };
   }
   return out;
 }
@@ -49,12 +49,17 @@ async function main(task: DeviceWorkerTask): Promise<void> {
     // Continuations of budget-limited queue walks run before the next wait.
     const later: (() => void)[] = [];
     let start: DeviceWorkerStart | undefined;
+    // With a resampling irqfd the kernel holds the line high from a trigger until the guest's
+    // EOI, then signals the resample eventfd. Triggering only while it is low matters: KVM's
+    // IOAPIC takes every assertion of an edge-programmed pin as a new interrupt.
+    let lineHigh = false;
     const line: InterruptLine = {
       set(level: boolean) {
-        if (start?.irq !== undefined) {
-          if (level) signalEventFd(start.irq.trigger);
-        } else {
+        if (start?.irq === undefined) {
           post({ kind: "line", level });
+        } else if (level && !lineHigh) {
+          lineHigh = true;
+          signalEventFd(start.irq.trigger);
         }
       },
     };
@@ -84,11 +89,15 @@ async function main(task: DeviceWorkerTask): Promise<void> {
           mailbox.answer();
         }
       }
+      // The EOI first: a completion below must see the line low to assert it again.
+      if (resampleIndex >= 0 && poller.take(resampleIndex) > 0) {
+        lineHigh = false;
+        if (transport.interruptPending) line.set(true);
+      }
       for (let q = 0; q < queues; q++) {
         const count = poller.take(1 + q);
         if (count > 0) transport.notified(q, count);
       }
-      if (resampleIndex >= 0 && poller.take(resampleIndex) > 0 && transport.interruptPending) line.set(true);
       for (const serve of later.splice(0)) serve();
     }
   } finally {

@@ -49,6 +49,7 @@ export class VirtioWorkerTransport implements DeviceThread {
   private readonly mailboxFd: number;
   private readonly exited: Promise<void>;
   private stopping = false;
+  private exitedValue = false;
   private mailboxFdOpen = true;
 
   constructor(options: VirtioWorkerOptions) {
@@ -114,10 +115,16 @@ export class VirtioWorkerTransport implements DeviceThread {
     });
     this.worker.on("error", failWith);
     this.exited = new Promise((resolve) => this.worker.once("exit", (code) => {
+      this.exitedValue = true;
       this.mailbox.close();
       if (!this.stopping && failure === undefined) failWith(new Error(`it exited (code ${code}) while the VM still needed it`));
       resolve();
     }));
+  }
+
+  /** Whether the device's thread has ended. */
+  get exitedThread(): boolean {
+    return this.exitedValue;
   }
 
   get stats(): VirtioMmioStats {
