@@ -21,7 +21,7 @@ import { VirtioRng } from "../runtime/devices/virtio/virtio-rng.js";
 import type { VirtioDevice } from "../runtime/devices/virtio/virtio-device.js";
 import { destroyVcpuPool } from "../runtime/vcpu-pool.js";
 import { buildMultibootGuest } from "../test/helpers/flat-guest.js";
-import { type Column, fitNumber, REPORT_WIDTH, tableLine, wrapText } from "./fixed-width.js";
+import { type Column, fitNumber, tableLine, tableWidth, wrapText } from "./fixed-width.js";
 import { ratioSpread } from "./paired-ratios.js";
 import { threadCpuNs } from "./thread-cpu.js";
 
@@ -37,7 +37,7 @@ const GUEST_MEMORY_MIB = 64;
 const IMAGE_BYTES = 64 << 20;
 const GUARD_MS = 120_000;
 
-interface Workload {
+export interface Workload {
   name: string;
   device: "blk" | "rng";
   defines: Record<string, number>;
@@ -57,9 +57,9 @@ function workloads(quick: boolean): Workload[] {
   ];
 }
 
-type PeerName = "ours main-thread" | "ours device worker" | "QEMU microvm";
+export type PeerName = "main thread" | "device worker" | "QEMU microvm";
 
-interface Measurement {
+export interface Measurement {
   seconds: number;
   /** Requests per second. */
   rate: number;
@@ -175,20 +175,20 @@ function median(values: readonly number[]): number {
 }
 
 const COLUMNS: Column[] = [
-  { title: "workload", width: 17, left: true },
-  { title: "peer", width: 18, left: true },
+  { title: "workload", width: 16, left: true },
+  { title: "peer", width: 13, left: true },
   { title: "rate", width: 8 },
   { title: "unit", width: 4, left: true },
   { title: "ms/req", width: 6 },
   { title: "vs QEMU", width: 7 },
-  { title: "spread", width: 11 },
+  { title: "spread", width: 10 },
   { title: "exit/req", width: 8 },
   { title: "ntfy/req", width: 8 },
   { title: "main µs/req", width: 11 },
 ];
 
 export function formatVirtioTable(results: Map<string, Map<PeerName, Measurement[]>>, workloadList: Workload[], rounds: number): string {
-  const lines = [tableLine(COLUMNS, COLUMNS.map((c) => c.title)), "-".repeat(Math.min(REPORT_WIDTH, COLUMNS.reduce((n, c) => n + c.width + 1, -1)))];
+  const lines = [tableLine(COLUMNS, COLUMNS.map((c) => c.title)), "-".repeat(tableWidth(COLUMNS))];
   for (const workload of workloadList) {
     const peers = results.get(workload.name)!;
     const qemu = peers.get("QEMU microvm");
@@ -204,14 +204,14 @@ export function formatVirtioTable(results: Map<string, Map<PeerName, Measurement
         workload.name, peer, fitNumber(rate, 8, 1), workload.bytesPerRequest === undefined ? "IOPS" : "MB/s",
         fitNumber(pick((m) => (m.seconds * 1000) / workload.requests), 6, 3),
         pairs === null ? "-" : fitNumber(pairs.median, 7, 2),
-        pairs === null ? "-" : `${fitNumber(pairs.min, 5, 2)}..${fitNumber(pairs.max, 4, 2)}`,
+        pairs === null ? "-" : `${fitNumber(pairs.min, 4, 2)}..${fitNumber(pairs.max, 4, 2)}`,
         fitNumber(pick((m) => m.exitsPerRequest), 8, 2), fitNumber(pick((m) => m.notifyExitsPerRequest), 8, 2),
         fitNumber(pick((m) => m.mainCpuMicrosPerRequest), 11, 1),
       ]));
     }
   }
   lines.push(...wrapText(
-    `Medians of ${rounds} rounds. vs QEMU: ours/QEMU rate, median of per-round ratios (above 1: faster than QEMU), spread min..max. ` +
+    `Peers: workervisor with the device on the main thread or on a device worker, and QEMU. Medians of ${rounds} rounds. vs QEMU: ours/QEMU rate, median of per-round ratios (above 1: faster than QEMU), spread min..max. ` +
       "exit/req: userspace exits per request, ntfy/req: QueueNotify exits per request, main µs/req: main-thread CPU per request (ours only).",
   ));
   return lines.join("\n") + "\n";
@@ -252,13 +252,13 @@ export async function virtioBenchCommand(args: string[]): Promise<number> {
       for (const workload of list) {
         const kernelPath = buildMultibootGuest("virtio-check", workload.defines);
         const kernel = readFileSync(kernelPath);
-        const peers: PeerName[] = ["ours main-thread", "ours device worker", ...(withQemu ? ["QEMU microvm" as const] : [])];
+        const peers: PeerName[] = ["main thread", "device worker", ...(withQemu ? ["QEMU microvm" as const] : [])];
         if (round % 2 === 1) peers.reverse();
-        const byPeer = results.get(workload.name) ?? new Map<PeerName, Measurement[]>([["ours main-thread", []], ["ours device worker", []], ...(withQemu ? [["QEMU microvm", []] as [PeerName, Measurement[]]] : [])]);
+        const byPeer = results.get(workload.name) ?? new Map<PeerName, Measurement[]>([["main thread", []], ["device worker", []], ...(withQemu ? [["QEMU microvm", []] as [PeerName, Measurement[]]] : [])]);
         results.set(workload.name, byPeer);
         for (const peer of peers) {
           const measured = peer === "QEMU microvm" ? await runQemu(workload, kernelPath, image)
-            : await runOurs(workload, peer === "ours main-thread" ? "main-thread" : "worker", kernel, image);
+            : await runOurs(workload, peer === "main thread" ? "main-thread" : "worker", kernel, image);
           byPeer.get(peer)!.push(measured);
           log(`round ${round + 1}, ${workload.name}, ${peer}: ${(measured.seconds * 1000 / workload.requests).toFixed(3)} ms/request`);
         }
