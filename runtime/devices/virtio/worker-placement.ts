@@ -50,6 +50,8 @@ export class VirtioWorkerTransport implements DeviceThread {
   private readonly exited: Promise<void>;
   private stopping = false;
   private exitedValue = false;
+  /** Handles one message from the worker (set up in the constructor, where the VM is at hand). */
+  private readonly heard: (message: DeviceWorkerMessage) => void;
   private mailboxFdOpen = true;
 
   constructor(options: VirtioWorkerOptions) {
@@ -90,6 +92,14 @@ export class VirtioWorkerTransport implements DeviceThread {
       fail(failure);
     };
     this.worker.on("message", (message: DeviceWorkerMessage) => {
+      try {
+        this.heard(message);
+      } catch (error) {
+        // A line the backend cannot drive (mshv has no irqchip), a log sink that throws.
+        failWith(error);
+      }
+    });
+    this.heard = (message: DeviceWorkerMessage) => {
       switch (message.kind) {
         case "ready": {
           if (this.stopping) return;
@@ -112,7 +122,7 @@ export class VirtioWorkerTransport implements DeviceThread {
           return;
         case "stopped": this.deviceStats = message.deviceStats; return;
       }
-    });
+    };
     this.worker.on("error", failWith);
     this.exited = new Promise((resolve) => this.worker.once("exit", (code) => {
       this.exitedValue = true;
