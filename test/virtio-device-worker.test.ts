@@ -107,3 +107,18 @@ for (const [what, device, cause] of [
     assert.deepEqual(openFiles().sort(), before.sort());
   });
 }
+
+test("a machine stopped before it ever ran lets its device worker go, with the image and every fd", { timeout: 60_000 }, async () => {
+  const image = makeImage(dir, "never-run.img");
+  const before = openFiles();
+  const machine = new PcMachine({
+    kernel: readFileSync(buildMultibootGuest("virtio-check", { CHECK: CHECK.block })), console: () => {},
+    virtio: [virtioOnWorker("./virtio-blk.js", "VirtioBlk", { path: image.path })], memory: GUEST_MEMORY_MIB << 20,
+  });
+  const transport = machine.virtio[0] as VirtioWorkerTransport;
+  await transport.ready;
+  assert.ok(openFiles().includes(image.path), "the worker built the device");
+  assert.deepEqual(await machine.stop(), { reason: "stopped" });
+  assert.equal(transport.exitedThread, true);
+  assert.deepEqual(openFiles().sort(), before.sort());
+});
