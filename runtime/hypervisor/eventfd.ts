@@ -67,7 +67,10 @@ export class EventFdPoller {
     throw new HypervisorError(`poll (eventfds ${this.fds.join(", ")})`, libc.errno());
   }
 
-  /** Whether fd `index` was readable in the last wait; a readable one is also drained. */
+  /**
+   * The count fd `index` had if the last wait found it readable (0 if not), draining it. An
+   * fd closed under the poller (POLLNVAL) fails the read, which names it.
+   */
   take(index: number): number {
     if (this.view.getInt16(index * POLLFD_BYTES + 6, true) === 0) return 0;
     return drainEventFd(this.fds[index], this.counter);

@@ -186,11 +186,6 @@ export class VirtioMmioTransport implements Device {
     return this.registers.get(Word.InterruptStatus) !== 0;
   }
 
-  /** Releases the device's host resources. */
-  close(): void {
-    this.device.close?.();
-  }
-
   private setDriverFeatures(word: number): void {
     const sel = this.registers.get(Word.DriverFeaturesSel);
     if (this.deviceStatus & VirtioStatus.FEATURES_OK || sel > 1) return;
