@@ -20,6 +20,7 @@ import { VirtioBlk } from "../runtime/devices/virtio/virtio-blk.js";
 import { VirtioRng } from "../runtime/devices/virtio/virtio-rng.js";
 import type { VirtioDevice } from "../runtime/devices/virtio/virtio-device.js";
 import { destroyVcpuPool } from "../runtime/vcpu-pool.js";
+import { destroyDeviceWorkerPool } from "../runtime/device-worker-pool.js";
 import { buildMultibootGuest } from "../test/helpers/flat-guest.js";
 import { type Column, fitNumber, tableLine, tableWidth, wrapText } from "./fixed-width.js";
 import { ratioSpread } from "./paired-ratios.js";
@@ -266,6 +267,7 @@ export async function virtioBenchCommand(args: string[]): Promise<number> {
     }
   } finally {
     await destroyVcpuPool();
+    await destroyDeviceWorkerPool();
     rmSync(dir, { recursive: true, force: true });
   }
   process.stdout.write(formatVirtioTable(results, list, rounds));

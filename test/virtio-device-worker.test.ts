@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { PcMachine, virtioOnWorker, type VirtioOnWorker } from "../runtime/pc-machine.js";
 import { destroyVcpuPool } from "../runtime/vcpu-pool.js";
+import { destroyDeviceWorkerPool, warmDeviceWorkerPool } from "../runtime/device-worker-pool.js";
 import { VirtioBlk } from "../runtime/devices/virtio/virtio-blk.js";
 import { VirtioWorkerTransport } from "../runtime/devices/virtio/worker-placement.js";
 import { DeviceWorkerError } from "../runtime/errors.js";
@@ -18,10 +19,17 @@ import { buildMultibootGuest } from "./helpers/flat-guest.js";
 import { CHECK, GUEST_MEMORY_MIB, imageFolder, makeImage, openFiles, runVirtioCheck } from "./helpers/virtio-guest.js";
 
 after(() => destroyVcpuPool());
+after(() => destroyDeviceWorkerPool());
 const { dir, cleanup } = imageFolder();
 after(cleanup);
 
 const REQUESTS = 100;
+
+/** The pool's threads (and their event loops' fds) outlive a VM: count fds with one warm. */
+async function openFilesWithWarmPool(): Promise<string[]> {
+  await warmDeviceWorkerPool();
+  return openFiles();
+}
 
 for (const placement of ["main-thread", "worker"] as const) {
   test(`QD1 4 KiB reads (${placement}): ${placement === "worker" ? "no QueueNotify exits and less than one main-thread exit per request" : "each QueueNotify is an exit handled on the main thread"}`, { timeout: 120_000 }, async (t) => {
@@ -52,7 +60,7 @@ for (const placement of ["main-thread", "worker"] as const) {
 
 test("a VM stopped in the middle of block I/O on a device worker: the worker exits, its eventfds and the image are closed", { timeout: 120_000 }, async () => {
   const image = makeImage(dir, "busy.img");
-  const before = openFiles();
+  const before = await openFilesWithWarmPool();
   const bytes: number[] = [];
   const machine = new PcMachine({
     kernel: readFileSync(buildMultibootGuest("virtio-check", { CHECK: CHECK.endless })), console: (b) => bytes.push(b),
@@ -77,7 +85,7 @@ test("a VM stopped in the middle of block I/O on a device worker: the worker exi
 });
 
 test("a device worker that throws stops its VM with a DeviceWorkerError naming the device and the cause, and leaves no fd behind", { timeout: 120_000 }, async () => {
-  const before = openFiles();
+  const before = await openFilesWithWarmPool();
   const device = virtioOnWorker(new URL("./helpers/failing-virtio-device.js", import.meta.url), "ResetFailingRng");
   const machine = new PcMachine({
     kernel: readFileSync(buildMultibootGuest("virtio-check", { CHECK: CHECK.entropy })), console: () => {},
@@ -98,7 +106,7 @@ for (const [what, device, cause] of [
   ["a module with no such export", virtioOnWorker("./virtio-blk.js", "NoSuchDevice"), /has no export 'NoSuchDevice'/],
 ] as const) {
   test(`a device that cannot be built on its worker (${what}) fails run() before the guest starts, saying why`, { timeout: 60_000 }, async () => {
-    const before = openFiles();
+    const before = await openFilesWithWarmPool();
     const machine = new PcMachine({
       kernel: readFileSync(buildMultibootGuest("virtio-check", { CHECK: CHECK.block })), console: () => {}, virtio: [device], memory: GUEST_MEMORY_MIB << 20,
     });
@@ -110,7 +118,7 @@ for (const [what, device, cause] of [
 
 test("a machine stopped before it ever ran lets its device worker go, with the image and every fd", { timeout: 60_000 }, async () => {
   const image = makeImage(dir, "never-run.img");
-  const before = openFiles();
+  const before = await openFilesWithWarmPool();
   const machine = new PcMachine({
     kernel: readFileSync(buildMultibootGuest("virtio-check", { CHECK: CHECK.block })), console: () => {},
     virtio: [virtioOnWorker("./virtio-blk.js", "VirtioBlk", { path: image.path })], memory: GUEST_MEMORY_MIB << 20,

@@ -12,6 +12,7 @@ import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { PcMachine, virtioOnWorker, type VirtioOnWorker } from "../runtime/pc-machine.js";
 import { destroyVcpuPool } from "../runtime/vcpu-pool.js";
+import { destroyDeviceWorkerPool } from "../runtime/device-worker-pool.js";
 import { VirtioRng } from "../runtime/devices/virtio/virtio-rng.js";
 import { VirtioBlk, type VirtioBlkOptions, type VirtioBlkStats } from "../runtime/devices/virtio/virtio-blk.js";
 import { VirtioStatus } from "../runtime/devices/virtio/mmio-transport.js";
@@ -22,6 +23,7 @@ import {
 } from "./helpers/virtio-guest.js";
 
 after(() => destroyVcpuPool());
+after(() => destroyDeviceWorkerPool());
 
 const { dir, cleanup } = imageFolder();
 after(cleanup);

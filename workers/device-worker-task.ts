@@ -1,4 +1,5 @@
 /** The messages between a VM (main thread) and a device worker. Structured-clonable only. */
+import type { MessagePort } from "node:worker_threads";
 import type { SharedRegion } from "../memory/guest-memory.js";
 import type { LevelIrqFd } from "../runtime/hypervisor/hypervisor.js";
 
@@ -19,6 +20,8 @@ export interface DeviceWorkerTask {
   registers: SharedArrayBuffer;
   /** The line is a resampling irqfd (else the worker asks the main thread to drive it). */
   resampledLine: boolean;
+  /** The VM's end of the conversation (transferred): "ready", "log" and "line" out; "start" or "stop" in. */
+  port: MessagePort;
 }
 
 /** After "ready": the eventfds the VM registered for the device's queues and line. */
@@ -32,5 +35,4 @@ export interface DeviceWorkerStart {
 export type DeviceWorkerMessage =
   | { kind: "ready"; queues: number }
   | { kind: "log"; message: string }
-  | { kind: "line"; level: boolean }
-  | { kind: "stopped"; deviceStats: Record<string, unknown> };
+  | { kind: "line"; level: boolean };

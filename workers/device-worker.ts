@@ -1,5 +1,6 @@
 /**
- * A virtio device's own thread (DESIGN section 4, placement "device worker"): it builds the
+ * A virtio device's own thread (DESIGN section 4, placement "device worker"), a task of the
+ * device-worker pool that holds its thread for the VM's life: it builds the
  * device from a module and structured-clonable options, runs the transport's state machine
  * over the shared register file, and blocks in poll(2) on its eventfds: the QueueNotify
  * ioeventfds (the guest's doorbell ends in the kernel, no exit), the write mailbox's eventfd
@@ -9,7 +10,7 @@
  * line for it.
  */
 import { once } from "node:events";
-import { parentPort, workerData } from "node:worker_threads";
+import type { MessagePort } from "node:worker_threads";
 import { EventFdPoller, signalEventFd } from "../runtime/hypervisor/eventfd.js";
 import type { InterruptLine } from "../runtime/devices/device.js";
 import { VirtioMmioTransport } from "../runtime/devices/virtio/mmio-transport.js";
@@ -19,9 +20,6 @@ import type { VirtioDevice } from "../runtime/devices/virtio/virtio-device.js";
 import { GuestMemory } from "../memory/guest-memory.js";
 import type { DeviceWorkerMessage, DeviceWorkerStart, DeviceWorkerTask } from "./device-worker-task.js";
 
-if (parentPort === null) throw new Error("device-worker.js runs as a worker thread");
-const port = parentPort;
-const post = (message: DeviceWorkerMessage) => port.postMessage(message);
 
 async function buildDevice(task: DeviceWorkerTask): Promise<VirtioDevice> {
   const { module, export: name, options } = task.device;
@@ -41,7 +39,22 @@ function deviceStats(device: VirtioDevice): Record<string, unknown> {
   return out;
 }
 
-async function main(task: DeviceWorkerTask): Promise<void> {
+/**
+ * The pool's task (runtime/device-worker-pool.ts): runs one device until the VM stops it,
+ * talking to the VM over `task.port`; resolves with what the device counted.
+ */
+export default async function runDeviceWorker(task: DeviceWorkerTask | { warmup: true }): Promise<Record<string, unknown> | "warm"> {
+  if ("warmup" in task) return "warm";
+  const port: MessagePort = task.port;
+  const post = (message: DeviceWorkerMessage) => port.postMessage(message);
+  try {
+    return await serveDevice(task, port, post);
+  } finally {
+    port.close();
+  }
+}
+
+async function serveDevice(task: DeviceWorkerTask, port: MessagePort, post: (message: DeviceWorkerMessage) => void): Promise<Record<string, unknown>> {
   const device = await buildDevice(task);
   try {
     const registers = new VirtioMmioRegisters(task.registers);
@@ -71,7 +84,7 @@ async function main(task: DeviceWorkerTask): Promise<void> {
     });
     post({ kind: "ready", queues: device.queueSizes.length });
     const [message] = await once(port, "message") as [DeviceWorkerStart | { kind: "stop" }];
-    if (message.kind === "stop") return;
+    if (message.kind === "stop") return deviceStats(device);
     start = message;
     const fds = [mailbox.eventFd, ...start.notifyFds];
     const resampleIndex = start.irq === undefined ? -1 : fds.push(start.irq.resample) - 1;
@@ -79,7 +92,7 @@ async function main(task: DeviceWorkerTask): Promise<void> {
     const queues = start.notifyFds.length;
     for (;;) {
       poller.wait(later.length > 0 ? 0 : -1);
-      if (mailbox.stopRequested) return;
+      if (mailbox.stopRequested) return deviceStats(device);
       poller.take(0);
       const write = mailbox.take();
       if (write !== undefined) {
@@ -102,9 +115,5 @@ async function main(task: DeviceWorkerTask): Promise<void> {
     }
   } finally {
     device.close?.();
-    post({ kind: "stopped", deviceStats: deviceStats(device) });
   }
 }
-
-await main(workerData as DeviceWorkerTask);
-port.close();

@@ -1,11 +1,12 @@
 /**
  * The device-worker placement of a virtio-mmio transport, as the main thread holds it: it
  * lays out the register file (read by every vCPU worker through virtio-mmio-worker.ts),
- * starts the device's worker (workers/device-worker.ts), gives it a QueueNotify ioeventfd
- * per queue and a resampling irqfd, and stops it with the VM. After setup the main thread
+ * starts the device's worker (workers/device-worker.ts, a task of a warm pool), gives it a
+ * QueueNotify ioeventfd per queue and a resampling irqfd, and stops it with the VM. After setup the main thread
  * sees only log lines and, on a host without a resampling irqfd, line changes to make.
  */
-import { Worker } from "node:worker_threads";
+import { MessageChannel, type MessagePort } from "node:worker_threads";
+import { deviceWorkerPool } from "../../device-worker-pool.js";
 import type { DeviceThread, Vm } from "../../vm.js";
 import { DeviceWorkerError, VmConfigError } from "../../errors.js";
 import { closeEventFd, createEventFd } from "../../hypervisor/eventfd.js";
@@ -15,7 +16,6 @@ import { StatWord, VIRTIO_MMIO_LENGTH, VirtioMmio, VirtioMmioRegisters, type Vir
 import { VirtioWriteMailbox } from "./virtio-write-mailbox.js";
 import type { DeviceWorkerMessage, DeviceWorkerStart, DeviceWorkerTask, VirtioWorkerDeviceSpec } from "../../../workers/device-worker-task.js";
 
-const WORKER_FILE = new URL("../../../workers/device-worker.js", import.meta.url);
 const REGISTERS_MODULE = new URL("./virtio-mmio-worker.js", import.meta.url).href;
 
 export type { VirtioWorkerDeviceSpec };
@@ -44,7 +44,8 @@ export class VirtioWorkerTransport implements DeviceThread {
   readonly interruptPath: "irqfd" | "main-thread";
   /** What the device counted, once its worker has stopped. */
   deviceStats: Record<string, unknown> | undefined;
-  private readonly worker: Worker;
+  /** Our end of the conversation with the worker. */
+  private readonly port: MessagePort;
   private readonly mailbox: VirtioWriteMailbox;
   private readonly mailboxFd: number;
   private readonly exited: Promise<void>;
@@ -76,8 +77,11 @@ export class VirtioWorkerTransport implements DeviceThread {
     this.mailboxFd = createEventFd();
     this.mailbox = new VirtioWriteMailbox(this.registers.mailboxWords());
     this.mailbox.bind(this.mailboxFd);
-    const task: DeviceWorkerTask = { device, memory: vm.memory.toShared(), registers: this.registers.shared, resampledLine: irq !== undefined };
-    this.worker = new Worker(WORKER_FILE, { workerData: task, stdout: false, stderr: false });
+    const channel = new MessageChannel();
+    this.port = channel.port1;
+    const task: DeviceWorkerTask = {
+      device, memory: vm.memory.toShared(), registers: this.registers.shared, resampledLine: irq !== undefined, port: channel.port2,
+    };
     let readyResolve!: () => void;
     let readyReject!: (error: Error) => void;
     this.ready = new Promise((resolve, reject) => ((readyResolve = resolve), (readyReject = reject)));
@@ -91,7 +95,7 @@ export class VirtioWorkerTransport implements DeviceThread {
       readyReject(failure);
       fail(failure);
     };
-    this.worker.on("message", (message: DeviceWorkerMessage) => {
+    this.port.on("message", (message: DeviceWorkerMessage) => {
       try {
         this.heard(message);
       } catch (error) {
@@ -107,10 +111,10 @@ export class VirtioWorkerTransport implements DeviceThread {
             const notifyFds = Array.from({ length: message.queues }, (_, q) =>
               vm.attachIoEvent({ space: "mmio", address: base + VirtioMmio.QueueNotify, size: 4, value: q }));
             const start: DeviceWorkerStart = { kind: "start", notifyFds, irq };
-            this.worker.postMessage(start);
+            this.port.postMessage(start);
             readyResolve();
           } catch (error) {
-            this.worker.postMessage({ kind: "stop" });
+            this.port.postMessage({ kind: "stop" });
             failWith(error);
           }
           return;
@@ -120,19 +124,27 @@ export class VirtioWorkerTransport implements DeviceThread {
           this.registers.count(StatWord.mainThreadLineChanges);
           line.set(message.level);
           return;
-        case "stopped": this.deviceStats = message.deviceStats; return;
       }
     };
-    this.worker.on("error", failWith);
-    this.exited = new Promise((resolve) => this.worker.once("exit", (code) => {
+    const ended = () => {
       this.exitedValue = true;
       this.mailbox.close();
-      if (!this.stopping && failure === undefined) failWith(new Error(`it exited (code ${code}) while the VM still needed it`));
-      resolve();
-    }));
+      this.port.close();
+    };
+    this.exited = deviceWorkerPool().run(task, { transferList: [channel.port2] }).then(
+      (stats) => {
+        if (stats !== "warm") this.deviceStats = stats;
+        ended();
+        if (!this.stopping) failWith(new Error("it ended while the VM still needed it"));
+      },
+      (error) => {
+        ended();
+        failWith(error);
+      },
+    );
   }
 
-  /** Whether the device's thread has ended. */
+  /** Whether the device's task has ended (its pool thread is free again). */
   get exitedThread(): boolean {
     return this.exitedValue;
   }
@@ -150,7 +162,7 @@ export class VirtioWorkerTransport implements DeviceThread {
     if (!this.stopping) {
       this.stopping = true;
       // Before "start" the worker waits for a message; after, in poll(2) on the mailbox's eventfd.
-      this.worker.postMessage({ kind: "stop" });
+      this.port.postMessage({ kind: "stop" });
       this.mailbox.requestStop();
     }
     await this.exited;
