@@ -9,10 +9,11 @@ import { Serial16550 } from "./devices/serial-16550.js";
 import { type InputSource, SerialInputPump } from "./devices/serial-input.js";
 import { FwCfg, FW_CFG_PORT, FW_CFG_PORT_LENGTH } from "./devices/fw-cfg.js";
 import { AcpiPmTimer, DEFAULT_PM1A_EVENT_PORT, DEFAULT_PM_TIMER_PORT, PM_TIMER_LENGTH, writeAcpiTables } from "./devices/acpi.js";
-import { AcpiPm1Registers, PM1_REGISTERS_LENGTH } from "./devices/acpi-pm1.js";
-import { PciHost, PCI_ECAM_BASE, PCI_ECAM_BUSES } from "./pci/pci-host.js";
+import { AcpiPm1Registers, PM1_REGISTERS_LENGTH, SLEEP_TYPE_S5 } from "./devices/acpi-pm1.js";
+import { PciHost, PCI_ECAM_BASE, PCI_ECAM_BUSES, PCI_IO_WINDOW, PCI_MEMORY_WINDOW } from "./pci/pci-host.js";
 import { PciTestdev } from "./pci/pci-testdev.js";
-import { PIRQ_GSIS } from "./pci/pci-bus.js";
+import { intxGsi, PIRQ_GSIS } from "./pci/pci-bus.js";
+import { RESET_CONTROL_PORT, RESET_CONTROL_RESET_VALUE, ResetControl } from "./devices/reset-control.js";
 import { CmosRtc, CMOS_PORT, CMOS_PORT_LENGTH } from "./devices/cmos-rtc.js";
 import { I8042Reset, I8042_COMMAND_PORT } from "./devices/i8042-reset.js";
 import { loadMultiboot, type MultibootModule } from "./boot/multiboot.js";
@@ -135,6 +136,13 @@ export class PcMachine {
       vm.setPicVectorBases(PIC_MASTER_VECTOR_BASE, PIC_SLAVE_VECTOR_BASE);
       const acpi = writeAcpiTables(vm.memory, {
         cpus, tablesAddress: ACPI_TABLES_ADDRESS, ecam: { base: PCI_ECAM_BASE, endBus: PCI_ECAM_BUSES - 1 }, pciIrqs: [...new Set(PIRQ_GSIS)],
+        resetRegister: { port: RESET_CONTROL_PORT, value: RESET_CONTROL_RESET_VALUE },
+        dsdt: {
+          pciRoot: { lastBus: PCI_ECAM_BUSES - 1, ioWindow: PCI_IO_WINDOW, memoryWindow: PCI_MEMORY_WINDOW, intxGsi },
+          serialPorts: [{ port: COM1_PORT, irq: COM1_IRQ }],
+          virtioMmio: this.virtioDevices.map((_, i) => ({ base: VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_LENGTH, length: VIRTIO_MMIO_LENGTH, gsi: VIRTIO_MMIO_FIRST_GSI + i })),
+          sleepTypes: { s5: SLEEP_TYPE_S5 },
+        },
       });
       const name = options.kernelName ?? "kernel";
       if (isLinuxKernel(options.kernel)) {
@@ -172,9 +180,9 @@ export class PcMachine {
         space: "pio", base: DEFAULT_PM1A_EVENT_PORT, length: PM1_REGISTERS_LENGTH, sync: true,
         // SLP_TYP 0 is soft-off (S5), as on QEMU's PC; suspend is not emulated, so a request
         // for another sleep state powers the machine off too, saying so.
-        device: new AcpiPm1Registers((type) => vm.powerOff(type === 0 ? undefined : `the guest asked for ACPI sleep type ${type} (S3/S4 are not emulated): powered off`)),
+        device: new AcpiPm1Registers((type) => vm.powerOff(type === SLEEP_TYPE_S5 ? undefined : `the guest asked for ACPI sleep type ${type} (S3/S4 are not emulated): powered off`)),
       });
-      this.pci = new PciHost(vm);
+      this.pci = new PciHost(vm, { resetControl: new ResetControl(() => vm.reset("ACPI reset register (0x06 to port 0xcf9)")) });
       vm.addDevice({
         space: "pio", base: I8042_COMMAND_PORT, length: 1, sync: true,
         device: new I8042Reset(() => vm.reset("i8042 reset (0xfe to port 0x64)")),

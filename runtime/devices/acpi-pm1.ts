@@ -9,6 +9,9 @@ import { type AccessSize, type Device, toUnsigned } from "./device.js";
 export const PM1_REGISTERS_LENGTH = 6;
 const SCI_EN = 1 << 0;
 const SLP_EN = 1 << 13;
+/** SLP_TYP values of the sleep states, as QEMU's PIIX4 PM numbers them (the DSDT's \_Sx_). */
+export const SLEEP_TYPE_S5 = 0;
+export const SLEEP_TYPE_S3 = 1;
 
 export class AcpiPm1Registers implements Device {
   readonly name = "acpi-pm1";
