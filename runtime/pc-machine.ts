@@ -8,7 +8,11 @@ import { VmConfigError } from "./errors.js";
 import { Serial16550 } from "./devices/serial-16550.js";
 import { type InputSource, SerialInputPump } from "./devices/serial-input.js";
 import { FwCfg, FW_CFG_PORT, FW_CFG_PORT_LENGTH } from "./devices/fw-cfg.js";
-import { AcpiPmTimer, DEFAULT_PM1A_EVENT_PORT, DEFAULT_PM_TIMER_PORT, PM_TIMER_LENGTH, writeAcpiTables } from "./devices/acpi.js";
+import {
+  AcpiPmTimer, DEFAULT_PM1A_EVENT_PORT, DEFAULT_PM_TIMER_PORT, DEFAULT_SCI_IRQ, IO_APIC_ADDRESS, IO_APIC_ID, LOCAL_APIC_ADDRESS, PM_TIMER_LENGTH,
+  writeAcpiTables,
+} from "./devices/acpi.js";
+import { writeMpTable } from "./devices/mp-table.js";
 import { AcpiPm1Registers, PM1_REGISTERS_LENGTH, SLEEP_TYPE_S5 } from "./devices/acpi-pm1.js";
 import { PciHost, PCI_ECAM_BASE, PCI_ECAM_BUSES, PCI_IO_WINDOW, PCI_MEMORY_WINDOW } from "./pci/pci-host.js";
 import { PciTestdev } from "./pci/pci-testdev.js";
@@ -35,6 +39,8 @@ const LOW_MEMORY_LIMIT = 3 * 1024 * MiB;
 const FOUR_GIB = 4 * 1024 * MiB;
 /** ACPI tables sit in the BIOS area just after the RSDP, out of the usable memory map. */
 const ACPI_TABLES_ADDRESS = 0xe1000;
+/** The MP floating pointer and configuration table, at the start of the BIOS ROM area. */
+const MP_TABLE_ADDRESS = 0xf0000;
 /** virtio-mmio transports: QEMU microvm's window (so one guest finds both), a GSI each. */
 export const VIRTIO_MMIO_BASE = 0xfeb0_0000;
 export const VIRTIO_MMIO_FIRST_GSI = 20;
@@ -143,6 +149,10 @@ export class PcMachine {
           virtioMmio: this.virtioDevices.map((_, i) => ({ base: VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_LENGTH, length: VIRTIO_MMIO_LENGTH, gsi: VIRTIO_MMIO_FIRST_GSI + i })),
           sleepTypes: { s5: SLEEP_TYPE_S5 },
         },
+      });
+      writeMpTable(vm.memory, {
+        address: MP_TABLE_ADDRESS, cpus, localApicAddress: LOCAL_APIC_ADDRESS, ioApicId: IO_APIC_ID, ioApicAddress: IO_APIC_ADDRESS,
+        levelIsaIrqs: [DEFAULT_SCI_IRQ, ...PIRQ_GSIS], pciIntxGsi: intxGsi,
       });
       const name = options.kernelName ?? "kernel";
       if (isLinuxKernel(options.kernel)) {
