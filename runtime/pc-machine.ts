@@ -13,7 +13,8 @@ import {
   writeAcpiTables,
 } from "./devices/acpi.js";
 import { writeMpTable } from "./devices/mp-table.js";
-import { AcpiPm1Registers, PM1_REGISTERS_LENGTH, SLEEP_TYPE_S5 } from "./devices/acpi-pm1.js";
+import { AcpiPm1Registers, PM1_REGISTERS_LENGTH, SLEEP_TYPE_S3, SLEEP_TYPE_S5 } from "./devices/acpi-pm1.js";
+import { AcpiSuspend } from "./acpi-suspend.js";
 import { PciHost, PCI_ECAM_BASE, PCI_ECAM_BUSES, PCI_IO_WINDOW, PCI_MEMORY_WINDOW } from "./pci/pci-host.js";
 import { PciTestdev } from "./pci/pci-testdev.js";
 import { intxGsi, PIRQ_GSIS } from "./pci/pci-bus.js";
@@ -147,7 +148,7 @@ export class PcMachine {
           pciRoot: { lastBus: PCI_ECAM_BUSES - 1, ioWindow: PCI_IO_WINDOW, memoryWindow: PCI_MEMORY_WINDOW, intxGsi },
           serialPorts: [{ port: COM1_PORT, irq: COM1_IRQ }],
           virtioMmio: this.virtioDevices.map((_, i) => ({ base: VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_LENGTH, length: VIRTIO_MMIO_LENGTH, gsi: VIRTIO_MMIO_FIRST_GSI + i })),
-          sleepTypes: { s5: SLEEP_TYPE_S5 },
+          sleepTypes: { s3: SLEEP_TYPE_S3, s5: SLEEP_TYPE_S5 },
         },
       });
       writeMpTable(vm.memory, {
@@ -186,21 +187,22 @@ export class PcMachine {
         space: "pio", base: DEFAULT_PM_TIMER_PORT, length: PM_TIMER_LENGTH, shared: AcpiPmTimer.createOrigin(),
         module: new URL("./devices/acpi-pm-timer-worker.js", import.meta.url).href,
       });
-      vm.addDevice({
-        space: "pio", base: DEFAULT_PM1A_EVENT_PORT, length: PM1_REGISTERS_LENGTH, sync: true,
-        // SLP_TYP 0 is soft-off (S5), as on QEMU's PC; suspend is not emulated, so a request
-        // for another sleep state powers the machine off too, saying so.
-        device: new AcpiPm1Registers((type) => vm.powerOff(type === SLEEP_TYPE_S5 ? undefined : `the guest asked for ACPI sleep type ${type} (S3/S4 are not emulated): powered off`)),
+      const rtc = new CmosRtc({ ramSize: memory, ramBelow4GiB: Math.min(memory, LOW_MEMORY_LIMIT) });
+      // SLP_TYP numbers as on QEMU's PC. S1 and S4 are not emulated: a request for them
+      // powers the machine off, saying so.
+      const pm1 = new AcpiPm1Registers((type) => {
+        if (type === SLEEP_TYPE_S3) suspend.enter();
+        else vm.powerOff(type === SLEEP_TYPE_S5 ? undefined : `the guest asked for ACPI sleep type ${type} (S1/S4 are not emulated): powered off`);
       });
+      const suspend = new AcpiSuspend({ vm, pm1, rtc, facsAddress: acpi.facs });
+      // Sync: the sleep must begin before the writing vCPU runs on.
+      vm.addDevice({ space: "pio", base: DEFAULT_PM1A_EVENT_PORT, length: PM1_REGISTERS_LENGTH, sync: true, device: pm1 });
       this.pci = new PciHost(vm, { resetControl: new ResetControl(() => vm.reset("ACPI reset register (0x06 to port 0xcf9)")) });
       vm.addDevice({
         space: "pio", base: I8042_COMMAND_PORT, length: 1, sync: true,
         device: new I8042Reset(() => vm.reset("i8042 reset (0xfe to port 0x64)")),
       });
-      vm.addDevice({
-        space: "pio", base: CMOS_PORT, length: CMOS_PORT_LENGTH,
-        device: new CmosRtc({ ramSize: memory, ramBelow4GiB: Math.min(memory, LOW_MEMORY_LIMIT) }),
-      });
+      vm.addDevice({ space: "pio", base: CMOS_PORT, length: CMOS_PORT_LENGTH, device: rtc });
       this.virtioDevices.forEach((device, i) => {
         const transport = new VirtioMmioTransport({ memory: vm.memory, device, interrupt: vm.interruptLine(VIRTIO_MMIO_FIRST_GSI + i), log: options.virtioLog });
         vm.addDevice({ space: "mmio", base: VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_LENGTH, length: VIRTIO_MMIO_LENGTH, device: transport });
