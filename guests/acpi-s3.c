@@ -5,11 +5,13 @@
  * -DNO_VECTOR); enables the RTC alarm as a wake event (PM1_EN.RTC_EN; left off with
  * -DNO_WAKE) for the next second; leaves MARKER in RAM; and writes SLP_TYP | SLP_EN.
  *
- * The resume routine runs in real mode: it exits with status PM1_STS | MARKER's byte, so
- * 0x845a says "woken (WAK_STS), by the RTC (RTC_STS), RAM kept". Had the CPU run on past
- * the sleep request, the loop below would overwrite MARKER first.
+ * The resume routine runs in real mode and exits with status bit 0 = PM1_STS.RTC_STS, bit 1
+ * = PM1_STS.WAK_STS, bit 2 = MARKER still in RAM: 7 says "woken, by the RTC, RAM kept" (and
+ * fits QEMU's 7-bit isa-debug-exit status too). Had the CPU run on past the sleep request,
+ * the loop below would have overwritten MARKER.
  */
 #include "kit.h"
+#include "firmware-tables.h"
 
 #define RESUME 0x8000
 #define MARKER 0x7000
@@ -23,25 +25,25 @@ __asm__(
     ".globl resume_start, resume_end\n"
     ".code16\n"
     "resume_start:\n"
-    "  mov $0x600, %dx\n"      /* PM1_STS */
+    "  mov $0x600, %dx\n" /* PM1_STS */
     "  in %dx, %ax\n"
     "  xor %bx, %bx\n"
     "  mov %bx, %ds\n"
-    "  orb (" "0x7000" "), %al\n" /* MARKER */
-    "  movzwl %ax, %eax\n"
+    "  mov %ax, %cx\n"
+    "  shr $10, %cx\n"
+    "  and $1, %cx\n" /* RTC_STS -> bit 0 */
+    "  shr $14, %ax\n"
+    "  and $2, %ax\n" /* WAK_STS -> bit 1 */
+    "  or %cx, %ax\n"
+    "  cmpb $0x5a, (0x7000)\n" /* MARKER kept -> bit 2 */
+    "  jne 2f\n"
+    "  or $4, %ax\n"
+    "2: movzwl %ax, %eax\n"
     "  out %eax, $0xf4\n"
     "1: hlt\n"
     "  jmp 1b\n"
     "resume_end:\n"
     ".code32\n");
-
-static int is(const u8 *p, const char *signature) {
-  for (int i = 0; signature[i]; i++)
-    if (p[i] != (u8)signature[i]) return 0;
-  return 1;
-}
-
-static u32 u32_at(const u8 *p) { return p[0] | p[1] << 8 | p[2] << 16 | (u32)p[3] << 24; }
 
 static u8 rtc_read(u8 index) {
   outb(RTC_INDEX, index);
@@ -55,10 +57,10 @@ static void rtc_write(u8 index, u8 value) {
 
 /* SLP_TYPa from the DSDT's "Name (\_S3_, Package () { a, b, ... })", or -1. */
 static int s3_sleep_type(const u8 *dsdt) {
-  u32 length = u32_at(dsdt + 4);
+  u32 length = le32(dsdt + 4);
   for (u32 i = 36; i + 9 < length; i++) {
     const u8 *p = dsdt + i;
-    if (!is(p, "_S3_") || p[4] != 0x12 /* PackageOp */ || (p[5] & 0xc0) != 0) continue;
+    if (!has_signature(p, "_S3_") || p[4] != 0x12 /* PackageOp */ || (p[5] & 0xc0) != 0) continue;
     const u8 *element = p + 7; /* past the one-byte PkgLength and NumElements */
     if (element[0] == 0x00 || element[0] == 0x01) return element[0];
     if (element[0] == 0x0a) return element[1];
@@ -68,18 +70,12 @@ static int s3_sleep_type(const u8 *dsdt) {
 
 void main(u32 multiboot_info) {
   (void)multiboot_info;
-  const u8 *rsdp = 0;
-  for (u32 at = 0xe0000; at < 0x100000 && !rsdp; at += 16)
-    if (is((const u8 *)at, "RSD PTR ")) rsdp = (const u8 *)at;
-  if (!rsdp) guest_exit(NO_TABLES);
-  const u8 *rsdt = (const u8 *)u32_at(rsdp + 16), *fadt = 0;
-  for (u32 entry = 36; entry < u32_at(rsdt + 4); entry += 4)
-    if (is((const u8 *)u32_at(rsdt + entry), "FACP")) fadt = (const u8 *)u32_at(rsdt + entry);
+  const u8 *fadt = acpi_find_table("FACP");
   if (!fadt) guest_exit(NO_TABLES);
-  u8 *facs = (u8 *)u32_at(fadt + 36);
-  const u8 *dsdt = (const u8 *)u32_at(fadt + 40);
-  u16 pm1a_evt = (u16)u32_at(fadt + 56), pm1a_cnt = (u16)u32_at(fadt + 64);
-  if (!is(facs, "FACS") || !is(dsdt, "DSDT")) guest_exit(NO_TABLES);
+  u8 *facs = (u8 *)le32(fadt + 36);
+  const u8 *dsdt = (const u8 *)le32(fadt + 40);
+  u16 pm1a_evt = (u16)le32(fadt + 56), pm1a_cnt = (u16)le32(fadt + 64);
+  if (!has_signature(facs, "FACS") || !has_signature(dsdt, "DSDT")) guest_exit(NO_TABLES);
   int sleep_type = s3_sleep_type(dsdt);
   if (sleep_type < 0) guest_exit(NO_S3_PACKAGE);
 

@@ -6,6 +6,7 @@
  * holds CPUS enabled processors and an IOAPIC at 0xFEC00000, else the step that failed.
  */
 #include "kit.h"
+#include "firmware-tables.h"
 
 #ifndef CPUS
 #error "build with -DCPUS=<expected processor count>"
@@ -13,19 +14,10 @@
 
 enum { NO_FLOATING_POINTER = 1, BAD_TABLE, BAD_ENTRY, WRONG_CPUS, WRONG_IOAPIC };
 
-static int sums_to_zero(const u8 *p, u32 length) {
-  u8 sum = 0;
-  for (u32 i = 0; i < length; i++) sum += p[i];
-  return sum == 0;
-}
-
-static u32 u32_at(const u8 *p) { return p[0] | p[1] << 8 | p[2] << 16 | (u32)p[3] << 24; }
-static u32 u16_at(const u8 *p) { return p[0] | p[1] << 8; }
-
 static const u8 *scan(u32 start, u32 length) {
   for (u32 at = start; at + 16 <= start + length; at += 16) {
     const u8 *p = (const u8 *)at;
-    if (p[0] == '_' && p[1] == 'M' && p[2] == 'P' && p[3] == '_' && p[8] == 1 && sums_to_zero(p, 16)) return p;
+    if (p[0] == '_' && p[1] == 'M' && p[2] == 'P' && p[3] == '_' && p[8] == 1 && bytes_sum_to_zero(p, 16)) return p;
   }
   return 0;
 }
@@ -44,13 +36,13 @@ void main(u32 multiboot_info) {
   if (!mp) mp = scan(639 * 1024, 1024);
   if (!mp) mp = scan(0xf0000, 0x10000);
   if (!mp) guest_exit(NO_FLOATING_POINTER);
-  const u8 *table = (const u8 *)u32_at(mp + 4);
+  const u8 *table = (const u8 *)le32(mp + 4);
   if (!table || table[0] != 'P' || table[1] != 'C' || table[2] != 'M' || table[3] != 'P' || table[6] != 4 ||
-      !sums_to_zero(table, u16_at(table + 4)))
+      !bytes_sum_to_zero(table, le16(table + 4)))
     guest_exit(BAD_TABLE);
   u32 cpus = 0, bsp = 0xff, ioapic = 0, irq0_pin = 0xff;
-  const u8 *entry = table + 44, *end = table + u16_at(table + 4);
-  for (u32 i = 0; i < u16_at(table + 34); i++) {
+  const u8 *entry = table + 44, *end = table + le16(table + 4);
+  for (u32 i = 0; i < le16(table + 34); i++) {
     if (entry >= end) guest_exit(BAD_ENTRY);
     switch (entry[0]) {
     case 0: /* processor */
@@ -59,7 +51,7 @@ void main(u32 multiboot_info) {
       entry += 20;
       break;
     case 2: /* I/O APIC */
-      if (entry[3] & 1) ioapic = u32_at(entry + 4);
+      if (entry[3] & 1) ioapic = le32(entry + 4);
       entry += 8;
       break;
     case 3: /* I/O interrupt: ISA bus (ID 1 here) IRQ 0 */

@@ -2,6 +2,7 @@ import type { GuestMemory } from "../../memory/guest-memory.js";
 import type { AccessSize, Device } from "./device.js";
 import { amlBytes } from "./acpi-aml.js";
 import { type DsdtDescription, dsdtTerms } from "./acpi-dsdt.js";
+import { checksumByte, putAscii } from "./firmware-bytes.js";
 
 /*
  * ACPI 1.0 firmware tables and the ACPI power-management timer.
@@ -215,16 +216,6 @@ function checkPort(name: string, port: number, length: number): void {
   }
 }
 
-function putAscii(bytes: Uint8Array, at: number, text: string): void {
-  for (let i = 0; i < text.length; i++) bytes[at + i] = text.charCodeAt(i);
-}
-
-/** The byte that makes `bytes[start, start + length)` sum to 0 mod 256, given that it is 0 now. */
-function checksumByte(bytes: Uint8Array, start: number, length: number): number {
-  let sum = 0;
-  for (let i = start; i < start + length; i++) sum = (sum + bytes[i]) & 0xff;
-  return (0x100 - sum) & 0xff;
-}
 
 function writeHeader(view: DataView, bytes: Uint8Array, at: number, signature: string, length: number, revision: number): void {
   putAscii(bytes, at + H_SIGNATURE, signature);

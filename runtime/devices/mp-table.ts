@@ -7,6 +7,7 @@
  * slot's INTA-D, and the local APIC's LINT0 (ExtINT) and LINT1 (NMI).
  */
 import type { GuestMemory } from "../../memory/guest-memory.js";
+import { checksumByte, putAscii } from "./firmware-bytes.js";
 
 export class MpTableError extends Error {
   override name = "MpTableError";
@@ -67,15 +68,6 @@ const ISA_IRQS = 16;
 const ISA_CASCADE_IRQ = 2;
 const MAX_CPUS = 255;
 
-function putAscii(bytes: Uint8Array, at: number, text: string): void {
-  for (let i = 0; i < text.length; i++) bytes[at + i] = text.charCodeAt(i);
-}
-
-function checksumByte(bytes: Uint8Array, start: number, length: number): number {
-  let sum = 0;
-  for (let i = start; i < start + length; i++) sum = (sum + bytes[i]) & 0xff;
-  return (0x100 - sum) & 0xff;
-}
 
 /** Writes the MP floating pointer and configuration table; returns the table's address. */
 export function writeMpTable(memory: GuestMemory, options: MpTableOptions): { floatingPointer: number; table: number; end: number } {
