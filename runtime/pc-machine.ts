@@ -80,7 +80,8 @@ export interface PcMachineOptions {
   input?: InputSource;
   /**
    * virtio devices, each on a virtio-mmio transport at VIRTIO_MMIO_BASE + 0x200 * i with
-   * GSI VIRTIO_MMIO_FIRST_GSI + i, announced by `virtio_mmio.device=` on the command line.
+   * GSI VIRTIO_MMIO_FIRST_GSI + i, announced in the DSDT as LNRO0005 devices and, to
+   * multiboot kernels, by `virtio_mmio.device=` on the command line.
    * The machine owns them: one with a `close()` is closed when the machine stops.
    */
   virtio?: VirtioDevice[];
