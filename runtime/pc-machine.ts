@@ -18,6 +18,7 @@ import { writeMpTable } from "./devices/mp-table.js";
 import { AcpiPm1Registers, PM1_REGISTERS_LENGTH, SLEEP_TYPE_S3, SLEEP_TYPE_S5 } from "./devices/acpi-pm1.js";
 import { AcpiSuspend } from "./acpi-suspend.js";
 import { PciHost, PCI_ECAM_BASE, PCI_ECAM_BUSES, PCI_IO_WINDOW, PCI_MEMORY_WINDOW } from "./pci/pci-host.js";
+import { ECAM_BYTES_PER_BUS } from "./pci/host-bridge.js";
 import { PciTestdev } from "./pci/pci-testdev.js";
 import { intxGsi, PIRQ_GSIS } from "./pci/pci-bus.js";
 import { RESET_CONTROL_PORT, RESET_CONTROL_RESET_VALUE, ResetControl } from "./devices/reset-control.js";
@@ -156,6 +157,7 @@ export class PcMachine {
           pciRoot: { lastBus: PCI_ECAM_BUSES - 1, ioWindow: PCI_IO_WINDOW, memoryWindow: PCI_MEMORY_WINDOW, intxGsi },
           serialPorts: [{ port: COM1_PORT, irq: COM1_IRQ }],
           virtioMmio: this.virtioDevices.map((_, i) => ({ base: VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_LENGTH, length: VIRTIO_MMIO_LENGTH, gsi: VIRTIO_MMIO_FIRST_GSI + i })),
+          reservedMemory: [{ base: PCI_ECAM_BASE, length: PCI_ECAM_BUSES * ECAM_BYTES_PER_BUS }],
           sleepTypes: { s3: SLEEP_TYPE_S3, s5: SLEEP_TYPE_S5 },
         },
       });

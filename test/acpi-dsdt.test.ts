@@ -71,7 +71,11 @@ test("the DSDT disassembles cleanly and routes every slot's INTA-D to the GSI th
   assert.match(com1, /EisaId \("PNP0501"\)/);
   assert.match(com1, /IO \(Decode16,\s+0x03F8,[^\n]*\n\s+0x03F8,[^\n]*\n\s+0x00,[^\n]*\n\s+0x08,/);
   assert.match(com1, /IRQNoFlags \(\)\s+\{4\}/);
+  const reserved = deviceBody(asl, "MRES");
+  assert.match(reserved, /EisaId \("PNP0C02"\)/);
+  assert.match(reserved, /Memory32Fixed \(ReadWrite,\s+0xE0000000,[^\n]*\n\s+0x10000000,/, "the MCFG's ECAM is a motherboard resource");
   assert.match(asl, /Name \(\\_S5, Package \(0x04\)[^{]*\{\s*Zero,\s*Zero,\s*Zero,\s*Zero\s*\}/);
+  assert.match(asl, /Name \(\\_S3, Package \(0x04\)[^{]*\{\s*One,\s*One,\s*Zero,\s*Zero\s*\}/);
   assert.doesNotMatch(asl, /LNRO0005/, "no virtio devices, no LNRO0005");
 });
 

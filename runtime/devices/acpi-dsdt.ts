@@ -1,8 +1,10 @@
 /**
  * The DSDT's AML for a PC: the PCI root bridge with its bus range, windows and INTx routing,
- * legacy serial ports, one virtio-mmio device per transport, and the sleep-state packages.
- * Linux binds these by ID: PNP0A03 (drivers/acpi/pci_root.c), PNP0501 (8250_pnp),
- * LNRO0005 (drivers/virtio/virtio_mmio.c's ACPI match).
+ * legacy serial ports, one virtio-mmio device per transport, the motherboard's reserved
+ * ranges, and the sleep-state packages. Linux binds these by ID: PNP0A03
+ * (drivers/acpi/pci_root.c), PNP0501 (8250_pnp), LNRO0005 (drivers/virtio/virtio_mmio.c's
+ * ACPI match); PNP0C02 ranges are where it looks for the MCFG's ECAM being reserved
+ * (arch/x86/pci/mmconfig-shared.c), without which it will not use ECAM.
  */
 import {
   type Aml,
@@ -39,6 +41,8 @@ export interface DsdtDescription {
   serialPorts?: { port: number; irq: number }[];
   /** virtio-mmio transports, in slot order (the _UID is the index). */
   virtioMmio?: { base: number; length: number; gsi: number }[];
+  /** Memory ranges the motherboard itself decodes (a PNP0C02 device's _CRS), e.g. the ECAM. */
+  reservedMemory?: { base: number; length: number }[];
   /** SLP_TYP values for PM1a/PM1b_CNT: every state listed gets its \_Sx_ package. */
   sleepTypes?: { s3?: number; s5?: number };
 }
@@ -106,6 +110,14 @@ export function dsdtTerms(description: DsdtDescription): Aml[] {
   if (description.pciRoot !== undefined) bus.push(pciRoot(description.pciRoot));
   (description.serialPorts ?? []).forEach((port, i) => bus.push(serialPort(i, port)));
   (description.virtioMmio ?? []).forEach((transport, i) => bus.push(virtioMmio(i, transport)));
+  const reserved = description.reservedMemory ?? [];
+  if (reserved.length > 0) {
+    bus.push(device("MRES", [
+      name("_HID", eisaId("PNP0C02")),
+      name("_UID", integer(0)),
+      name("_CRS", resourceTemplate(reserved.map((range) => memory32Fixed(range.base, range.length)))),
+    ]));
+  }
   const terms: Aml[] = bus.length > 0 ? [scope("\\_SB", bus)] : [];
   const { s3, s5 } = description.sleepTypes ?? {};
   if (s3 !== undefined) terms.push(sleepState("_S3", s3));
