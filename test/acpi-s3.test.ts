@@ -34,7 +34,11 @@ test("with no wake event enabled the machine sleeps until it is stopped", { time
   while (!String.fromCharCode(...output).includes("sleeping")) await sleep(20);
   await sleep(2500); // past the next RTC second, when an enabled alarm would have woken it
   assert.equal(ended, false, "still asleep");
+  await assert.rejects(m.vm.pause(), /suspended \(ACPI S3\)/, "no vCPU runs to pause");
+  assert.throws(() => m.vm.resumeVcpus([{}]), /1 CPU states for 2 vCPUs/);
   assert.deepEqual(await m.stop(), { reason: "stopped" });
+  m.vm.resumeVcpus([{}, {}]); // a wake that comes too late starts nothing
+  assert.equal(m.vm.state, "stopped");
 });
 
 test("woken with no firmware waking vector, the machine resets (firmware would boot afresh)", { timeout: 60_000 }, async () => {
