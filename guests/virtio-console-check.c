@@ -22,8 +22,8 @@
 #define RX_BUFS 4
 #define RX_BUF_BYTES 256
 
-static u8 rx_page[4096] __attribute__((aligned(4096)));
-static u8 tx_page[4096] __attribute__((aligned(4096)));
+static u8 rx_page[VQ_RING_BYTES] __attribute__((aligned(4096)));
+static u8 tx_page[VQ_RING_BYTES] __attribute__((aligned(4096)));
 static u8 rx_bufs[RX_BUFS][RX_BUF_BYTES];
 static struct virtio_dev dev;
 static struct virtq rxq, txq;

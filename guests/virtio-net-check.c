@@ -44,8 +44,8 @@
 #define RX_BUF_BYTES 1526 /* header + 1514, what a driver without MRG_RXBUF must offer */
 #define MAX_FRAME 1514
 
-static u8 rx_page[4096] __attribute__((aligned(4096)));
-static u8 tx_page[4096] __attribute__((aligned(4096)));
+static u8 rx_page[VQ_RING_BYTES] __attribute__((aligned(4096)));
+static u8 tx_page[VQ_RING_BYTES] __attribute__((aligned(4096)));
 static u8 rx_bufs[RX_BUFS][RX_BUF_BYTES] __attribute__((aligned(16)));
 static u8 tx_hdr[NET_HDR];
 static u8 tx_frame[MAX_FRAME];

@@ -51,9 +51,9 @@ struct vsock_hdr {
   u32 flags, buf_alloc, fwd_cnt;
 } __attribute__((packed));
 
-static u8 rx_page[4096] __attribute__((aligned(4096)));
-static u8 tx_page[4096] __attribute__((aligned(4096)));
-static u8 event_page[4096] __attribute__((aligned(4096)));
+static u8 rx_page[VQ_RING_BYTES] __attribute__((aligned(4096)));
+static u8 tx_page[VQ_RING_BYTES] __attribute__((aligned(4096)));
+static u8 event_page[VQ_RING_BYTES] __attribute__((aligned(4096)));
 static u8 rx_bufs[RX_BUFS][sizeof(struct vsock_hdr) + RX_PAYLOAD] __attribute__((aligned(8)));
 static u8 events[2][8];
 static u8 tx_payload[CHUNK];

@@ -4,7 +4,7 @@
  */
 import { EventEmitter } from "node:events";
 import { openHypervisor, type BackendName } from "./hypervisor/backends.js";
-import type { CpuidEntry, CpuState, Hypervisor, IoEventOptions, VcpuDescriptor, VmHandle } from "./hypervisor/hypervisor.js";
+import type { CpuidEntry, CpuState, Hypervisor, IoEventOptions, LevelIrqFd, VcpuDescriptor, VmHandle } from "./hypervisor/hypervisor.js";
 import { Bus } from "./bus.js";
 import { DEFAULT_DISPATCHER_OPTIONS, type DeviceError, Dispatcher, type DispatcherOptions } from "./dispatcher.js";
 import type { Device, InterruptLine } from "./devices/device.js";
@@ -20,7 +20,7 @@ import { availableParallelism } from "node:os";
 import { GuestMemory, GuestMemoryAllocationError, MemoryLayoutError, type RegionSpec } from "../memory/guest-memory.js";
 import { Control, createDoorbell, ExitChannel, Stat, WorkerState } from "../memory/exit-channel.js";
 import { DEFAULT_SPIN, oversubscribedPolicy, type SpinPolicy } from "../memory/waiter.js";
-import type { AddressSpace, VcpuOutcome, VcpuTask, WorkerDeviceSpec } from "../workers/vcpu-task.js";
+import type { AddressRange, AddressSpace, VcpuOutcome, VcpuTask, WorkerDeviceSpec } from "../workers/vcpu-task.js";
 
 export interface VmOptions {
   /** RAM size in bytes (one region at guest-physical 0), or explicit regions with holes. */
@@ -100,6 +100,16 @@ export interface DeviceRegistration {
   coalesced?: boolean;
 }
 
+/**
+ * A thread of a device's own (a device worker) that uses the VM's eventfds: the VM stops it
+ * after its vCPUs and before it closes them, and it may stop the VM when it fails.
+ */
+export interface DeviceThread {
+  readonly name: string;
+  /** Ends the thread and releases what it holds; resolves once it has exited. */
+  stop(): Promise<void>;
+}
+
 const MAX_POOL_VCPUS = 512;
 
 /** Rejects what the hypervisor would refuse with a bare EINVAL, saying why. */
@@ -138,6 +148,7 @@ export class Vm extends EventEmitter {
   private readonly cpuStates: CpuState[];
   private readonly buses = { pio: new Bus("pio"), mmio: new Bus("mmio"), msr: new Bus("msr") };
   private readonly workerDevices: WorkerDeviceSpec[] = [];
+  private readonly deviceThreads: DeviceThread[] = [];
   private readonly coalescedZones: { space: AddressSpace; base: number; length: number }[] = [];
   private coalescedFlush: NodeJS.Timeout | undefined;
   private coalescedFlushes = 0;
@@ -151,6 +162,9 @@ export class Vm extends EventEmitter {
   private readonly resumeOnHalt: boolean;
   private tasks: Promise<void>[] = [];
   private ended = 0;
+  /** Between suspendVcpus and resumeVcpus: no vCPU task runs. */
+  private suspended = false;
+  private syncWrites: AddressRange[] = [];
   private ending: Promise<void> | undefined;
   private keepAlive: NodeJS.Timeout | undefined;
   private readonly done: Promise<VmResult>;
@@ -371,6 +385,27 @@ export class Vm extends EventEmitter {
     return this.backendFeature("drainEventFd").call(this.handle, fd);
   }
 
+  /**
+   * A resampling interrupt eventfd pair for the level-triggered `gsi` (see
+   * VmHandle.registerLevelIrqFd), or undefined when this host cannot make one. Closed when
+   * the VM stops.
+   */
+  levelIrqFd(gsi: number): LevelIrqFd | undefined {
+    this.requireState(["created"], "add an interrupt eventfd to");
+    if (!Number.isInteger(gsi) || gsi < 0) throw new VmConfigError(`GSI must be a whole number, got ${gsi}`);
+    return this.handle.registerLevelIrqFd?.(gsi);
+  }
+
+  /**
+   * Registers a device's own thread: stopped after the vCPUs, before the VM's fds close.
+   * Returns what the thread calls to stop the VM with the error that broke it.
+   */
+  addDeviceThread(thread: DeviceThread): (error: Error) => void {
+    this.requireState(["created"], "add a device thread to");
+    this.deviceThreads.push(thread);
+    return (error) => this.fail(error);
+  }
+
   /** Delivers a message-signalled interrupt (PCI MSI); false when the guest blocked it. */
   signalMsi(address: bigint, data: number): boolean {
     if (this.stateValue === "stopped" || this.ending !== undefined) return false;
@@ -408,7 +443,6 @@ export class Vm extends EventEmitter {
 
   start(): void {
     this.requireState(["created"], "start");
-    const pool = vcpuPool();
     // A write to a coalesced zone exits only when the kernel's queue is full: it then waits
     // for the dispatcher, which empties the queue first, so it cannot overtake the queue.
     const syncWrites = [
@@ -422,6 +456,12 @@ export class Vm extends EventEmitter {
     this.keepAlive = setInterval(() => {}, 1 << 30);
     this.dispatcher.start();
     this.setState("running");
+    this.startVcpus(syncWrites, false);
+  }
+
+  private startVcpus(syncWrites: AddressRange[], resumed: boolean): void {
+    const pool = vcpuPool();
+    this.syncWrites = syncWrites;
     this.tasks = this.descriptors.map((descriptor, i) => {
       const task: VcpuTask = {
         descriptor,
@@ -430,6 +470,7 @@ export class Vm extends EventEmitter {
         memory: this.memory.toShared(),
         cpuState: this.cpuStates[i],
         cpuid: this.cpuidTable[i],
+        cpuidSet: resumed,
         syncWrites,
         workerDevices: this.workerDevices,
         spin: this.workerSpin,
@@ -453,8 +494,45 @@ export class Vm extends EventEmitter {
     return this.wait();
   }
 
+  /**
+   * Ends every vCPU's run loop and resolves once all have left, their register state given
+   * up (ACPI S3: "the CPU context is lost"); RAM, devices and the vCPUs themselves stay.
+   * `resumeVcpus` starts them again. A stop meanwhile wins: the VM just ends.
+   */
+  async suspendVcpus(): Promise<void> {
+    this.requireState(["running"], "suspend");
+    if (this.suspended || this.ending !== undefined) return;
+    this.suspended = true;
+    const kickAll = () =>
+      this.channels.forEach((channel, i) => {
+        if (channel.control() === Control.STOP) return;
+        channel.setControl(Control.SUSPEND);
+        this.handle.kick(i, channel.threadId());
+      });
+    kickAll();
+    // As in teardown: a kick can land between a worker's control check and KVM_RUN.
+    const rekick = setInterval(kickAll, 50);
+    try {
+      await Promise.allSettled(this.tasks);
+    } finally {
+      clearInterval(rekick);
+    }
+  }
+
+  /** Starts the vCPUs suspendVcpus ended, vCPU i from `states[i]` (over the reset state). */
+  resumeVcpus(states: CpuState[]): void {
+    if (!this.suspended) throw new VmStateError("cannot resume vCPUs that are not suspended (suspendVcpus first)");
+    if (states.length !== this.vcpuCount) throw new VmConfigError(`resumeVcpus: ${states.length} CPU states for ${this.vcpuCount} vCPUs`);
+    if (this.ending !== undefined) return;
+    this.suspended = false;
+    states.forEach((state, i) => (this.cpuStates[i] = withResetState(state)));
+    this.channels.forEach((channel) => channel.setControl(Control.RUN));
+    this.startVcpus(this.syncWrites, true);
+  }
+
   async pause(): Promise<void> {
     this.requireState(["running"], "pause");
+    if (this.suspended) throw new VmStateError("cannot pause a VM whose vCPUs are suspended (ACPI S3); stop it, or let it wake");
     this.channels.forEach((channel, i) => {
       channel.setControl(Control.PAUSE);
       this.handle.kick(i, channel.threadId());
@@ -475,9 +553,17 @@ export class Vm extends EventEmitter {
   /** Stops the guest from any state and releases every fd, worker and mapping. */
   async stop(): Promise<VmResult> {
     if (this.stateValue === "created" && this.ending === undefined) {
-      this.ending = Promise.resolve();
-      this.release();
-      this.finish({ reason: "stopped" });
+      const released = () => {
+        this.release();
+        this.finish({ reason: "stopped" });
+      };
+      // Without device threads this stays synchronous, as callers have relied on.
+      if (this.deviceThreads.length === 0) {
+        this.ending = Promise.resolve();
+        released();
+      } else {
+        this.ending = this.stopDeviceThreads().then(released);
+      }
     }
     this.end({ reason: "stopped" });
     await this.ending;
@@ -541,6 +627,9 @@ export class Vm extends EventEmitter {
         return;
       case "stopped":
         return;
+      case "suspended":
+        this.ended--; // it will run again
+        return;
     }
   }
 
@@ -566,8 +655,14 @@ export class Vm extends EventEmitter {
     await Promise.allSettled(this.tasks);
     clearInterval(rekick);
     await this.dispatcher.stop();
+    await this.stopDeviceThreads();
     this.release();
     this.finish(cause);
+  }
+
+  /** Device threads hold the VM's eventfds: they end before those close. */
+  private async stopDeviceThreads(): Promise<void> {
+    await Promise.allSettled(this.deviceThreads.map((thread) => thread.stop()));
   }
 
   /**

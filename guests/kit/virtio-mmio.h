@@ -50,7 +50,13 @@
 #define DESC_F_WRITE 2
 #define DESC_F_INDIRECT 4
 
-#define VQ_SIZE 8
+#ifndef VQ_SIZE
+#define VQ_SIZE 8 /* a power of 2; 128 keeps 32 three-descriptor requests in flight */
+#endif
+/* The used ring on its own page after the descriptors and the avail ring; the caller's
+   ring area is VQ_RING_BYTES, 4 KiB-aligned. */
+#define VQ_USED_OFFSET ((16u * VQ_SIZE + 6u + 2u * VQ_SIZE + 4095u) & ~4095u)
+#define VQ_RING_BYTES (VQ_USED_OFFSET + ((6u + 8u * VQ_SIZE + 4095u) & ~4095u))
 /* Polls of used.idx before giving up (about a second of emulated CPL0 code on PVM); the
    status register, an MMIO exit, is read only every STATUS_POLL_EVERY polls. */
 #define POLL_LIMIT 2000000u
@@ -111,7 +117,7 @@ static inline int virtio_queue(struct virtio_dev *d, struct virtq *q, u16 index,
 static inline int virtio_driver_ok(struct virtio_dev *d);
 
 /*
- * Resets and initialises the device with queue 0 in `ring` (a zeroed, 4 KiB-aligned page),
+ * Resets and initialises the device with queue 0 in `ring` (VQ_RING_BYTES, 4 KiB-aligned),
  * accepting `wanted` of the low feature bits it offers. 0 on success, else the failing step.
  */
 static inline int virtio_init(struct virtio_dev *d, u32 base, u32 wanted, u8 *ring) {
@@ -165,7 +171,7 @@ static inline int vq_submit(struct virtio_dev *d, u16 head) {
 /*
  * Devices with several queues (net, console, vsock): the same initialisation split in
  * three steps, virtio_begin (reset, features), virtio_queue per queue, virtio_driver_ok.
- * Each queue lives in its own zeroed, 4 KiB-aligned page.
+ * Each queue lives in its own zeroed, 4 KiB-aligned area of VQ_RING_BYTES.
  */
 
 /* Resets the device and accepts `wanted` of its low feature bits and VERSION_1; 0 or the failing step. */
@@ -189,17 +195,17 @@ static inline int virtio_begin(struct virtio_dev *d, u32 base, u32 wanted) {
   return 0;
 }
 
-/* Sets up queue `index` of VQ_SIZE entries in `page`; 0 or the failing step (10 + n). */
+/* Sets up queue `index` of VQ_SIZE entries in `page` (VQ_RING_BYTES, 4 KiB-aligned); 0 or the failing step (10 + n). */
 static inline int virtio_queue(struct virtio_dev *d, struct virtq *q, u16 index, u8 *page) {
   q->base = d->base;
   q->index = index;
   vset(d, VM_QUEUE_SEL, index);
   if (vreg(d, VM_QUEUE_READY) != 0) return 11;
   if (vreg(d, VM_QUEUE_NUM_MAX) < VQ_SIZE) return 12;
-  kit_memset(page, 0, 4096);
+  kit_memset(page, 0, VQ_RING_BYTES);
   q->desc = (struct vq_desc *)page;
   q->avail = (struct vq_avail *)(page + 16 * VQ_SIZE);
-  q->used = (volatile struct vq_used *)(page + 2048);
+  q->used = (volatile struct vq_used *)(page + VQ_USED_OFFSET);
   q->last_used = 0;
   vset(d, VM_QUEUE_NUM, VQ_SIZE);
   vset(d, VM_QUEUE_DESC_LOW, (u32)q->desc);

@@ -1,7 +1,8 @@
 /**
  * The libc calls hypervisor backends make (open, ioctl, mmap, eventfd, thread kicks), bound
- * once per thread through koffi. Backends (`runtime/hypervisor/<backend>/`) import it, and
- * device backends that need a host ioctl or poll (the virtio-net TAP).
+ * once per thread through koffi. Only backends (`runtime/hypervisor/<backend>/`), the
+ * neutral eventfd helpers (`eventfd.ts`) and device backends that need a host ioctl or
+ * poll (the virtio-net TAP) import it.
  */
 import koffi from "koffi";
 
@@ -28,7 +29,7 @@ export const munmap = libc.func("int munmap(void *addr, size_t length)");
 export const eventfd = libc.func("int eventfd(unsigned int initval, int flags)");
 export const read = libc.func("long read(int fd, void *buf, size_t count)");
 export const write = libc.func("long write(int fd, const void *buf, size_t count)");
-/** poll(2) over an array of struct pollfd (int fd; short events; short revents) laid out by the caller. */
+/** poll(2) over `struct pollfd` records laid out by the caller (8 bytes each). */
 export const poll = libc.func("int poll(void *fds, unsigned long nfds, int timeout)");
 export const POLLIN = 1;
 export const gettid = libc.func("int gettid(void)");

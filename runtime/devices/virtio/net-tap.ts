@@ -11,7 +11,8 @@
  */
 import { closeSync, constants, openSync, readSync, writeSync } from "node:fs";
 import { errnoName } from "../../hypervisor/errno.js";
-import { EFD_CLOEXEC, EFD_NONBLOCK, errno, eventfd, ioctlBuffer, POLLIN, poll } from "../../hypervisor/libc.js";
+import { errno, ioctlBuffer, POLLIN, poll } from "../../hypervisor/libc.js";
+import { closeEventFd, createEventFd, signalEventFd } from "../../hypervisor/eventfd.js";
 import { MAX_FRAME_BYTES, ETHERNET_HEADER_BYTES, type NetBackend, type NetReceiver } from "./net-backend.js";
 
 /** linux/if_tun.h: TUNSETIFF = _IOW('T', 202, int); ifreq flags. */
@@ -71,11 +72,12 @@ export class TapBackend implements NetBackend {
         : `errno ${errnoName(e)}`;
       throw new TapError(`TUNSETIFF for TAP interface ${ifname} failed: ${why}`);
     }
-    const wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (wake < 0) {
-      const e = errno();
+    let wake: number;
+    try {
+      wake = createEventFd();
+    } catch (error) {
       this.closeFds();
-      throw new TapError(`eventfd for TAP ${ifname} failed: errno ${errnoName(e)}`);
+      throw new TapError(`TAP ${ifname}: ${(error as Error).message}`, { cause: error });
     }
     this.wakeFd = wake;
     this.pollFds.writeInt32LE(this.fd, 0);
@@ -107,13 +109,7 @@ export class TapBackend implements NetBackend {
       return;
     }
     // Wake the poll; its callback closes the fds once no thread is inside poll(2) with them.
-    const one = Buffer.alloc(8);
-    one.writeBigUInt64LE(1n);
-    try {
-      writeSync(this.wakeFd!, one);
-    } catch {
-      this.closeFds();
-    }
+    signalEventFd(this.wakeFd!);
   }
 
   private waitForFrames(): void {
@@ -150,7 +146,8 @@ export class TapBackend implements NetBackend {
   }
 
   private closeFds(): void {
-    for (const fd of [this.fd, this.wakeFd]) if (fd !== undefined) closeSync(fd);
+    if (this.fd !== undefined) closeSync(this.fd);
+    if (this.wakeFd !== undefined) closeEventFd(this.wakeFd);
     this.fd = this.wakeFd = undefined;
   }
 }
