@@ -154,7 +154,7 @@ test("fuzz: virtio-vsock transmit of guest-chosen packets: no throw, bounded con
     dstCid: fc.oneof({ weight: 6, arbitrary: fc.constant(BigInt(VSOCK_HOST_CID)) }, fc.bigInt({ min: 0n, max: 2n ** 64n - 1n })),
     srcPort: fc.oneof(fc.constantFrom(1, 2), fc.nat({ max: 0xffff_ffff })),
     dstPort: fc.oneof(fc.constantFrom(1, 2), fc.nat({ max: 0xffff_ffff })),
-    len: fc.oneof({ weight: 4, arbitrary: fc.nat({ max: 300 }) }, fc.nat({ max: 0xffff_ffff })),
+    len: fc.oneof({ weight: 4, arbitrary: fc.constant(0) }, { weight: 4, arbitrary: fc.nat({ max: 300 }) }, fc.nat({ max: 0xffff_ffff })),
     type: fc.oneof({ weight: 6, arbitrary: fc.constant(VSOCK_TYPE_STREAM) }, fc.nat({ max: 0xffff })),
     op: fc.oneof({ weight: 6, arbitrary: fc.integer({ min: 0, max: 8 }) }, fc.nat({ max: 0xffff })),
     flags: fc.nat({ max: 0xffff_ffff }),

@@ -140,32 +140,17 @@ static inline void vq_set(struct virtio_dev *d, u32 i, const void *addr, u32 len
   d->desc[i].next = next;
 }
 
+static inline int virtq_submit(struct virtio_dev *d, struct virtq *q, u16 head);
+
 /*
  * Offers the chain at descriptor `head`, notifies and polls for its completion.
  * Returns the used length, or -1 if the device did not answer (or needs a reset).
  */
 static inline int vq_submit(struct virtio_dev *d, u16 head) {
-  u16 idx = d->avail->idx;
-  d->avail->ring[idx % VQ_SIZE] = head;
-  /* With EVENT_IDX, ask for an interrupt for exactly this request. */
-  d->avail->used_event = idx;
-  barrier();
-  d->avail->idx = (u16)(idx + 1);
-  barrier();
-  vset(d, VM_QUEUE_NOTIFY, 0);
-  for (u32 n = 0; n < POLL_LIMIT; n++) {
-    if (d->used->idx != d->last_used) break;
-    if (n % STATUS_POLL_EVERY == 0 && (vreg(d, VM_STATUS) & S_NEEDS_RESET)) return -1;
-    pause_cpu();
-  }
-  if (d->used->idx == d->last_used) return -1;
-  barrier();
-  u32 len = d->used->ring[d->last_used % VQ_SIZE].len;
-  d->last_used++;
-  u32 isr = vreg(d, VM_INTERRUPT_STATUS);
-  if (isr & 1) d->interrupts_seen++;
-  if (isr) vset(d, VM_INTERRUPT_ACK, isr);
-  return (int)len;
+  struct virtq q = {d->base, 0, d->desc, d->avail, d->used, d->last_used};
+  int len = virtq_submit(d, &q, head);
+  d->last_used = q.last_used;
+  return len;
 }
 
 /*

@@ -1,27 +1,15 @@
 /**
- * What a guest-kit kernel reports on COM1 in `key=value` lines, and running one under the
- * PC machine or under QEMU -M microvm (against QEMU's devices) for the same report.
+ * Running any guest-kit kernel that reports on COM1 in `key=value` lines (the report format
+ * of virtio-guest.ts) under the PC machine, or under QEMU -M microvm against QEMU's devices.
  */
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { PcMachine, type PcMachineOptions } from "../../runtime/pc-machine.js";
 import { buildMultibootGuest } from "./flat-guest.js";
+import { GUEST_MEMORY_MIB, parseReport, type GuestReport } from "./virtio-guest.js";
 
-export interface GuestReport {
-  status: number | undefined;
-  console: string;
-  values: Map<string, string>;
-  all: (key: string) => string[];
-}
-
-export function parseReport(status: number | undefined, console: string): GuestReport {
-  const pairs = [...console.matchAll(/^([a-z0-9-]+)=(.*)$/gm)].map((m) => [m[1], m[2]] as const);
-  return { status, console, values: new Map(pairs), all: (key) => pairs.filter(([k]) => k === key).map(([, v]) => v) };
-}
-
-/** The RAM the guest-kit tests give a guest, under both VMMs. */
-export const GUEST_MEMORY_MIB = 64;
+export { GUEST_MEMORY_MIB, parseReport, type GuestReport } from "./virtio-guest.js";
 
 /** A PC machine running `guests/<name>.c` built with `defines`; its COM1 output collected. */
 export function guestMachine(name: string, defines: Record<string, number>, options: Partial<PcMachineOptions> = {}): { machine: PcMachine; output: () => string } {
