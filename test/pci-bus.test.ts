@@ -26,10 +26,9 @@ import { DEBUG_EXIT, imm16, imm32 } from "../runtime/guests/guest-bytes.js";
 const ADDRESS = 0; // 0xCF8
 const DATA = 4; // 0xCFC
 
-/** A bus with no hypervisor behind it: what it asks of the VM is recorded. */
-function busWithTestdev(): { bus: PciBus; ports: PciConfigPorts; ecam: PciEcam; testdev: PciTestdev; intx: [number, boolean][] } {
+/** A bus with no hypervisor behind it: the INTx lines it would drive are recorded. */
+function recordingBus(): { bus: PciBus; intx: [number, boolean][] } {
   const intx: [number, boolean][] = [];
-  let bus: PciBus;
   const services = (slot: number): PciSlotServices => ({
     setIntx: (level) => {
       const line = bus.intxLevel(slot, level);
@@ -40,7 +39,12 @@ function busWithTestdev(): { bus: PciBus; ports: PciConfigPorts; ecam: PciEcam; 
     detachIoEvent: () => {},
     drainIoEvent: () => 0,
   });
-  bus = new PciBus({ ioWindow: PCI_IO_WINDOW, memoryWindow: PCI_MEMORY_WINDOW, services });
+  const bus = new PciBus({ ioWindow: PCI_IO_WINDOW, memoryWindow: PCI_MEMORY_WINDOW, services });
+  return { bus, intx };
+}
+
+function busWithTestdev(): { bus: PciBus; ports: PciConfigPorts; ecam: PciEcam; testdev: PciTestdev; intx: [number, boolean][] } {
+  const { bus, intx } = recordingBus();
   bus.plug(0, new I440fxHostBridge());
   const testdev = new PciTestdev();
   bus.plug(2, testdev);
@@ -339,16 +343,7 @@ test("pci-testdev without runtime ioeventfds counts the eventfd tests' writes it
 });
 
 test("PIIX3 at 00:01.0: 8086:7000, ISA bridge class; PIRQRC[A:D] start at firmware's IRQs and steer INTx when the guest reprograms them", () => {
-  const lines: [number, boolean][] = [];
-  let bus: PciBus;
-  const services = (slot: number): PciSlotServices => ({
-    setIntx: (level) => {
-      const line = bus.intxLevel(slot, level);
-      if (line !== undefined) lines.push([line.gsi, line.asserted]);
-    },
-    signalMsi: () => false, attachIoEvent: () => -1, detachIoEvent: () => {}, drainIoEvent: () => 0,
-  });
-  bus = new PciBus({ ioWindow: PCI_IO_WINDOW, memoryWindow: PCI_MEMORY_WINDOW, services });
+  const { bus, intx: lines } = recordingBus();
   const bridge = new Piix3IsaBridge(PIRQ_GSIS, () => lines.push(...bus.reroutedIntx().map(({ gsi, asserted }): [number, boolean] => [gsi, asserted])));
   bus.plug(PIIX3_SLOT, bridge);
   bus.routeIntxThrough(bridge.route);
