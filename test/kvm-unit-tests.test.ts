@@ -169,17 +169,30 @@ test("emulator: its MMIO operands in pc-testdev's RAM-like region and string I/O
   else assert.deepEqual(run.result, { reason: "debug-exit", status: 0 });
 });
 
-const IOAPIC_LINE_CHECKS = [
-  "edge triggered intr", "level triggered intr", "coalesce simultaneous level interrupts",
-  "sequential level interrupts", "retriggered level interrupts without masking", "masked level interrupt",
-  "TMR for ioapic edge interrupts \\(expected false\\)", "TMR for ioapic level interrupts \\(expected true\\)",
+/**
+ * The ioapic entry's checks under QEMU here, in order, up to test_ioapic_physical_destination_mode,
+ * where both VMMs wait for good for an interrupt to APIC ID 1. The three marked `timing`
+ * fail in some runs under both (QEMU at -smp 1 and 4 too): interrupt timing on PVM.
+ */
+const IOAPIC_CHECKS_BEFORE_HANG: [string, "pass" | "timing"][] = [
+  ["version register read only test", "pass"], ["id register only bits [24:27] writable", "pass"],
+  ["arbitration register set by id", "pass"], ["arbtration register read only", "pass"], ["edge triggered intr", "pass"],
+  ["level triggered intr", "pass"], ["ioapic simultaneous edge interrupts", "timing"], ["coalesce simultaneous level interrupts", "pass"],
+  ["sequential level interrupts", "pass"], ["retriggered level interrupts without masking", "pass"], ["masked level interrupt", "pass"],
+  ["unmasked level interrupt", "pass"], ["masked level interrupt", "pass"], ["unmasked level interrupt", "timing"],
+  ["retriggered level interrupts with mask", "timing"], ["TMR for ioapic edge interrupts (expected false)", "pass"],
+  ["TMR for ioapic level interrupts (expected false)", "pass"], ["TMR for ioapic level interrupts (expected true)", "pass"],
+  ["TMR for ioapic edge interrupts (expected true)", "pass"],
 ];
 
-test("ioapic: interrupts raised through pc-testdev's IRQ-line ports reach their vectors", { timeout: 300_000 }, async (t) => {
+test("ioapic: interrupts raised through pc-testdev's IRQ-line ports reach their vectors; the same 19 checks as QEMU, in its order", { timeout: 300_000 }, async (t) => {
   const run = await boot("ioapic", { cpus: 4, testDevices: true, stopWhen: /TMR for ioapic edge interrupts \(expected true\)/ });
   if (!run) return t.skip(HOW_TO_GET);
-  for (const name of IOAPIC_LINE_CHECKS) assert.match(run.console, new RegExp(`PASS: ${name}`), `missing PASS: ${name}`);
-  assert.ok(lines(run.console, "PASS:").length >= 16);
+  const reports = run.console.split("\n").filter((l) => /^(PASS|FAIL): /.test(l)).map((l) => l.trim());
+  assert.deepEqual(reports.map((l) => l.slice(6)), IOAPIC_CHECKS_BEFORE_HANG.map(([name]) => name));
+  reports.forEach((report, i) => {
+    if (IOAPIC_CHECKS_BEFORE_HANG[i][1] === "pass") assert.ok(report.startsWith("PASS: "), report);
+  });
 });
 
 test("eventinj stops where PVM cannot emulate INT3 at CPL0, as it does under QEMU here", { timeout: 120_000 }, async (t) => {
