@@ -154,5 +154,8 @@ test("under QEMU microvm: the same echo kernel through QEMU's virtio-serial-devi
   assert.equal(report.status, 0, report.console);
   assert.equal(report.values.get("fnv"), String(fnv1a(sent)));
   const got = Buffer.concat(chunks);
-  assert.deepEqual(got.subarray(0, READY.length + sent.length + DONE.length), Buffer.concat([Buffer.from(READY), sent, Buffer.from(DONE)]));
+  // QEMU's chardev drops what the guest writes before the test's socket connects, which may
+  // be the ready line; the echo comes only after the test writes, so it is all there.
+  const echo = Buffer.concat([sent, Buffer.from(DONE)]);
+  assert.ok(got.indexOf(echo) >= 0 && got.subarray(0, got.indexOf(echo)).every((b, i) => b === READY.charCodeAt(i)), `QEMU gave back ${got.length} bytes, not [ready line] + the echo + done`);
 });
