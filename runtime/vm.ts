@@ -4,7 +4,8 @@
  */
 import { EventEmitter } from "node:events";
 import { openHypervisor, type BackendName } from "./hypervisor/backends.js";
-import type { CpuidEntry, CpuState, Hypervisor, IoEventOptions, VcpuDescriptor, VmHandle } from "./hypervisor/hypervisor.js";
+import type { Hypervisor, IoEventOptions, VcpuDescriptor, VmHandle } from "./hypervisor/hypervisor.js";
+import type { CpuidEntry, CpuState } from "./hypervisor/x86/cpu-state.js";
 import { Bus } from "./bus.js";
 import { DEFAULT_DISPATCHER_OPTIONS, type DeviceError, Dispatcher, type DispatcherOptions } from "./dispatcher.js";
 import type { Device, InterruptLine } from "./devices/device.js";
@@ -17,7 +18,7 @@ import { withResetState } from "./boot/x86-reset.js";
 import { GuestFatalError, VcpuWorkerError, VmConfigError, VmStateError } from "./errors.js";
 import { vcpuPool } from "./vcpu-pool.js";
 import { availableParallelism } from "node:os";
-import { GuestMemory, GuestMemoryAllocationError, MemoryLayoutError, type RegionSpec } from "../memory/guest-memory.js";
+import { type GuestMemory, GuestMemoryAllocationError, MemoryLayoutError, type RegionSpec } from "../memory/guest-memory.js";
 import { Control, createDoorbell, ExitChannel, Stat, WorkerState } from "../memory/exit-channel.js";
 import { DEFAULT_SPIN, oversubscribedPolicy, type SpinPolicy } from "../memory/waiter.js";
 import type { AddressSpace, VcpuOutcome, VcpuTask, WorkerDeviceSpec } from "../workers/vcpu-task.js";
@@ -175,25 +176,18 @@ export class Vm extends EventEmitter {
       throw new VmConfigError(`onHalt must be "stop" or "resume", got ${String(options.onHalt)}`);
     }
     this.resumeOnHalt = options.onHalt === "resume";
-    let memory: GuestMemory;
-    try {
-      memory = GuestMemory.allocate(toRegions(options.memory));
-    } catch (error) {
-      if (error instanceof MemoryLayoutError || error instanceof GuestMemoryAllocationError) {
-        throw new VmConfigError(error.message, { cause: error });
-      }
-      throw error;
-    }
+    const regions = toRegions(options.memory);
     const hypervisor = openHypervisor(options.backend);
     let handle: VmHandle | undefined;
+    let memory: GuestMemory;
     try {
       const limit = Math.min(hypervisor.info.maxVcpus, MAX_POOL_VCPUS);
       if (vcpus > limit) throw new VmConfigError(`vcpus ${vcpus} is more than this host allows (${limit})`);
-      if (memory.regions.length > hypervisor.info.maxMemorySlots) {
-        throw new VmConfigError(`${memory.regions.length} memory regions exceed the host's ${hypervisor.info.maxMemorySlots} slots`);
+      if (regions.length > hypervisor.info.maxMemorySlots) {
+        throw new VmConfigError(`${regions.length} memory regions exceed the host's ${hypervisor.info.maxMemorySlots} slots`);
       }
       handle = hypervisor.createVm();
-      memory.regions.forEach((region, slot) => handle!.setMemoryRegion(slot, region.gpa, region.size, region.hostAddress));
+      memory = handle.createGuestMemory(regions);
       if (options.irqchip) handle.createIrqChip({ pit: options.pit ?? true });
       if (options.userspaceMsrs) handle.enableUserspaceMsrs();
       let supported = hypervisor.supportedCpuid();
@@ -218,7 +212,8 @@ export class Vm extends EventEmitter {
     } catch (error) {
       handle?.close();
       hypervisor.close();
-      if (error instanceof RangeError || error instanceof HypervisorCpuidError) {
+      if (error instanceof RangeError || error instanceof HypervisorCpuidError || error instanceof MemoryLayoutError ||
+        error instanceof GuestMemoryAllocationError) {
         throw new VmConfigError(error.message, { cause: error });
       }
       throw error;
@@ -457,7 +452,7 @@ export class Vm extends EventEmitter {
     this.requireState(["running"], "pause");
     this.channels.forEach((channel, i) => {
       channel.setControl(Control.PAUSE);
-      this.handle.kick(i, channel.threadId());
+      this.handle.kick(i);
     });
     await Promise.all(this.channels.map((c) => c.waitForWorkerState(WorkerState.PAUSED)));
     // Every write the guest made before it paused has reached its device when pause()
@@ -558,7 +553,7 @@ export class Vm extends EventEmitter {
     const kickAll = () =>
       this.channels.forEach((channel, i) => {
         channel.setControl(Control.STOP);
-        this.handle.kick(i, channel.threadId());
+        this.handle.kick(i);
       });
     kickAll();
     // A kick can land between a worker's control check and KVM_RUN on some backends: repeat until all are out.

@@ -13,7 +13,7 @@ import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { parseUnitTestsConfig, shellWords, UnitTestsConfigError } from "../runtime/kvm-unit-tests/unittests-cfg.js";
 import { environmentFile, translateQemuParams } from "../runtime/kvm-unit-tests/suite-runner.js";
-import type { CpuidEntry } from "../runtime/hypervisor/hypervisor.js";
+import type { CpuidEntry } from "../runtime/hypervisor/x86/cpu-state.js";
 
 const KERNELS = fileURLToPath(new URL("../../../shared/kvm-unit-tests/", import.meta.url));
 const CLI = fileURLToPath(new URL("../runtime/cli.js", import.meta.url));

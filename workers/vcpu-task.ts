@@ -1,5 +1,6 @@
 /** The messages between the VM (main thread) and a vCPU worker. Structured-clonable only. */
-import type { CpuState, CpuidEntry, VcpuDescriptor } from "../runtime/hypervisor/hypervisor.js";
+import type { VcpuDescriptor } from "../runtime/hypervisor/hypervisor.js";
+import type { CpuState, CpuidEntry, RegisterDump } from "../runtime/hypervisor/x86/cpu-state.js";
 import type { SharedRegion } from "../memory/guest-memory.js";
 import type { SpinPolicy } from "../memory/waiter.js";
 
@@ -35,10 +36,7 @@ export interface VcpuTask {
   completeKernelInstructions?: boolean;
 }
 
-export interface RegisterDump {
-  rip: string; rsp: string; rflags: string; cr0: string; cr3: string; cr4: string; efer: string;
-  cs: string;
-}
+export type { RegisterDump };
 
 export type VcpuOutcome =
   | { reason: "stopped" }

@@ -1,8 +1,17 @@
 /**
  * The hypervisor-neutral seam. Everything outside `runtime/hypervisor/<backend>/` speaks
  * only these types; KVM's run page, exit codes and ioctl numbers never leak past it.
+ * The picture (what each side supplies, what is verified for each backend) is in
+ * ./README.md; the x86 register model is the architecture module ./x86/cpu-state.ts.
  */
+import type { GuestMemory, RegionSpec } from "../../memory/guest-memory.js";
 import { errnoName } from "./errno.js";
+import type { CpuidEntry, X86VcpuState } from "./x86/cpu-state.js";
+
+// The register model lives in the architecture module; re-exported for existing importers.
+export type {
+  CpuidEntry, CpuState, DescriptorTable, FpuControl, MsrEntry, Registers, Segment, SpecialRegisters,
+} from "./x86/cpu-state.js";
 
 /** Exit kinds as small integers: they travel through the exit channel SAB as-is. */
 export const ExitKind = {
@@ -53,53 +62,6 @@ export interface Exit {
   detail: string;
 }
 
-export interface Registers {
-  rax: bigint; rbx: bigint; rcx: bigint; rdx: bigint; rsi: bigint; rdi: bigint; rsp: bigint; rbp: bigint;
-  r8: bigint; r9: bigint; r10: bigint; r11: bigint; r12: bigint; r13: bigint; r14: bigint; r15: bigint;
-  rip: bigint; rflags: bigint;
-}
-
-export interface Segment {
-  base: bigint; limit: number; selector: number; type: number; present: number; dpl: number;
-  db: number; s: number; l: number; g: number; avl: number; unusable: number;
-}
-
-export interface DescriptorTable {
-  base: bigint;
-  limit: number;
-}
-
-export interface SpecialRegisters {
-  cs: Segment; ds: Segment; es: Segment; fs: Segment; gs: Segment; ss: Segment; tr: Segment; ldt: Segment;
-  gdt: DescriptorTable; idt: DescriptorTable;
-  cr0: bigint; cr2: bigint; cr3: bigint; cr4: bigint; cr8: bigint; efer: bigint; apicBase: bigint;
-}
-
-export interface CpuidEntry {
-  function: number; index: number; flags: number; eax: number; ebx: number; ecx: number; edx: number;
-}
-
-export interface MsrEntry {
-  index: number;
-  value: bigint;
-}
-
-/** x87 control word and SSE control/status register. */
-export interface FpuControl {
-  fcw: number;
-  mxcsr: number;
-}
-
-/** An initial CPU state: the registers to change from the reset state. */
-export interface CpuState {
-  registers?: Partial<Registers>;
-  specialRegisters?: Partial<SpecialRegisters>;
-  msrs?: MsrEntry[];
-  fpu?: FpuControl;
-  /** A vCPU that waits for INIT/SIPI from another vCPU (an SMP application processor). */
-  waitForStartup?: boolean;
-}
-
 export interface HypervisorInfo {
   name: string;
   /** e.g. "kvm", "kvm (PVM, no hardware virtualization)". */
@@ -109,16 +71,23 @@ export interface HypervisorInfo {
 }
 
 /**
- * What a worker needs to attach to a vCPU created on the main thread. Structured-clonable;
- * everything but `backend` and `index` is the backend's own business.
+ * What a worker needs to attach to a vCPU created on the main thread: structured-clonable.
+ * `attachment` is the backend's own business (KVM: vCPU fd, run page, kick word); nothing
+ * outside the backend reads it.
  */
 export interface VcpuDescriptor {
-  backend: string;
-  index: number;
-  fd: number;
-  /** The vCPU's shared run structure, mapped once by the VM and used by its worker. */
-  runAddress: bigint;
-  runSize: number;
+  readonly backend: string;
+  readonly index: number;
+  readonly attachment: unknown;
+}
+
+/**
+ * What the worker hands the backend when it attaches: the run path's view of the VM.
+ * A backend that emulates (MSHV decodes MMIO instructions, walks page tables for string
+ * I/O) reads and writes guest RAM through `memory`; KVM does that in the kernel.
+ */
+export interface VcpuRunContext {
+  readonly memory: GuestMemory;
 }
 
 export interface IoEventOptions {
@@ -133,6 +102,7 @@ export type CoalescedConsumer = (space: number, address: number, size: number, l
 
 export interface Hypervisor {
   readonly info: HypervisorInfo;
+  /** The CPUID leaves this hypervisor can give a guest (x86). */
   supportedCpuid(): CpuidEntry[];
   createVm(): VmHandle;
   close(): void;
@@ -145,6 +115,12 @@ export interface TimerFrequencies {
 }
 
 export interface VmHandle {
+  /**
+   * Guest RAM for these regions, mapped into the VM. The backend decides what backs it
+   * (KVM and MSHV: SAB-backed, page-aligned, see memory/guest-memory.ts); a backend whose
+   * hypervisor hands memory out itself returns that. Call once, before any vCPU runs.
+   */
+  createGuestMemory(regions: readonly RegionSpec[]): GuestMemory;
   /** What the guest's TSC and APIC timer count at, when the hypervisor says. */
   timerFrequencies?(): TimerFrequencies | undefined;
   /** Registers (or, with `size` 0, removes) a RAM slot backed by host memory. */
@@ -169,8 +145,13 @@ export interface VmHandle {
   /** Lets the guest's MSR accesses (those the hypervisor does not know) exit to userspace. */
   enableUserspaceMsrs(): void;
   createVcpu(index: number): VcpuDescriptor;
-  /** Makes the vCPU's current or next `run()` return promptly, from any thread. */
-  kick(vcpu: number, threadId: number): void;
+  /**
+   * Makes vCPU `vcpu`'s current or next `run()` return promptly (as `interrupted`), from the
+   * main thread. How is the backend's (KVM: immediate_exit and a signal to the thread that
+   * attached it; MSHV: a signal). A kick before the worker attached reaches its first run()
+   * where the backend can latch it (KVM), else the caller repeats it until the worker is out.
+   */
+  kick(vcpu: number): void;
   /**
    * Lets the hypervisor queue guest writes to the zone without leaving the kernel, for
    * `drainCoalesced` to hand over later. Returns false when this host cannot: the writes
@@ -185,35 +166,50 @@ export interface VmHandle {
   close(): void;
 }
 
-/** Used inside the vCPU's worker thread. */
-export interface VcpuHandle {
+/**
+ * One vCPU, used inside its worker thread. Every exit `run()` returns is completed
+ * explicitly before the next `run()`: `completeRead` for a read, `complete` for anything
+ * else the loop handled (a write, a string io-in whose bytes were put in `stringData()`),
+ * `failMsr` for an MSR access that faults. KVM's completions are mostly nothing (the kernel
+ * finishes the instruction on the next KVM_RUN); MSHV's write registers and RIP.
+ */
+export interface VcpuCore {
   readonly index: number;
   /** Enters the guest; returns the reused exit record when it exits. */
   run(): Exit;
-  /** Bytes of a string I/O exit (count × size), live in the run structure. */
+  /**
+   * The bytes of a string I/O exit (count × size): for io-out the backend has filled them
+   * (from its run structure, or from guest memory); for io-in the loop fills them, then
+   * calls `complete()`. Valid until the exit is completed.
+   */
   stringData(): Uint8Array;
-  /** Answers an io-in, mmio-read or msr-read exit before the next `run()`. */
+  /** Answers an io-in, mmio-read or msr-read exit. */
   completeRead(low: number, high?: number): void;
+  /** Completes any other exit the loop handled: a write, or a string io-in (data in `stringData()`). */
+  complete(): void;
   /** Fails an msr-read or msr-write exit: the guest gets #GP. */
   failMsr(): void;
   /** Clears a pending kick after `run()` returned `interrupted`. */
   clearKick(): void;
-  threadId(): number;
-  getRegisters(): Registers;
-  setRegisters(registers: Registers): void;
-  getSpecialRegisters(): SpecialRegisters;
-  setSpecialRegisters(sregs: SpecialRegisters): void;
-  setCpuid(entries: CpuidEntry[]): void;
-  setMsrs(msrs: MsrEntry[]): void;
-  setFpuControl(fpu: FpuControl): void;
-  /** Marks the vCPU as waiting for INIT/SIPI (an SMP application processor). */
-  setWaitForStartup(): void;
   /**
    * Completes a CPL0 instruction the backend could not run (PVM: INT3, FWAIT) as the CPU
    * would; false if the last exit was not that. Optional: only backends that need it.
    */
   completeUnemulatedKernelInstruction?(): boolean;
   close(): void;
+}
+
+/** A vCPU of the architecture this build targets: x86-64 (register model in ./x86/). */
+export interface VcpuHandle extends VcpuCore, X86VcpuState {}
+
+/**
+ * A backend as the registry (backends.ts) sees it: its folder's one entry point. `open` runs
+ * on the main thread; `attachVcpu` in the worker that owns the vCPU.
+ */
+export interface Backend {
+  readonly name: string;
+  open(): Hypervisor;
+  attachVcpu(descriptor: VcpuDescriptor, context: VcpuRunContext): VcpuHandle;
 }
 
 /** A failing hypervisor call: names the operation and the errno. */

@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url";
 import { parseSize } from "../run-command.js";
 import type { UnitTestEntry } from "./unittests-cfg.js";
 import { type CpuFeatureChange, hostHasFeature, parseCpuFeatures } from "../boot/cpu-features.js";
-import type { CpuidEntry } from "../hypervisor/hypervisor.js";
+import type { CpuidEntry } from "../hypervisor/x86/cpu-state.js";
 
 export type Verdict = "PASS" | "FAIL" | "SKIP" | "TIMEOUT";
 

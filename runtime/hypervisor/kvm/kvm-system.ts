@@ -1,9 +1,9 @@
 /** The /dev/kvm file descriptor: API check, capabilities, supported CPUID, VM creation. */
 import { existsSync } from "node:fs";
 import {
-  type CpuidEntry, type Hypervisor, HypervisorError, type HypervisorInfo, HypervisorUnavailableError,
-  type VmHandle,
+  type Hypervisor, HypervisorError, type HypervisorInfo, HypervisorUnavailableError, type VmHandle,
 } from "../hypervisor.js";
+import type { CpuidEntry } from "../x86/cpu-state.js";
 import { Cap, Ioctl, KVM_API_VERSION, MAX_CPUID_ENTRIES, REQUIRED_CAPS } from "./kvm-abi.js";
 import { allocateCpuid, decodeCpuid } from "./kvm-structs.js";
 import * as libc from "./libc.js";

@@ -1,8 +1,7 @@
 /** A KVM vCPU as seen from its worker thread: the run page, exit decode, registers. */
-import {
-  type CpuidEntry, type Exit, ExitKind, type FpuControl, HypervisorError, type MsrEntry, type Registers, type SpecialRegisters,
-  type VcpuDescriptor, type VcpuHandle,
-} from "../hypervisor.js";
+import { type Exit, ExitKind, HypervisorError, type VcpuDescriptor, type VcpuHandle } from "../hypervisor.js";
+import { KickTarget } from "../kick-target.js";
+import type { CpuidEntry, FpuControl, MsrEntry, Registers, SpecialRegisters } from "../x86/cpu-state.js";
 import {
   ExitReason, Fpu, Ioctl, KVM_EXIT_IO_IN, KVM_FPU_SIZE, KVM_MP_STATE_INIT_RECEIVED, KVM_REGS_SIZE, KVM_SREGS_SIZE, Run,
   KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_VCPU_EVENTS_SIZE, VcpuEvents,
@@ -11,6 +10,7 @@ import {
   decodeRegisters, decodeSpecialRegisters, encodeCpuid, encodeMsrs, encodeRegisters, encodeSpecialRegisters,
 } from "./kvm-structs.js";
 import * as libc from "./libc.js";
+import type { KvmVcpuAttachment } from "./kvm-vm.js";
 
 const EINTR = 4;
 const EAGAIN = 11;
@@ -32,20 +32,20 @@ export class KvmVcpu implements VcpuHandle {
   /** Where an io-in answer goes in the run page (data_offset of the last exit). */
   private ioDataOffset = 0;
   private stringView: Uint8Array | undefined;
+  private readonly kickTarget: KickTarget;
 
+  /** KVM needs nothing from the run context: the kernel decodes and completes every exit. */
   constructor(descriptor: VcpuDescriptor) {
-    libc.installKickHandler();
+    const attachment = descriptor.attachment as KvmVcpuAttachment;
     this.index = descriptor.index;
-    this.fd = descriptor.fd;
-    this.runSize = descriptor.runSize;
-    const buffer = libc.viewAt(descriptor.runAddress, this.runSize);
+    this.fd = attachment.fd;
+    this.runSize = attachment.runSize;
+    const buffer = libc.viewAt(attachment.runAddress, this.runSize);
     this.run8 = new Uint8Array(buffer);
     this.run32 = new Uint32Array(buffer);
     this.runView = new DataView(buffer);
-  }
-
-  threadId(): number {
-    return libc.gettid();
+    this.kickTarget = new KickTarget(attachment.kickTarget);
+    this.kickTarget.attachCallingThread();
   }
 
   run(): Exit {
@@ -173,6 +173,9 @@ export class KvmVcpu implements VcpuHandle {
     }
   }
 
+  /** The next KVM_RUN finishes the instruction: writes and string io-in need nothing more. */
+  complete(): void {}
+
   failMsr(): void {
     this.run8[Run.msr_error] = 1;
   }
@@ -277,5 +280,7 @@ export class KvmVcpu implements VcpuHandle {
   }
 
   /** The run page belongs to the VM, which unmaps it after every worker has ended. */
-  close(): void {}
+  close(): void {
+    this.kickTarget.detach();
+  }
 }

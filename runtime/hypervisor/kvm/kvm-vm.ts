@@ -1,8 +1,11 @@
 /** A KVM VM file descriptor: memory slots, irqchip, eventfds, vCPU creation, kicks. */
+import type { GuestMemory, RegionSpec } from "../../../memory/guest-memory.js";
 import {
   type CoalescedConsumer, HypervisorError, type IoEventOptions, MissingCapabilityError, type TimerFrequencies,
   type VcpuDescriptor, type VmHandle,
 } from "../hypervisor.js";
+import { KickTarget } from "../kick-target.js";
+import { mapSharedGuestMemory } from "../shared-guest-memory.js";
 import {
   Cap, COALESCED_ZONE_SIZE, CoalescedRing, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_DEASSIGN, IOEVENTFD_FLAG_PIO, Ioctl,
   IRQCHIP_PIC_MASTER, IRQCHIP_PIC_SLAVE, IrqChip, KVM_APIC_BUS_KHZ, KVM_IRQCHIP_SIZE, KVM_MSI_SIZE, MSR_EXIT_FILTER,
@@ -36,6 +39,17 @@ interface VcpuRecord {
   fd: number;
   run: Uint8Array;
   runPointer: unknown;
+  kickTarget: KickTarget;
+}
+
+/** What a KVM vCPU descriptor carries: read only by KvmVcpu, in the worker. */
+export interface KvmVcpuAttachment {
+  fd: number;
+  /** The vCPU's kvm_run, mapped once by the VM and used by its worker. */
+  runAddress: bigint;
+  runSize: number;
+  /** The word the worker publishes its thread id in (KickTarget). */
+  kickTarget: SharedArrayBuffer;
 }
 
 export class KvmVm implements VmHandle {
@@ -66,6 +80,10 @@ export class KvmVm implements VmHandle {
   private check(result: number, operation: string): number {
     if (result < 0) throw new HypervisorError(operation, libc.errno());
     return result;
+  }
+
+  createGuestMemory(regions: readonly RegionSpec[]): GuestMemory {
+    return mapSharedGuestMemory(regions, (slot, gpa, size, hostAddress) => this.setMemoryRegion(slot, gpa, size, hostAddress));
   }
 
   setMemoryRegion(slot: number, gpa: number, size: number, hostAddress: bigint): void {
@@ -215,8 +233,12 @@ export class KvmVm implements VmHandle {
       throw new HypervisorError(`mmap kvm_run (vCPU ${index})`, errno);
     }
     const run = new Uint8Array(libc.viewOf(runPointer, this.runSize));
-    this.vcpus.set(index, { fd, run, runPointer });
-    return { backend: "kvm", index, fd, runAddress: libc.addressOf(runPointer), runSize: this.runSize };
+    const kickTarget = new KickTarget();
+    this.vcpus.set(index, { fd, run, runPointer, kickTarget });
+    const attachment: KvmVcpuAttachment = {
+      fd, runAddress: libc.addressOf(runPointer), runSize: this.runSize, kickTarget: kickTarget.buffer,
+    };
+    return { backend: "kvm", index, attachment };
   }
 
   /** KVM_GET_TSC_KHZ on the VM (the rate new vCPUs get; Linux 6.0+), and KVM's APIC bus rate. */
@@ -238,12 +260,13 @@ export class KvmVm implements VmHandle {
     this.check(libc.ioctlBuffer(vcpuFd, Ioctl.ENABLE_CAP, bytes), "KVM_ENABLE_CAP(KVM_CAP_ENFORCE_PV_FEATURE_CPUID)");
   }
 
-  kick(vcpu: number, threadId: number): void {
+  kick(vcpu: number): void {
     const record = this.vcpus.get(vcpu);
     if (!record) return;
-    // immediate_exit closes the race where the signal lands just before KVM_RUN.
+    // immediate_exit closes the race where the signal lands just before KVM_RUN, and
+    // latches a kick made before the worker attached.
     Atomics.store(record.run, Run.immediate_exit, 1);
-    if (threadId > 0) libc.tgkill(libc.getpid(), threadId, libc.KICK_SIGNAL);
+    record.kickTarget.signal();
   }
 
   registerCoalescedZone(space: "pio" | "mmio", address: number, size: number): boolean {

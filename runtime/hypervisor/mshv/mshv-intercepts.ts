@@ -10,7 +10,8 @@
  * Every value in a message is treated as untrusted: sizes, counts and types are checked,
  * and a message that does not fit becomes an internal-error exit naming what was wrong.
  */
-import { type CpuidEntry, type Exit, ExitKind } from "../hypervisor.js";
+import { type Exit, ExitKind } from "../hypervisor.js";
+import type { CpuidEntry } from "../x86/cpu-state.js";
 import {
   InterceptAccess, IoAccessInfo, MessageType, Offset, RegisterClass, SegmentAttribute, Size,
 } from "./mshv-abi.js";

@@ -3,8 +3,9 @@
  * Linux 6.15+). Opening it is all this host can do; see the README for what is verified.
  */
 import {
-  type CpuidEntry, type Hypervisor, HypervisorError, type HypervisorInfo, HypervisorUnavailableError, type VmHandle,
+  type Hypervisor, HypervisorError, type HypervisorInfo, HypervisorUnavailableError, type VmHandle,
 } from "../hypervisor.js";
+import type { CpuidEntry } from "../x86/cpu-state.js";
 import * as libc from "../libc.js";
 import { MshvPartition } from "./mshv-partition.js";
 

@@ -3,16 +3,19 @@
  * message buffer, decode into the neutral Exit, completion in the VP register page, CPUID
  * answered here from the vCPU's table, other registers through hypercalls.
  */
+import type { GuestMemory } from "../../../memory/guest-memory.js";
 import {
-  type CpuidEntry, type Exit, ExitKind, type FpuControl, HypervisorError, type MsrEntry,
-  type Registers, type Segment, type SpecialRegisters, type VcpuDescriptor, type VcpuHandle,
+  type Exit, ExitKind, HypervisorError, type VcpuDescriptor, type VcpuHandle, type VcpuRunContext,
 } from "../hypervisor.js";
+import { KickTarget } from "../kick-target.js";
 import * as libc from "../libc.js";
+import type { CpuidEntry, FpuControl, MsrEntry, Registers, Segment, SpecialRegisters } from "../x86/cpu-state.js";
 import {
   HV_REGISTER_PENDING_INTERRUPTION, Ioctl, MSR_REGISTER_NAMES, Offset, PendingInterruption, RegisterName,
   Size, SpecialRegisterName,
 } from "./mshv-abi.js";
 import { HvCaller } from "./mshv-hvcall.js";
+import type { MshvVpAttachment } from "./mshv-partition.js";
 import { readSegment, readTable, writeSegment, writeTable } from "./mshv-registers.js";
 import {
   answerCpuid, Completion, completeIntercept, Decoded, InterceptDecoder, newPendingCompletion, RegisterPage,
@@ -35,24 +38,29 @@ export class MshvVp implements VcpuHandle {
   private readonly exit: Exit = { kind: ExitKind.Unknown, address: 0, size: 0, count: 0, data: 0, dataHigh: 0, detail: "" };
   private readonly hv: HvCaller;
   private cpuid: CpuidEntry[] = [];
+  private readonly kickTarget: KickTarget;
+  /** Guest RAM, for the page walks string I/O and MMIO string moves will need. */
+  readonly memory: GuestMemory;
 
-  constructor(descriptor: VcpuDescriptor) {
-    libc.installKickHandler();
+  constructor(descriptor: VcpuDescriptor, context: VcpuRunContext) {
+    const attachment = descriptor.attachment as MshvVpAttachment;
     this.index = descriptor.index;
-    this.fd = descriptor.fd;
-    this.registers = new RegisterPage(new DataView(libc.viewAt(descriptor.runAddress, descriptor.runSize)));
+    this.fd = attachment.fd;
+    this.memory = context.memory;
+    this.registers = new RegisterPage(new DataView(libc.viewAt(attachment.registerPageAddress, attachment.registerPageSize)));
     this.decoder = new InterceptDecoder(new DataView(this.messageBytes.buffer), this.registers);
     this.hv = new HvCaller(this.fd, this.index);
-  }
-
-  threadId(): number {
-    return libc.gettid();
+    this.kickTarget = new KickTarget(attachment.kickTarget);
+    this.kickTarget.attachCallingThread();
   }
 
   run(): Exit {
     const pending = this.pending;
-    // A write needs only RIP moved on; an unanswered read completes as all ones (no device).
-    if (pending.action !== Completion.NONE) completeIntercept(pending, this.registers, 0xffff_ffff, 0xffff_ffff);
+    if (pending.action !== Completion.NONE) {
+      // The hypervisor finishes nothing for us: entering with an exit unanswered would re-run
+      // or skip the instruction. The vCPU loop completes every exit; this is its bug.
+      throw new Error(`VP ${this.index}: run() before the last exit was completed (completeRead, complete or failMsr)`);
+    }
     for (;;) {
       if (libc.ioctlBuffer(this.fd, Ioctl.RUN_VP, this.messageBytes) < 0) {
         const errno = libc.errno();
@@ -81,6 +89,11 @@ export class MshvVp implements VcpuHandle {
 
   completeRead(low: number, high = 0): void {
     completeIntercept(this.pending, this.registers, low, high);
+  }
+
+  /** A handled write: RIP steps past the instruction. */
+  complete(): void {
+    completeIntercept(this.pending, this.registers, 0, 0);
   }
 
   /** Injects #GP(0) and leaves RIP on the RDMSR/WRMSR. */
@@ -163,6 +176,7 @@ export class MshvVp implements VcpuHandle {
   setWaitForStartup(): void {}
 
   close(): void {
+    this.kickTarget.detach();
     this.hv.close();
   }
 }
