@@ -17,7 +17,7 @@ import {
   SegmentAttribute, Size, SpecialRegisterName, VP_MMAP_OFFSET_REGISTERS,
 } from "../runtime/hypervisor/mshv/mshv-abi.js";
 import {
-  answerCpuid, completeIntercept, Decoded, InterceptDecoder, newPendingCompletion, RegisterPage,
+  answerCpuid, completeIntercept, Decoded, InterceptDecoder, newPendingCompletion, RegisterPage, takeFollowUp,
 } from "../runtime/hypervisor/mshv/mshv-intercepts.js";
 import { readSegment, readTable, writeSegment, writeTable } from "../runtime/hypervisor/mshv/mshv-registers.js";
 import { encodeGetVpRegisters, encodeInstallIntercept, encodeSetVpRegisters } from "../runtime/hypervisor/mshv/mshv-hvcall.js";
@@ -236,12 +236,12 @@ test("port I/O intercepts become io-in/io-out, and the backend advances RIP and 
   completeIntercept(dword.pending, dword.registers, 0x1122_3344, 0);
   assert.equal(dword.registers.gpr(0), 0x1122_3344n, "IN EAX zero-extends into RAX");
 
-  expectFatal("io-rep-outsb", ExitKind.InternalError, /string I\/O on port 0x3f8 \(3 × 1 bytes.*issue 12 part 1/);
+  expectFatal("io-rep-outsb", ExitKind.InternalError, /string I\/O on port 0x3f8 \(3 × 1 bytes.*does not walk guest page tables/);
   expectFatal("io-bad-size", ExitKind.InternalError, /access size 3/);
   expectFatal("io-truncated", ExitKind.InternalError, /malformed I\/O port intercept: payload_size 40/);
 });
 
-test("GPA intercepts go through the MOV decoder: width, data, register and RIP", () => {
+test("GPA intercepts go through the x86 emulator: width, data, register and RIP", () => {
   const cases: [string, ReturnType<typeof summary>, bigint][] = [
     ["mmio-store-ecx", { kind: "mmio-write", address: 0xd000_0000, size: 4, data: 0xcafe_babe, dataHigh: 0 }, 2n],
     ["mmio-store-imm32", { kind: "mmio-write", address: 0xd000_0030, size: 4, data: 0x8765_4321, dataHigh: 0 }, 11n],
@@ -277,8 +277,25 @@ test("GPA intercepts go through the MOV decoder: width, data, register and RIP",
   completeIntercept(high.pending, high.registers, 0x5a, 0);
   assert.equal(high.registers.gpr(1), 0x2222_2222_cafe_5aben, "MOV CH writes bits 8-15 of RCX only");
 
-  expectFatal("mmio-add", ExitKind.InternalError, /MMIO access to 0xd0000070.*01 08.*not a MOV form/);
   expectFatal("mmio-execute", ExitKind.InternalError, /executes from GPA 0xd0000080/);
+});
+
+test("a read-modify-write GPA intercept is a read exit, then a write exit, then the registers and RIP", () => {
+  // add %ecx,(%rax): ECX is 0xcafebabe in the scenario's registers.
+  const add = decode("mmio-add");
+  assert.deepEqual(summary(add.exit), { kind: "mmio-read", address: 0xd000_0070, size: 4, data: 0, dataHigh: 0 });
+  completeIntercept(add.pending, add.registers, 0x3501_4546, 0);
+  assert.equal(add.registers.rip, 0x200000n, "RIP stays until the instruction's last access completes");
+  assert.equal(takeFollowUp(add.exit, add.pending), true, "the write follows without entering the guest");
+  assert.deepEqual(summary(add.exit), { kind: "mmio-write", address: 0xd000_0070, size: 4, data: 0x0000_0004, dataHigh: 0 });
+  completeIntercept(add.pending, add.registers, 0, 0);
+  assert.equal(takeFollowUp(add.exit, add.pending), false);
+  assert.equal(add.registers.rip, 0x200002n);
+  // 0x35014546 + 0xcafebabe = 0x1_00000004 carries out of bit 31 and out of bit 3: CF and AF; the result 4 has one bit set: PF clear.
+  const CF = 1n, PF = 4n, AF = 0x10n, ZF = 0x40n, SF = 0x80n, OF = 0x800n;
+  assert.equal(add.registers.rflags & (CF | PF | AF | ZF | SF | OF), CF | AF);
+  assert.equal(add.registers.dirty & (1 << RegisterClass.FLAGS), 1 << RegisterClass.FLAGS, "the flags are written back");
+  assert.equal(add.registers.dirty & (1 << RegisterClass.GENERAL), 0, "no general register changed");
 });
 
 test("MSR intercepts become msr-read/msr-write; a read completes into EDX:EAX", () => {

@@ -2,8 +2,9 @@
  * Turns the 256-byte hv_message MSHV_RUN_VP returns into the neutral Exit, and completes
  * it the way Microsoft's hypervisor requires: nothing is emulated for the VMM, so the
  * backend itself advances RIP past port I/O, MSR and CPUID instructions, decodes the
- * instruction of a GPA intercept to learn width, data and register, and writes results
- * into the guest's registers. Register reads and writes go through the VP register page
+ * instruction of a GPA intercept with the shared x86 emulator (../x86/mmio-emulator.ts,
+ * one access per exit: a read-modify-write becomes a read exit, then a write exit), and
+ * writes results into the guest's registers. Register reads and writes go through the VP register page
  * (hv_vp_register_page, mapped from the VP fd), whose dirty bits make the hypervisor load
  * what we changed on the next MSHV_RUN_VP.
  *
@@ -15,7 +16,9 @@ import type { CpuidEntry } from "../x86/cpu-state.js";
 import {
   InterceptAccess, IoAccessInfo, MessageType, Offset, RegisterClass, SegmentAttribute, Size,
 } from "./mshv-abi.js";
-import { decodeMmioMove, MmioDecodeError, type MmioMove } from "./mmio-move.js";
+import {
+  type CodeSize, isStringInstruction, type MmioAccess, SteppedMmioInstruction, type X86State, X86DecodeError,
+} from "../x86/mmio-emulator.js";
 
 const PAYLOAD = Offset.hv_message.payload;
 const HEADER = Offset.hv_x64_intercept_message_header;
@@ -60,6 +63,15 @@ export class RegisterPage {
     this.markDirty(RegisterClass.IP);
   }
 
+  get rflags(): bigint {
+    return this.view.getBigUint64(PAGE.rflags, true);
+  }
+
+  set rflags(value: bigint) {
+    this.view.setBigUint64(PAGE.rflags, value & MASK64, true);
+    this.markDirty(RegisterClass.FLAGS);
+  }
+
   get dirty(): number {
     return this.view.getUint32(PAGE.dirty, true);
   }
@@ -74,7 +86,7 @@ export const Decoded = { EXIT: 0, CPUID: 1 } as const;
 export type Decoded = (typeof Decoded)[keyof typeof Decoded];
 
 /** How the current exit completes. Preallocated per vCPU and reused. */
-export const Completion = { NONE: 0, ADVANCE: 1, IO_IN: 2, MMIO_LOAD: 3, MSR_READ: 4, CPUID: 5 } as const;
+export const Completion = { NONE: 0, ADVANCE: 1, IO_IN: 2, MMIO: 3, MSR_READ: 4, CPUID: 5 } as const;
 
 export interface PendingCompletion {
   action: number;
@@ -82,8 +94,17 @@ export interface PendingCompletion {
   nextRip: bigint;
   /** io-in: access width. */
   size: number;
-  /** mmio read: the decoded load. */
-  move: MmioMove | null;
+  /** GPA intercept: the instruction, emulated an access at a time. */
+  mmio: SteppedMmioInstruction;
+  /** GPA intercept: the intercepted GPA, and the address (in the instruction's terms) of its first access. */
+  gpa: number;
+  firstAddress: bigint;
+  /** GPA intercept: the exit being completed is a read (its answer goes to the emulator). */
+  mmioRead: boolean;
+  /** GPA intercept: the instruction's next access, for `run()` to return without entering the guest. */
+  followUp: MmioAccess | undefined;
+  /** GPA intercept: why the instruction cannot go on (becomes an internal-error exit). */
+  followUpError: string;
   /** CPUID intercept: leaf, subleaf and the hypervisor's default answer (EAX, EBX, ECX, EDX). */
   leaf: number;
   subleaf: number;
@@ -91,7 +112,10 @@ export interface PendingCompletion {
 }
 
 export function newPendingCompletion(): PendingCompletion {
-  return { action: Completion.NONE, nextRip: 0n, size: 0, move: null, leaf: 0, subleaf: 0, defaults: [0, 0, 0, 0] };
+  return {
+    action: Completion.NONE, nextRip: 0n, size: 0, mmio: new SteppedMmioInstruction(), gpa: 0, firstAddress: 0n,
+    mmioRead: false, followUp: undefined, followUpError: "", leaf: 0, subleaf: 0, defaults: [0, 0, 0, 0],
+  };
 }
 
 function hex(value: number | bigint): string {
@@ -118,7 +142,8 @@ function setData(exit: Exit, value: bigint, size: number): void {
 /**
  * Decodes the hv_message in one fixed buffer (the vCPU's MSHV_RUN_VP buffer) into the
  * neutral exit, reading guest registers from the VP register page where the message does
- * not carry them. One per vCPU: nothing is allocated per message.
+ * not carry them. One per vCPU: nothing is allocated per message, except by the x86
+ * emulator for a GPA intercept (its registers are BigInts).
  */
 export class InterceptDecoder {
   private readonly instructionBytes: Uint8Array;
@@ -169,7 +194,7 @@ export class InterceptDecoder {
 
   decode(exit: Exit, pending: PendingCompletion): Decoded {
     pending.action = Completion.NONE;
-    pending.move = null;
+    pending.followUp = undefined;
     exit.count = 1;
     exit.detail = "";
     const type = this.message.getUint32(Offset.hv_message_header.message_type, true);
@@ -185,8 +210,8 @@ export class InterceptDecoder {
         if (info & IoAccessInfo.STRING_OP) {
           const count = info & IoAccessInfo.REP_PREFIX ? this.u64(IO.rcx) : 1n;
           return fatal(exit, ExitKind.InternalError,
-            `string I/O on port ${hex(port)} (${count} × ${size} bytes at rip ${hex(this.rip())}): the MSHV backend cannot walk guest ` +
-            "page tables until the seam gives backends guest memory in the run path (issue 12 part 1)");
+            `string I/O on port ${hex(port)} (${count} × ${size} bytes at rip ${hex(this.rip())}): the MSHV backend has guest memory in ` +
+            "its run context but does not walk guest page tables yet, which string I/O needs");
         }
         const write = this.access() === InterceptAccess.WRITE;
         exit.kind = write ? ExitKind.IoOut : ExitKind.IoIn;
@@ -208,30 +233,31 @@ export class InterceptDecoder {
         }
         const count = Math.min(this.u8(MEMORY.instruction_byte_count), 16);
         const attributes = this.u16(HEADER.cs_segment + Offset.hv_x64_segment_register.attributes);
-        let move: MmioMove;
+        const codeSize: CodeSize = attributes & SegmentAttribute.LONG ? 64 : attributes & SegmentAttribute.DEFAULT_BIG ? 32 : 16;
+        const code = this.instructionBytes.subarray(0, count);
+        const where = `MMIO access to ${hex(gpa)} at rip ${hex(this.rip())}`;
+        const state: X86State = { gpr: [], rip: this.rip(), rflags: this.u64(HEADER.rflags) };
+        for (let r = 0; r < 16; r++) state.gpr.push(registers.gpr(r));
+        let access: MmioAccess | undefined;
         try {
-          move = decodeMmioMove(this.instructionBytes, count, {
-            long: (attributes & SegmentAttribute.LONG) !== 0, defaultBig: (attributes & SegmentAttribute.DEFAULT_BIG) !== 0,
-          });
+          if (isStringInstruction(code, codeSize)) {
+            return fatal(exit, ExitKind.InternalError,
+              `${where}: a string move (MOVS, STOS, LODS) touches memory by linear address, and the mshv backend does not walk guest page tables yet`);
+          }
+          pending.mmio.begin(code, state, codeSize);
+          access = pending.mmio.next();
         } catch (error) {
-          if (!(error instanceof MmioDecodeError)) throw error;
-          return fatal(exit, ExitKind.InternalError, `MMIO access to ${hex(gpa)} at rip ${hex(this.rip())}: ${error.message}`);
+          if (!(error instanceof X86DecodeError)) throw error;
+          return fatal(exit, ExitKind.InternalError, `${where}: ${error.message} (bytes ${hexBytes(code)})`);
         }
-        const write = this.access() === InterceptAccess.WRITE;
-        if (move.write !== write) {
-          return fatal(exit, ExitKind.InternalError,
-            `MMIO access to ${hex(gpa)}: the hypervisor reports a ${write ? "write" : "read"}, the instruction is a ${move.write ? "store" : "load"}`);
+        if (access === undefined) return fatal(exit, ExitKind.InternalError, `${where}: the instruction (bytes ${hexBytes(code)}) makes no memory access`);
+        if (this.access() === InterceptAccess.READ && access.write) {
+          return fatal(exit, ExitKind.InternalError, `${where}: the hypervisor reports a read, the instruction (bytes ${hexBytes(code)}) stores first`);
         }
-        exit.kind = write ? ExitKind.MmioWrite : ExitKind.MmioRead;
-        exit.address = Number(gpa);
-        exit.size = move.size;
-        if (write) {
-          const source = move.register < 0 ? move.immediate : registers.gpr(move.register) >> (move.highByte ? 8n : 0n);
-          setData(exit, source, move.size);
-        } else exit.data = exit.dataHigh = 0;
-        pending.action = write ? Completion.ADVANCE : Completion.MMIO_LOAD;
-        pending.move = move;
-        pending.nextRip = this.rip() + BigInt(move.length);
+        pending.action = Completion.MMIO;
+        pending.gpa = Number(gpa);
+        pending.firstAddress = access.address;
+        setMmioExit(exit, pending, access);
         return Decoded.EXIT;
       }
       case MessageType.X64_MSR_INTERCEPT: {
@@ -282,19 +308,67 @@ export class InterceptDecoder {
   }
 }
 
-function loadValue(old: bigint, value: bigint, move: MmioMove): bigint {
-  const bits = BigInt(8 * move.size);
-  let loaded = value & ((1n << bits) - 1n);
-  if (move.signExtend && loaded >> (bits - 1n)) loaded |= MASK64 ^ ((1n << bits) - 1n);
-  if (move.destinationSize >= 4) return loaded & (move.destinationSize === 4 ? 0xffff_ffffn : MASK64);
-  if (move.highByte) return (old & ~0xff00n) | ((loaded & 0xffn) << 8n);
-  const keep = (1n << BigInt(8 * move.destinationSize)) - 1n;
-  return (old & ~keep) | (loaded & keep);
+function hexBytes(bytes: Uint8Array): string {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join(" ");
+}
+
+/** The exit for one access of a GPA intercept's instruction: every access is at the intercepted GPA. */
+function setMmioExit(exit: Exit, pending: PendingCompletion, access: MmioAccess): void {
+  exit.kind = access.write ? ExitKind.MmioWrite : ExitKind.MmioRead;
+  exit.address = pending.gpa;
+  exit.size = access.size;
+  exit.count = 1;
+  exit.detail = "";
+  if (access.write) setData(exit, access.value, access.size);
+  else exit.data = exit.dataHigh = 0;
+  pending.mmioRead = !access.write;
+}
+
+/**
+ * After a GPA intercept's access completed: the instruction's next access, as the exit
+ * `run()` returns without entering the guest. False when there is none.
+ */
+export function takeFollowUp(exit: Exit, pending: PendingCompletion): boolean {
+  if (pending.action !== Completion.MMIO) return false;
+  if (pending.followUpError !== "") {
+    fatal(exit, ExitKind.InternalError, pending.followUpError);
+    pending.followUpError = "";
+    pending.action = Completion.NONE;
+    return true;
+  }
+  const access = pending.followUp;
+  if (access === undefined) return false;
+  pending.followUp = undefined;
+  setMmioExit(exit, pending, access);
+  return true;
+}
+
+/** Feeds the completed access to the emulator; stages the next access, or writes the registers back when done. */
+function completeMmio(pending: PendingCompletion, registers: RegisterPage, value: bigint): void {
+  const mmio = pending.mmio;
+  if (pending.mmioRead) mmio.answer(value);
+  const next = mmio.next();
+  if (next !== undefined) {
+    // Only the intercepted GPA is known: an access elsewhere would need the guest's page tables.
+    if (next.address !== pending.firstAddress) {
+      pending.followUpError = `MMIO access to ${hex(pending.gpa)}: the instruction goes on to address ${hex(next.address)}, ` +
+        "which the mshv backend cannot translate without walking guest page tables";
+    } else {
+      pending.followUp = next;
+    }
+    return;
+  }
+  const after = mmio.state;
+  for (let r = 0; r < 16; r++) if (after.gpr[r] !== registers.gpr(r)) registers.setGpr(r, after.gpr[r]);
+  if (after.rflags !== registers.rflags) registers.rflags = after.rflags;
+  registers.rip = after.rip;
+  pending.action = Completion.NONE;
 }
 
 /**
  * Completes the pending exit in the guest's registers. `low`/`high` answer a read (io-in,
- * mmio-read, msr-read) and are ignored otherwise. Leaves nothing pending.
+ * mmio-read, msr-read) and are ignored otherwise. Leaves nothing pending, except when a GPA
+ * intercept's instruction has another access to make (`takeFollowUp`).
  */
 export function completeIntercept(pending: PendingCompletion, registers: RegisterPage, low: number, high: number): void {
   const value = (BigInt(high >>> 0) << 32n) | BigInt(low >>> 0);
@@ -307,11 +381,9 @@ export function completeIntercept(pending: PendingCompletion, registers: Registe
       registers.setGpr(RAX, pending.size === 4 ? value & mask : (registers.gpr(RAX) & ~mask) | (value & mask));
       break;
     }
-    case Completion.MMIO_LOAD: {
-      const move = pending.move!;
-      registers.setGpr(move.register, loadValue(registers.gpr(move.register), value, move));
-      break;
-    }
+    case Completion.MMIO:
+      completeMmio(pending, registers, value);
+      return;
     case Completion.MSR_READ:
       registers.setGpr(RAX, value & 0xffff_ffffn);
       registers.setGpr(RDX, value >> 32n);
@@ -319,7 +391,6 @@ export function completeIntercept(pending: PendingCompletion, registers: Registe
   }
   registers.rip = pending.nextRip;
   pending.action = Completion.NONE;
-  pending.move = null;
 }
 
 /** Answers a CPUID intercept from `table` (or the hypervisor's defaults) and advances RIP. */

@@ -18,7 +18,7 @@ import { HvCaller } from "./mshv-hvcall.js";
 import type { MshvVpAttachment } from "./mshv-partition.js";
 import { readSegment, readTable, writeSegment, writeTable } from "./mshv-registers.js";
 import {
-  answerCpuid, Completion, completeIntercept, Decoded, InterceptDecoder, newPendingCompletion, RegisterPage,
+  answerCpuid, Completion, completeIntercept, Decoded, InterceptDecoder, newPendingCompletion, RegisterPage, takeFollowUp,
 } from "./mshv-intercepts.js";
 
 const EINTR = 4;
@@ -56,6 +56,9 @@ export class MshvVp implements VcpuHandle {
 
   run(): Exit {
     const pending = this.pending;
+    // The second access of a read-modify-write (or a failure found completing the first) is
+    // an exit of its own, without re-entering the guest.
+    if (takeFollowUp(this.exit, pending)) return this.exit;
     if (pending.action !== Completion.NONE) {
       // The hypervisor finishes nothing for us: entering with an exit unanswered would re-run
       // or skip the instruction. The vCPU loop completes every exit; this is its bug.
@@ -82,7 +85,7 @@ export class MshvVp implements VcpuHandle {
     }
   }
 
-  /** String I/O is refused at decode time (it needs guest page walks: issue 12 part 1). */
+  /** String I/O is refused at decode time: it needs guest page walks, not written yet. */
   stringData(): Uint8Array {
     throw new HypervisorError("stringData (mshv)", EOPNOTSUPP, "string I/O is not supported by the mshv backend yet");
   }
