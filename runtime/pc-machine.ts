@@ -3,7 +3,9 @@
  * IRQ 4, debug-exit, fw_cfg, ACPI tables with a PM timer, CMOS/RTC, a PCI bus, and
  * a Multiboot v1 kernel entered on vCPU 0 while the others wait for INIT/SIPI.
  */
+import type { Writable } from "node:stream";
 import { Vm, type VmResult } from "./vm.js";
+import { ConsoleSink } from "./devices/console-sink.js";
 import { VmConfigError } from "./errors.js";
 import { Serial16550 } from "./devices/serial-16550.js";
 import { type InputSource, SerialInputPump } from "./devices/serial-input.js";
@@ -59,8 +61,11 @@ export interface PcMachineOptions {
   pit?: boolean;
   /** CPUID feature changes, e.g. `+x2apic,-pcid,-invpcid` (see VmOptions.cpuFeatures). */
   cpuFeatures?: string;
-  /** Receives every byte the guest sends on COM1. */
-  console: (byte: number) => void;
+  /**
+   * Receives every byte the guest sends on COM1: a callback per byte, or a stream (written
+   * in batches, flushed when the machine stops).
+   */
+  console: ((byte: number) => void) | Pick<Writable, "write">;
   /** The hypervisor CPUID leaves the guest sees (see HypervisorCpuidOptions). */
   hypervisorCpuid?: HypervisorCpuidOptions;
   /** Host input for COM1 (e.g. piped stdin), delivered with flow control and never dropped. */
@@ -113,6 +118,8 @@ export class PcMachine {
   readonly pvmFallbacks: PvmFallbacks | undefined;
   /** The PCI bus (i440FX host bridge at 00:00.0); plug devices before `run()`. */
   readonly pci: PciHost;
+  /** Batches COM1 output when `options.console` is a stream. */
+  private consoleSink: ConsoleSink | undefined;
 
   constructor(options: PcMachineOptions) {
     const cpus = options.cpus ?? 1;
@@ -156,7 +163,7 @@ export class PcMachine {
       for (let i = 1; i < cpus; i++) vm.setCpuState(i, applicationProcessorState());
 
       this.serial = new Serial16550({
-        output: options.console, irq: vm.interruptLine(COM1_IRQ),
+        output: this.consoleOutput(options.console), irq: vm.interruptLine(COM1_IRQ),
         onRxDrained: this.input.drained, onRxDiscarded: this.input.discarded,
       });
       this.input.attach(this.serial);
@@ -208,6 +215,7 @@ export class PcMachine {
       return await this.vm.run();
     } finally {
       this.input.detach();
+      this.consoleSink?.flush();
       this.closeVirtio();
     }
   }
@@ -216,8 +224,15 @@ export class PcMachine {
     try {
       return await this.vm.stop();
     } finally {
+      this.consoleSink?.flush();
       this.closeVirtio();
     }
+  }
+
+  private consoleOutput(console: PcMachineOptions["console"]): (byte: number) => void {
+    if (typeof console === "function") return console;
+    this.consoleSink = new ConsoleSink(console);
+    return this.consoleSink.push;
   }
 
   private closeVirtio(): void {

@@ -7,13 +7,16 @@
  */
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
-import { readdirSync, readlinkSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { destroyVcpuPool, warmVcpuPool } from "../runtime/vcpu-pool.js";
 import { cacheDir } from "../runtime/assets/cache-dir.js";
 import { e820LogLine } from "../runtime/boot/linux/e820-map.js";
 import { PVM_KERNEL_PARAMETERS, withKernelParameters } from "../runtime/boot/linux/pvm-fallbacks.js";
 import { bootDebianKernel, guestAssetsOrSkip, message, ON_PVM } from "./linux-guest.js";
+import { parseSetupHeader, payloadOf } from "../runtime/boot/linux/setup-header.js";
 
 after(() => destroyVcpuPool());
 
@@ -82,3 +85,32 @@ for (const cpus of [1, 2]) {
     assert.equal(kvmFds(), 0, "the VM's and its vCPUs' fds are closed");
   });
 }
+
+test("Debian generic kernel (an xz payload, x86 BCJ): decompressed here byte for byte as xz does, then it boots to its banner", { timeout: 2 * GUARD_MS }, async (t) => {
+  const assets = guestAssetsOrSkip(t);
+  if (!assets) return;
+  const cache = mkdtempSync(join(tmpdir(), "wv-generic-"));
+  try {
+    const { machine, console, result } = bootDebianKernel(assets, { cpus: 1, cmdline: CMDLINE, kernelCacheDir: cache, kernel: "generic" });
+    try {
+      const linux = machine.linux!;
+      assert.equal(linux.payloadFormat, "xz");
+      assert.equal(linux.entryPath, "vmlinux", "the payload was decompressed on the host");
+      // xz's own decoder on the same payload (its last 4 bytes are Linux's appended size).
+      const image = readFileSync(assets.genericKernel);
+      const payload = payloadOf(image, parseSetupHeader(image));
+      const reference = execFileSync("xz", ["-dc", "--single-stream"], { input: payload.subarray(0, payload.length - 4), maxBuffer: 1 << 30 });
+      const [cached] = readdirSync(cache);
+      assert.ok(Buffer.from(readFileSync(join(cache, cached))).equals(reference), "our vmlinux equals xz -dc's");
+      await console.waitFor(/Command line: /, GUARD_MS);
+      const log = console.lines.map(message);
+      assert.ok(log.some((line) => /^Linux version 6\.\S+-amd64 /.test(line)), `no generic kernel banner in:\n${console.tail(20)}`);
+      assert.ok(log.includes(`Command line: ${linux.cmdline}`));
+    } finally {
+      await machine.stop();
+    }
+    assert.deepEqual(await result, { reason: "stopped" });
+  } finally {
+    rmSync(cache, { recursive: true, force: true });
+  }
+});
