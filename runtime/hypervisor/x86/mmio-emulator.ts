@@ -3,8 +3,8 @@
  * hypervisor reports only "guest touched GPA X" (Microsoft's /dev/mshv memory intercept) must
  * do itself, and a fallback where KVM's own emulator gives up. KVM, which decodes these in the
  * kernel, is the oracle: test/mmio-emulator.test.ts runs generated instructions on KVM, in
- * 64-bit and 32-bit code, and checks that this module predicts the same accesses and the
- * same registers afterwards.
+ * 64-bit long mode, 32-bit protected mode and 16-bit real mode, and checks that this module
+ * predicts the same accesses and the same registers afterwards.
  *
  * Covered, with legacy (66, 67, F0, F2, F3, segment) and REX prefixes and every ModRM/SIB/
  * displacement form including RIP-relative, in 64-bit, 32-bit and 16-bit code (the code
