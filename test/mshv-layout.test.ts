@@ -196,10 +196,15 @@ interface Decode {
   pending: ReturnType<typeof newPendingCompletion>;
 }
 
-function decode(name: string): Decode {
+/** `csAttributes` replaces the intercepted code segment's attributes (the scenarios are 64-bit code). */
+function decode(name: string, csAttributes?: number): Decode {
   const scenario = layout().scenarios[name];
   assert.ok(scenario, `the C program has no scenario '${name}'`);
   const message = new DataView(bytesOf(scenario.message).buffer);
+  if (csAttributes !== undefined) {
+    const at = Offset.hv_message.payload + Offset.hv_x64_intercept_message_header.cs_segment + Offset.hv_x64_segment_register.attributes;
+    message.setUint16(at, csAttributes, true);
+  }
   const registers = new RegisterPage(new DataView(bytesOf(scenario.registers).buffer));
   const exit: Exit = { kind: ExitKind.Unknown, address: 0, size: 0, count: 0, data: 0, dataHigh: 0, detail: "" };
   const pending = newPendingCompletion();
@@ -279,6 +284,26 @@ test("GPA intercepts go through the x86 emulator: width, data, register and RIP"
 
   expectFatal("mmio-execute", ExitKind.InternalError, /executes from GPA 0xd0000080/);
 });
+
+test("a GPA intercept decodes its instruction in the code size CS gives: 64-, 32- or 16-bit", () => {
+  const PRESENT_CODE = 0x9b; // type 0xb (code, read, accessed), S, P
+  // 48 8b 1e: mov (%rsi),%rbx in 64-bit code; in 32-bit code 48 is DEC EAX, which touches no memory.
+  const long = decode("mmio-load-rbx");
+  assert.equal(long.exit.size, 8);
+  expectFatalOf(decode("mmio-load-rbx", PRESENT_CODE | SegmentAttribute.DEFAULT_BIG), /opcode 0x48 is not an MMIO instruction.*48 8b 1e/);
+  // 89 08: mov %ecx,(%rax) in 32-bit code; mov %cx,(%bx,%si) in 16-bit code.
+  const protectedMode = decode("mmio-store-ecx", PRESENT_CODE | SegmentAttribute.DEFAULT_BIG);
+  assert.deepEqual(summary(protectedMode.exit), { kind: "mmio-write", address: 0xd000_0000, size: 4, data: 0xcafe_babe, dataHigh: 0 });
+  const real = decode("mmio-store-ecx", PRESENT_CODE);
+  assert.deepEqual(summary(real.exit), { kind: "mmio-write", address: 0xd000_0000, size: 2, data: 0xbabe, dataHigh: 0 });
+  completeIntercept(real.pending, real.registers, 0, 0);
+  assert.equal(real.registers.rip, 0x200002n);
+});
+
+function expectFatalOf({ exit }: Decode, detail: RegExp): void {
+  assert.equal(exitKindName(exit.kind), "internal-error");
+  assert.match(exit.detail, detail);
+}
 
 test("a read-modify-write GPA intercept is a read exit, then a write exit, then the registers and RIP", () => {
   // add %ecx,(%rax): ECX is 0xcafebabe in the scenario's registers.

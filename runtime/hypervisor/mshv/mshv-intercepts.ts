@@ -4,9 +4,9 @@
  * backend itself advances RIP past port I/O, MSR and CPUID instructions, decodes the
  * instruction of a GPA intercept with the shared x86 emulator (../x86/mmio-emulator.ts,
  * one access per exit: a read-modify-write becomes a read exit, then a write exit), and
- * writes results into the guest's registers. Register reads and writes go through the VP register page
- * (hv_vp_register_page, mapped from the VP fd), whose dirty bits make the hypervisor load
- * what we changed on the next MSHV_RUN_VP.
+ * writes results into the guest's registers. Register reads and writes go through the VP
+ * register page (hv_vp_register_page, mapped from the VP fd), whose dirty bits make the
+ * hypervisor load what we changed on the next MSHV_RUN_VP.
  *
  * Every value in a message is treated as untrusted: sizes, counts and types are checked,
  * and a message that does not fit becomes an internal-error exit naming what was wrong.

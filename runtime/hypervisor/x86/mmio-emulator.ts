@@ -317,8 +317,8 @@ export function emulateMmioInstruction(code: Uint8Array, state: X86State, memory
   const size = d.operandSize;
   const { opcode, rex } = d;
   const reg = d.modrm?.reg ?? 0;
-  // EIP (IP) wraps at the code size's width.
-  const nextRip = (state.rip + BigInt(d.length)) & mask(codeSize / 8);
+  // Outside 64-bit code EIP is 32 bits (KVM's emulator keeps 16-bit code's EIP at 32 bits too).
+  const nextRip = (state.rip + BigInt(d.length)) & (codeSize === 64 ? M64 : 0xffff_ffffn);
   if (d.twoByte) {
     // MOVZX / MOVSX: a byte or word from memory into a wider register.
     const from = opcode & 1 ? 2 : 1;
