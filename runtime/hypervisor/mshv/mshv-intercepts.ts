@@ -11,6 +11,7 @@
  * Every value in a message is treated as untrusted: sizes, counts and types are checked,
  * and a message that does not fit becomes an internal-error exit naming what was wrong.
  */
+import type { GuestMemory } from "../../../memory/guest-memory.js";
 import { type Exit, ExitKind } from "../hypervisor.js";
 import type { CpuidEntry } from "../x86/cpu-state.js";
 import {
@@ -19,6 +20,7 @@ import {
 import {
   type CodeSize, isStringInstruction, type MmioAccess, SteppedMmioInstruction, type X86State, X86DecodeError,
 } from "../x86/mmio-emulator.js";
+import { linearToPhysical, PageWalkError, type PagingRegisters } from "../x86/page-walk.js";
 
 const PAYLOAD = Offset.hv_message.payload;
 const HEADER = Offset.hv_x64_intercept_message_header;
@@ -34,6 +36,8 @@ const RAX = 0;
 const RCX = 1;
 const RDX = 2;
 const RBX = 3;
+const RSI = 6;
+const RDI = 7;
 const MASK64 = 0xffff_ffff_ffff_ffffn;
 
 /** The VP register page (hv_vp_register_page): general registers, RIP, RFLAGS, dirty bits. */
@@ -72,6 +76,15 @@ export class RegisterPage {
     this.markDirty(RegisterClass.FLAGS);
   }
 
+  /** CR0, CR3, CR4 and EFER: what a page walk needs. */
+  paging(): PagingRegisters {
+    const v = this.view;
+    return {
+      cr0: v.getBigUint64(PAGE.cr0, true), cr3: v.getBigUint64(PAGE.cr3, true), cr4: v.getBigUint64(PAGE.cr4, true),
+      efer: v.getBigUint64(PAGE.efer, true),
+    };
+  }
+
   get dirty(): number {
     return this.view.getUint32(PAGE.dirty, true);
   }
@@ -81,12 +94,15 @@ export class RegisterPage {
   }
 }
 
-/** What `run()` decoded: an exit for the VMM, or a CPUID the backend answers itself. */
-export const Decoded = { EXIT: 0, CPUID: 1 } as const;
+/**
+ * What `run()` decoded: an exit for the VMM, a CPUID the backend answers itself, or an
+ * intercept the backend has already completed (a REP string I/O with a zero count).
+ */
+export const Decoded = { EXIT: 0, CPUID: 1, HANDLED: 2 } as const;
 export type Decoded = (typeof Decoded)[keyof typeof Decoded];
 
 /** How the current exit completes. Preallocated per vCPU and reused. */
-export const Completion = { NONE: 0, ADVANCE: 1, IO_IN: 2, MMIO: 3, MSR_READ: 4, CPUID: 5 } as const;
+export const Completion = { NONE: 0, ADVANCE: 1, IO_IN: 2, MMIO: 3, MSR_READ: 4, CPUID: 5, STRING_IO: 6 } as const;
 
 export interface PendingCompletion {
   action: number;
@@ -105,6 +121,13 @@ export interface PendingCompletion {
   followUp: MmioAccess | undefined;
   /** GPA intercept: why the instruction cannot go on (becomes an internal-error exit). */
   followUpError: string;
+  /** String I/O: the guest RAM the elements of this exit come from or go to (`stringData()`). */
+  stringData: Uint8Array | undefined;
+  /** String I/O: elements this exit moves, whether REP counts them in RCX, the address-size mask, RSI or RDI. */
+  stringElements: number;
+  stringRep: boolean;
+  stringAddressMask: bigint;
+  stringRegister: number;
   /** CPUID intercept: leaf, subleaf and the hypervisor's default answer (EAX, EBX, ECX, EDX). */
   leaf: number;
   subleaf: number;
@@ -114,7 +137,8 @@ export interface PendingCompletion {
 export function newPendingCompletion(): PendingCompletion {
   return {
     action: Completion.NONE, nextRip: 0n, size: 0, mmio: new SteppedMmioInstruction(), gpa: 0, firstAddress: 0n,
-    mmioRead: false, followUp: undefined, followUpError: "", leaf: 0, subleaf: 0, defaults: [0, 0, 0, 0],
+    mmioRead: false, followUp: undefined, followUpError: "", stringData: undefined, stringElements: 0, stringRep: false,
+    stringAddressMask: 0n, stringRegister: 0, leaf: 0, subleaf: 0, defaults: [0, 0, 0, 0],
   };
 }
 
@@ -148,9 +172,11 @@ function setData(exit: Exit, value: bigint, size: number): void {
 export class InterceptDecoder {
   private readonly instructionBytes: Uint8Array;
 
+  /** `memory` is guest RAM, for string I/O (without it string I/O is refused). */
   constructor(
     private readonly message: DataView,
     private readonly registers: RegisterPage,
+    private readonly memory?: GuestMemory,
   ) {
     if (message.byteLength < Size.hv_message) throw new RangeError(`an hv_message has ${Size.hv_message} bytes, got ${message.byteLength}`);
     this.instructionBytes = new Uint8Array(message.buffer, message.byteOffset + PAYLOAD + MEMORY.instruction_bytes, 16);
@@ -192,9 +218,70 @@ export class InterceptDecoder {
     return false;
   }
 
+  /**
+   * INS/OUTS: the elements up to the end of the page the string is in (or all of them),
+   * through the guest's page tables to guest RAM, whose bytes `stringData()` then is.
+   * Completion steps RSI or RDI (and RCX with REP) and leaves RIP on the instruction while
+   * elements remain, so the guest executes it again for the rest, as KVM does.
+   */
+  private decodeStringIo(exit: Exit, pending: PendingCompletion, port: number, size: number, write: boolean, rep: boolean): Decoded {
+    const where = `string I/O on port ${hex(port)} at rip ${hex(this.rip())}`;
+    if (this.memory === undefined) return fatal(exit, ExitKind.InternalError, `${where}: no guest memory to move it through`);
+    const count = Math.min(this.u8(IO.instruction_byte_count), 16);
+    for (let at = 0; at < count; at++) {
+      const b = this.u8(IO.instruction_bytes + at);
+      if (b === 0x67 || b === 0x26 || b === 0x2e || b === 0x36 || b === 0x3e || b === 0x64 || b === 0x65) {
+        return fatal(exit, ExitKind.InternalError, `${where}: address-size and segment prefixes on string I/O are not handled yet`);
+      }
+      if (b !== 0x66 && b !== 0xf2 && b !== 0xf3) break;
+    }
+    if (this.u64(HEADER.rflags) & 0x400n) return fatal(exit, ExitKind.InternalError, `${where}: string I/O with RFLAGS.DF set is not handled yet`);
+    const attributes = this.u16(HEADER.cs_segment + Offset.hv_x64_segment_register.attributes);
+    const long = (attributes & SegmentAttribute.LONG) !== 0;
+    const addressMask = long ? MASK64 : attributes & SegmentAttribute.DEFAULT_BIG ? 0xffff_ffffn : 0xffffn;
+    const registers = this.registers;
+    const remaining = rep ? Number(registers.gpr(RCX) & addressMask) : 1;
+    pending.nextRip = this.rip() + BigInt(this.instructionLength());
+    if (remaining === 0) {
+      registers.rip = pending.nextRip;
+      return Decoded.HANDLED;
+    }
+    // OUTS reads DS:RSI, INS writes ES:RDI; 64-bit code has no segment bases for them.
+    const register = write ? RSI : RDI;
+    const segmentBase = long ? 0n : this.u64((write ? IO.ds_segment : IO.es_segment) + Offset.hv_x64_segment_register.base);
+    const linear = segmentBase + (registers.gpr(register) & addressMask);
+    const toPageEnd = Math.floor((0x1000 - Number(linear & 0xfffn)) / size);
+    if (toPageEnd === 0) return fatal(exit, ExitKind.InternalError, `${where}: an element at ${hex(linear)} crosses a page, which is not handled yet`);
+    const elements = Math.min(remaining, toPageEnd);
+    let gpa: number;
+    try {
+      gpa = linearToPhysical(this.memory, registers.paging(), linear);
+    } catch (error) {
+      if (!(error instanceof PageWalkError)) throw error;
+      return fatal(exit, ExitKind.InternalError, `${where}: ${error.message}`);
+    }
+    if (!this.memory.isBacked(gpa, elements * size)) {
+      return fatal(exit, ExitKind.InternalError, `${where}: guest-physical ${hex(gpa)} (+${elements * size} bytes) is not RAM`);
+    }
+    exit.kind = write ? ExitKind.IoOut : ExitKind.IoIn;
+    exit.address = port;
+    exit.size = size;
+    exit.count = elements;
+    exit.data = exit.dataHigh = 0;
+    pending.action = Completion.STRING_IO;
+    pending.stringData = this.memory.slice(gpa, elements * size);
+    pending.stringElements = elements;
+    pending.stringRep = rep;
+    pending.stringAddressMask = addressMask;
+    pending.stringRegister = register;
+    pending.size = size;
+    return Decoded.EXIT;
+  }
+
   decode(exit: Exit, pending: PendingCompletion): Decoded {
     pending.action = Completion.NONE;
     pending.followUp = undefined;
+    pending.stringData = undefined;
     exit.count = 1;
     exit.detail = "";
     const type = this.message.getUint32(Offset.hv_message_header.message_type, true);
@@ -207,13 +294,8 @@ export class InterceptDecoder {
         const port = this.u16(IO.port_number);
         if (size !== 1 && size !== 2 && size !== 4) return fatal(exit, ExitKind.InternalError, `I/O port intercept with access size ${size}`);
         if (this.instructionLength() === 0) return fatal(exit, ExitKind.InternalError, `I/O port intercept at ${hex(this.rip())} without an instruction length`);
-        if (info & IoAccessInfo.STRING_OP) {
-          const count = info & IoAccessInfo.REP_PREFIX ? this.u64(IO.rcx) : 1n;
-          return fatal(exit, ExitKind.InternalError,
-            `string I/O on port ${hex(port)} (${count} × ${size} bytes at rip ${hex(this.rip())}): the MSHV backend has guest memory in ` +
-            "its run context but does not walk guest page tables yet, which string I/O needs");
-        }
         const write = this.access() === InterceptAccess.WRITE;
+        if (info & IoAccessInfo.STRING_OP) return this.decodeStringIo(exit, pending, port, size, write, (info & IoAccessInfo.REP_PREFIX) !== 0);
         exit.kind = write ? ExitKind.IoOut : ExitKind.IoIn;
         exit.address = port;
         exit.size = size;
@@ -384,6 +466,22 @@ export function completeIntercept(pending: PendingCompletion, registers: Registe
     case Completion.MMIO:
       completeMmio(pending, registers, value);
       return;
+    case Completion.STRING_IO: {
+      // Registers step at the address size: 32 bits zero-extend, 16 bits keep bits 16..63.
+      const m = pending.stringAddressMask;
+      const assign = (r: number, v: bigint) => registers.setGpr(r, m === 0xffffn ? (registers.gpr(r) & ~m) | (v & m) : v & m);
+      assign(pending.stringRegister, registers.gpr(pending.stringRegister) + BigInt(pending.stringElements * pending.size));
+      pending.stringData = undefined;
+      if (pending.stringRep) {
+        const left = ((registers.gpr(RCX) & m) - BigInt(pending.stringElements)) & m;
+        assign(RCX, left);
+        if (left !== 0n) {
+          pending.action = Completion.NONE; // RIP stays: the guest executes the instruction again for the rest
+          return;
+        }
+      }
+      break;
+    }
     case Completion.MSR_READ:
       registers.setGpr(RAX, value & 0xffff_ffffn);
       registers.setGpr(RDX, value >> 32n);

@@ -39,8 +39,8 @@ export class MshvVp implements VcpuHandle {
   private readonly hv: HvCaller;
   private cpuid: CpuidEntry[] = [];
   private readonly kickTarget: KickTarget;
-  /** Guest RAM, for the page walks string I/O and MMIO string moves will need. */
-  readonly memory: GuestMemory;
+  /** Guest RAM: string I/O moves its bytes through it, after a walk of the guest's page tables. */
+  private readonly memory: GuestMemory;
 
   constructor(descriptor: VcpuDescriptor, context: VcpuRunContext) {
     const attachment = descriptor.attachment as MshvVpAttachment;
@@ -48,7 +48,7 @@ export class MshvVp implements VcpuHandle {
     this.fd = attachment.fd;
     this.memory = context.memory;
     this.registers = new RegisterPage(new DataView(libc.viewAt(attachment.registerPageAddress, attachment.registerPageSize)));
-    this.decoder = new InterceptDecoder(new DataView(this.messageBytes.buffer), this.registers);
+    this.decoder = new InterceptDecoder(new DataView(this.messageBytes.buffer), this.registers, this.memory);
     this.hv = new HvCaller(this.fd, this.index);
     this.kickTarget = new KickTarget(attachment.kickTarget);
     this.kickTarget.attachCallingThread();
@@ -77,17 +77,21 @@ export class MshvVp implements VcpuHandle {
         throw new HypervisorError(`MSHV_RUN_VP (VP ${this.index})`, EOPNOTSUPP,
           "the VP register page is not valid after an intercept: this hypervisor does not keep it, and the backend needs it");
       }
-      if (this.decoder.decode(this.exit, pending) === Decoded.CPUID) {
+      const decoded = this.decoder.decode(this.exit, pending);
+      if (decoded === Decoded.CPUID) {
         answerCpuid(pending, this.cpuid, this.registers);
         continue;
       }
+      if (decoded === Decoded.HANDLED) continue;
       return this.exit;
     }
   }
 
-  /** String I/O is refused at decode time: it needs guest page walks, not written yet. */
+  /** The guest RAM the string I/O exit's elements are in (zero-copy: an io-in's bytes land in the guest). */
   stringData(): Uint8Array {
-    throw new HypervisorError("stringData (mshv)", EOPNOTSUPP, "string I/O is not supported by the mshv backend yet");
+    const data = this.pending.stringData;
+    if (data === undefined) throw new Error(`VP ${this.index}: stringData() outside a string I/O exit`);
+    return data;
   }
 
   completeRead(low: number, high = 0): void {
