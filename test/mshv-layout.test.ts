@@ -372,6 +372,22 @@ test("REP OUTSB/INSB move bytes through guest RAM, a page at a time, stepping RS
   const paged = decode("io-rep-outsb", undefined, memory, pagedFrom(0x1000n));
   assert.deepEqual([...paged.pending.stringData!], [0x51, 0x52, 0x53]);
   assert.match(decode("io-rep-outsb", undefined, memory, pagedFrom(0x40_0000n)).exit.detail, /linear 0x400000: not present in the page directory/);
+  // One element left (RCX 1): a plain access, its value in `data`; an INSB's answer comes through completeRead.
+  memory.write(0x10, [0xa5]);
+  const single = decode("io-rep-outsb", undefined, memory, (_message, registers) => {
+    registers.setGpr(1, 1n);
+    registers.setGpr(6, 0x10n);
+  });
+  assert.deepEqual({ count: single.exit.count, data: single.exit.data }, { count: 1, data: 0xa5 });
+  const singleIn = decode("io-rep-outsb", undefined, memory, (message, registers) => {
+    message.setUint8(ACCESS, InterceptAccess.READ);
+    registers.setGpr(1, 1n);
+    registers.setGpr(7, 0x20n);
+  });
+  completeIntercept(singleIn.pending, singleIn.registers, 0x5c, 0);
+  assert.equal(memory.readU8(0x20), 0x5c);
+  assert.deepEqual([singleIn.registers.gpr(7), singleIn.registers.gpr(1), singleIn.registers.rip], [0x21n, 0n, 0x100002n]);
+
   const unbacked = decode("io-rep-outsb", undefined, memory, (_message, registers) => registers.setGpr(6, 0x40_0000n));
   assert.match(unbacked.exit.detail, /guest-physical 0x400000 \(\+3 bytes\) is not RAM/);
 });

@@ -263,13 +263,17 @@ export class InterceptDecoder {
     if (!this.memory.isBacked(gpa, elements * size)) {
       return fatal(exit, ExitKind.InternalError, `${where}: guest-physical ${hex(gpa)} (+${elements * size} bytes) is not RAM`);
     }
+    const data = this.memory.slice(gpa, elements * size);
     exit.kind = write ? ExitKind.IoOut : ExitKind.IoIn;
     exit.address = port;
     exit.size = size;
     exit.count = elements;
-    exit.data = exit.dataHigh = 0;
+    exit.dataHigh = 0;
+    // One element travels as a plain access (as KVM reports it): its value in `data`, an
+    // io-in's answer through completeRead.
+    exit.data = write && elements === 1 ? littleEndian(data) : 0;
     pending.action = Completion.STRING_IO;
-    pending.stringData = this.memory.slice(gpa, elements * size);
+    pending.stringData = data;
     pending.stringElements = elements;
     pending.stringRep = rep;
     pending.stringAddressMask = addressMask;
@@ -390,6 +394,12 @@ export class InterceptDecoder {
   }
 }
 
+function littleEndian(bytes: Uint8Array): number {
+  let value = 0;
+  for (let i = bytes.length - 1; i >= 0; i--) value = value * 256 + bytes[i];
+  return value;
+}
+
 function hexBytes(bytes: Uint8Array): string {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join(" ");
 }
@@ -469,6 +479,10 @@ export function completeIntercept(pending: PendingCompletion, registers: Registe
     case Completion.STRING_IO: {
       // Registers step at the address size: 32 bits zero-extend, 16 bits keep bits 16..63.
       const m = pending.stringAddressMask;
+      const data = pending.stringData!;
+      if (pending.stringRegister === RDI && pending.stringElements === 1) {
+        for (let i = 0; i < data.length; i++) data[i] = Number((value >> BigInt(8 * i)) & 0xffn); // completeRead's answer
+      }
       const assign = (r: number, v: bigint) => registers.setGpr(r, m === 0xffffn ? (registers.gpr(r) & ~m) | (v & m) : v & m);
       assign(pending.stringRegister, registers.gpr(pending.stringRegister) + BigInt(pending.stringElements * pending.size));
       pending.stringData = undefined;
