@@ -2,7 +2,8 @@
  * Debian's cloud kernel (a distribution bzImage, lz4 payload decompressed on the host) on
  * the PC machine, checked against what the machine gave it, from the kernel's own early log:
  * its banner, our command line, our e820 map line by line, KVM detected with kvm-clock, our
- * RSDP, and the CPUs from our MADT. Then the host stops the VM and every fd is released.
+ * RSDP, the revision 3 FADT (the one with the reset register) and the DSDT where we put them,
+ * and the CPUs from our MADT. Then the host stops the VM and every fd is released.
  * On a PVM host this is as far as a kernel gets in reasonable time (~30 s to smpboot).
  */
 import { after, test } from "node:test";
@@ -37,6 +38,19 @@ function kvmFds(): number {
 }
 const kernelCache = join(cacheDir(), "kernels");
 
+/** "0x00000000000E1760": an address as the kernel's ACPI table listing prints it. */
+function acpiAddress(address: number): string {
+  return `0x${address.toString(16).toUpperCase().padStart(16, "0")}`;
+}
+
+/** Where the machine put its FADT and DSDT, and their lengths, found as the kernel finds them. */
+function fadtAndDsdt(memory: { readU32(gpa: number): number }, rsdp: number): { fadt: number; fadtLength: number; dsdt: number; dsdtLength: number } {
+  const rsdt = memory.readU32(rsdp + 16);
+  const fadt = memory.readU32(rsdt + 36);
+  const dsdt = memory.readU32(fadt + 40);
+  return { fadt, fadtLength: memory.readU32(fadt + 4), dsdt, dsdtLength: memory.readU32(dsdt + 4) };
+}
+
 for (const cpus of [1, 2]) {
   test(`Debian cloud kernel, ${cpus} vCPU${cpus > 1 ? "s" : ""}: the early log reports the machine we built, then the host stops it`, { timeout: 2 * GUARD_MS }, async (t) => {
     const assets = guestAssetsOrSkip(t);
@@ -68,7 +82,12 @@ for (const cpus of [1, 2]) {
       const hypervisor = at("Hypervisor detected: KVM");
       const kvmClock = at("kvm-clock: Using msrs");
       at("clocksource: kvm-clock:");
-      const rsdp = at(`ACPI: RSDP 0x${linux.rsdpAddress.toString(16).toUpperCase().padStart(16, "0")} `);
+      const rsdp = at(`ACPI: RSDP ${acpiAddress(linux.rsdpAddress)} `);
+      const tables = fadtAndDsdt(machine.vm.memory, linux.rsdpAddress);
+      const hex6 = (n: number) => n.toString(16).toUpperCase().padStart(6, "0");
+      at(`ACPI: FACP ${acpiAddress(tables.fadt)} ${hex6(tables.fadtLength)} (v03 WRKVSR WORKVISR`);
+      at(`ACPI: DSDT ${acpiAddress(tables.dsdt)} ${hex6(tables.dsdtLength)} (v01 WRKVSR WORKVISR`);
+      assert.ok(tables.dsdtLength > 36, "the DSDT holds AML");
       at("ACPI: Using ACPI (MADT) for SMP configuration information");
       const smpboot = at(`smpboot: Allowing ${cpus} CPUs, 0 hotplug CPUs`);
       assert.ok(banner < commandLine && commandLine < at("BIOS-e820: ") && at("BIOS-e820: ") < hypervisor, "setup_arch's order");

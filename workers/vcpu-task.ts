@@ -26,6 +26,8 @@ export interface VcpuTask {
   memory: SharedRegion[];
   cpuState: CpuState;
   cpuid: CpuidEntry[];
+  /** The vCPU ran before (a task after a suspend): it has its CPUID, which KVM lets no one change after KVM_RUN. */
+  cpuidSet?: boolean;
   /** Main-thread devices whose writes the vCPU must wait for. */
   syncWrites: AddressRange[];
   workerDevices: WorkerDeviceSpec[];
@@ -40,6 +42,8 @@ export type { RegisterDump };
 
 export type VcpuOutcome =
   | { reason: "stopped" }
+  /** Left the run loop for Control.SUSPEND; the VM may start the vCPU again with a new state. */
+  | { reason: "suspended" }
   | { reason: "hlt" }
   | { reason: "system-event"; detail: string }
   | { reason: "fatal"; exitKind: string; detail: string; registers: RegisterDump };

@@ -55,7 +55,8 @@ export default async function runVcpu(task: VcpuTask | { warmup: true }): Promis
   const vcpu = attachVcpu(task.descriptor, { memory });
   try {
     const local = await loadWorkerDevices(task.workerDevices, memory);
-    applyCpuState(vcpu, task.cpuState, task.cpuid);
+    // A vCPU that ran before (resumed after a suspend) keeps its CPUID: KVM refuses a change after KVM_RUN.
+    applyCpuState(vcpu, task.cpuState, task.cpuidSet ? undefined : task.cpuid);
     channel.setWorkerState(WorkerState.RUNNING);
     return runLoop(vcpu, channel, local, task.syncWrites, task.resumeOnHalt, task.completeKernelInstructions === true);
   } finally {
@@ -81,6 +82,7 @@ function runLoop(
     const control = channel.control();
     if (control !== Control.RUN) {
       if (control === Control.STOP) return { reason: "stopped" };
+      if (control === Control.SUSPEND) return { reason: "suspended" };
       channel.setWorkerState(WorkerState.PAUSED);
       const resumed = channel.waitWhilePaused();
       channel.setWorkerState(WorkerState.RUNNING);

@@ -64,9 +64,9 @@ export interface X86VcpuState {
   setWaitForStartup(): void;
 }
 
-/** Puts a vCPU into `state` with `cpuid`, changing only what `state` names. */
-export function applyCpuState(vcpu: X86VcpuState, state: CpuState, cpuid: CpuidEntry[]): void {
-  vcpu.setCpuid(cpuid);
+/** Puts a vCPU into `state` (and `cpuid`, unless undefined), changing only what `state` names. */
+export function applyCpuState(vcpu: X86VcpuState, state: CpuState, cpuid: CpuidEntry[] | undefined): void {
+  if (cpuid !== undefined) vcpu.setCpuid(cpuid);
   if (state.specialRegisters) vcpu.setSpecialRegisters({ ...vcpu.getSpecialRegisters(), ...state.specialRegisters });
   if (state.registers) vcpu.setRegisters({ ...vcpu.getRegisters(), ...state.registers });
   if (state.msrs?.length) vcpu.setMsrs(state.msrs);
