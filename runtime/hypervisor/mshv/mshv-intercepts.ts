@@ -249,7 +249,7 @@ export class InterceptDecoder {
     // OUTS reads DS:RSI, INS writes ES:RDI; 64-bit code has no segment bases for them.
     const register = write ? RSI : RDI;
     const segmentBase = long ? 0n : this.u64((write ? IO.ds_segment : IO.es_segment) + Offset.hv_x64_segment_register.base);
-    const linear = segmentBase + (registers.gpr(register) & addressMask);
+    const linear = (segmentBase + (registers.gpr(register) & addressMask)) & (long ? MASK64 : 0xffff_ffffn);
     const toPageEnd = Math.floor((0x1000 - Number(linear & 0xfffn)) / size);
     if (toPageEnd === 0) return fatal(exit, ExitKind.InternalError, `${where}: an element at ${hex(linear)} crosses a page, which is not handled yet`);
     const elements = Math.min(remaining, toPageEnd);
