@@ -1,14 +1,14 @@
 /** A KVM VM file descriptor: memory slots, irqchip, eventfds, vCPU creation, kicks. */
 import type { GuestMemory, RegionSpec } from "../../../memory/guest-memory.js";
 import {
-  type CoalescedConsumer, HypervisorError, type IoEventOptions, MissingCapabilityError, type TimerFrequencies,
+  type CoalescedConsumer, HypervisorError, type IoEventOptions, type LevelIrqFd, MissingCapabilityError, type TimerFrequencies,
   type VcpuDescriptor, type VmHandle,
 } from "../hypervisor.js";
 import { KickTarget } from "../kick-target.js";
 import { mapSharedGuestMemory } from "../shared-guest-memory.js";
 import {
   Cap, COALESCED_ZONE_SIZE, CoalescedRing, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_DEASSIGN, IOEVENTFD_FLAG_PIO, Ioctl,
-  IRQCHIP_PIC_MASTER, IRQCHIP_PIC_SLAVE, IrqChip, KVM_APIC_BUS_KHZ, KVM_IRQCHIP_SIZE, KVM_MSI_SIZE, MSR_EXIT_FILTER,
+  IRQCHIP_PIC_MASTER, IRQCHIP_PIC_SLAVE, IRQFD_FLAG_RESAMPLE, IrqChip, KVM_APIC_BUS_KHZ, KVM_IRQCHIP_SIZE, KVM_MSI_SIZE, MSR_EXIT_FILTER,
   MSR_EXIT_INVAL, MSR_EXIT_UNKNOWN, PicState, Run,
 } from "./kvm-abi.js";
 import * as libc from "./libc.js";
@@ -201,6 +201,21 @@ export class KvmVm implements VmHandle {
     view.setUint32(4, gsi, true);
     this.check(libc.ioctlBuffer(this.fd, Ioctl.IRQFD, bytes), `KVM_IRQFD (gsi ${gsi})`);
     return fd;
+  }
+
+  /** KVM_IRQFD with KVM_IRQFD_FLAG_RESAMPLE (needs the in-kernel irqchip). */
+  registerLevelIrqFd(gsi: number): LevelIrqFd | undefined {
+    if (this.checkExtension(Cap.IRQFD) <= 0 || this.checkExtension(Cap.IRQFD_RESAMPLE) <= 0) return undefined;
+    const trigger = this.newEventFd(libc.EFD_NONBLOCK);
+    const resample = this.newEventFd(libc.EFD_NONBLOCK);
+    const bytes = new Uint8Array(32);
+    const view = new DataView(bytes.buffer);
+    view.setUint32(0, trigger, true);
+    view.setUint32(4, gsi, true);
+    view.setUint32(8, IRQFD_FLAG_RESAMPLE, true);
+    view.setUint32(12, resample, true);
+    this.check(libc.ioctlBuffer(this.fd, Ioctl.IRQFD, bytes), `KVM_IRQFD with KVM_IRQFD_FLAG_RESAMPLE (gsi ${gsi})`);
+    return { trigger, resample };
   }
 
   enableUserspaceMsrs(): void {
