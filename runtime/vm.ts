@@ -4,7 +4,8 @@
  */
 import { EventEmitter } from "node:events";
 import { openHypervisor, type BackendName } from "./hypervisor/backends.js";
-import type { CpuidEntry, CpuState, Hypervisor, IoEventOptions, VcpuDescriptor, VmHandle } from "./hypervisor/hypervisor.js";
+import type { CpuidEntry, CpuState, Hypervisor, IoEventOptions, IrqChipMode, VcpuDescriptor, VmHandle } from "./hypervisor/hypervisor.js";
+import { SplitIrqChip } from "./devices/irqchip/split-irqchip.js";
 import { Bus } from "./bus.js";
 import { DEFAULT_DISPATCHER_OPTIONS, type DeviceError, Dispatcher, type DispatcherOptions } from "./dispatcher.js";
 import type { Device, InterruptLine } from "./devices/device.js";
@@ -26,9 +27,14 @@ export interface VmOptions {
   /** RAM size in bytes (one region at guest-physical 0), or explicit regions with holes. */
   memory: number | RegionSpec[];
   vcpus?: number;
-  /** In-kernel interrupt controllers and PIT. */
-  irqchip?: boolean;
-  /** With `irqchip`: whether the machine has a PIT (default true; QEMU's `-machine pit=off` is false). */
+  /**
+   * Interrupt controllers (see IrqChipMode): "in-kernel" (or true) puts PIC, IOAPIC, local
+   * APICs and PIT in the hypervisor; "split" keeps the local APICs there and emulates the
+   * IOAPIC, PIC and PIT here (QEMU's kernel-irqchip=split); "none" (or false, the default)
+   * has none.
+   */
+  irqchip?: boolean | IrqChipMode;
+  /** With interrupt controllers: whether the machine has a PIT (default true; QEMU's `-machine pit=off` is false). */
   pit?: boolean;
   /** Send MSR accesses the hypervisor does not handle to the `msr` bus. */
   userspaceMsrs?: boolean;
@@ -122,6 +128,15 @@ function checkIoEvent(options: IoEventOptions): void {
   }
 }
 
+const IRQCHIP_MODES: readonly IrqChipMode[] = ["in-kernel", "split", "none"];
+
+function irqChipMode(option: VmOptions["irqchip"]): IrqChipMode {
+  if (option === undefined || option === false) return "none";
+  if (option === true) return "in-kernel";
+  if (!IRQCHIP_MODES.includes(option)) throw new VmConfigError(`irqchip must be true, false, "in-kernel", "split" or "none", got ${String(option)}`);
+  return option;
+}
+
 function toRegions(memory: VmOptions["memory"]): RegionSpec[] {
   if (typeof memory === "number") return [{ gpa: 0, size: memory }];
   if (!Array.isArray(memory)) throw new VmConfigError("memory must be a size in bytes or an array of { gpa, size }");
@@ -137,6 +152,12 @@ export class Vm extends EventEmitter {
   private readonly descriptors: VcpuDescriptor[] = [];
   private readonly cpuStates: CpuState[];
   private readonly buses = { pio: new Bus("pio"), mmio: new Bus("mmio"), msr: new Bus("msr") };
+  /** The interrupt-controller mode the VM was made with. */
+  readonly irqChipMode: IrqChipMode;
+  /** Split mode: the userspace IOAPIC, PIC and PIT. */
+  readonly splitIrqChip: SplitIrqChip | undefined;
+  /** Split mode: the PIC's INT output as the boot vCPU's worker sees it (word 0: 1 = asserted). */
+  private readonly picOutput: Int32Array | undefined;
   private readonly workerDevices: WorkerDeviceSpec[] = [];
   private readonly coalescedZones: { space: AddressSpace; base: number; length: number }[] = [];
   private coalescedFlush: NodeJS.Timeout | undefined;
@@ -184,6 +205,8 @@ export class Vm extends EventEmitter {
       }
       throw error;
     }
+    const mode = irqChipMode(options.irqchip);
+    this.irqChipMode = mode;
     const hypervisor = openHypervisor(options.backend);
     let handle: VmHandle | undefined;
     try {
@@ -194,7 +217,12 @@ export class Vm extends EventEmitter {
       }
       handle = hypervisor.createVm();
       memory.regions.forEach((region, slot) => handle!.setMemoryRegion(slot, region.gpa, region.size, region.hostAddress));
-      if (options.irqchip) handle.createIrqChip({ pit: options.pit ?? true });
+      if (mode !== "none") {
+        if (!hypervisor.info.irqChipModes.includes(mode)) {
+          throw new VmConfigError(`the ${hypervisor.info.name} backend on this host cannot give irqchip "${mode}" (it offers ${hypervisor.info.irqChipModes.join(", ")})`);
+        }
+        handle.createIrqChip(mode, { pit: options.pit ?? true });
+      }
       if (options.userspaceMsrs) handle.enableUserspaceMsrs();
       let supported = hypervisor.supportedCpuid();
       if (options.cpuFeatures !== undefined) {
@@ -234,8 +262,43 @@ export class Vm extends EventEmitter {
       (error) => this.fail(error),
       { ...DEFAULT_DISPATCHER_OPTIONS, spinners, cores, ...options.dispatcher },
     );
+    if (mode === "split") {
+      this.picOutput = new Int32Array(new SharedArrayBuffer(4));
+      this.splitIrqChip = this.createSplitIrqChip(options.pit ?? true);
+    } else {
+      this.picOutput = undefined;
+      this.splitIrqChip = undefined;
+    }
     this.done = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
     this.done.catch(() => {}); // surfaced through wait()/run() and the 'error' event
+  }
+
+  /**
+   * Split mode: the controllers on the main thread, their EOIs and INTA cycles coming from
+   * the workers through the dispatcher; the PIC's output reaches the boot vCPU through a
+   * shared word its worker checks before entering the guest, with a kick when it rises.
+   */
+  private createSplitIrqChip(pit: boolean): SplitIrqChip {
+    const live = () => this.stateValue !== "stopped" && this.ending === undefined;
+    const chip = new SplitIrqChip({
+      deliverMsi: (address, data) => {
+        if (live()) this.backendFeature("signalMsi").call(this.handle, address, data);
+      },
+      routeLevelPins: (routes) => {
+        if (live()) this.backendFeature("routeIoapicPins").call(this.handle, routes);
+      },
+      onPicOutput: (level) => {
+        Atomics.store(this.picOutput!, 0, level ? 1 : 0);
+        if (level && this.stateValue === "running") this.handle.kick(0, this.channels[0].threadId());
+      },
+      pit,
+    });
+    for (const { space, base, length, device } of chip.devices()) this.buses[space].insert({ base, length, device, sync: false });
+    this.dispatcher.setInterruptControllers({
+      endOfInterrupt: (vector) => chip.ioapic.endOfInterrupt(vector),
+      acknowledge: () => chip.pic.acknowledge(),
+    });
+    return chip;
   }
 
   private readonly cpuidTable: ReturnType<typeof cpuidForVcpu>[];
@@ -331,9 +394,12 @@ export class Vm extends EventEmitter {
   }
 
   interruptLine(gsi: number): InterruptLine {
+    const chip = this.splitIrqChip;
     return {
       set: (level: boolean) => {
-        if (this.stateValue !== "stopped" && this.ending === undefined) this.handle.irqLine(gsi, level);
+        if (this.stateValue === "stopped" || this.ending !== undefined) return;
+        if (chip !== undefined) chip.setLine(gsi, level);
+        else this.handle.irqLine(gsi, level);
       },
     };
   }
@@ -380,10 +446,11 @@ export class Vm extends EventEmitter {
   /** Leaves the legacy PICs with the vector bases PC firmware gives them (see VmHandle). */
   setPicVectorBases(master: number, slave: number): void {
     this.requireState(["created"], "set the PIC vector bases of");
-    this.backendFeature("setPicVectorBases").call(this.handle, master, slave);
+    if (this.splitIrqChip !== undefined) this.splitIrqChip.pic.setVectorBases(master, slave);
+    else this.backendFeature("setPicVectorBases").call(this.handle, master, slave);
   }
 
-  private backendFeature<K extends "unregisterIoEvent" | "drainEventFd" | "signalMsi" | "setPicVectorBases">(
+  private backendFeature<K extends "unregisterIoEvent" | "drainEventFd" | "signalMsi" | "setPicVectorBases" | "routeIoapicPins">(
     name: K,
   ): NonNullable<VmHandle[K]> {
     const method = this.handle[name];
@@ -435,6 +502,8 @@ export class Vm extends EventEmitter {
         spin: this.workerSpin,
         resumeOnHalt: this.resumeOnHalt,
         completeKernelInstructions: this.kernelInstructionFallback,
+        // The PIC's INT reaches the boot processor only, as on a PC whose other LINT0s are masked.
+        picOutput: i === 0 ? (this.picOutput?.buffer as SharedArrayBuffer | undefined) : undefined,
       };
       return pool.run(task).then(
         (outcome) => this.vcpuEnded(i, outcome as VcpuOutcome),
@@ -587,6 +656,7 @@ export class Vm extends EventEmitter {
   }
 
   private release(): void {
+    this.splitIrqChip?.close();
     if (this.coalescedFlush) clearTimeout(this.coalescedFlush);
     this.coalescedFlush = undefined;
     this.handle.close();

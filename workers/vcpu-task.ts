@@ -33,6 +33,8 @@ export interface VcpuTask {
   resumeOnHalt: boolean;
   /** Complete CPL0 instructions the backend could not run (PVM: INT3, FWAIT) instead of failing. */
   completeKernelInstructions?: boolean;
+  /** Split interrupt controllers: the userspace PIC's INT output (Int32 word 0), for the boot vCPU. */
+  picOutput?: SharedArrayBuffer;
 }
 
 export interface RegisterDump {

@@ -32,6 +32,8 @@ export class KvmVcpu implements VcpuHandle {
   /** Where an io-in answer goes in the run page (data_offset of the last exit). */
   private ioDataOffset = 0;
   private stringView: Uint8Array | undefined;
+  /** struct kvm_interrupt { u32 irq }, reused. */
+  private readonly interruptBytes = new Uint8Array(4);
 
   constructor(descriptor: VcpuDescriptor) {
     libc.installKickHandler();
@@ -137,6 +139,13 @@ export class KvmVcpu implements VcpuHandle {
       case ExitReason.DEBUG:
         exit.kind = ExitKind.Debug;
         break;
+      case ExitReason.IOAPIC_EOI:
+        exit.kind = ExitKind.IoapicEoi;
+        exit.data = this.run8[Run.eoi_vector];
+        break;
+      case ExitReason.IRQ_WINDOW_OPEN:
+        exit.kind = ExitKind.InterruptWindow;
+        break;
       case ExitReason.HYPERCALL:
         exit.kind = ExitKind.Hypercall;
         break;
@@ -236,6 +245,21 @@ export class KvmVcpu implements VcpuHandle {
     const bytes = new Uint8Array(4);
     new DataView(bytes.buffer).setUint32(0, KVM_MP_STATE_INIT_RECEIVED, true);
     this.ioctl(Ioctl.SET_MP_STATE, bytes, "KVM_SET_MP_STATE");
+  }
+
+  readyForExternalInterrupt(): boolean {
+    return this.run8[Run.ready_for_interrupt_injection] !== 0;
+  }
+
+  requestInterruptWindow(on: boolean): void {
+    this.run8[Run.request_interrupt_window] = on ? 1 : 0;
+  }
+
+  /** KVM_INTERRUPT: with the local APIC in the kernel, an ExtINT KVM delivers when LINT0 lets it. */
+  injectExternalInterrupt(vector: number): void {
+    const bytes = this.interruptBytes;
+    bytes[0] = vector & 0xff;
+    this.ioctl(Ioctl.INTERRUPT, bytes, "KVM_INTERRUPT");
   }
 
   /**
