@@ -158,6 +158,8 @@ export class Vm extends EventEmitter {
   readonly splitIrqChip: SplitIrqChip | undefined;
   /** Split mode: the PIC's INT output as the boot vCPU's worker sees it (word 0: 1 = asserted). */
   private readonly picOutput: Int32Array | undefined;
+  /** Split mode: one word per vCPU, set to ask its worker to leave a HLT (see SplitIrqChip.onEoiOverdue). */
+  private readonly leaveHalt: Int32Array | undefined;
   private readonly workerDevices: WorkerDeviceSpec[] = [];
   private readonly coalescedZones: { space: AddressSpace; base: number; length: number }[] = [];
   private coalescedFlush: NodeJS.Timeout | undefined;
@@ -264,9 +266,11 @@ export class Vm extends EventEmitter {
     );
     if (mode === "split") {
       this.picOutput = new Int32Array(new SharedArrayBuffer(4));
+      this.leaveHalt = new Int32Array(new SharedArrayBuffer(4 * vcpus));
       this.splitIrqChip = this.createSplitIrqChip(options.pit ?? true);
     } else {
       this.picOutput = undefined;
+      this.leaveHalt = undefined;
       this.splitIrqChip = undefined;
     }
     this.done = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
@@ -290,6 +294,13 @@ export class Vm extends EventEmitter {
       onPicOutput: (level) => {
         Atomics.store(this.picOutput!, 0, level ? 1 : 0);
         if (level && this.stateValue === "running") this.handle.kick(0, this.channels[0].threadId());
+      },
+      onEoiOverdue: () => {
+        if (this.stateValue !== "running") return;
+        this.channels.forEach((channel, i) => {
+          Atomics.store(this.leaveHalt!, i, 1);
+          this.handle.kick(i, channel.threadId());
+        });
       },
       pit,
     });
@@ -504,6 +515,7 @@ export class Vm extends EventEmitter {
         completeKernelInstructions: this.kernelInstructionFallback,
         // The PIC's INT reaches the boot processor only, as on a PC whose other LINT0s are masked.
         picOutput: i === 0 ? (this.picOutput?.buffer as SharedArrayBuffer | undefined) : undefined,
+        leaveHalt: this.leaveHalt?.buffer as SharedArrayBuffer | undefined,
       };
       return pool.run(task).then(
         (outcome) => this.vcpuEnded(i, outcome as VcpuOutcome),

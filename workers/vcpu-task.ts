@@ -35,6 +35,8 @@ export interface VcpuTask {
   completeKernelInstructions?: boolean;
   /** Split interrupt controllers: the userspace PIC's INT output (Int32 word 0), for the boot vCPU. */
   picOutput?: SharedArrayBuffer;
+  /** Split interrupt controllers: Int32 word `descriptor.index` set when the VM asks the vCPU to leave a HLT after a kick. */
+  leaveHalt?: SharedArrayBuffer;
 }
 
 export interface RegisterDump {

@@ -83,7 +83,8 @@ export default async function runVcpu(task: VcpuTask | { warmup: true }): Promis
     if (picOutput !== undefined && (!vcpu.readyForExternalInterrupt || !vcpu.requestInterruptWindow || !vcpu.injectExternalInterrupt)) {
       throw new Error(`the ${task.descriptor.backend} backend cannot inject a userspace PIC's interrupts`);
     }
-    return runLoop(vcpu, channel, local, task.syncWrites, task.resumeOnHalt, task.completeKernelInstructions === true, picOutput);
+    const leaveHalt = task.leaveHalt === undefined ? undefined : new Int32Array(task.leaveHalt);
+    return runLoop(vcpu, channel, local, task.syncWrites, task.resumeOnHalt, task.completeKernelInstructions === true, picOutput, leaveHalt);
   } finally {
     vcpu.close();
     channel.setWorkerState(WorkerState.EXITED);
@@ -118,7 +119,9 @@ function runLoop(
   resumeOnHalt: boolean,
   completeKernelInstructions: boolean,
   picOutput: Int32Array | undefined,
+  leaveHalt: Int32Array | undefined,
 ): VcpuOutcome {
+  const index = vcpu.index;
   const stats = channel.stats;
   const pio = local.pio;
   const mmio = local.mmio;
@@ -189,6 +192,7 @@ function runLoop(
       }
       case ExitKind.Interrupted:
         vcpu.clearKick();
+        if (leaveHalt !== undefined && Atomics.exchange(leaveHalt, index, 0) !== 0) vcpu.leaveHalt?.();
         break;
       case ExitKind.IoapicEoi:
         // The IOAPIC on the main thread ends remote IRR; the guest need not wait for it.

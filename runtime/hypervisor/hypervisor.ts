@@ -252,6 +252,12 @@ export interface VcpuHandle {
   requestInterruptWindow?(on: boolean): void;
   injectExternalInterrupt?(vector: number): void;
   /**
+   * Ends a HLT the hypervisor is waiting in (the guest resumes after it, as after a wake-up
+   * event); returns whether the vCPU was halted. For split mode on hosts that leave a
+   * pending EOI report unsent while the vCPU halts (see SplitIrqChip).
+   */
+  leaveHalt?(): boolean;
+  /**
    * Completes a CPL0 instruction the backend could not run (PVM: INT3, FWAIT) as the CPU
    * would; false if the last exit was not that. Optional: only backends that need it.
    */

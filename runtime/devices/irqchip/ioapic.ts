@@ -48,6 +48,8 @@ export interface IoapicOptions {
   routeLevelPins(routes: readonly IoapicPinRoute[]): void;
   /** The IOAPIC ID out of reset; it must agree with the MADT. */
   id?: number;
+  /** Called when a level-triggered interrupt is sent: its EOI is now awaited. */
+  onLevelSent?(): void;
 }
 
 export class Ioapic implements Device {
@@ -88,6 +90,12 @@ export class Ioapic implements Device {
     const low = this.low[pin];
     if (low & TRIGGER_LEVEL) this.serviceLevel(pin);
     else if (!was && !(low & MASKED)) this.send(pin);
+  }
+
+  /** Whether a level-triggered interrupt is still awaiting its EOI. */
+  get awaitingEoi(): boolean {
+    for (let pin = 0; pin < IOAPIC_PINS; pin++) if (this.low[pin] & REMOTE_IRR) return true;
+    return false;
   }
 
   /** An EOI of `vector` from any local APIC: ends remote IRR of the level pins using it. */
@@ -135,6 +143,7 @@ export class Ioapic implements Device {
     if (!(this.lines & (1 << pin)) || low & (MASKED | REMOTE_IRR)) return;
     this.low[pin] = (low | REMOTE_IRR) >>> 0;
     this.send(pin);
+    this.options.onLevelSent?.();
   }
 
   private send(pin: number): void {

@@ -12,6 +12,9 @@ import { ELCR_PORT, ELCR_PORT_LENGTH, I8259Pair, PIC_MASTER_PORT, PIC_PORT_LENGT
 import { I8254, PIT_PORT, PIT_PORT_LENGTH, SPEAKER_PORT } from "./i8254.js";
 
 const ISA_IRQS = 16;
+/** How long a level interrupt may await its EOI before the vCPUs are nudged, and the longest wait between nudges. */
+const EOI_OVERDUE_MS = 20;
+const EOI_OVERDUE_MAX_MS = 1000;
 const PIT_IRQ = 0;
 const PIT_IOAPIC_PIN = 2;
 
@@ -24,6 +27,11 @@ export interface SplitIrqChipOptions {
   onPicOutput(level: boolean): void;
   /** Whether the machine has a PIT (QEMU's `-machine pit=off` is false). */
   pit: boolean;
+  /**
+   * A level interrupt has awaited its EOI for a while: make halted vCPUs enter the guest
+   * once, so a report the hypervisor left pending while they halted is sent (PVM does).
+   */
+  onEoiOverdue?(): void;
 }
 
 export interface IrqChipDevice {
@@ -37,9 +45,15 @@ export class SplitIrqChip {
   readonly ioapic: Ioapic;
   readonly pic: I8259Pair;
   readonly pit: I8254 | undefined;
+  private eoiWatch: NodeJS.Timeout | undefined;
+  private closed = false;
+  /** Times `onEoiOverdue` was called. */
+  eoiNudges = 0;
 
-  constructor(options: SplitIrqChipOptions) {
-    this.ioapic = new Ioapic({ deliver: options.deliverMsi, routeLevelPins: options.routeLevelPins });
+  constructor(private readonly options: SplitIrqChipOptions) {
+    this.ioapic = new Ioapic({
+      deliver: options.deliverMsi, routeLevelPins: options.routeLevelPins, onLevelSent: () => this.watchEoi(EOI_OVERDUE_MS),
+    });
     this.pic = new I8259Pair(options.onPicOutput);
     this.pit = options.pit ? new I8254({ irq0: (level) => this.setLine(PIT_IRQ, level) }) : undefined;
   }
@@ -68,7 +82,23 @@ export class SplitIrqChip {
     return devices;
   }
 
+  /** While a level interrupt awaits its EOI, nudges at growing intervals; costs nothing otherwise. */
+  private watchEoi(delayMs: number): void {
+    if (this.options.onEoiOverdue === undefined || this.eoiWatch !== undefined || this.closed) return;
+    this.eoiWatch = setTimeout(() => {
+      this.eoiWatch = undefined;
+      if (this.closed || !this.ioapic.awaitingEoi) return;
+      this.eoiNudges++;
+      this.options.onEoiOverdue!();
+      this.watchEoi(Math.min(EOI_OVERDUE_MAX_MS, delayMs * 2));
+    }, delayMs);
+    this.eoiWatch.unref();
+  }
+
   close(): void {
+    this.closed = true;
+    if (this.eoiWatch !== undefined) clearTimeout(this.eoiWatch);
+    this.eoiWatch = undefined;
     this.pit?.close();
   }
 }

@@ -30,6 +30,7 @@ export const Ioctl = {
   SET_CPUID2: 0x4008ae90,
   GET_FPU: 0x81a0ae8c,
   SET_FPU: 0x41a0ae8d,
+  GET_MP_STATE: 0x8004ae98,
   SET_MP_STATE: 0x4004ae99,
   GET_VCPU_EVENTS: 0x8040ae9f,
   SET_VCPU_EVENTS: 0x4040aea0,
@@ -161,7 +162,9 @@ export const MAX_CPUID_ENTRIES = 256;
 /** struct kvm_msr_entry: u32 index, u32 reserved, u64 data. */
 export const MSR_ENTRY_SIZE = 16;
 
+export const KVM_MP_STATE_RUNNABLE = 0;
 export const KVM_MP_STATE_INIT_RECEIVED = 2;
+export const KVM_MP_STATE_HALTED = 3;
 
 /** KVM's local APIC timer counts bus cycles of 1 ns (APIC_BUS_CYCLE_NS_DEFAULT in arch/x86/kvm/lapic.h). */
 export const KVM_APIC_BUS_KHZ = 1_000_000;

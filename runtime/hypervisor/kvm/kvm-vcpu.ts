@@ -4,7 +4,7 @@ import {
   type VcpuDescriptor, type VcpuHandle,
 } from "../hypervisor.js";
 import {
-  ExitReason, Fpu, Ioctl, KVM_EXIT_IO_IN, KVM_FPU_SIZE, KVM_MP_STATE_INIT_RECEIVED, KVM_REGS_SIZE, KVM_SREGS_SIZE, Run,
+  ExitReason, Fpu, Ioctl, KVM_EXIT_IO_IN, KVM_FPU_SIZE, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE, KVM_REGS_SIZE, KVM_SREGS_SIZE, Run,
   KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_VCPU_EVENTS_SIZE, VcpuEvents,
 } from "./kvm-abi.js";
 import {
@@ -260,6 +260,21 @@ export class KvmVcpu implements VcpuHandle {
     const bytes = this.interruptBytes;
     bytes[0] = vector & 0xff;
     this.ioctl(Ioctl.INTERRUPT, bytes, "KVM_INTERRUPT");
+  }
+
+  /**
+   * KVM processes a vCPU's requests (an ioapic-eoi report among them) only on its way into
+   * the guest, never for a halted vCPU; PVM, emulating a CPL0 EOI and the HLT after it in
+   * one go, can halt with the report still pending. Marking the vCPU runnable sends it in.
+   */
+  leaveHalt(): boolean {
+    const state = new Uint8Array(4);
+    const view = new DataView(state.buffer);
+    this.ioctl(Ioctl.GET_MP_STATE, state, "KVM_GET_MP_STATE");
+    if (view.getUint32(0, true) !== KVM_MP_STATE_HALTED) return false;
+    view.setUint32(0, KVM_MP_STATE_RUNNABLE, true);
+    this.ioctl(Ioctl.SET_MP_STATE, state, "KVM_SET_MP_STATE");
+    return true;
   }
 
   /**
