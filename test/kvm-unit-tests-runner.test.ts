@@ -95,6 +95,12 @@ test("qemu_params: memory, vCPUs and -cpu flags the host can honour are applied;
   assert.deepEqual(translateQemuParams(["-m", "4g"]).memory, 4 * 1024 ** 3);
   assert.match(translateQemuParams(["-device", "edu"]).unsupported ?? "", /QEMU device 'edu'/);
   assert.equal(translateQemuParams(["-machine", "pit=off"]).noPit, true);
+  assert.deepEqual(translateQemuParams(["-machine", "kernel-irqchip=split,pit=off"]), { noPit: true, irqchip: "split", ignored: [] });
+  assert.equal(translateQemuParams(["-machine", "kernel-irqchip=on"]).irqchip, "in-kernel");
+  // A machine type among the properties (intel_iommu's q35) still has no equivalent, and nothing of it is applied.
+  const q35 = translateQemuParams(["-M", "q35,kernel-irqchip=split"]);
+  assert.match(q35.unsupported ?? "", /'-M q35,kernel-irqchip=split'/);
+  assert.equal(q35.irqchip, undefined);
   assert.match(translateQemuParams(["-machine", "vmport=on"]).unsupported ?? "", /'-machine vmport=on'/);
   assert.equal(translateQemuParams(["-device", "pci-testdev"]).unsupported, undefined);
 });

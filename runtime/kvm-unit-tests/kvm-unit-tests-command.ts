@@ -10,12 +10,14 @@ import { parseDuration, parseUnitTestsConfig } from "./unittests-cfg.js";
 import { runSuite, type EntryResult, type Verdict } from "./suite-runner.js";
 import { openHypervisor } from "../hypervisor/backends.js";
 
-const USAGE = `usage: workervisor kvm-unit-tests BUILD_DIR [--only REGEX] [--timeout S] [--json FILE]
+const USAGE = `usage: workervisor kvm-unit-tests BUILD_DIR [--only REGEX] [--timeout S] [--json FILE] [--irqchip in-kernel|split]
 
   BUILD_DIR      a kvm-unit-tests build (./configure && make): x86/unittests.cfg and x86/*.flat
   --only REGEX   run only entries whose name matches (nodefault entries included then)
   --timeout S    every entry's timeout (seconds, or 2m etc.), instead of its own (default 90 s)
   --json FILE    write every entry's result, detail and console tail to FILE
+  --irqchip MODE run every entry with "in-kernel" (default) or "split" interrupt controllers
+                 (QEMU's -machine kernel-irqchip=split)
 
 Each entry boots as x86/run starts QEMU: pc-testdev and pci-testdev, the environment
 file as initrd, the entry's smp and test_args. Exit status: 0 when no entry failed or
@@ -28,7 +30,10 @@ export async function kvmUnitTestsCommand(args: string[]): Promise<number> {
     parsed = parseArgs({
       args,
       allowPositionals: true,
-      options: { only: { type: "string" }, timeout: { type: "string" }, json: { type: "string" }, help: { type: "boolean", short: "h" } },
+      options: {
+        only: { type: "string" }, timeout: { type: "string" }, json: { type: "string" }, irqchip: { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
       strict: true,
     });
   } catch (error) {
@@ -57,6 +62,8 @@ export async function kvmUnitTestsCommand(args: string[]): Promise<number> {
       throw new Error(`--only: ${(error as Error).message}`);
     }
     const timeout = values.timeout === undefined ? undefined : parseDuration(values.timeout, "--timeout");
+    const irqchip = values.irqchip;
+    if (irqchip !== undefined && irqchip !== "in-kernel" && irqchip !== "split") throw new Error(`--irqchip: '${irqchip}' is neither 'in-kernel' nor 'split'`);
     const entries = parseUnitTestsConfig(text, cfgPath).filter((e) => only === undefined || only.test(e.name));
     const hypervisor = openHypervisor();
     let supportedCpuid;
@@ -66,7 +73,7 @@ export async function kvmUnitTestsCommand(args: string[]): Promise<number> {
       hypervisor.close();
     }
     const results = await runSuite(entries, {
-      buildDir, timeout, includeNodefault: only !== undefined, supportedCpuid,
+      buildDir, timeout, includeNodefault: only !== undefined, supportedCpuid, irqchip,
       onResult: (r) => process.stdout.write(formatResult(r) + "\n"),
     });
     process.stdout.write(summaryLine(results) + "\n");
