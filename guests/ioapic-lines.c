@@ -125,6 +125,24 @@ void main(u32 info) {
   wait_for(1);
   check("level-unmasked-delivers", count == 1);
 
+  /* Version 0x20 (QEMU's, and split mode's) has the EOI register: a directed EOI ends remote IRR. */
+  u32 version = ioapic_read_locked(0x01) & 0xff;
+  serial_puts("version=");
+  serial_put_decimal(version);
+  serial_puts("\n");
+  if (version == 0x20) {
+    reset(0x55, 1, 0);
+    interrupts_disable();
+    set_line(PIN, 1);
+    set_line(PIN, 0);
+    u32 before = ioapic_read(0x10 + 2 * PIN) & REDIR_REMOTE_IRR;
+    *(volatile u32 *)(IOAPIC_BASE + 0x40) = 0x55;
+    u32 after = ioapic_read(0x10 + 2 * PIN) & REDIR_REMOTE_IRR;
+    interrupts_enable();
+    wait_for(1);
+    check("directed-eoi", before != 0 && after == 0 && count == 1);
+  }
+
   set_line(PIN, 0);
   serial_puts("failures=");
   serial_put_decimal(failures);

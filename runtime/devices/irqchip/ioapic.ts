@@ -1,8 +1,10 @@
 /**
  * A userspace I/O APIC (Intel 82093AA) for split interrupt controllers: IOREGSEL at offset
  * 0x00 selects a register that IOWIN at 0x10 reads and writes; ID (0x00), version (0x01:
- * version 0x11 with 24 redirection entries, as KVM's and QEMU's), arbitration (0x02) and
- * the redirection table (0x10 + 2n low, 0x11 + 2n high). A pin's interrupt leaves as the
+ * 24 redirection entries), arbitration (0x02) and the redirection table (0x10 + 2n low,
+ * 0x11 + 2n high). Version 0x11 is KVM's own IOAPIC's; 0x20 (QEMU's default, and the
+ * default here) adds the EOI register at 0x40 for directed EOIs, which KVM's local APICs
+ * offer guests in split mode (LVR bit 24, the IOAPIC not being KVM's). A pin's interrupt leaves as the
  * MSI its entry describes (destination, destination mode, vector, delivery mode, trigger);
  * a level-triggered one sets remote IRR until an EOI of its vector, after which a line
  * still asserted interrupts again. Line polarity is not applied, as in KVM's and QEMU's.
@@ -16,11 +18,13 @@ export const IOAPIC_LENGTH = 0x100;
 export const IOAPIC_PINS = 24;
 const IOREGSEL = 0x00;
 const IOWIN = 0x10;
+/** Version 0x20: a write of a vector here is an EOI for it (a directed EOI). */
+const EOI_REGISTER = 0x40;
 const REG_ID = 0x00;
 const REG_VERSION = 0x01;
 const REG_ARBITRATION = 0x02;
 const REG_TABLE = 0x10;
-const VERSION = 0x11;
+export type IoapicVersion = 0x11 | 0x20;
 
 // Redirection entry, low dword (82093AA datasheet 3.2.4).
 const VECTOR_MASK = 0xff;
@@ -48,6 +52,8 @@ export interface IoapicOptions {
   routeLevelPins(routes: readonly IoapicPinRoute[]): void;
   /** The IOAPIC ID out of reset; it must agree with the MADT. */
   id?: number;
+  /** 0x11 (82093AA, as KVM's own IOAPIC) or 0x20 (with the EOI register; default, as QEMU's). */
+  version?: IoapicVersion;
   /** Called when a level-triggered interrupt is sent: its EOI is now awaited. */
   onLevelSent?(): void;
 }
@@ -56,6 +62,7 @@ export class Ioapic implements Device {
   readonly name = "ioapic";
   private select = 0;
   private id: number;
+  private readonly version: IoapicVersion;
   private readonly low = new Uint32Array(IOAPIC_PINS).fill(MASKED);
   private readonly high = new Uint32Array(IOAPIC_PINS);
   /** Pins whose input line is asserted (bit n: pin n). */
@@ -66,6 +73,8 @@ export class Ioapic implements Device {
 
   constructor(private readonly options: IoapicOptions) {
     this.id = (options.id ?? 0) & 0xf;
+    this.version = options.version ?? 0x20;
+    if (this.version !== 0x11 && this.version !== 0x20) throw new RangeError(`IOAPIC version must be 0x11 or 0x20, got ${String(options.version)}`);
   }
 
   read(offset: number, size: AccessSize): number {
@@ -78,6 +87,7 @@ export class Ioapic implements Device {
     const n = toUnsigned(value, size === 8 ? 4 : size);
     if (offset === IOREGSEL) this.select = n & 0xff;
     else if (offset === IOWIN && size === 4) this.writeRegister(this.select, n);
+    else if (offset === EOI_REGISTER && this.version === 0x20) this.endOfInterrupt(n & VECTOR_MASK);
   }
 
   /** Drives input pin `pin` (an interrupt line) to `level`. */
@@ -110,7 +120,7 @@ export class Ioapic implements Device {
 
   private readRegister(register: number): number {
     if (register === REG_ID || register === REG_ARBITRATION) return (this.id << 24) >>> 0;
-    if (register === REG_VERSION) return ((IOAPIC_PINS - 1) << 16) | VERSION;
+    if (register === REG_VERSION) return ((IOAPIC_PINS - 1) << 16) | this.version;
     const entry = register - REG_TABLE;
     if (entry < 0 || entry >= IOAPIC_PINS * 2) return 0;
     const pin = entry >> 1;
