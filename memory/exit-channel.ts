@@ -63,7 +63,8 @@ export const Answer = {
   FAULT: 2,
 } as const;
 
-export const Control = { RUN: 0, PAUSE: 1, STOP: 2 } as const;
+/** SUSPEND: leave the run loop, keeping the vCPU for a later task (ACPI S3: CPU context is lost). */
+export const Control = { RUN: 0, PAUSE: 1, STOP: 2, SUSPEND: 3 } as const;
 export const WorkerState = { STARTING: 0, RUNNING: 1, PAUSED: 2, EXITED: 3 } as const;
 
 export const Stat = {

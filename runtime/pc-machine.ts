@@ -3,16 +3,25 @@
  * IRQ 4, debug-exit, fw_cfg, ACPI tables with a PM timer, CMOS/RTC, a PCI bus, and
  * a Multiboot v1 kernel entered on vCPU 0 while the others wait for INIT/SIPI.
  */
+import type { Writable } from "node:stream";
 import { Vm, type VmResult } from "./vm.js";
+import { ConsoleSink } from "./devices/console-sink.js";
 import { VmConfigError } from "./errors.js";
 import { Serial16550 } from "./devices/serial-16550.js";
 import { type InputSource, SerialInputPump } from "./devices/serial-input.js";
 import { FwCfg, FW_CFG_PORT, FW_CFG_PORT_LENGTH } from "./devices/fw-cfg.js";
-import { AcpiPmTimer, DEFAULT_PM1A_EVENT_PORT, DEFAULT_PM_TIMER_PORT, PM_TIMER_LENGTH, writeAcpiTables } from "./devices/acpi.js";
-import { AcpiPm1Registers, PM1_REGISTERS_LENGTH } from "./devices/acpi-pm1.js";
-import { PciHost, PCI_ECAM_BASE, PCI_ECAM_BUSES } from "./pci/pci-host.js";
+import {
+  AcpiPmTimer, DEFAULT_PM1A_EVENT_PORT, DEFAULT_PM_TIMER_PORT, DEFAULT_SCI_IRQ, IO_APIC_ADDRESS, IO_APIC_ID, LOCAL_APIC_ADDRESS, PM_TIMER_LENGTH,
+  writeAcpiTables,
+} from "./devices/acpi.js";
+import { writeMpTable } from "./devices/mp-table.js";
+import { AcpiPm1Registers, PM1_REGISTERS_LENGTH, SLEEP_TYPE_S3, SLEEP_TYPE_S5 } from "./devices/acpi-pm1.js";
+import { AcpiSuspend } from "./acpi-suspend.js";
+import { PciHost, PCI_ECAM_BASE, PCI_ECAM_BUSES, PCI_IO_WINDOW, PCI_MEMORY_WINDOW } from "./pci/pci-host.js";
+import { ECAM_BYTES_PER_BUS } from "./pci/host-bridge.js";
 import { PciTestdev } from "./pci/pci-testdev.js";
-import { PIRQ_GSIS } from "./pci/pci-bus.js";
+import { intxGsi, PIRQ_GSIS } from "./pci/pci-bus.js";
+import { RESET_CONTROL_PORT, RESET_CONTROL_RESET_VALUE, ResetControl } from "./devices/reset-control.js";
 import { CmosRtc, CMOS_PORT, CMOS_PORT_LENGTH } from "./devices/cmos-rtc.js";
 import { I8042Reset, I8042_COMMAND_PORT } from "./devices/i8042-reset.js";
 import { loadMultiboot, type MultibootModule } from "./boot/multiboot.js";
@@ -34,6 +43,8 @@ const LOW_MEMORY_LIMIT = 3 * 1024 * MiB;
 const FOUR_GIB = 4 * 1024 * MiB;
 /** ACPI tables sit in the BIOS area just after the RSDP, out of the usable memory map. */
 const ACPI_TABLES_ADDRESS = 0xe1000;
+/** The MP floating pointer and configuration table, at the start of the BIOS ROM area. */
+const MP_TABLE_ADDRESS = 0xf0000;
 /** virtio-mmio transports: QEMU microvm's window (so one guest finds both), a GSI each. */
 export const VIRTIO_MMIO_BASE = 0xfeb0_0000;
 export const VIRTIO_MMIO_FIRST_GSI = 20;
@@ -64,15 +75,19 @@ export interface PcMachineOptions {
   irqchip?: "in-kernel" | "split";
   /** CPUID feature changes, e.g. `+x2apic,-pcid,-invpcid` (see VmOptions.cpuFeatures). */
   cpuFeatures?: string;
-  /** Receives every byte the guest sends on COM1. */
-  console: (byte: number) => void;
+  /**
+   * Receives every byte the guest sends on COM1: a callback per byte, or a stream (written
+   * in batches, flushed when the machine stops).
+   */
+  console: ((byte: number) => void) | Pick<Writable, "write">;
   /** The hypervisor CPUID leaves the guest sees (see HypervisorCpuidOptions). */
   hypervisorCpuid?: HypervisorCpuidOptions;
   /** Host input for COM1 (e.g. piped stdin), delivered with flow control and never dropped. */
   input?: InputSource;
   /**
    * virtio devices, each on a virtio-mmio transport at VIRTIO_MMIO_BASE + 0x200 * i with
-   * GSI VIRTIO_MMIO_FIRST_GSI + i, announced by `virtio_mmio.device=` on the command line.
+   * GSI VIRTIO_MMIO_FIRST_GSI + i, announced in the DSDT as LNRO0005 devices and, to
+   * multiboot kernels, by `virtio_mmio.device=` on the command line.
    * The machine owns them: one with a `close()` is closed when the machine stops.
    */
   virtio?: VirtioDevice[];
@@ -124,6 +139,8 @@ export class PcMachine {
   readonly pvmFallbacks: PvmFallbacks | undefined;
   /** The PCI bus (i440FX host bridge at 00:00.0); plug devices before `run()`. */
   readonly pci: PciHost;
+  /** Batches COM1 output when `options.console` is a stream. */
+  private consoleSink: ConsoleSink | undefined;
 
   constructor(options: PcMachineOptions) {
     const cpus = options.cpus ?? 1;
@@ -146,6 +163,18 @@ export class PcMachine {
       vm.setPicVectorBases(PIC_MASTER_VECTOR_BASE, PIC_SLAVE_VECTOR_BASE);
       const acpi = writeAcpiTables(vm.memory, {
         cpus, tablesAddress: ACPI_TABLES_ADDRESS, ecam: { base: PCI_ECAM_BASE, endBus: PCI_ECAM_BUSES - 1 }, pciIrqs: [...new Set(PIRQ_GSIS)],
+        resetRegister: { port: RESET_CONTROL_PORT, value: RESET_CONTROL_RESET_VALUE },
+        dsdt: {
+          pciRoot: { lastBus: PCI_ECAM_BUSES - 1, ioWindow: PCI_IO_WINDOW, memoryWindow: PCI_MEMORY_WINDOW, intxGsi },
+          serialPorts: [{ port: COM1_PORT, irq: COM1_IRQ }],
+          virtioMmio: this.virtioDevices.map((_, i) => ({ base: VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_LENGTH, length: VIRTIO_MMIO_LENGTH, gsi: VIRTIO_MMIO_FIRST_GSI + i })),
+          reservedMemory: [{ base: PCI_ECAM_BASE, length: PCI_ECAM_BUSES * ECAM_BYTES_PER_BUS }],
+          sleepTypes: { s3: SLEEP_TYPE_S3, s5: SLEEP_TYPE_S5 },
+        },
+      });
+      writeMpTable(vm.memory, {
+        address: MP_TABLE_ADDRESS, cpus, localApicAddress: LOCAL_APIC_ADDRESS, ioApicId: IO_APIC_ID, ioApicAddress: IO_APIC_ADDRESS,
+        levelIsaIrqs: [DEFAULT_SCI_IRQ, ...PIRQ_GSIS], pciIntxGsi: intxGsi,
       });
       const name = options.kernelName ?? "kernel";
       if (isLinuxKernel(options.kernel)) {
@@ -167,7 +196,7 @@ export class PcMachine {
       for (let i = 1; i < cpus; i++) vm.setCpuState(i, applicationProcessorState());
 
       this.serial = new Serial16550({
-        output: options.console, irq: vm.interruptLine(COM1_IRQ),
+        output: this.consoleOutput(options.console), irq: vm.interruptLine(COM1_IRQ),
         onRxDrained: this.input.drained, onRxDiscarded: this.input.discarded,
       });
       this.input.attach(this.serial);
@@ -179,21 +208,22 @@ export class PcMachine {
         space: "pio", base: DEFAULT_PM_TIMER_PORT, length: PM_TIMER_LENGTH, shared: AcpiPmTimer.createOrigin(),
         module: new URL("./devices/acpi-pm-timer-worker.js", import.meta.url).href,
       });
-      vm.addDevice({
-        space: "pio", base: DEFAULT_PM1A_EVENT_PORT, length: PM1_REGISTERS_LENGTH, sync: true,
-        // SLP_TYP 0 is soft-off (S5), as on QEMU's PC; suspend is not emulated, so a request
-        // for another sleep state powers the machine off too, saying so.
-        device: new AcpiPm1Registers((type) => vm.powerOff(type === 0 ? undefined : `the guest asked for ACPI sleep type ${type} (S3/S4 are not emulated): powered off`)),
+      const rtc = new CmosRtc({ ramSize: memory, ramBelow4GiB: Math.min(memory, LOW_MEMORY_LIMIT) });
+      // SLP_TYP numbers as on QEMU's PC. S1 and S4 are not emulated: a request for them
+      // powers the machine off, saying so.
+      const pm1 = new AcpiPm1Registers((type) => {
+        if (type === SLEEP_TYPE_S3) suspend.enter();
+        else vm.powerOff(type === SLEEP_TYPE_S5 ? undefined : `the guest asked for ACPI sleep type ${type} (S1/S4 are not emulated): powered off`);
       });
-      this.pci = new PciHost(vm);
+      const suspend = new AcpiSuspend({ vm, pm1, rtc, facsAddress: acpi.facs });
+      // Sync: the sleep must begin before the writing vCPU runs on.
+      vm.addDevice({ space: "pio", base: DEFAULT_PM1A_EVENT_PORT, length: PM1_REGISTERS_LENGTH, sync: true, device: pm1 });
+      this.pci = new PciHost(vm, { resetControl: new ResetControl(() => vm.reset("ACPI reset register (0x06 to port 0xcf9)")) });
       vm.addDevice({
         space: "pio", base: I8042_COMMAND_PORT, length: 1, sync: true,
         device: new I8042Reset(() => vm.reset("i8042 reset (0xfe to port 0x64)")),
       });
-      vm.addDevice({
-        space: "pio", base: CMOS_PORT, length: CMOS_PORT_LENGTH,
-        device: new CmosRtc({ ramSize: memory, ramBelow4GiB: Math.min(memory, LOW_MEMORY_LIMIT) }),
-      });
+      vm.addDevice({ space: "pio", base: CMOS_PORT, length: CMOS_PORT_LENGTH, device: rtc });
       this.virtioDevices.forEach((device, i) => {
         const transport = new VirtioMmioTransport({ memory: vm.memory, device, interrupt: vm.interruptLine(VIRTIO_MMIO_FIRST_GSI + i), log: options.virtioLog });
         vm.addDevice({ space: "mmio", base: VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_LENGTH, length: VIRTIO_MMIO_LENGTH, device: transport });
@@ -219,6 +249,7 @@ export class PcMachine {
       return await this.vm.run();
     } finally {
       this.input.detach();
+      this.consoleSink?.flush();
       this.closeVirtio();
     }
   }
@@ -227,8 +258,15 @@ export class PcMachine {
     try {
       return await this.vm.stop();
     } finally {
+      this.consoleSink?.flush();
       this.closeVirtio();
     }
+  }
+
+  private consoleOutput(console: PcMachineOptions["console"]): (byte: number) => void {
+    if (typeof console === "function") return console;
+    this.consoleSink = new ConsoleSink(console);
+    return this.consoleSink.push;
   }
 
   private closeVirtio(): void {

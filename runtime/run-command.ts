@@ -14,6 +14,7 @@ import { isLinuxKernel } from "./boot/linux/linux-loader.js";
 import type { VmResult } from "./vm.js";
 import { hypervisorCpuidSpecUsage, parseHypervisorCpuidSpec } from "./boot/hypervisor-cpuid-spec.js";
 import { HypervisorCpuidError } from "./boot/hypervisor-cpuid.js";
+import { ESCAPE_HELP, TerminalConsoleInput } from "./terminal-console.js";
 
 const USAGE = `usage: workervisor run --kernel FILE [--append "..."] [--initrd FILE] [--module FILE]... [--cpus N] [--mem SIZE]
                        [--cpu-features LIST] [--no-pit] [--irqchip in-kernel|split] [--test-devices] [--hypervisor-cpuid SPEC]
@@ -41,8 +42,12 @@ const USAGE = `usage: workervisor run --kernel FILE [--append "..."] [--initrd F
                   every PV feature the host has).
 ${hypervisorCpuidSpecUsage("                  ")}
 
-Exit status: (guest debug-exit status << 1) | 1; 0 when the guest halts or powers off;
-2 when the VM could not start or failed.
+The console is COM1 on stdin/stdout. On a terminal, stdin is in raw mode and Ctrl-A is the
+escape key, as in QEMU: Ctrl-A x quits, Ctrl-A h lists the keys. Piped input is delivered as
+fast as the guest's UART takes it, never dropped.
+
+Exit status: (guest debug-exit status << 1) | 1; 0 when the guest halts, powers off or
+reboots (the reason printed) or is quit with Ctrl-A x; 2 when the VM could not start or failed.
 `;
 
 export class UsageError extends Error {
@@ -112,6 +117,7 @@ export async function runCommand(args: string[]): Promise<number> {
     process.stdout.write(USAGE);
     return 0;
   }
+  let terminal: TerminalConsoleInput | undefined;
   try {
     if (!values.kernel) throw new UsageError("--kernel FILE is required");
     const cpus = values.cpus === undefined ? 1 : Number(values.cpus);
@@ -123,6 +129,15 @@ export async function runCommand(args: string[]): Promise<number> {
       throw new UsageError(`--irqchip: '${values.irqchip}' is neither 'in-kernel' nor 'split'`);
     }
     const sink = new ConsoleSink(process.stdout);
+    let machineToQuit: PcMachine | undefined;
+    let quit = false;
+    terminal = new TerminalConsoleInput(process.stdin.on("error", () => {}), {
+      quit: () => {
+        quit = true;
+        void machineToQuit?.stop();
+      },
+      help: () => process.stderr.write(`\r\n${ESCAPE_HELP}`),
+    });
     const kernel = readInput(values.kernel, "kernel");
     const linux = isLinuxKernel(kernel);
     const initrd = values.initrd === undefined ? undefined : readInput(values.initrd, "initrd");
@@ -146,21 +161,28 @@ export async function runCommand(args: string[]): Promise<number> {
       cmdline: values.cmdline,
       decompression: values.decompress as "host" | "guest" | undefined,
       kernelCacheDir: join(cacheDir(), "kernels"),
-      // Piped input waits for room in the UART's receiver instead of overrunning it.
-      input: process.stdin.isTTY ? undefined : process.stdin.on("error", () => {}),
+      // Input waits for room in the UART's receiver instead of overrunning it.
+      input: terminal,
     });
+    machineToQuit = machine;
     for (const note of machine.linux?.notes ?? []) process.stderr.write(`workervisor run: ${note}\n`);
     try {
       const result = await machine.run();
+      if (quit) {
+        process.stderr.write("\r\nworkervisor run: quit (Ctrl-A x)\n");
+        return 0;
+      }
       if (result.reason === "reset") process.stderr.write(`workervisor run: the guest rebooted (${result.detail}); ending\n`);
       return exitStatusOf(result);
     } finally {
       sink.flush();
+      terminal.close();
       process.stdin.pause();
       process.stdin.unref?.();
     }
   } catch (error) {
     process.stderr.write(`workervisor run: ${(error as Error).message}\n`);
+    terminal?.close();
     // A machine that failed to build may have started reading piped stdin: let Node exit.
     process.stdin.pause();
     process.stdin.unref?.();

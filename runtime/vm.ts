@@ -21,7 +21,7 @@ import { availableParallelism } from "node:os";
 import { GuestMemory, GuestMemoryAllocationError, MemoryLayoutError, type RegionSpec } from "../memory/guest-memory.js";
 import { Control, createDoorbell, ExitChannel, Stat, WorkerState } from "../memory/exit-channel.js";
 import { DEFAULT_SPIN, oversubscribedPolicy, type SpinPolicy } from "../memory/waiter.js";
-import type { AddressSpace, VcpuOutcome, VcpuTask, WorkerDeviceSpec } from "../workers/vcpu-task.js";
+import type { AddressRange, AddressSpace, VcpuOutcome, VcpuTask, WorkerDeviceSpec } from "../workers/vcpu-task.js";
 
 export interface VmOptions {
   /** RAM size in bytes (one region at guest-physical 0), or explicit regions with holes. */
@@ -174,6 +174,9 @@ export class Vm extends EventEmitter {
   private readonly resumeOnHalt: boolean;
   private tasks: Promise<void>[] = [];
   private ended = 0;
+  /** Between suspendVcpus and resumeVcpus: no vCPU task runs. */
+  private suspended = false;
+  private syncWrites: AddressRange[] = [];
   private ending: Promise<void> | undefined;
   private keepAlive: NodeJS.Timeout | undefined;
   private readonly done: Promise<VmResult>;
@@ -486,7 +489,6 @@ export class Vm extends EventEmitter {
 
   start(): void {
     this.requireState(["created"], "start");
-    const pool = vcpuPool();
     // A write to a coalesced zone exits only when the kernel's queue is full: it then waits
     // for the dispatcher, which empties the queue first, so it cannot overtake the queue.
     const syncWrites = [
@@ -500,6 +502,12 @@ export class Vm extends EventEmitter {
     this.keepAlive = setInterval(() => {}, 1 << 30);
     this.dispatcher.start();
     this.setState("running");
+    this.startVcpus(syncWrites, false);
+  }
+
+  private startVcpus(syncWrites: AddressRange[], resumed: boolean): void {
+    const pool = vcpuPool();
+    this.syncWrites = syncWrites;
     this.tasks = this.descriptors.map((descriptor, i) => {
       const task: VcpuTask = {
         descriptor,
@@ -508,6 +516,7 @@ export class Vm extends EventEmitter {
         memory: this.memory.toShared(),
         cpuState: this.cpuStates[i],
         cpuid: this.cpuidTable[i],
+        cpuidSet: resumed,
         syncWrites,
         workerDevices: this.workerDevices,
         spin: this.workerSpin,
@@ -534,8 +543,45 @@ export class Vm extends EventEmitter {
     return this.wait();
   }
 
+  /**
+   * Ends every vCPU's run loop and resolves once all have left, their register state given
+   * up (ACPI S3: "the CPU context is lost"); RAM, devices and the vCPUs themselves stay.
+   * `resumeVcpus` starts them again. A stop meanwhile wins: the VM just ends.
+   */
+  async suspendVcpus(): Promise<void> {
+    this.requireState(["running"], "suspend");
+    if (this.suspended || this.ending !== undefined) return;
+    this.suspended = true;
+    const kickAll = () =>
+      this.channels.forEach((channel, i) => {
+        if (channel.control() === Control.STOP) return;
+        channel.setControl(Control.SUSPEND);
+        this.handle.kick(i, channel.threadId());
+      });
+    kickAll();
+    // As in teardown: a kick can land between a worker's control check and KVM_RUN.
+    const rekick = setInterval(kickAll, 50);
+    try {
+      await Promise.allSettled(this.tasks);
+    } finally {
+      clearInterval(rekick);
+    }
+  }
+
+  /** Starts the vCPUs suspendVcpus ended, vCPU i from `states[i]` (over the reset state). */
+  resumeVcpus(states: CpuState[]): void {
+    if (!this.suspended) throw new VmStateError("cannot resume vCPUs that are not suspended (suspendVcpus first)");
+    if (states.length !== this.vcpuCount) throw new VmConfigError(`resumeVcpus: ${states.length} CPU states for ${this.vcpuCount} vCPUs`);
+    if (this.ending !== undefined) return;
+    this.suspended = false;
+    states.forEach((state, i) => (this.cpuStates[i] = withResetState(state)));
+    this.channels.forEach((channel) => channel.setControl(Control.RUN));
+    this.startVcpus(this.syncWrites, true);
+  }
+
   async pause(): Promise<void> {
     this.requireState(["running"], "pause");
+    if (this.suspended) throw new VmStateError("cannot pause a VM whose vCPUs are suspended (ACPI S3); stop it, or let it wake");
     this.channels.forEach((channel, i) => {
       channel.setControl(Control.PAUSE);
       this.handle.kick(i, channel.threadId());
@@ -621,6 +667,9 @@ export class Vm extends EventEmitter {
         if (this.ended === this.vcpuCount) this.end({ reason: "halted" });
         return;
       case "stopped":
+        return;
+      case "suspended":
+        this.ended--; // it will run again
         return;
     }
   }

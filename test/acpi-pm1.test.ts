@@ -30,3 +30,15 @@ test("unknown offsets read all-ones", () => {
   const pm1 = new AcpiPm1Registers(() => {});
   assert.equal(pm1.read(6, 1), 0xff);
 });
+
+test("waking sets WAK_STS and the wake source's status bit, which the guest clears by writing 1s", () => {
+  const pm1 = new AcpiPm1Registers(() => {});
+  pm1.write(2, 2, 1 << 10); // RTC_EN
+  assert.equal(pm1.enabledEvents, 1 << 10);
+  pm1.wake(1 << 10);
+  assert.equal(pm1.read(0, 2), 0x8400);
+  pm1.write(0, 2, 0x8000);
+  assert.equal(pm1.read(0, 2), 0x0400);
+  pm1.write(0, 2, 0x0400);
+  assert.equal(pm1.read(0, 2), 0);
+});

@@ -51,9 +51,9 @@ test("tables land where the returned addresses say", () => {
     facs: 0x80000,
     dsdt: 0x80040,
     fadt: 0x80070,
-    madt: 0x800f0,
-    rsdt: 0x80150,
-    tablesEnd: 0x8017c,
+    madt: 0x80170,
+    rsdt: 0x801d0,
+    tablesEnd: 0x801fc,
   });
 });
 
@@ -94,7 +94,7 @@ test("the FADT describes the PM blocks, SCI, FACS and DSDT", () => {
   const memory = lowMemory();
   const at = writeAcpiTables(memory, { cpus: 1, tablesAddress: TABLES });
   const f = at.fadt;
-  checkHeader(memory, f, "FACP", 116, 1);
+  checkHeader(memory, f, "FACP", 244, 3);
   assert.equal(memory.readU32(f + 36), at.facs); // FIRMWARE_CTRL
   assert.equal(memory.readU32(f + 40), at.dsdt); // DSDT
   assert.equal(memory.readU8(f + 44), 1); // INT_MODEL: APIC
@@ -118,7 +118,21 @@ test("the FADT describes the PM blocks, SCI, FACS and DSDT", () => {
   assert.equal(memory.readU16(f + 96), 101); // P_LVL2_LAT: no C2
   assert.equal(memory.readU16(f + 98), 1001); // P_LVL3_LAT: no C3
   assert.equal(memory.readU8(f + 108), 0x32); // CENTURY
+  assert.equal(memory.readU16(f + 109), 0x3); // IAPC_BOOT_ARCH: LEGACY_DEVICES | 8042
   assert.equal(memory.readU32(f + 112), 0x35); // WBINVD | PROC_C1 | PWR_BUTTON | SLP_BUTTON; 24-bit timer
+  assert.deepEqual(Array.from(memory.read(f + 116, 244 - 116)), new Array(244 - 116).fill(0)); // no RESET_REG, X_ fields 0
+});
+
+test("a reset register reaches the FADT as an I/O GAS with RESET_VALUE and RESET_REG_SUP", () => {
+  const memory = lowMemory();
+  const at = writeAcpiTables(memory, { cpus: 1, tablesAddress: TABLES, resetRegister: { port: 0xcf9, value: 0x06 } });
+  const f = at.fadt;
+  checkHeader(memory, f, "FACP", 244, 3);
+  assert.equal(memory.readU32(f + 112), 0x35 | (1 << 10));
+  // space 1 (system I/O), 8 bits wide at bit 0, byte access, address 0xcf9; then RESET_VALUE
+  assert.deepEqual(Array.from(memory.read(f + 116, 13)), [1, 8, 0, 1, 0xf9, 0x0c, 0, 0, 0, 0, 0, 0, 0x06]);
+  assert.throws(() => writeAcpiTables(memory, { cpus: 1, tablesAddress: TABLES, resetRegister: { port: 0xcf9, value: 0x106 } }), /must be a byte/);
+  assert.throws(() => writeAcpiTables(memory, { cpus: 1, tablesAddress: TABLES, resetRegister: { port: 0x10000, value: 6 } }), AcpiTableError);
 });
 
 test("custom ports and SCI reach the FADT and MADT", () => {

@@ -234,3 +234,25 @@ test("with the real clock the century and year match the host", () => {
   const seen = (y: number) => [bcd(Math.floor(y / 100)), bcd(y % 100)];
   assert.ok([before, after].some((y) => seen(y)[0] === century && seen(y)[1] === year), `RTC says ${[century, year].map((b) => b.toString(16).padStart(2, "0")).join("")}, host ${before}..${after}`);
 });
+
+test("the alarm (the S3 wake source) goes off at the next update matching its registers, with AIE set", () => {
+  const clock = clockAt("2024-03-09T12:00:10.250Z");
+  const rtc = new CmosRtc({ now: clock.now });
+  rtcOut(rtc, 0x01, 0xc0);
+  rtcOut(rtc, 0x03, 0xc0);
+  rtcOut(rtc, 0x05, 0xc0);
+  assert.equal(rtc.millisecondsToAlarm(), undefined, "AIE clear: no alarm");
+  rtcOut(rtc, 0x0b, rtcIn(rtc, 0x0b) | 0x20);
+  assert.equal(rtc.millisecondsToAlarm(), 750, "every field don't-care: the next second");
+  rtcOut(rtc, 0x01, 0x30); // BCD 30 seconds
+  assert.equal(rtc.millisecondsToAlarm(), 19_750);
+  rtcOut(rtc, 0x05, 0x13); // and 13 h (BCD): 13:00:30 (any minute, so the first is :00)
+  assert.equal(rtc.millisecondsToAlarm(), 3_600_000 - 10_250 + 30_000);
+  rtcOut(rtc, 0x0b, 0x02 | 0x04 | 0x20); // binary mode: 0x13 is now 19 h and 0x30 48 s
+  assert.equal(rtc.millisecondsToAlarm(), 7 * 3_600_000 - 10_250 + 48_000);
+  rtcOut(rtc, 0x01, 0x7f); // 127 seconds: no clock shows it
+  assert.equal(rtc.millisecondsToAlarm(), undefined);
+  rtcOut(rtc, 0x01, 0xc0);
+  rtcOut(rtc, 0x0b, 0x80 | 0x20); // SET: the clock is stopped
+  assert.equal(rtc.millisecondsToAlarm(), undefined);
+});

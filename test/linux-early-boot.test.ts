@@ -2,18 +2,22 @@
  * Debian's cloud kernel (a distribution bzImage, lz4 payload decompressed on the host) on
  * the PC machine, checked against what the machine gave it, from the kernel's own early log:
  * its banner, our command line, our e820 map line by line, KVM detected with kvm-clock, our
- * RSDP, and the CPUs from our MADT. Then the host stops the VM and every fd is released.
+ * RSDP, the revision 3 FADT (the one with the reset register) and the DSDT where we put them,
+ * and the CPUs from our MADT. Then the host stops the VM and every fd is released.
  * On a PVM host this is as far as a kernel gets in reasonable time (~30 s to smpboot).
  */
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
-import { readdirSync, readlinkSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { destroyVcpuPool, warmVcpuPool } from "../runtime/vcpu-pool.js";
 import { cacheDir } from "../runtime/assets/cache-dir.js";
 import { e820LogLine } from "../runtime/boot/linux/e820-map.js";
 import { PVM_KERNEL_PARAMETERS, withKernelParameters } from "../runtime/boot/linux/pvm-fallbacks.js";
 import { bootDebianKernel, guestAssetsOrSkip, message, ON_PVM } from "./linux-guest.js";
+import { parseSetupHeader, payloadOf } from "../runtime/boot/linux/setup-header.js";
 
 after(() => destroyVcpuPool());
 
@@ -33,6 +37,19 @@ function kvmFds(): number {
   return count;
 }
 const kernelCache = join(cacheDir(), "kernels");
+
+/** "0x00000000000E1760": an address as the kernel's ACPI table listing prints it. */
+function acpiAddress(address: number): string {
+  return `0x${address.toString(16).toUpperCase().padStart(16, "0")}`;
+}
+
+/** Where the machine put its FADT and DSDT, and their lengths, found as the kernel finds them. */
+function fadtAndDsdt(memory: { readU32(gpa: number): number }, rsdp: number): { fadt: number; fadtLength: number; dsdt: number; dsdtLength: number } {
+  const rsdt = memory.readU32(rsdp + 16);
+  const fadt = memory.readU32(rsdt + 36);
+  const dsdt = memory.readU32(fadt + 40);
+  return { fadt, fadtLength: memory.readU32(fadt + 4), dsdt, dsdtLength: memory.readU32(dsdt + 4) };
+}
 
 for (const cpus of [1, 2]) {
   test(`Debian cloud kernel, ${cpus} vCPU${cpus > 1 ? "s" : ""}: the early log reports the machine we built, then the host stops it`, { timeout: 2 * GUARD_MS }, async (t) => {
@@ -65,7 +82,12 @@ for (const cpus of [1, 2]) {
       const hypervisor = at("Hypervisor detected: KVM");
       const kvmClock = at("kvm-clock: Using msrs");
       at("clocksource: kvm-clock:");
-      const rsdp = at(`ACPI: RSDP 0x${linux.rsdpAddress.toString(16).toUpperCase().padStart(16, "0")} `);
+      const rsdp = at(`ACPI: RSDP ${acpiAddress(linux.rsdpAddress)} `);
+      const tables = fadtAndDsdt(machine.vm.memory, linux.rsdpAddress);
+      const hex6 = (n: number) => n.toString(16).toUpperCase().padStart(6, "0");
+      at(`ACPI: FACP ${acpiAddress(tables.fadt)} ${hex6(tables.fadtLength)} (v03 WRKVSR WORKVISR`);
+      at(`ACPI: DSDT ${acpiAddress(tables.dsdt)} ${hex6(tables.dsdtLength)} (v01 WRKVSR WORKVISR`);
+      assert.ok(tables.dsdtLength > 36, "the DSDT holds AML");
       at("ACPI: Using ACPI (MADT) for SMP configuration information");
       const smpboot = at(`smpboot: Allowing ${cpus} CPUs, 0 hotplug CPUs`);
       assert.ok(banner < commandLine && commandLine < at("BIOS-e820: ") && at("BIOS-e820: ") < hypervisor, "setup_arch's order");
@@ -82,3 +104,32 @@ for (const cpus of [1, 2]) {
     assert.equal(kvmFds(), 0, "the VM's and its vCPUs' fds are closed");
   });
 }
+
+test("Debian generic kernel (an xz payload, x86 BCJ): decompressed here byte for byte as xz does, then it boots to its banner", { timeout: 2 * GUARD_MS }, async (t) => {
+  const assets = guestAssetsOrSkip(t);
+  if (!assets) return;
+  const cache = mkdtempSync(join(tmpdir(), "wv-generic-"));
+  try {
+    const { machine, console, result } = bootDebianKernel(assets, { cpus: 1, cmdline: CMDLINE, kernelCacheDir: cache, kernel: "generic" });
+    try {
+      const linux = machine.linux!;
+      assert.equal(linux.payloadFormat, "xz");
+      assert.equal(linux.entryPath, "vmlinux", "the payload was decompressed on the host");
+      // xz's own decoder on the same payload (its last 4 bytes are Linux's appended size).
+      const image = readFileSync(assets.genericKernel);
+      const payload = payloadOf(image, parseSetupHeader(image));
+      const reference = execFileSync("xz", ["-dc", "--single-stream"], { input: payload.subarray(0, payload.length - 4), maxBuffer: 1 << 30 });
+      const [cached] = readdirSync(cache);
+      assert.ok(Buffer.from(readFileSync(join(cache, cached))).equals(reference), "our vmlinux equals xz -dc's");
+      await console.waitFor(/Command line: /, GUARD_MS);
+      const log = console.lines.map(message);
+      assert.ok(log.some((line) => /^Linux version 6\.\S+-amd64 /.test(line)), `no generic kernel banner in:\n${console.tail(20)}`);
+      assert.ok(log.includes(`Command line: ${linux.cmdline}`));
+    } finally {
+      await machine.stop();
+    }
+    assert.deepEqual(await result, { reason: "stopped" });
+  } finally {
+    rmSync(cache, { recursive: true, force: true });
+  }
+});

@@ -94,10 +94,13 @@ export interface BootedLinux {
   result: Promise<VmResult>;
 }
 
-export function bootDebianKernel(assets: GuestAssets, options: { cpus: number; cmdline: string; memory?: number; kernelCacheDir?: string }): BootedLinux {
+export function bootDebianKernel(
+  assets: GuestAssets,
+  options: { cpus: number; cmdline: string; memory?: number; kernelCacheDir?: string; kernel?: "cloud" | "generic" },
+): BootedLinux {
   const console = new ConsoleLines();
   const machine = new PcMachine({
-    kernel: readFileSync(assets.kernel), kernelName: "bzImage",
+    kernel: readFileSync(options.kernel === "generic" ? assets.genericKernel : assets.kernel), kernelName: "bzImage",
     initrd: readFileSync(assets.initrd),
     cmdline: options.cmdline, cpus: options.cpus, memory: options.memory ?? 256 * 1024 * 1024,
     kernelCacheDir: options.kernelCacheDir, console: console.push,

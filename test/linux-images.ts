@@ -4,6 +4,7 @@
  * lz4 legacy or none), with the setup-header fields a test may want to break.
  */
 import { gzipSync } from "node:zlib";
+import { execFileSync } from "node:child_process";
 
 export const PROBE_LOAD_ADDRESS = 0x100_0000;
 
@@ -78,7 +79,25 @@ export function lz4LegacyLiterals(data: Uint8Array): Uint8Array {
   return Uint8Array.from(parts);
 }
 
-export type PayloadKind = "gzip" | "lz4" | "elf";
+export type PayloadKind = "gzip" | "lz4" | "xz" | "zstd" | "elf";
+
+/**
+ * `data` compressed as Linux's build compresses a kernel (scripts/xz_wrap.sh for x86: the
+ * x86 BCJ filter, LZMA2, CRC32; `zstd -22 --ultra`), by the host's own xz and zstd, with
+ * the decompressed size appended as size_append does.
+ */
+export function kernelCompressed(kind: "xz" | "zstd", data: Uint8Array): Uint8Array {
+  const args = kind === "xz" ? ["--format=xz", "--check=crc32", "--x86", "--lzma2=dict=1MiB", "-c"] : ["-22", "--ultra", "-q", "-c"];
+  const stream = execFileSync(kind, args, { input: data, maxBuffer: 1 << 30 });
+  return withAppendedSize(stream, data.length);
+}
+
+export function withAppendedSize(stream: Uint8Array, size: number): Uint8Array {
+  const payload = new Uint8Array(stream.length + 4);
+  payload.set(stream);
+  new DataView(payload.buffer).setUint32(stream.length, size, true);
+  return payload;
+}
 
 export interface BzImageFields {
   version?: number;
@@ -100,12 +119,8 @@ export function probeBzImage(payloadKind: PayloadKind, fields: BzImageFields = {
   let payload: Uint8Array;
   if (payloadKind === "gzip") payload = gzipSync(vmlinux);
   else if (payloadKind === "elf") payload = vmlinux;
-  else {
-    const frame = lz4LegacyLiterals(vmlinux);
-    payload = new Uint8Array(frame.length + 4);
-    payload.set(frame);
-    new DataView(payload.buffer).setUint32(frame.length, vmlinux.length, true);
-  }
+  else if (payloadKind === "lz4") payload = withAppendedSize(lz4LegacyLiterals(vmlinux), vmlinux.length);
+  else payload = kernelCompressed(payloadKind, vmlinux);
   const setupBytes = (SETUP_SECTS + 1) * 512;
   const payloadOffset = 0x1000;
   const protectedMode = new Uint8Array(payloadOffset + payload.length);

@@ -1,6 +1,6 @@
 /**
  * The Linux loader on real KVM with small probe kernels: each path (ELF vmlinux, bzImage
- * decompressed on the host from gzip or lz4, bzImage entered at its own 64-bit entry) hands
+ * decompressed on the host from gzip, lz4, xz or zstd, bzImage entered at its own 64-bit entry) hands
  * the kernel the zero page in RSI with our command line, initrd and e820 map; bad kernels
  * and initrds are refused with messages naming the cause.
  */
@@ -12,7 +12,11 @@ import { join } from "node:path";
 import { PcMachine } from "../runtime/pc-machine.js";
 import { loadLinux } from "../runtime/boot/linux/linux-loader.js";
 import { GuestMemory } from "../memory/guest-memory.js";
-import { probeBzImage, probeVmlinux, type BzImageFields } from "./linux-images.js";
+import { kernelCompressed, probeBzImage, probeVmlinux, withAppendedSize, type BzImageFields } from "./linux-images.js";
+import { decompressPayload } from "../runtime/boot/linux/payload.js";
+import { x86BcjDecode } from "../runtime/boot/linux/xz-stream.js";
+import { zstdFrameSizes } from "../runtime/boot/linux/zstd-frame.js";
+import { execFileSync } from "node:child_process";
 import { PVM_KERNEL_PARAMETERS, withKernelParameters } from "../runtime/boot/linux/pvm-fallbacks.js";
 import { ON_PVM } from "./linux-guest.js";
 
@@ -41,7 +45,7 @@ test("ELF vmlinux: entered in long mode with RSI at the zero page, our command l
   assert.ok(linux.initrd!.address + INITRD.length <= 64 * MiB, "initrd inside RAM");
 });
 
-for (const payload of ["gzip", "lz4", "elf"] as const) {
+for (const payload of ["gzip", "lz4", "xz", "zstd", "elf"] as const) {
   test(`bzImage with a ${payload} payload: decompressed on the host, the vmlinux entered directly`, async () => {
     const { result, output, linux } = await bootProbe(probeBzImage(payload));
     assert.equal(output, `${CMDLINE}initrd-bytes`);
@@ -135,4 +139,60 @@ test("on a PVM host the kernel is given the fallback parameters; elsewhere the c
   assert.equal(machine.linux!.cmdline, expected);
   assert.equal(machine.pvmFallbacks !== undefined, ON_PVM);
   if (ON_PVM) assert.deepEqual(machine.pvmFallbacks!.kernelParameters, [...PVM_KERNEL_PARAMETERS]);
+});
+
+/** x86-shaped bytes: CALL/JMP opcodes every few bytes with near and far targets, the rest noise. */
+function codeLike(length: number): Uint8Array {
+  const bytes = new Uint8Array(length);
+  let seed = 0x12345678;
+  for (let i = 0; i < length; i++) {
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    const roll = seed >>> 24;
+    if (roll < 40) bytes[i] = 0xe8 + (roll & 1);
+    else if (roll < 80) bytes[i] = roll & 1 ? 0xff : 0x00;
+    else bytes[i] = seed >>> 16;
+  }
+  return bytes;
+}
+
+test("xz payloads as Linux builds them (x86 BCJ + LZMA2 + CRC32) decode byte for byte as xz's own decoder does", () => {
+  for (const length of [1, 5, 4096, 300_000]) {
+    const data = codeLike(length);
+    assert.deepEqual(decompressPayload(kernelCompressed("xz", data)), data, `${length} bytes`);
+  }
+  // The filter alone, against xz's raw BCJ encoder: no LZMA2 in the way.
+  const data = codeLike(65536);
+  const encoded = execFileSync("xz", ["--format=raw", "--x86", "--lzma2=preset=0", "-c"], { input: data });
+  const filteredOnly = execFileSync("xz", ["--format=raw", "--lzma2=preset=0", "-dc"], { input: encoded });
+  assert.notDeepEqual(new Uint8Array(filteredOnly), data, "the encoder rewrote some CALL/JMP targets");
+  const decoded = new Uint8Array(filteredOnly);
+  x86BcjDecode(decoded);
+  assert.deepEqual(decoded, data);
+});
+
+test("xz and zstd payloads that are corrupt, truncated, oversized or of another filter chain are refused, naming why", () => {
+  const vmlinux = probeVmlinux();
+  const xz = kernelCompressed("xz", vmlinux);
+  const corrupt = xz.slice();
+  corrupt[40] ^= 0x55; // inside the LZMA2 data
+  assert.throws(() => decompressPayload(corrupt), /xz payload does not decompress: (LZMA2 data does not decode|a block's CRC32 does not match)/);
+  assert.throws(() => decompressPayload(withAppendedSize(xz.subarray(0, xz.length - 30), vmlinux.length)), /xz payload does not decompress: no stream footer at the end \(truncated\?\)/);
+  assert.throws(() => decompressPayload(withAppendedSize(xz.subarray(0, xz.length - 4), vmlinux.length + 1)), new RegExp(`the index declares ${vmlinux.length} bytes, ${vmlinux.length + 1} were expected`));
+  // A block that would decode to more than the index says is refused before decoding.
+  const grown = kernelCompressed("xz", vmlinux);
+  const chunk = 12 + (grown[12] + 1) * 4; // the first LZMA2 chunk header, after stream and block headers
+  assert.ok(grown[chunk] >= 0xe0, "the block starts with a dictionary-reset LZMA chunk");
+  grown[chunk] |= 0x1f; // its unpacked size gains 31 * 64 KiB
+  assert.throws(() => decompressPayload(grown), new RegExp(`xz payload does not decompress: a block's LZMA2 chunks add up to ${vmlinux.length + 0x1f0000} bytes, the index says ${vmlinux.length}`));
+  const delta = execFileSync("xz", ["--format=xz", "--check=crc32", "--delta=dist=4", "--lzma2=preset=0", "-c"], { input: vmlinux });
+  assert.throws(() => decompressPayload(withAppendedSize(delta, vmlinux.length)), /filter chain has filter 0x3 at position 1 of 2; only \[x86 BCJ,\] LZMA2/);
+  const zstd = kernelCompressed("zstd", vmlinux);
+  assert.throws(() => decompressPayload(withAppendedSize(zstd.subarray(0, zstd.length - 4), vmlinux.length - 1)), new RegExp(`zstd payload does not decompress: (the frame declares ${vmlinux.length} bytes, ${vmlinux.length - 1} were expected|the data decodes to more than ${vmlinux.length - 1} bytes)`));
+  assert.throws(() => decompressPayload(withAppendedSize(zstd.subarray(0, zstd.length - 4), vmlinux.length + 1)), new RegExp(`zstd payload does not decompress: (the frame declares ${vmlinux.length} bytes, ${vmlinux.length + 1} were expected|the data decodes to ${vmlinux.length} bytes)`));
+  assert.throws(() => decompressPayload(withAppendedSize(zstd.subarray(0, zstd.length - 20), vmlinux.length)), /zstd payload does not decompress: the data does not decode: .*truncated or corrupt/);
+  // Streamed without a declared size, as Linux's build does (cat | zstd): the count is the bound.
+  const streamed = execFileSync("sh", ["-c", "cat | zstd -19 -q -c"], { input: vmlinux });
+  assert.equal(zstdFrameSizes(streamed).content, undefined, "a piped frame declares no content size");
+  assert.deepEqual(decompressPayload(withAppendedSize(streamed, vmlinux.length)), vmlinux);
+  assert.throws(() => decompressPayload(withAppendedSize(streamed, vmlinux.length - 1)), new RegExp(`the data decodes to more than ${vmlinux.length - 1} bytes`));
 });

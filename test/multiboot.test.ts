@@ -79,12 +79,12 @@ function readMmap(memory: GuestMemory, info: number): { base: number; length: nu
   return entries;
 }
 
-/** The PC map every test guest starting at 0 should see. */
+/** The PC map every test guest starting at 0 should see (the same as Linux's e820 map). */
 function expectedMmap(ramEnd: number): { base: number; length: number; type: number }[] {
   return [
     { base: 0, length: 0x9fc00, type: 1 },
     { base: 0x9fc00, length: 0x400, type: 2 },
-    { base: 0xf0000, length: 0x10000, type: 2 },
+    { base: 0xe0000, length: 0x20000, type: 2 }, // the BIOS area: RSDP, ACPI and MP tables
     { base: 0x100000, length: ramEnd - 0x100000, type: 1 },
   ];
 }

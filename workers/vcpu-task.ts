@@ -25,6 +25,8 @@ export interface VcpuTask {
   memory: SharedRegion[];
   cpuState: CpuState;
   cpuid: CpuidEntry[];
+  /** The vCPU ran before (a task after a suspend): it has its CPUID, which KVM lets no one change after KVM_RUN. */
+  cpuidSet?: boolean;
   /** Main-thread devices whose writes the vCPU must wait for. */
   syncWrites: AddressRange[];
   workerDevices: WorkerDeviceSpec[];
@@ -46,6 +48,8 @@ export interface RegisterDump {
 
 export type VcpuOutcome =
   | { reason: "stopped" }
+  /** Left the run loop for Control.SUSPEND; the VM may start the vCPU again with a new state. */
+  | { reason: "suspended" }
   | { reason: "hlt" }
   | { reason: "system-event"; detail: string }
   | { reason: "fatal"; exitKind: string; detail: string; registers: RegisterDump };

@@ -18,7 +18,7 @@ import type { AddressRange, RegisterDump, VcpuOutcome, VcpuTask, WorkerDeviceSpe
 export type WorkerDeviceFactory = (shared: SharedArrayBuffer, memory: GuestMemory) => Device | Promise<Device>;
 
 function applyCpuState(vcpu: VcpuHandle, state: CpuState, task: VcpuTask): void {
-  vcpu.setCpuid(task.cpuid);
+  if (!task.cpuidSet) vcpu.setCpuid(task.cpuid);
   if (state.specialRegisters) vcpu.setSpecialRegisters({ ...vcpu.getSpecialRegisters(), ...state.specialRegisters });
   if (state.registers) vcpu.setRegisters({ ...vcpu.getRegisters(), ...state.registers });
   if (state.msrs?.length) vcpu.setMsrs(state.msrs);
@@ -131,6 +131,7 @@ function runLoop(
     const control = channel.control();
     if (control !== Control.RUN) {
       if (control === Control.STOP) return { reason: "stopped" };
+      if (control === Control.SUSPEND) return { reason: "suspended" };
       channel.setWorkerState(WorkerState.PAUSED);
       const resumed = channel.waitWhilePaused();
       channel.setWorkerState(WorkerState.RUNNING);

@@ -13,6 +13,8 @@ import { initScript } from "./init-script.js";
 import { parseElf64 } from "../boot/linux/elf64.js";
 
 export const KERNEL_PACKAGE = "linux-image-cloud-amd64";
+/** Debian's generic kernel: its bzImage payload is xz (the cloud kernel's is lz4); only /boot is kept. */
+export const GENERIC_KERNEL_PACKAGE = "linux-image-amd64";
 export const BUSYBOX_PACKAGE = "busybox-static";
 /** Loaded by /init in dependency order; virtio-mmio is how Debian's kernels find our devices. */
 const WANTED_MODULES = ["virtio_mmio", "virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "virtio-rng"];
@@ -21,6 +23,8 @@ const MANIFEST = "manifest.json";
 export interface GuestAssets {
   /** The distribution bzImage, as shipped in /boot. */
   kernel: string;
+  /** Debian's generic bzImage (xz payload), for the decompression path the cloud kernel does not take. */
+  genericKernel: string;
   initrd: string;
   kernelVersion: string;
   /** The modules /init loads, in order. */
@@ -46,12 +50,12 @@ function run(command: string, args: string[], cwd: string): string {
   }
 }
 
-/** The concrete kernel package the metapackage points at (e.g. linux-image-6.1.0-50-cloud-amd64). */
-function kernelPackageName(cwd: string): string {
-  const depends = run("apt-cache", ["depends", KERNEL_PACKAGE], cwd);
+/** The concrete kernel package a metapackage points at (e.g. linux-image-6.1.0-50-cloud-amd64). */
+function kernelPackageName(metapackage: string, cwd: string): string {
+  const depends = run("apt-cache", ["depends", metapackage], cwd);
   const match = /Depends:\s*(linux-image-\S+)/.exec(depends);
   if (!match) {
-    throw new GuestAssetsError(`guest assets: apt knows no '${KERNEL_PACKAGE}'; run 'apt-get update' with Debian's main archive in the sources`);
+    throw new GuestAssetsError(`guest assets: apt knows no '${metapackage}'; run 'apt-get update' with Debian's main archive in the sources`);
   }
   return match[1];
 }
@@ -110,7 +114,8 @@ function buildInitramfs(root: string, order: string[], available: Map<string, st
 function readManifest(dir: string): GuestAssets | undefined {
   try {
     const manifest = JSON.parse(readFileSync(join(dir, MANIFEST), "utf8")) as GuestAssets;
-    return existsSync(manifest.kernel) && existsSync(manifest.initrd) ? manifest : undefined;
+    const files = [manifest.kernel, manifest.genericKernel, manifest.initrd];
+    return files.every((file) => typeof file === "string" && existsSync(file)) ? manifest : undefined;
   } catch {
     return undefined;
   }
@@ -127,9 +132,20 @@ export function ensureGuestAssets(options: { dir?: string; log?: (line: string) 
   const root = join(dir, "root");
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(debs, { recursive: true });
-  const kernelPackage = kernelPackageName(debs);
-  log(`apt-get download ${kernelPackage} ${BUSYBOX_PACKAGE}`);
-  run("apt-get", ["download", kernelPackage, BUSYBOX_PACKAGE], debs);
+  const kernelPackage = kernelPackageName(KERNEL_PACKAGE, debs);
+  const genericPackage = kernelPackageName(GENERIC_KERNEL_PACKAGE, debs);
+  log(`apt-get download ${kernelPackage} ${BUSYBOX_PACKAGE} ${genericPackage}`);
+  run("apt-get", ["download", kernelPackage, BUSYBOX_PACKAGE, genericPackage], debs);
+  const genericDeb = readdirSync(debs).find((name) => name.startsWith(`${genericPackage}_`));
+  if (!genericDeb) throw new GuestAssetsError(`guest assets: apt-get download left no ${genericPackage}_*.deb`);
+  const genericRoot = join(dir, "generic");
+  mkdirSync(genericRoot);
+  // Its modules are 400 MB unpacked and not needed: only /boot leaves the archive.
+  log(`dpkg-deb --fsys-tarfile ${genericDeb} | tar -x ./boot`);
+  run("sh", ["-c", 'dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" ./boot', "sh", join(debs, genericDeb), genericRoot], debs);
+  rmSync(join(debs, genericDeb));
+  const genericVmlinuz = readdirSync(join(genericRoot, "boot")).find((name) => name.startsWith("vmlinuz-"));
+  if (!genericVmlinuz) throw new GuestAssetsError(`guest assets: ${genericPackage} has no /boot/vmlinuz-*`);
   for (const deb of readdirSync(debs).filter((name) => name.endsWith(".deb"))) {
     log(`dpkg-deb -x ${deb}`);
     run("dpkg-deb", ["-x", join(debs, deb), root], debs);
@@ -143,16 +159,19 @@ export function ensureGuestAssets(options: { dir?: string; log?: (line: string) 
   log(`initramfs: busybox, /init, modules ${order.join(" ")}`);
   const assets: GuestAssets = {
     kernel: join(dir, "bzImage"),
+    genericKernel: join(dir, "bzImage-generic"),
     initrd: join(dir, "initramfs.cpio"),
     kernelVersion,
     modules: order,
   };
   copyFileSync(join(root, "boot", vmlinuz), assets.kernel);
+  copyFileSync(join(genericRoot, "boot", genericVmlinuz), assets.genericKernel);
   writeFileSync(assets.initrd, buildInitramfs(root, order, available));
   writeFileSync(join(dir, MANIFEST), `${JSON.stringify(assets, null, 2)}\n`);
   // Only the kernel and the initramfs are kept.
   rmSync(debs, { recursive: true, force: true });
   rmSync(root, { recursive: true, force: true });
+  rmSync(genericRoot, { recursive: true, force: true });
   return assets;
 }
 
@@ -160,7 +179,7 @@ export function ensureGuestAssets(options: { dir?: string; log?: (line: string) 
 export function guestFetchCommand(): number {
   try {
     const assets = ensureGuestAssets({ log: (line) => process.stderr.write(`guest-fetch: ${line}\n`) });
-    process.stdout.write(`kernel ${assets.kernel}\ninitrd ${assets.initrd}\nversion ${assets.kernelVersion}\n`);
+    process.stdout.write(`kernel ${assets.kernel}\ngeneric-kernel ${assets.genericKernel}\ninitrd ${assets.initrd}\nversion ${assets.kernelVersion}\n`);
     return 0;
   } catch (error) {
     process.stderr.write(`workervisor guest-fetch: ${(error as Error).message}\n`);

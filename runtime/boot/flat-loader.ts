@@ -9,6 +9,7 @@
 import type { CpuState, Segment, SpecialRegisters } from "../hypervisor/hypervisor.js";
 import type { GuestMemory } from "../../memory/guest-memory.js";
 import { flatSegment, gdtEntry, realModeSegment, tssDescriptor } from "./x86-segments.js";
+import { writeIdentityPageTables } from "./x86-paging.js";
 
 export type GuestMode = "long64" | "user64" | "real16";
 
@@ -26,9 +27,8 @@ export interface FlatProgram {
 
 export const DEFAULT_ENTRY = 0x10000;
 const GDT = 0x500;
+/** Followed by its PDPT and four page directories (x86-paging.ts). */
 const PML4 = 0x1000;
-const PDPT = 0x2000;
-const PAGE_DIRECTORIES = 0x3000;
 const TSS = 0x7000;
 const TSS_SIZE = 104;
 const IO_BITMAP_BYTES = 65536 / 8;
@@ -40,22 +40,6 @@ const Selector = { KERNEL_CODE: 0x08, KERNEL_DATA: 0x10, USER_DATA: 0x18 | 3, US
 const CR0_PE = 1n, CR0_MP = 2n, CR0_ET = 0x10n, CR0_NE = 0x20n, CR0_WP = 0x10000n, CR0_PG = 0x8000_0000n;
 const CR4_PAE = 0x20n, CR4_OSFXSR = 0x200n, CR4_OSXMMEXCPT = 0x400n;
 const EFER_SCE = 1n, EFER_LME = 0x100n, EFER_LMA = 0x400n;
-const PAGE_PRESENT = 1n, PAGE_WRITABLE = 2n, PAGE_USER = 4n, PAGE_HUGE = 0x80n;
-
-/** Identity-maps the first 4 GiB with 2 MiB pages, user-accessible (CPL3 guests need it). */
-function writePageTables(memory: GuestMemory): void {
-  const flags = PAGE_PRESENT | PAGE_WRITABLE | PAGE_USER;
-  memory.fill(PML4, 0x1000 * 6, 0);
-  memory.writeU64(PML4, BigInt(PDPT) | flags);
-  for (let gib = 0; gib < 4; gib++) {
-    const directory = PAGE_DIRECTORIES + gib * 0x1000;
-    memory.writeU64(PDPT + gib * 8, BigInt(directory) | flags);
-    for (let i = 0; i < 512; i++) {
-      const address = BigInt(gib) * 0x4000_0000n + BigInt(i) * 0x20_0000n;
-      memory.writeU64(directory + i * 8, address | flags | PAGE_HUGE);
-    }
-  }
-}
 
 function writeGdt(memory: GuestMemory, segments: Segment[]): void {
   memory.writeU64(GDT, 0n);
@@ -132,7 +116,8 @@ export function loadFlatProgram(memory: GuestMemory, program: FlatProgram): CpuS
     throw new GuestProgramError("a 64-bit guest program needs RAM at 0-64 KiB for its tables and an entry at or above 0x10000");
   }
   const user = mode === "user64";
-  writePageTables(memory);
+  // User-accessible in every mode: kernel-mode guests of the kit may drop to CPL3 themselves.
+  writeIdentityPageTables(memory, PML4, { user: true });
   const kernel = [flatSegment(Selector.KERNEL_CODE, true, { long: true }), flatSegment(Selector.KERNEL_DATA, false)];
   const userSegments = [
     flatSegment(Selector.USER_DATA, false, { dpl: 3 }),

@@ -1,4 +1,5 @@
 import { PAGE_SIZE, type GuestMemory } from "../../memory/guest-memory.js";
+import { pcMemoryMap } from "./pc-memory-map.js";
 
 /**
  * Multiboot v1 kernel loader (Multiboot Specification 0.6.96): identifies the kernel
@@ -79,15 +80,8 @@ const MB_MODULE = { mod_start: 0, mod_end: 4, string: 8, reserved: 12, size: 16 
 
 /** One memory map entry; `size` counts the bytes after itself (spec 3.3). */
 const MB_MMAP = { size: 0, base_addr: 4, length: 12, type: 20, entrySize: 24 } as const;
-const MMAP_AVAILABLE = 1;
-const MMAP_RESERVED = 2;
-
-/** Fixed holes of the PC memory map: the EBDA page, VGA/option ROMs, the BIOS ROM. */
-const EBDA_START = 0x9fc00;
-const VGA_START = 0xa0000;
-const BIOS_START = 0xf0000;
-const HIGH_MEMORY = 0x100000;
 const LOW_MEMORY_KB = 640;
+const HIGH_MEMORY = 0x100000;
 
 const BOOT_LOADER_NAME = "workervisor";
 
@@ -462,35 +456,6 @@ function contiguousFrom(memory: GuestMemory, gpa: number): number {
   return end - gpa;
 }
 
-interface MmapEntry {
-  base: number;
-  length: number;
-  type: number;
-}
-
-/**
- * The memory map a PC BIOS would report: RAM is available except the EBDA page below
- * 640 KiB and the ROM window; the VGA/option-ROM hole is not listed, the BIOS ROM is reserved.
- */
-function buildMemoryMap(memory: GuestMemory): MmapEntry[] {
-  const available: MmapEntry[] = [];
-  const add = (base: number, end: number): void => {
-    if (end <= base) return;
-    const last = available.at(-1);
-    if (last !== undefined && last.base + last.length === base) last.length += end - base;
-    else available.push({ base, length: end - base, type: MMAP_AVAILABLE });
-  };
-  for (const r of sortedRegions(memory)) {
-    add(r.gpa, Math.min(r.end, EBDA_START));
-    add(Math.max(r.gpa, HIGH_MEMORY), r.end);
-  }
-  const reserved: MmapEntry[] = [
-    { base: EBDA_START, length: VGA_START - EBDA_START, type: MMAP_RESERVED },
-    { base: BIOS_START, length: HIGH_MEMORY - BIOS_START, type: MMAP_RESERVED },
-  ];
-  return [...available, ...reserved].sort((a, b) => a.base - b.base);
-}
-
 function cString(text: string, what: string): Uint8Array {
   const bytes = new TextEncoder().encode(text);
   if (bytes.includes(0)) throw new TypeError(`multiboot ${what} must not contain a NUL character`);
@@ -545,7 +510,7 @@ export function loadMultiboot(memory: GuestMemory, image: Uint8Array, options: M
   };
 
   const modules = options.modules ?? [];
-  const mmap = buildMemoryMap(memory);
+  const mmap = pcMemoryMap(memory);
   const cmdline = cString(options.cmdline ?? "", "command line");
   const loaderName = cString(BOOT_LOADER_NAME, "boot loader name");
   const moduleStrings = modules.map((m, i) => cString(m.name, `module ${i} name`));
@@ -586,8 +551,8 @@ export function loadMultiboot(memory: GuestMemory, image: Uint8Array, options: M
   mmap.forEach((e, i) => {
     const at = mmapAt + i * MB_MMAP.entrySize;
     memory.writeU32(at + MB_MMAP.size, MB_MMAP.entrySize - 4);
-    memory.writeU64(at + MB_MMAP.base_addr, BigInt(e.base));
-    memory.writeU64(at + MB_MMAP.length, BigInt(e.length));
+    memory.writeU64(at + MB_MMAP.base_addr, BigInt(e.address));
+    memory.writeU64(at + MB_MMAP.length, BigInt(e.size));
     memory.writeU32(at + MB_MMAP.type, e.type);
   });
   memory.write(cmdlineAt, cmdline);

@@ -1,7 +1,8 @@
 /**
  * The ACPI PM1a event and control registers (ACPI 4.8.3): PM1_STS (write 1 to clear),
  * PM1_EN, and PM1_CNT with SCI_EN set, since there is no SMI_CMD to switch modes. A write
- * of SLP_EN requests a sleep state; this platform treats every one as soft-off.
+ * of SLP_EN requests a sleep state, which the machine carries out (pc-machine.ts); on waking
+ * it sets WAK_STS and the wake source's status bit (`wake`).
  */
 import { type AccessSize, type Device, toUnsigned } from "./device.js";
 
@@ -9,6 +10,12 @@ import { type AccessSize, type Device, toUnsigned } from "./device.js";
 export const PM1_REGISTERS_LENGTH = 6;
 const SCI_EN = 1 << 0;
 const SLP_EN = 1 << 13;
+/** PM1_STS / PM1_EN bit 10: the RTC alarm (as a wake source); PM1_STS bit 15: woken. */
+export const PM1_RTC = 1 << 10;
+const WAK_STS = 1 << 15;
+/** SLP_TYP values of the sleep states, as QEMU's PIIX4 PM numbers them (the DSDT's \_Sx_). */
+export const SLEEP_TYPE_S5 = 0;
+export const SLEEP_TYPE_S3 = 1;
 
 export class AcpiPm1Registers implements Device {
   readonly name = "acpi-pm1";
@@ -17,6 +24,16 @@ export class AcpiPm1Registers implements Device {
   private control = SCI_EN;
 
   constructor(private readonly onSleep: (sleepType: number) => void) {}
+
+  /** PM1_EN: the events the guest enabled (e.g. PM1_RTC as a wake source). */
+  get enabledEvents(): number {
+    return this.enable;
+  }
+
+  /** The machine woke from a sleep state because of `sources` (PM1_STS bits): WAK_STS and those are set. */
+  wake(sources: number): void {
+    this.status |= WAK_STS | (sources & 0xffff);
+  }
 
   private register(offset: number): "status" | "enable" | "control" | undefined {
     if (offset === 0) return "status";

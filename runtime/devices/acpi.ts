@@ -1,5 +1,8 @@
 import type { GuestMemory } from "../../memory/guest-memory.js";
 import type { AccessSize, Device } from "./device.js";
+import { amlBytes } from "./acpi-aml.js";
+import { type DsdtDescription, dsdtTerms } from "./acpi-dsdt.js";
+import { checksumByte, putAscii } from "./firmware-bytes.js";
 
 /*
  * ACPI 1.0 firmware tables and the ACPI power-management timer.
@@ -8,8 +11,8 @@ import type { AccessSize, Device } from "./device.js";
  *
  *   rsdpAddress   RSDP  20 bytes, in the BIOS area where OSes scan for it (5.2.5.1)
  *   tables + 0    FACS  64 bytes, 64-byte aligned, no checksum (5.2.10)
- *   then          DSDT  header only (empty AML)
- *   then          FADT  ("FACP") revision 1, 116 bytes (5.2.9)
+ *   then          DSDT  the namespace of `dsdt` (acpi-dsdt.ts) as AML
+ *   then          FADT  ("FACP") revision 3 (ACPI 2.0), 244 bytes (5.2.9), for RESET_REG
  *   then          MADT  ("APIC") (5.2.12)
  *   then          MCFG  (only with the `ecam` option) (PCI Firmware Spec 3.0, 4.1.2)
  *   then          RSDT  -> FADT, MADT[, MCFG]
@@ -74,8 +77,11 @@ const RSDP_RSDT_ADDRESS = 16;
 const FACS_LENGTH = 64;
 const FACS_ALIGNMENT = 64;
 
-// FADT revision 1 field offsets (ACPI 1.0b table 5-6).
-const FADT_LENGTH = 116;
+// FADT field offsets (ACPI 1.0b table 5-6, ACPI 2.0 table 5-9). Revision 3 is the first with
+// RESET_REG; Linux's acpi_reboot() ignores the reset register below revision 2. The 64-bit
+// X_ fields stay 0: an OS then takes the 32-bit ones (ACPI 2.0, 5.2.9).
+const FADT_LENGTH = 244;
+const FADT_REVISION = 3;
 const FADT_FIRMWARE_CTRL = 36;
 const FADT_DSDT = 40;
 const FADT_INT_MODEL = 44;
@@ -91,7 +97,10 @@ const FADT_PM_TMR_LEN = 91;
 const FADT_P_LVL2_LAT = 96;
 const FADT_P_LVL3_LAT = 98;
 const FADT_CENTURY = 108;
+const FADT_IAPC_BOOT_ARCH = 109;
 const FADT_FLAGS = 112;
+const FADT_RESET_REG = 116;
+const FADT_RESET_VALUE = 128;
 
 /** INT_MODEL 1: multiple APIC (the MADT describes the interrupt controllers). */
 const INT_MODEL_APIC = 1;
@@ -107,6 +116,16 @@ const FADT_F_PWR_BUTTON = 1 << 4;
 const FADT_F_SLP_BUTTON = 1 << 5;
 // TMR_VAL_EXT (bit 8) stays clear: the PM timer is 24 bits wide.
 const FADT_FLAGS_VALUE = FADT_F_WBINVD | FADT_F_PROC_C1 | FADT_F_PWR_BUTTON | FADT_F_SLP_BUTTON;
+/** RESET_REG_SUP: the reset register is there (ACPI 2.0 table 5-10). */
+const FADT_F_RESET_REG_SUP = 1 << 10;
+/**
+ * IAPC_BOOT_ARCH LEGACY_DEVICES | 8042: what a revision 1 FADT leaves an OS to assume, kept
+ * so that a revision 3 one does not tell Linux the PC has no legacy devices.
+ */
+const IAPC_LEGACY_DEVICES_AND_8042 = 0x0003;
+/** Generic Address Structure (5.2.3.1): space ID, bit width, bit offset, access size, address. */
+const GAS_SYSTEM_IO = 1;
+const GAS_ACCESS_BYTE = 1;
 
 // MADT (5.2.12).
 const MADT_LOCAL_APIC_ADDRESS = 36;
@@ -157,6 +176,14 @@ export interface AcpiTableOptions {
   pciIrqs?: number[];
   /** PCI ECAM (MMCONFIG) of segment 0 for buses 0..endBus, announced in an MCFG table. */
   ecam?: { base: number; endBus: number };
+  /** The namespace the DSDT describes; without it the DSDT holds no AML. */
+  dsdt?: DsdtDescription;
+  /**
+   * The FADT's reset register: an I/O port where writing `value` (a byte) resets the
+   * machine, as PIIX/ICH's reset control register at 0xCF9 with 0x06. Without it
+   * RESET_REG_SUP stays clear.
+   */
+  resetRegister?: { port: number; value: number };
 }
 
 /** Guest-physical addresses of everything writeAcpiTables wrote. */
@@ -189,16 +216,6 @@ function checkPort(name: string, port: number, length: number): void {
   }
 }
 
-function putAscii(bytes: Uint8Array, at: number, text: string): void {
-  for (let i = 0; i < text.length; i++) bytes[at + i] = text.charCodeAt(i);
-}
-
-/** The byte that makes `bytes[start, start + length)` sum to 0 mod 256, given that it is 0 now. */
-function checksumByte(bytes: Uint8Array, start: number, length: number): number {
-  let sum = 0;
-  for (let i = start; i < start + length; i++) sum = (sum + bytes[i]) & 0xff;
-  return (0x100 - sum) & 0xff;
-}
 
 function writeHeader(view: DataView, bytes: Uint8Array, at: number, signature: string, length: number, revision: number): void {
   putAscii(bytes, at + H_SIGNATURE, signature);
@@ -286,7 +303,9 @@ export function writeAcpiTables(memory: GuestMemory, options: AcpiTableOptions):
   // Lay the table area out relative to tablesAddress.
   const facsOffset = 0;
   const dsdtOffset = alignUp(facsOffset + FACS_LENGTH, TABLE_ALIGNMENT);
-  const fadtOffset = alignUp(dsdtOffset + HEADER_LENGTH, TABLE_ALIGNMENT);
+  const aml = amlBytes(options.dsdt === undefined ? [] : dsdtTerms(options.dsdt));
+  const dsdtLength = HEADER_LENGTH + aml.length;
+  const fadtOffset = alignUp(dsdtOffset + dsdtLength, TABLE_ALIGNMENT);
   const madtOffset = alignUp(fadtOffset + FADT_LENGTH, TABLE_ALIGNMENT);
   const pciIrqs = options.pciIrqs ?? [];
   for (const irq of pciIrqs) {
@@ -295,6 +314,13 @@ export function writeAcpiTables(memory: GuestMemory, options: AcpiTableOptions):
     }
   }
   const madtSize = madtLength(cpus, pciIrqs.length);
+  const reset = options.resetRegister;
+  if (reset !== undefined) {
+    checkPort("resetRegister.port", reset.port, 1);
+    if (!Number.isInteger(reset.value) || reset.value < 0 || reset.value > 0xff) {
+      throw new AcpiTableError(`ACPI: resetRegister.value must be a byte (0..255), got ${reset.value}`);
+    }
+  }
   const ecam = options.ecam;
   if (ecam !== undefined) {
     const buses = ecam.endBus + 1;
@@ -341,13 +367,14 @@ export function writeAcpiTables(memory: GuestMemory, options: AcpiTableOptions):
   putAscii(area, facsOffset, "FACS");
   view.setUint32(facsOffset + 4, FACS_LENGTH, true);
 
-  // DSDT: a header with no AML. Revision 1 means 32-bit AML integers.
-  writeHeader(view, area, dsdtOffset, "DSDT", HEADER_LENGTH, 1);
+  // DSDT. Revision 1 means 32-bit AML integers.
+  writeHeader(view, area, dsdtOffset, "DSDT", dsdtLength, 1);
+  area.set(aml, dsdtOffset + HEADER_LENGTH);
   sealTable(view, area, dsdtOffset);
 
   // FADT. SMI_CMD = 0 says the machine has no legacy (non-ACPI) mode to switch out of;
   // GPE blocks, PM1b and PM2 are absent (address and length 0).
-  writeHeader(view, area, fadtOffset, "FACP", FADT_LENGTH, 1);
+  writeHeader(view, area, fadtOffset, "FACP", FADT_LENGTH, FADT_REVISION);
   view.setUint32(fadtOffset + FADT_FIRMWARE_CTRL, tablesAddress + facsOffset, true);
   view.setUint32(fadtOffset + FADT_DSDT, tablesAddress + dsdtOffset, true);
   view.setUint8(fadtOffset + FADT_INT_MODEL, INT_MODEL_APIC);
@@ -363,7 +390,15 @@ export function writeAcpiTables(memory: GuestMemory, options: AcpiTableOptions):
   view.setUint16(fadtOffset + FADT_P_LVL2_LAT, C2_NOT_SUPPORTED, true);
   view.setUint16(fadtOffset + FADT_P_LVL3_LAT, C3_NOT_SUPPORTED, true);
   view.setUint8(fadtOffset + FADT_CENTURY, RTC_CENTURY_INDEX);
-  view.setUint32(fadtOffset + FADT_FLAGS, FADT_FLAGS_VALUE, true);
+  view.setUint16(fadtOffset + FADT_IAPC_BOOT_ARCH, IAPC_LEGACY_DEVICES_AND_8042, true);
+  view.setUint32(fadtOffset + FADT_FLAGS, FADT_FLAGS_VALUE | (reset === undefined ? 0 : FADT_F_RESET_REG_SUP), true);
+  if (reset !== undefined) {
+    view.setUint8(fadtOffset + FADT_RESET_REG, GAS_SYSTEM_IO);
+    view.setUint8(fadtOffset + FADT_RESET_REG + 1, 8); // bit width
+    view.setUint8(fadtOffset + FADT_RESET_REG + 3, GAS_ACCESS_BYTE);
+    view.setBigUint64(fadtOffset + FADT_RESET_REG + 4, BigInt(reset.port), true);
+    view.setUint8(fadtOffset + FADT_RESET_VALUE, reset.value);
+  }
   sealTable(view, area, fadtOffset);
 
   // MADT.

@@ -10,7 +10,8 @@ import { toUnsigned, type AccessSize, type Device } from "./device.js";
  *
  * Interrupts are not implemented: no periodic, alarm or update-ended interrupt is ever
  * raised, so register C (the interrupt flags) always reads 0. The enable bits in
- * register B and the alarm registers are plain storage.
+ * register B and the alarm registers are storage, and tell when the alarm would go off
+ * (millisecondsToAlarm), which is what wakes a PC from ACPI S3.
  */
 
 export const CMOS_PORT = 0x70;
@@ -49,6 +50,7 @@ const REG_A_DIVIDER_RUNNING = 0x20;
 const REG_A_DEFAULT = 0x26;
 
 export const REG_B_SET = 0x80;
+export const REG_B_AIE = 0x20;
 export const REG_B_UIE = 0x10;
 export const REG_B_DM_BINARY = 0x04;
 export const REG_B_24_HOUR = 0x02;
@@ -58,6 +60,9 @@ const REG_B_DEFAULT = REG_B_24_HOUR;
 const REG_D_VRT = 0x80;
 
 const HOUR_PM = 0x80;
+/** An alarm register with its two top bits set matches every value (datasheet: "don't care"). */
+const ALARM_DONT_CARE = 0xc0;
+const SECONDS_PER_DAY = 24 * 60 * 60;
 
 /*
  * Memory-size bytes that PC firmware fills in and boot loaders read:
@@ -131,6 +136,31 @@ export class CmosRtc implements Device {
   /** Whether the guest last wrote the index port with bit 7 set (NMI disabled). No NMI source exists yet. */
   get nmiMasked(): boolean {
     return this.nmiDisabled;
+  }
+
+  /**
+   * With the alarm interrupt enabled (register B AIE) and the clock running, how long until
+   * the next update whose seconds, minutes and hours match the alarm registers (each
+   * matching anything when "don't care"), in milliseconds; otherwise undefined. An alarm
+   * that cannot match within a day (a value no clock shows) never goes off.
+   */
+  millisecondsToAlarm(): number | undefined {
+    if ((this.ram[RtcRegister.B] & REG_B_AIE) === 0 || (this.ram[RtcRegister.B] & REG_B_SET) !== 0) return undefined;
+    if ((this.ram[RtcRegister.A] & REG_A_DIVIDER_MASK) !== REG_A_DIVIDER_RUNNING) return undefined;
+    const now = this.now().getTime();
+    const matches = (alarm: number, value: number) => (alarm & ALARM_DONT_CARE) === ALARM_DONT_CARE || alarm === value;
+    const nextSecond = Math.floor(now / 1000) * 1000 + 1000;
+    for (let s = 0; s < SECONDS_PER_DAY; s++) {
+      const at = new Date(nextSecond + s * 1000);
+      if (
+        matches(this.ram[RtcRegister.SECONDS_ALARM], this.encode(at.getUTCSeconds())) &&
+        matches(this.ram[RtcRegister.MINUTES_ALARM], this.encode(at.getUTCMinutes())) &&
+        matches(this.ram[RtcRegister.HOURS_ALARM], this.encodeHours(at.getUTCHours()))
+      ) {
+        return at.getTime() - now;
+      }
+    }
+    return undefined;
   }
 
   read(offset: number, size: AccessSize): number | bigint {

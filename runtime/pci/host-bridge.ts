@@ -5,7 +5,8 @@
  * - mechanism #1 (PCI Local Bus Spec 3.0, 3.2.2.3.2) at ports 0xCF8-0xCFF: CONFIG_ADDRESS
  *   (bit 31 enable, 23:16 bus, 15:11 device, 10:8 function, 7:0 register) is claimed only
  *   by 32-bit accesses at 0xCF8; CONFIG_DATA at 0xCFC-0xCFF takes any width, the port's
- *   low two bits OR'd into the register number.
+ *   low two bits OR'd into the register number. A byte at 0xCF9 is not a config cycle: on
+ *   PIIX/ICH it is the reset control register, served by the device given for it, if any.
  * - ECAM / MMCONFIG (PCI Express Base Spec, 7.2.2): a memory range where bus, device,
  *   function and register are address bits 27:20, 19:15, 14:12 and 11:0; announced to the
  *   guest in the ACPI MCFG table.
@@ -25,6 +26,8 @@ export const CONFIG_ADDRESS_ENABLE = 0x8000_0000;
  */
 const CONFIG_ADDRESS_WRITABLE = 0x80ff_ffff;
 const CONFIG_DATA_OFFSET = 4;
+/** 0xCF9, the PIIX reset control register, as an offset into the config ports. */
+const RESET_CONTROL_OFFSET = 1;
 
 /** One bus's worth of ECAM space; the whole range covers buses 0..255. */
 export const ECAM_BYTES_PER_BUS = 1 << 20;
@@ -49,7 +52,10 @@ export class PciConfigPorts implements Device {
   readonly name = "pci config (0xcf8)";
   private address = 0;
 
-  constructor(private readonly bus: PciBus) {}
+  constructor(
+    private readonly bus: PciBus,
+    private readonly resetControl?: Device,
+  ) {}
 
   get configAddress(): number {
     return this.address;
@@ -57,6 +63,7 @@ export class PciConfigPorts implements Device {
 
   read(offset: number, size: AccessSize): number {
     if (offset === 0 && size === 4) return this.address;
+    if (offset === RESET_CONTROL_OFFSET && size === 1 && this.resetControl !== undefined) return this.resetControl.read(0, 1) as number;
     if (offset < CONFIG_DATA_OFFSET || (this.address & CONFIG_ADDRESS_ENABLE) === 0) return allOnes(size) as number;
     const a = this.address;
     return this.bus.configRead((a >>> 16) & 0xff, (a >>> 11) & 0x1f, (a >>> 8) & 0x7, (a & 0xff) | (offset - CONFIG_DATA_OFFSET), size);
@@ -67,8 +74,11 @@ export class PciConfigPorts implements Device {
       this.address = (toUnsigned(value, 4) & CONFIG_ADDRESS_WRITABLE) >>> 0;
       return;
     }
-    // Byte writes to 0xCF9 (PIIX reset control) and narrow ones to 0xCF8 are not config
-    // cycles; this bridge offers no reset there.
+    if (offset === RESET_CONTROL_OFFSET && size === 1) {
+      this.resetControl?.write(0, 1, value);
+      return;
+    }
+    // Other narrow writes to 0xCF8-0xCFB are not config cycles.
     if (offset < CONFIG_DATA_OFFSET || (this.address & CONFIG_ADDRESS_ENABLE) === 0) return;
     const a = this.address;
     this.bus.configWrite((a >>> 16) & 0xff, (a >>> 11) & 0x1f, (a >>> 8) & 0x7, (a & 0xff) | (offset - CONFIG_DATA_OFFSET), size, value);

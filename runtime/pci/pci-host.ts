@@ -5,6 +5,7 @@
  * before the VM starts; their BARs are then placed as firmware would place them.
  */
 import type { Vm } from "../vm.js";
+import type { Device } from "../devices/device.js";
 import { PciCommand, PciRegister, PciStatus } from "./config-space.js";
 import { ECAM_BYTES_PER_BUS, I440fxHostBridge, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LENGTH, PciConfigPorts, PciEcam } from "./host-bridge.js";
 import { PciBus, type PciWindow } from "./pci-bus.js";
@@ -37,7 +38,8 @@ export class PciHost {
   private nextSlot = FIRST_DEVICE_SLOT;
   private unplaced = false;
 
-  constructor(private readonly vm: Vm) {
+  /** `resetControl` serves byte accesses to 0xCF9 (PIIX reset control), inside the config ports. */
+  constructor(private readonly vm: Vm, options: { resetControl?: Device } = {}) {
     this.bus = new PciBus({
       ioWindow: PCI_IO_WINDOW,
       memoryWindow: PCI_MEMORY_WINDOW,
@@ -45,7 +47,7 @@ export class PciHost {
     });
     this.bus.plug(0, new I440fxHostBridge());
     // Config cycles are sync: a BAR move or decode change takes effect before the guest's next access.
-    vm.addDevice({ space: "pio", base: PCI_CONFIG_PORT, length: PCI_CONFIG_PORT_LENGTH, device: new PciConfigPorts(this.bus), sync: true });
+    vm.addDevice({ space: "pio", base: PCI_CONFIG_PORT, length: PCI_CONFIG_PORT_LENGTH, device: new PciConfigPorts(this.bus, options.resetControl), sync: true });
     vm.addDevice({ space: "mmio", base: PCI_ECAM_BASE, length: PCI_ECAM_BUSES * ECAM_BYTES_PER_BUS, device: new PciEcam(this.bus), sync: true });
     vm.addDevice({ space: "pio", base: PCI_IO_WINDOW.base, length: PCI_IO_WINDOW.size, device: this.bus.ioWindowDevice });
     vm.addDevice({ space: "mmio", base: PCI_MEMORY_WINDOW.base, length: PCI_MEMORY_WINDOW.size, device: this.bus.memoryWindowDevice });

@@ -6,6 +6,7 @@
 import type { CpuState } from "../../hypervisor/hypervisor.js";
 import type { GuestMemory } from "../../../memory/guest-memory.js";
 import { flatSegment, gdtEntry } from "../x86-segments.js";
+import { writeIdentityPageTables } from "../x86-paging.js";
 
 /** Low-memory layout of what the loader writes besides the kernel (all in the first e820 RAM range). */
 export const LinuxBootLayout = {
@@ -13,10 +14,8 @@ export const LinuxBootLayout = {
   ZERO_PAGE: 0x7000,
   /** Top of a small boot stack; startup_64 switches to its own at once. */
   STACK_TOP: 0x8ff0,
+  /** Then its PDPT and four page directories of 2 MiB pages: the first 4 GiB (x86-paging.ts). */
   PML4: 0x9000,
-  PDPT: 0xa000,
-  /** Four page directories of 2 MiB pages: the first 4 GiB. */
-  PAGE_DIRECTORIES: 0xb000,
   CMDLINE: 0x20000,
   CMDLINE_MAX: 0x10000,
 } as const;
@@ -26,22 +25,6 @@ const BOOT_DS = 0x18;
 const CR0_PE = 1n, CR0_ET = 0x10n, CR0_NE = 0x20n, CR0_PG = 0x8000_0000n;
 const CR4_PAE = 0x20n;
 const EFER_LME = 0x100n, EFER_LMA = 0x400n;
-const PAGE_PRESENT = 1n, PAGE_WRITABLE = 2n, PAGE_HUGE = 0x80n;
-const IDENTITY_MAPPED_GIB = 4;
-
-function writeIdentityPageTables(memory: GuestMemory): void {
-  const L = LinuxBootLayout;
-  const flags = PAGE_PRESENT | PAGE_WRITABLE;
-  memory.fill(L.PML4, 0x1000 * (2 + IDENTITY_MAPPED_GIB), 0);
-  memory.writeU64(L.PML4, BigInt(L.PDPT) | flags);
-  for (let gib = 0; gib < IDENTITY_MAPPED_GIB; gib++) {
-    const directory = L.PAGE_DIRECTORIES + gib * 0x1000;
-    memory.writeU64(L.PDPT + gib * 8, BigInt(directory) | flags);
-    for (let i = 0; i < 512; i++) {
-      memory.writeU64(directory + i * 8, (BigInt(gib) << 30n) + (BigInt(i) << 21n) | flags | PAGE_HUGE);
-    }
-  }
-}
 
 /** Writes the boot GDT and page tables; returns the boot vCPU's state for entering at `entry`. */
 export function linux64EntryState(memory: GuestMemory, entry: number): CpuState {
@@ -51,7 +34,7 @@ export function linux64EntryState(memory: GuestMemory, entry: number): CpuState 
   memory.fill(L.GDT, BOOT_DS + 8, 0);
   memory.writeU64(L.GDT + BOOT_CS, gdtEntry(code));
   memory.writeU64(L.GDT + BOOT_DS, gdtEntry(data));
-  writeIdentityPageTables(memory);
+  writeIdentityPageTables(memory, L.PML4);
   return {
     registers: {
       rax: 0n, rbx: 0n, rcx: 0n, rdx: 0n, rsi: BigInt(L.ZERO_PAGE), rdi: 0n, rbp: 0n,

@@ -4,13 +4,15 @@
  * it (lib/decompress.c); Linux's build appends the decompressed size as a 32-bit
  * little-endian word to every format but gzip (scripts/Makefile.lib, size_append).
  *
- * On the host: gzip (node:zlib) and lz4 (Debian's cloud kernel; ./lz4-legacy.ts). Node 20's
- * zlib has neither xz nor zstd and no package for them is a dependency yet, so those
- * payloads are reported as host-undecodable and the caller falls back to in-guest
- * decompression.
+ * On the host: gzip (node:zlib), lz4 (Debian's cloud kernel; ./lz4-legacy.ts), xz (Debian's
+ * generic kernel; ./xz-stream.ts) and zstd (./zstd-frame.ts over fzstd, pure JS). Every format's output is bounded before it is produced: by the size
+ * Linux appended, which the xz index and the zstd output buffer must agree with. bzip2,
+ * lzma and lzo payloads fall back to the kernel's own decompressor.
  */
 import { gunzipSync } from "node:zlib";
 import { decompressLz4Legacy } from "./lz4-legacy.js";
+import { decodeXzStream } from "./xz-stream.js";
+import { decodeZstd } from "./zstd-frame.js";
 
 export type PayloadFormat = "gzip" | "bzip2" | "lzma" | "xz" | "lzo" | "lz4" | "zstd" | "uncompressed-elf";
 
@@ -38,7 +40,7 @@ export function payloadFormat(payload: Uint8Array): PayloadFormat | undefined {
 
 /** Formats this host can decompress itself. */
 export function hostCanDecompress(format: PayloadFormat): boolean {
-  return format === "gzip" || format === "lz4" || format === "uncompressed-elf";
+  return format === "gzip" || format === "lz4" || format === "xz" || format === "zstd" || format === "uncompressed-elf";
 }
 
 function appendedSize(payload: Uint8Array): number {
@@ -68,11 +70,29 @@ export function decompressPayload(payload: Uint8Array): Uint8Array {
       } catch (error) {
         throw new PayloadError(`bzImage lz4 payload does not decompress: ${(error as Error).message}`);
       }
+    case "xz":
+      return decompressXz(payload);
+    case "zstd":
+      try {
+        return decodeZstd(payload.subarray(0, payload.length - 4), appendedSize(payload));
+      } catch (error) {
+        throw new PayloadError(`bzImage zstd payload does not decompress: ${(error as Error).message}`);
+      }
     case undefined:
       throw new PayloadError(
         `bzImage payload starts with ${Buffer.from(payload.subarray(0, 6)).toString("hex")}, the magic of no format Linux compresses its kernel with`,
       );
     default:
-      throw new PayloadError(`bzImage payload is ${format}, which this host cannot decompress (gzip and lz4 only); boot it with in-guest decompression`);
+      throw new PayloadError(`bzImage payload is ${format}, which this host cannot decompress (gzip, lz4, xz and zstd only); boot it with in-guest decompression`);
+  }
+}
+
+function decompressXz(payload: Uint8Array): Uint8Array {
+  const size = appendedSize(payload);
+  try {
+    // The stream is followed by the appended size word (Linux's builds add no stream padding).
+    return decodeXzStream(payload.subarray(0, payload.length - 4), size);
+  } catch (error) {
+    throw new PayloadError(`bzImage xz payload does not decompress: ${(error as Error).message}`);
   }
 }

@@ -23,13 +23,8 @@ export const E820_MAX_ENTRIES = 128;
 /** "undefined" in boot.rst's type_of_loader table: a loader without an assigned ID. */
 const LOADER_TYPE_UNDEFINED = 0xff;
 
-export const E820Type = { RAM: 1, RESERVED: 2, ACPI: 3, NVS: 4 } as const;
-
-export interface E820Entry {
-  address: number;
-  size: number;
-  type: number;
-}
+import type { MemoryMapEntry as E820Entry } from "../pc-memory-map.js";
+export { MemoryType as E820Type, type MemoryMapEntry as E820Entry } from "../pc-memory-map.js";
 
 export interface ZeroPageContents {
   /** File bytes [0x1f1, headerEnd) of a bzImage, or a header made up for an ELF vmlinux. */
