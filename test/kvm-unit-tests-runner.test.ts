@@ -169,7 +169,8 @@ test("the suite runner takes -machine kernel-irqchip=split from an entry, and --
   // With KVM's IOAPIC this kernel never ends on this host (it stops at "physical destination
   // mode"); the userspace IOAPIC runs it to its summary, where the in-flight reconfiguration
   // subtests fail on PVM (see test/kvm-unit-tests.test.ts).
-  assert.match(lines[1], /^FAIL ioapic_split \(33 tests, \d+ unexpected failures\)$/, run.stdout);
+  // (How many report lines depends on timing: PVM's duplicated deliveries add some.)
+  assert.match(lines[1], /^FAIL ioapic_split \(\d+ tests, \d+ unexpected failures\)$/, run.stdout);
   const results = JSON.parse(readFileSync(json, "utf8")).results as { name: string; consoleTail: string }[];
   assert.match(results[1].consoleTail, /PASS: ioapic logical destination mode/);
   const all = spawnSync(process.execPath, [CLI, "kvm-unit-tests", build, "--irqchip", "split", "--only", "^smptest3$"], { encoding: "utf8", timeout: 120_000 });
