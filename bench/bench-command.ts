@@ -31,6 +31,10 @@ function rejudge(report: BenchReport): BenchReport {
 }
 
 export async function benchCommand(args: string[]): Promise<number> {
+  if (args[0] === "virtio") {
+    const { virtioBenchCommand } = await import("./virtio-bench.js");
+    return virtioBenchCommand(args.slice(1));
+  }
   if (args[0] === "boot") {
     const { bootBenchCommand } = await import("./linux-boot-bench.js");
     return bootBenchCommand(args.slice(1));

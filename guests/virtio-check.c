@@ -13,6 +13,13 @@
  *     the VM in the middle of it.
  *   CHECK=5 (measurement): COUNT reads of 4 KiB at pseudo-random 4 KiB-aligned sectors,
  *     one at a time (queue depth 1), for timing from outside.
+ *   CHECK=7 (measurement): COUNT 4 KiB reads at pseudo-random sectors with DEPTH requests
+ *     in flight (build with VQ_SIZE >= 3 * DEPTH), a notification per batch refilled.
+ *   CHECK=8 (measurement): COUNT sequential 64 KiB reads, one at a time.
+ *   CHECK=9 (measurement): COUNT 64 KiB entropy requests to virtio-rng, one at a time;
+ *     reports the bytes received.
+ *   The measurements print "go" when the device is ready and their count at the end, so
+ *   the host times the lines between.
  *   CHECK=6 (interrupt-driven entropy): virtio-rng's IOAPIC pin VIRTIO_GSI routed to a
  *     vector (level-triggered, or edge with LEVEL=0); three requests, each completion seen
  *     by the interrupt handler, which acks InterruptStatus before the EOI. Handler runs
@@ -39,7 +46,7 @@
 #define BLK_T_FLUSH 4
 #define BLK_T_GET_ID 8
 
-static u8 ring[4096] __attribute__((aligned(4096)));
+static u8 ring[VQ_RING_BYTES] __attribute__((aligned(4096)));
 static struct vq_desc indirect_table[4] __attribute__((aligned(16)));
 static u8 data[1024] __attribute__((aligned(16)));
 static u8 readback[1024] __attribute__((aligned(16)));
@@ -242,11 +249,128 @@ static void timed_reads(void) {
   u32 blocks = vreg(&dev, VM_CONFIG + 0) / 8;
   if (blocks == 0) fail(2, "the image is smaller than 4 KiB");
   u32 x = 12345;
+  serial_puts("go\n");
   for (u32 i = 0; i < COUNT; i++) {
     x = x * 1103515245u + 12345u;
     if (blk_request(BLK_T_IN, ((x >> 8) % blocks) * 8, block4k, sizeof block4k, DESC_F_WRITE, 0) != 0) fail(3, "4 KiB read");
   }
   put_number("reads", COUNT);
+}
+
+#ifndef DEPTH
+#define DEPTH 32
+#endif
+#define BLK_REQUEST_DESCRIPTORS 3
+static u8 blocks[DEPTH][4096] __attribute__((aligned(4096)));
+static struct { u32 type; u32 reserved; u64x sector; } headers[DEPTH];
+static u8 statuses[DEPTH];
+static u8 big[65536] __attribute__((aligned(4096)));
+
+/* Puts request `slot` (descriptors 3*slot..3*slot+2) in the avail ring, without notifying. */
+static void offer_read(u32 slot, u32 sector, void *buf, u32 len) {
+  struct vq_desc *d = &dev.desc[BLK_REQUEST_DESCRIPTORS * slot];
+  u16 head = (u16)(BLK_REQUEST_DESCRIPTORS * slot);
+  headers[slot].type = BLK_T_IN;
+  headers[slot].reserved = 0;
+  headers[slot].sector = sector;
+  statuses[slot] = 0xff;
+  d[0] = (struct vq_desc){(u32)&headers[slot], sizeof headers[slot], DESC_F_NEXT, (u16)(head + 1)};
+  d[1] = (struct vq_desc){(u32)buf, len, DESC_F_WRITE | DESC_F_NEXT, (u16)(head + 2)};
+  d[2] = (struct vq_desc){(u32)&statuses[slot], 1, DESC_F_WRITE, 0};
+  u16 idx = dev.avail->idx;
+  dev.avail->ring[idx % VQ_SIZE] = head;
+  barrier();
+  dev.avail->idx = (u16)(idx + 1);
+}
+
+static u32 blk_blocks(void) {
+  u32 base = virtio_find(VIRTIO_ID_BLOCK, 0);
+  if (!base) fail(1, "no virtio-blk device in the window");
+  if (virtio_init(&dev, base, 0, ring)) fail(2, "initialisation");
+  u32 n = vreg(&dev, VM_CONFIG + 0) / 8;
+  if (n == 0) fail(2, "the image is smaller than 4 KiB");
+  return n;
+}
+
+static void ack_interrupts(void) {
+  u32 isr = vreg(&dev, VM_INTERRUPT_STATUS);
+  if (isr) vset(&dev, VM_INTERRUPT_ACK, isr);
+}
+
+static void deep_reads(void) {
+  if (VQ_SIZE < BLK_REQUEST_DESCRIPTORS * DEPTH) fail(2, "VQ_SIZE too small for DEPTH");
+  u32 n = blk_blocks();
+  u32 x = 12345, submitted = 0, completed = 0;
+  serial_puts("go\n");
+  for (; submitted < DEPTH && submitted < COUNT; submitted++) {
+    x = x * 1103515245u + 12345u;
+    offer_read(submitted, ((x >> 8) % n) * 8, blocks[submitted], 4096);
+  }
+  barrier();
+  vset(&dev, VM_QUEUE_NOTIFY, 0);
+  u32 polls = 0;
+  while (completed < COUNT) {
+    int offered = 0;
+    while (dev.used->idx != dev.last_used) {
+      barrier();
+      u32 slot = dev.used->ring[dev.last_used % VQ_SIZE].id / BLK_REQUEST_DESCRIPTORS;
+      dev.last_used++;
+      if (slot >= DEPTH || statuses[slot] != 0) fail(3, "4 KiB read in flight");
+      completed++;
+      if (submitted < COUNT) {
+        x = x * 1103515245u + 12345u;
+        offer_read(slot, ((x >> 8) % n) * 8, blocks[slot], 4096);
+        submitted++;
+        offered = 1;
+      }
+    }
+    if (offered) {
+      barrier();
+      vset(&dev, VM_QUEUE_NOTIFY, 0);
+      ack_interrupts();
+      polls = 0;
+    } else if (++polls > POLL_LIMIT) {
+      fail(4, "no completion");
+    } else {
+      pause_cpu();
+    }
+  }
+  put_number("reads", completed);
+}
+
+static void sequential_reads(void) {
+  u32 n = blk_blocks();
+  u32 span = sizeof big / 4096;
+  if (n < span) fail(2, "the image is smaller than 64 KiB");
+  serial_puts("go\n");
+  for (u32 i = 0; i < COUNT; i++) {
+    offer_read(0, ((i * span) % (n - span + 1)) * 8, big, sizeof big);
+    barrier();
+    vset(&dev, VM_QUEUE_NOTIFY, 0);
+    for (u32 p = 0; dev.used->idx == dev.last_used; p++) {
+      if (p > POLL_LIMIT) fail(3, "no completion");
+      pause_cpu();
+    }
+    dev.last_used++;
+    if (statuses[0] != 0) fail(3, "64 KiB read");
+    ack_interrupts();
+  }
+  put_number("reads", COUNT);
+}
+
+static void entropy_stream(void) {
+  u32 base = virtio_find(VIRTIO_ID_ENTROPY, 0);
+  if (!base) fail(1, "no virtio-rng device in the window");
+  if (virtio_init(&dev, base, F_EVENT_IDX, ring)) fail(2, "initialisation");
+  u32 bytes = 0;
+  serial_puts("go\n");
+  for (u32 i = 0; i < COUNT; i++) {
+    vq_set(&dev, 0, big, sizeof big, DESC_F_WRITE, 0);
+    int got = vq_submit(&dev, 0);
+    if (got <= 0) fail(3, "no entropy came back");
+    bytes += (u32)got;
+  }
+  put_number("entropy-bytes", bytes);
 }
 
 #ifndef VIRTIO_GSI
@@ -307,6 +431,9 @@ void main(u32 info) {
   else if (CHECK == 3) check_hostile();
   else if (CHECK == 4) endless_reads();
   else if (CHECK == 5) timed_reads();
+  else if (CHECK == 7) deep_reads();
+  else if (CHECK == 8) sequential_reads();
+  else if (CHECK == 9) entropy_stream();
   else interrupt_driven_entropy();
   serial_puts("virtio-check: done\n");
   guest_exit(0);

@@ -8,6 +8,7 @@ commands:
   demo                 boot the built-in demo guest (prints a greeting on COM1)
   run --kernel FILE    boot a multiboot kernel (see 'workervisor run --help')
   bench                run the exit-latency benchmark suite (see 'workervisor bench --help')
+  bench virtio         virtio-blk and virtio-rng throughput beside QEMU (see 'workervisor bench virtio --help')
   guest-fetch          fetch Debian's cloud kernel and build the test initramfs into the cache
   kvm-unit-tests DIR   run a kvm-unit-tests build's x86 suite (see 'workervisor kvm-unit-tests --help')
 `;

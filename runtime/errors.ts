@@ -37,3 +37,11 @@ export class VcpuWorkerError extends Error {
     super(`vCPU ${vcpu} worker failed: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
   }
 }
+
+/** A device worker threw or died; its VM was stopped. */
+export class DeviceWorkerError extends Error {
+  override name = "DeviceWorkerError";
+  constructor(readonly device: string, cause: unknown) {
+    super(`the device worker of ${device} failed: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+  }
+}

@@ -33,6 +33,7 @@ import type { RegionSpec } from "../memory/guest-memory.js";
 import type { HypervisorCpuidOptions } from "./boot/hypervisor-cpuid.js";
 import type { VirtioDevice } from "./devices/virtio/virtio-device.js";
 import { VIRTIO_MMIO_LENGTH, VirtioMmioTransport } from "./devices/virtio/mmio-transport.js";
+import { type VirtioWorkerDeviceSpec, VirtioWorkerTransport } from "./devices/virtio/worker-placement.js";
 
 export const COM1_PORT = 0x3f8;
 export const COM1_IRQ = 4;
@@ -43,6 +44,23 @@ const LOW_MEMORY_LIMIT = 3 * 1024 * MiB;
 const FOUR_GIB = 4 * 1024 * MiB;
 /** ACPI tables sit in the BIOS area just after the RSDP, out of the usable memory map. */
 const ACPI_TABLES_ADDRESS = 0xe1000;
+/**
+ * A virtio device built and run on a device worker of its own (see worker-placement.ts):
+ * its queue notifications are ioeventfds and its completions an irqfd, so requests stop
+ * neither a vCPU in userspace nor the main thread. `virtioOnWorker` makes one.
+ */
+export interface VirtioOnWorker extends VirtioWorkerDeviceSpec {
+  placement: "worker";
+  /** How completions reach the guest (default "auto": a resampling irqfd where the host has one). */
+  interrupts?: "auto" | "irqfd" | "main-thread";
+}
+
+/** `new (module's export)(options)` on a device worker, e.g. `virtioOnWorker("./virtio-blk.js", "VirtioBlk", { path })`. */
+export function virtioOnWorker(module: string | URL, exportName: string, options?: unknown, interrupts?: VirtioOnWorker["interrupts"]): VirtioOnWorker {
+  const href = module instanceof URL ? module.href : module.startsWith("./") ? new URL(`./devices/virtio/${module.slice(2)}`, import.meta.url).href : module;
+  return { placement: "worker", module: href, export: exportName, options, interrupts };
+}
+
 /** The MP floating pointer and configuration table, at the start of the BIOS ROM area. */
 const MP_TABLE_ADDRESS = 0xf0000;
 /** virtio-mmio transports: QEMU microvm's window (so one guest finds both), a GSI each. */
@@ -88,9 +106,10 @@ export interface PcMachineOptions {
    * virtio devices, each on a virtio-mmio transport at VIRTIO_MMIO_BASE + 0x200 * i with
    * GSI VIRTIO_MMIO_FIRST_GSI + i, announced in the DSDT as LNRO0005 devices and, to
    * multiboot kernels, by `virtio_mmio.device=` on the command line.
-   * The machine owns them: one with a `close()` is closed when the machine stops.
+   * The machine owns them: one with a `close()` is closed when the machine stops. A device
+   * is placed on the main thread, or given as `VirtioOnWorker`, built on a worker of its own.
    */
-  virtio?: VirtioDevice[];
+  virtio?: (VirtioDevice | VirtioOnWorker)[];
   /** Where a virtio device's once-per-reset fault report goes (default: console.warn). */
   virtioLog?: (message: string) => void;
   /** Linux kernels (bzImage or ELF vmlinux, told from the file): the initrd. */
@@ -131,8 +150,9 @@ export class PcMachine {
   /** Input waiting for room in COM1's receiver; `push` more into it. */
   readonly input = new SerialInputPump();
   /** The transports of `options.virtio`, in order. */
-  readonly virtio: VirtioMmioTransport[] = [];
+  readonly virtio: (VirtioMmioTransport | VirtioWorkerTransport)[] = [];
   private readonly virtioDevices: VirtioDevice[];
+  private readonly virtioWorkers: VirtioWorkerTransport[] = [];
   /** How a Linux kernel was loaded (undefined for multiboot kernels). */
   readonly linux: LinuxBoot | undefined;
   /** Linux on a PVM host: what was changed so the kernel avoids instructions PVM cannot emulate. */
@@ -148,10 +168,11 @@ export class PcMachine {
     if (!Number.isInteger(cpus) || cpus < 1 || cpus > 255) {
       throw new VmConfigError(`cpus must be a whole number from 1 to 255 (APIC IDs fit in a byte), got ${cpus}`);
     }
-    this.virtioDevices = options.virtio ?? [];
-    if (this.virtioDevices.length > VIRTIO_MMIO_SLOTS) {
+    const virtio = options.virtio ?? [];
+    this.virtioDevices = virtio.filter((d): d is VirtioDevice => !isOnWorker(d));
+    if (virtio.length > VIRTIO_MMIO_SLOTS) {
       this.closeVirtio();
-      throw new VmConfigError(`a PC machine has ${VIRTIO_MMIO_SLOTS} virtio-mmio slots, ${this.virtioDevices.length} virtio devices were given`);
+      throw new VmConfigError(`a PC machine has ${VIRTIO_MMIO_SLOTS} virtio-mmio slots, ${virtio.length} virtio devices were given`);
     }
     const vm = Vm.create({
       memory: memoryLayout(memory), vcpus: cpus, irqchip: pcIrqChip(options.irqchip), pit: options.pit, cpuFeatures: options.cpuFeatures,
@@ -167,7 +188,7 @@ export class PcMachine {
         dsdt: {
           pciRoot: { lastBus: PCI_ECAM_BUSES - 1, ioWindow: PCI_IO_WINDOW, memoryWindow: PCI_MEMORY_WINDOW, intxGsi },
           serialPorts: [{ port: COM1_PORT, irq: COM1_IRQ }],
-          virtioMmio: this.virtioDevices.map((_, i) => ({ base: VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_LENGTH, length: VIRTIO_MMIO_LENGTH, gsi: VIRTIO_MMIO_FIRST_GSI + i })),
+          virtioMmio: virtio.map((_, i) => ({ base: VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_LENGTH, length: VIRTIO_MMIO_LENGTH, gsi: VIRTIO_MMIO_FIRST_GSI + i })),
           reservedMemory: [{ base: PCI_ECAM_BASE, length: PCI_ECAM_BUSES * ECAM_BYTES_PER_BUS }],
           sleepTypes: { s3: SLEEP_TYPE_S3, s5: SLEEP_TYPE_S5 },
         },
@@ -188,7 +209,7 @@ export class PcMachine {
         this.linux = undefined;
         const entry = loadMultiboot(vm.memory, options.kernel, {
           fileName: name,
-          cmdline: [name, options.append, ...this.virtioDevices.map((_, i) => virtioCommandLine(i))].filter((w) => w).join(" "),
+          cmdline: [name, options.append, ...virtio.map((_, i) => virtioCommandLine(i))].filter((w) => w).join(" "),
           modules: options.modules,
         });
         vm.setCpuState(0, multibootCpuState(vm.memory, entry));
@@ -224,9 +245,17 @@ export class PcMachine {
         device: new I8042Reset(() => vm.reset("i8042 reset (0xfe to port 0x64)")),
       });
       vm.addDevice({ space: "pio", base: CMOS_PORT, length: CMOS_PORT_LENGTH, device: rtc });
-      this.virtioDevices.forEach((device, i) => {
-        const transport = new VirtioMmioTransport({ memory: vm.memory, device, interrupt: vm.interruptLine(VIRTIO_MMIO_FIRST_GSI + i), log: options.virtioLog });
-        vm.addDevice({ space: "mmio", base: VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_LENGTH, length: VIRTIO_MMIO_LENGTH, device: transport });
+      virtio.forEach((device, i) => {
+        const base = VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_LENGTH;
+        const gsi = VIRTIO_MMIO_FIRST_GSI + i;
+        if (isOnWorker(device)) {
+          const transport = new VirtioWorkerTransport({ vm, base, gsi, device, interrupts: device.interrupts, log: options.virtioLog });
+          this.virtioWorkers.push(transport);
+          this.virtio.push(transport);
+          return;
+        }
+        const transport = new VirtioMmioTransport({ memory: vm.memory, device, interrupt: vm.interruptLine(gsi), log: options.virtioLog });
+        vm.addDevice({ space: "mmio", base, length: VIRTIO_MMIO_LENGTH, device: transport });
         this.virtio.push(transport);
       });
       if (options.testDevices) {
@@ -246,9 +275,12 @@ export class PcMachine {
     // Devices plugged after construction get their BARs as firmware would give them.
     if (this.pci.needsAssignment && this.vm.state === "created") this.pci.assignResources();
     try {
+      // A device that cannot be built on its worker (a missing image) fails the run before it starts.
+      await Promise.all(this.virtioWorkers.map((w) => w.ready));
       return await this.vm.run();
     } finally {
       this.input.detach();
+      if (this.vm.state === "created") await this.vm.stop();
       this.consoleSink?.flush();
       this.closeVirtio();
     }
@@ -272,6 +304,10 @@ export class PcMachine {
   private closeVirtio(): void {
     for (const device of this.virtioDevices) device.close?.();
   }
+}
+
+function isOnWorker(device: VirtioDevice | VirtioOnWorker): device is VirtioOnWorker {
+  return (device as VirtioOnWorker).placement === "worker";
 }
 
 /** Linux's `virtio_mmio.device=<size>@<base>:<irq>` for slot `i`. */

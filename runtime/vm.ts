@@ -4,7 +4,7 @@
  */
 import { EventEmitter } from "node:events";
 import { openHypervisor, type BackendName } from "./hypervisor/backends.js";
-import type { CpuidEntry, CpuState, Hypervisor, IoEventOptions, IrqChipMode, VcpuDescriptor, VmHandle } from "./hypervisor/hypervisor.js";
+import type { CpuidEntry, CpuState, Hypervisor, IoEventOptions, IrqChipMode, LevelIrqFd, VcpuDescriptor, VmHandle } from "./hypervisor/hypervisor.js";
 import { SplitIrqChip } from "./devices/irqchip/split-irqchip.js";
 import { Bus } from "./bus.js";
 import { DEFAULT_DISPATCHER_OPTIONS, type DeviceError, Dispatcher, type DispatcherOptions } from "./dispatcher.js";
@@ -106,6 +106,16 @@ export interface DeviceRegistration {
   coalesced?: boolean;
 }
 
+/**
+ * A thread of a device's own (a device worker) that uses the VM's eventfds: the VM stops it
+ * after its vCPUs and before it closes them, and it may stop the VM when it fails.
+ */
+export interface DeviceThread {
+  readonly name: string;
+  /** Ends the thread and releases what it holds; resolves once it has exited. */
+  stop(): Promise<void>;
+}
+
 const MAX_POOL_VCPUS = 512;
 
 /** Rejects what the hypervisor would refuse with a bare EINVAL, saying why. */
@@ -161,6 +171,7 @@ export class Vm extends EventEmitter {
   /** Split mode: one word per vCPU, set to ask its worker to leave a HLT (see SplitIrqChip.onEoiOverdue). */
   private readonly leaveHalt: Int32Array | undefined;
   private readonly workerDevices: WorkerDeviceSpec[] = [];
+  private readonly deviceThreads: DeviceThread[] = [];
   private readonly coalescedZones: { space: AddressSpace; base: number; length: number }[] = [];
   private coalescedFlush: NodeJS.Timeout | undefined;
   private coalescedFlushes = 0;
@@ -451,6 +462,30 @@ export class Vm extends EventEmitter {
     return this.backendFeature("drainEventFd").call(this.handle, fd);
   }
 
+  /**
+   * A resampling interrupt eventfd pair for the level-triggered `gsi` (see
+   * VmHandle.registerLevelIrqFd), or undefined when this host cannot make one or the VM's
+   * interrupt controllers are split. Closed when the VM stops.
+   */
+  levelIrqFd(gsi: number): LevelIrqFd | undefined {
+    this.requireState(["created"], "add an interrupt eventfd to");
+    if (!Number.isInteger(gsi) || gsi < 0) throw new VmConfigError(`GSI must be a whole number, got ${gsi}`);
+    // Split mode's lines go through the userspace IOAPIC and PIC, which the kernel's irqfd
+    // (and its resampling on EOI) cannot reach: such devices raise their line from here.
+    if (this.splitIrqChip !== undefined) return undefined;
+    return this.handle.registerLevelIrqFd?.(gsi);
+  }
+
+  /**
+   * Registers a device's own thread: stopped after the vCPUs, before the VM's fds close.
+   * Returns what the thread calls to stop the VM with the error that broke it.
+   */
+  addDeviceThread(thread: DeviceThread): (error: Error) => void {
+    this.requireState(["created"], "add a device thread to");
+    this.deviceThreads.push(thread);
+    return (error) => this.fail(error);
+  }
+
   /** Delivers a message-signalled interrupt (PCI MSI); false when the guest blocked it. */
   signalMsi(address: bigint, data: number): boolean {
     if (this.stateValue === "stopped" || this.ending !== undefined) return false;
@@ -602,9 +637,17 @@ export class Vm extends EventEmitter {
   /** Stops the guest from any state and releases every fd, worker and mapping. */
   async stop(): Promise<VmResult> {
     if (this.stateValue === "created" && this.ending === undefined) {
-      this.ending = Promise.resolve();
-      this.release();
-      this.finish({ reason: "stopped" });
+      const released = () => {
+        this.release();
+        this.finish({ reason: "stopped" });
+      };
+      // Without device threads this stays synchronous, as callers have relied on.
+      if (this.deviceThreads.length === 0) {
+        this.ending = Promise.resolve();
+        released();
+      } else {
+        this.ending = this.stopDeviceThreads().then(released);
+      }
     }
     this.end({ reason: "stopped" });
     await this.ending;
@@ -696,8 +739,14 @@ export class Vm extends EventEmitter {
     await Promise.allSettled(this.tasks);
     clearInterval(rekick);
     await this.dispatcher.stop();
+    await this.stopDeviceThreads();
     this.release();
     this.finish(cause);
+  }
+
+  /** Device threads hold the VM's eventfds: they end before those close. */
+  private async stopDeviceThreads(): Promise<void> {
+    await Promise.allSettled(this.deviceThreads.map((thread) => thread.stop()));
   }
 
   /**

@@ -50,7 +50,13 @@
 #define DESC_F_WRITE 2
 #define DESC_F_INDIRECT 4
 
-#define VQ_SIZE 8
+#ifndef VQ_SIZE
+#define VQ_SIZE 8 /* a power of 2; 128 keeps 32 three-descriptor requests in flight */
+#endif
+/* The used ring on its own page after the descriptors and the avail ring; the caller's
+   ring area is VQ_RING_BYTES, 4 KiB-aligned. */
+#define VQ_USED_OFFSET ((16u * VQ_SIZE + 6u + 2u * VQ_SIZE + 4095u) & ~4095u)
+#define VQ_RING_BYTES (VQ_USED_OFFSET + ((6u + 8u * VQ_SIZE + 4095u) & ~4095u))
 /* Polls of used.idx before giving up (about a second of emulated CPL0 code on PVM); the
    status register, an MMIO exit, is read only every STATUS_POLL_EVERY polls. */
 #define POLL_LIMIT 2000000u
@@ -96,7 +102,7 @@ static void *kit_memset(void *p, int c, u32 n) {
 }
 
 /*
- * Resets and initialises the device with queue 0 in `ring` (a zeroed, 4 KiB-aligned page),
+ * Resets and initialises the device with queue 0 in `ring` (VQ_RING_BYTES, 4 KiB-aligned),
  * accepting `wanted` of the low feature bits it offers. 0 on success, else the failing step.
  */
 static int virtio_init(struct virtio_dev *d, u32 base, u32 wanted, u8 *ring) {
@@ -118,10 +124,10 @@ static int virtio_init(struct virtio_dev *d, u32 base, u32 wanted, u8 *ring) {
   vset(d, VM_QUEUE_SEL, 0);
   if (vreg(d, VM_QUEUE_READY) != 0) return 4;
   if (vreg(d, VM_QUEUE_NUM_MAX) < VQ_SIZE) return 5;
-  kit_memset(ring, 0, 4096);
+  kit_memset(ring, 0, VQ_RING_BYTES);
   d->desc = (struct vq_desc *)ring;
   d->avail = (struct vq_avail *)(ring + 16 * VQ_SIZE);
-  d->used = (volatile struct vq_used *)(ring + 2048);
+  d->used = (volatile struct vq_used *)(ring + VQ_USED_OFFSET);
   d->last_used = 0;
   vset(d, VM_QUEUE_NUM, VQ_SIZE);
   vset(d, VM_QUEUE_DESC_LOW, (u32)d->desc);

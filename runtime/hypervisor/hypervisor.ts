@@ -154,6 +154,12 @@ export interface IoEventOptions {
   value?: number;
 }
 
+/** The eventfds of `VmHandle.registerLevelIrqFd`; they close with the VM. */
+export interface LevelIrqFd {
+  trigger: number;
+  resample: number;
+}
+
 export type CoalescedConsumer = (space: number, address: number, size: number, low: number, high: number) => void;
 
 export interface Hypervisor {
@@ -190,6 +196,13 @@ export interface VmHandle {
   /** An eventfd signalled in the kernel on a guest write; returns the eventfd (`fd`, if given, is reused). */
   registerIoEvent(options: IoEventOptions, fd?: number): number;
   registerIrqFd(gsi: number): number;
+  /**
+   * An interrupt eventfd pair for a level-triggered line: a write to `trigger` asserts the
+   * GSI; the hypervisor deasserts it when the guest acknowledges (EOI) and then signals
+   * `resample`, so the device asserts it again while it still has an interrupt pending.
+   * Undefined when this host cannot (the line is then driven with `irqLine`).
+   */
+  registerLevelIrqFd?(gsi: number): LevelIrqFd | undefined;
   /** Removes an I/O event registered with the same options; its eventfd stays open. */
   unregisterIoEvent?(options: IoEventOptions, fd: number): void;
   /** Reads and clears an I/O event's counter without blocking (0 when not signalled). */

@@ -1,6 +1,7 @@
 /**
  * The libc calls hypervisor backends make (open, ioctl, mmap, eventfd, thread kicks), bound
- * once per thread through koffi. Only backends (`runtime/hypervisor/<backend>/`) import it.
+ * once per thread through koffi. Only backends (`runtime/hypervisor/<backend>/`) and the
+ * neutral eventfd helpers (`eventfd.ts`) import it.
  */
 import koffi from "koffi";
 
@@ -26,6 +27,9 @@ export const mmap = libc.func("void *mmap(void *addr, size_t length, int prot, i
 export const munmap = libc.func("int munmap(void *addr, size_t length)");
 export const eventfd = libc.func("int eventfd(unsigned int initval, int flags)");
 export const read = libc.func("long read(int fd, void *buf, size_t count)");
+export const write = libc.func("long write(int fd, const void *buf, size_t count)");
+/** poll(2) over `struct pollfd` records laid out by the caller (8 bytes each). */
+export const poll = libc.func("int poll(void *fds, unsigned long nfds, int timeout)");
 export const gettid = libc.func("int gettid(void)");
 export const getpid = libc.func("int getpid(void)");
 export const tgkill = libc.func("int tgkill(int tgid, int tid, int sig)");

@@ -53,6 +53,7 @@ export const Cap = {
   NR_VCPUS: 9,
   NR_MEMSLOTS: 10,
   IRQFD: 32,
+  IRQFD_RESAMPLE: 82,
   PIT2: 33,
   IOEVENTFD: 36,
   MAX_VCPUS: 66,
@@ -174,6 +175,8 @@ export const MSR_EXIT_INVAL = 1 << 0;
 export const MSR_EXIT_UNKNOWN = 1 << 1;
 export const MSR_EXIT_FILTER = 1 << 2;
 
+/** struct kvm_irqfd's flags: a resample eventfd for a level-triggered line. */
+export const IRQFD_FLAG_RESAMPLE = 1 << 1;
 /** struct kvm_ioeventfd flags */
 export const IOEVENTFD_FLAG_DATAMATCH = 1 << 0;
 export const IOEVENTFD_FLAG_PIO = 1 << 1;

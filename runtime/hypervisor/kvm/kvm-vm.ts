@@ -1,11 +1,12 @@
 /** A KVM VM file descriptor: memory slots, irqchip, eventfds, vCPU creation, kicks. */
 import {
-  type CoalescedConsumer, HypervisorError, type IoapicPinRoute, type IoEventOptions, MissingCapabilityError, type TimerFrequencies,
+  type CoalescedConsumer, HypervisorError, type IoapicPinRoute, type IoEventOptions, type LevelIrqFd, MissingCapabilityError,
+  type TimerFrequencies,
   type VcpuDescriptor, type VmHandle,
 } from "../hypervisor.js";
 import {
   Cap, COALESCED_ZONE_SIZE, CoalescedRing, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_DEASSIGN, IOEVENTFD_FLAG_PIO, Ioctl,
-  IRQCHIP_PIC_MASTER, IRQCHIP_PIC_SLAVE, IrqChip, KVM_APIC_BUS_KHZ, KVM_IRQCHIP_SIZE, KVM_MSI_SIZE, MSR_EXIT_FILTER,
+  IRQCHIP_PIC_MASTER, IRQCHIP_PIC_SLAVE, IRQFD_FLAG_RESAMPLE, IrqChip, KVM_APIC_BUS_KHZ, KVM_IRQCHIP_SIZE, KVM_MSI_SIZE, MSR_EXIT_FILTER,
   MSR_EXIT_INVAL, MSR_EXIT_UNKNOWN, PicState, Run, SPLIT_IRQCHIP_IOAPIC_PINS, IRQ_ROUTING_HEADER_SIZE,
   IRQ_ROUTING_ENTRY_SIZE, IRQ_ROUTING_MSI, IrqRoutingEntry,
 } from "./kvm-abi.js";
@@ -227,6 +228,21 @@ export class KvmVm implements VmHandle {
     view.setUint32(4, gsi, true);
     this.check(libc.ioctlBuffer(this.fd, Ioctl.IRQFD, bytes), `KVM_IRQFD (gsi ${gsi})`);
     return fd;
+  }
+
+  /** KVM_IRQFD with KVM_IRQFD_FLAG_RESAMPLE (needs the in-kernel irqchip). */
+  registerLevelIrqFd(gsi: number): LevelIrqFd | undefined {
+    if (this.checkExtension(Cap.IRQFD) <= 0 || this.checkExtension(Cap.IRQFD_RESAMPLE) <= 0) return undefined;
+    const trigger = this.newEventFd(libc.EFD_NONBLOCK);
+    const resample = this.newEventFd(libc.EFD_NONBLOCK);
+    const bytes = new Uint8Array(32);
+    const view = new DataView(bytes.buffer);
+    view.setUint32(0, trigger, true);
+    view.setUint32(4, gsi, true);
+    view.setUint32(8, IRQFD_FLAG_RESAMPLE, true);
+    view.setUint32(12, resample, true);
+    this.check(libc.ioctlBuffer(this.fd, Ioctl.IRQFD, bytes), `KVM_IRQFD with KVM_IRQFD_FLAG_RESAMPLE (gsi ${gsi})`);
+    return { trigger, resample };
   }
 
   enableUserspaceMsrs(): void {

@@ -1,0 +1,119 @@
+/**
+ * A virtio device's own thread (DESIGN section 4, placement "device worker"), a task of the
+ * device-worker pool that holds its thread for the VM's life: it builds the
+ * device from a module and structured-clonable options, runs the transport's state machine
+ * over the shared register file, and blocks in poll(2) on its eventfds: the QueueNotify
+ * ioeventfds (the guest's doorbell ends in the kernel, no exit), the write mailbox's eventfd
+ * (state-changing register writes from vCPU workers) and the irqfd's resample eventfd. It
+ * walks the queues in the guest-memory SABs and completes through the irqfd. The main thread
+ * only starts it, hears its log lines, and (on hosts without a resampling irqfd) drives the
+ * line for it.
+ */
+import { once } from "node:events";
+import type { MessagePort } from "node:worker_threads";
+import { EventFdPoller, signalEventFd } from "../runtime/hypervisor/eventfd.js";
+import type { InterruptLine } from "../runtime/devices/device.js";
+import { VirtioMmioTransport } from "../runtime/devices/virtio/mmio-transport.js";
+import { VirtioMmioRegisters } from "../runtime/devices/virtio/virtio-mmio-registers.js";
+import { VirtioWriteMailbox } from "../runtime/devices/virtio/virtio-write-mailbox.js";
+import type { VirtioDevice } from "../runtime/devices/virtio/virtio-device.js";
+import { GuestMemory } from "../memory/guest-memory.js";
+import type { DeviceWorkerMessage, DeviceWorkerStart, DeviceWorkerTask } from "./device-worker-task.js";
+
+
+async function buildDevice(task: DeviceWorkerTask): Promise<VirtioDevice> {
+  const { module, export: name, options } = task.device;
+  const loaded = await import(module) as Record<string, unknown>;
+  const constructor = loaded[name];
+  if (typeof constructor !== "function") throw new TypeError(`virtio device module ${module} has no export '${name}' to construct`);
+  return new (constructor as new (options: unknown) => VirtioDevice)(options);
+}
+
+/** What a device counts, for the host once the worker is done: its own plain-data fields. */
+function deviceStats(device: VirtioDevice): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(device)) {
+    if (typeof value === "number" || typeof value === "boolean") out[key] = value;
+    else if (typeof value === "object" && value !== null && Object.getPrototypeOf(value) === Object.prototype && Object.values(value).every((v) => typeof v === "number")) out[key] = { ...value };
+  }
+  return out;
+}
+
+/**
+ * The pool's task (runtime/device-worker-pool.ts): runs one device until the VM stops it,
+ * talking to the VM over `task.port`; resolves with what the device counted.
+ */
+export default async function runDeviceWorker(task: DeviceWorkerTask | { warmup: true }): Promise<Record<string, unknown> | "warm"> {
+  if ("warmup" in task) return "warm";
+  const port: MessagePort = task.port;
+  const post = (message: DeviceWorkerMessage) => port.postMessage(message);
+  try {
+    return await serveDevice(task, port, post);
+  } finally {
+    port.close();
+  }
+}
+
+async function serveDevice(task: DeviceWorkerTask, port: MessagePort, post: (message: DeviceWorkerMessage) => void): Promise<Record<string, unknown>> {
+  const device = await buildDevice(task);
+  try {
+    const registers = new VirtioMmioRegisters(task.registers);
+    const mailbox = new VirtioWriteMailbox(registers.mailboxWords());
+    // Continuations of budget-limited queue walks run before the next wait.
+    const later: (() => void)[] = [];
+    let start: DeviceWorkerStart | undefined;
+    // With a resampling irqfd the kernel holds the line high from a trigger until the guest's
+    // EOI, then signals the resample eventfd. Triggering only while it is low matters: KVM's
+    // IOAPIC takes every assertion of an edge-programmed pin as a new interrupt.
+    let lineHigh = false;
+    const line: InterruptLine = {
+      set(level: boolean) {
+        if (start?.irq === undefined) {
+          post({ kind: "line", level });
+        } else if (level && !lineHigh) {
+          lineHigh = true;
+          signalEventFd(start.irq.trigger);
+        }
+      },
+    };
+    const transport = new VirtioMmioTransport({
+      memory: GuestMemory.fromShared(task.memory), device, interrupt: line, registers,
+      log: (message) => post({ kind: "log", message }),
+      schedule: (serve) => later.push(serve),
+      resampledLine: task.resampledLine,
+    });
+    post({ kind: "ready", queues: device.queueSizes.length });
+    const [message] = await once(port, "message") as [DeviceWorkerStart | { kind: "stop" }];
+    if (message.kind === "stop") return deviceStats(device);
+    start = message;
+    const fds = [mailbox.eventFd, ...start.notifyFds];
+    const resampleIndex = start.irq === undefined ? -1 : fds.push(start.irq.resample) - 1;
+    const poller = new EventFdPoller(fds);
+    const queues = start.notifyFds.length;
+    for (;;) {
+      poller.wait(later.length > 0 ? 0 : -1);
+      if (mailbox.stopRequested) return deviceStats(device);
+      poller.take(0);
+      const write = mailbox.take();
+      if (write !== undefined) {
+        try {
+          transport.write(write.offset, write.size as 1 | 2 | 4 | 8, write.size === 8 ? BigInt(write.low) | (BigInt(write.high) << 32n) : write.low);
+        } finally {
+          mailbox.answer();
+        }
+      }
+      // The EOI first: a completion below must see the line low to assert it again.
+      if (resampleIndex >= 0 && poller.take(resampleIndex) > 0) {
+        lineHigh = false;
+        if (transport.interruptPending) line.set(true);
+      }
+      for (let q = 0; q < queues; q++) {
+        const count = poller.take(1 + q);
+        if (count > 0) transport.notified(q, count);
+      }
+      for (const serve of later.splice(0)) serve();
+    }
+  } finally {
+    device.close?.();
+  }
+}
