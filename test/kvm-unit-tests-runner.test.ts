@@ -6,14 +6,16 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { parseUnitTestsConfig, shellWords, UnitTestsConfigError } from "../runtime/kvm-unit-tests/unittests-cfg.js";
 import { environmentFile, translateQemuParams } from "../runtime/kvm-unit-tests/suite-runner.js";
+import { ConsoleCapture } from "../runtime/kvm-unit-tests/console-capture.js";
 import type { CpuidEntry } from "../runtime/hypervisor/hypervisor.js";
+import { buildMultibootGuest } from "./helpers/flat-guest.js";
 
 const KERNELS = fileURLToPath(new URL("../../../shared/kvm-unit-tests/", import.meta.url));
 const CLI = fileURLToPath(new URL("../runtime/cli.js", import.meta.url));
@@ -184,4 +186,56 @@ test("the suite runner names a directory that is not a kvm-unit-tests build", ()
   const run = spawnSync(process.execPath, [CLI, "kvm-unit-tests", tmpdir()], { encoding: "utf8" });
   assert.equal(run.status, 2);
   assert.match(run.stderr, /no .*x86\/unittests\.cfg: BUILD_DIR must be a kvm-unit-tests tree/);
+});
+
+test("an entry's console in memory is bounded: the tail and the last SUMMARY line stay, the whole goes to the log file", () => {
+  const dir = mkdtempSync(join(tmpdir(), "workervisor-kut-log-"));
+  const logPath = join(dir, "entry.log");
+  const logFd = openSync(logPath, "w");
+  const capture = new ConsoleCapture(4096, logFd);
+  const line = Buffer.from("PASS: a check that prints a long line of text\r\n");
+  const chunk = Buffer.concat(Array.from({ length: 1000 }, () => line));
+  let written = 0;
+  let peak = 0;
+  for (let i = 0; i < 300; i++) { // 14 MB, as a test looping until its timeout prints
+    capture.stdout(chunk);
+    written += chunk.length;
+    peak = Math.max(peak, capture.retainedBytes);
+    if (i === 100) capture.stdout(Buffer.from("SUMMARY: 5 tests, 1 unexp")), capture.stdout(Buffer.from("ected failures\r\n"));
+  }
+  capture.stdout(Buffer.from("no newline at the end"));
+  capture.stderr(Buffer.alloc(1 << 20, 0x45));
+  closeSync(logFd);
+  assert.ok(peak <= 4096 + 1024, `peak ${peak} bytes held`);
+  assert.ok(capture.retainedBytes <= 3 * 4096, `${capture.retainedBytes} bytes held`);
+  assert.equal(capture.summary, "5 tests, 1 unexpected failures"); // split across two chunks, long after it was printed
+  assert.equal(capture.consoleTail.length, 4096);
+  assert.ok(capture.consoleTail.endsWith("PASS: a check that prints a long line of text\r\nno newline at the end"));
+  assert.equal(capture.stderrStart.length, 4096);
+  assert.equal(statSync(logPath).size, written + 41 + 21 + (1 << 20));
+  // An unterminated last line is the guest's last word.
+  const unterminated = new ConsoleCapture(16);
+  unterminated.stdout(Buffer.from("SUMMARY: 6 tests\nSUMMARY: 7 tests"));
+  assert.equal(unterminated.summary, "7 tests");
+  assert.throws(() => new ConsoleCapture(0), /positive integer/);
+});
+
+test("the suite runner keeps a guest's console tail and writes the whole console to --log-dir", { timeout: 300_000 }, () => {
+  const build = mkdtempSync(join(tmpdir(), "workervisor-kut-build-"));
+  mkdirSync(join(build, "x86"));
+  symlinkSync(buildMultibootGuest("console-flood", { LINES: 400 }), join(build, "x86", "console-flood.flat"));
+  writeFileSync(join(build, "x86", "unittests.cfg"), "[flood]\nfile = console-flood.flat\n\n[not_built]\nfile = no-such-kernel.flat\n");
+  const json = join(build, "results.json");
+  const logs = join(build, "logs");
+  const run = spawnSync(process.execPath, [CLI, "kvm-unit-tests", build, "--json", json, "--log-dir", logs], { encoding: "utf8", timeout: 250_000 });
+  assert.equal(run.stdout, "PASS flood (400 lines)\n" + `SKIP not_built (Test file '${join(build, "x86", "no-such-kernel.flat")}' not found)\n` + "2 entries: 1 PASS, 0 FAIL, 1 SKIP, 0 TIMEOUT\n", run.stderr);
+  const [flood] = JSON.parse(readFileSync(json, "utf8")).results as { consoleTail: string }[];
+  assert.ok(flood.consoleTail.length <= 4096);
+  assert.ok(flood.consoleTail.endsWith("flood 400 of 400\nSUMMARY: 400 lines\n"));
+  assert.ok(!flood.consoleTail.includes("flood 1 of 400\n"));
+  const log = readFileSync(join(logs, "flood.log"), "latin1");
+  assert.match(log, /^workervisor run --kernel \S+console-flood\.flat /);
+  for (let n = 1; n <= 400; n++) assert.ok(log.includes(`\nflood ${n} of 400\n`), `line ${n} in the log`);
+  assert.ok(log.endsWith("SUMMARY: 400 lines\n"));
+  assert.deepEqual(readdirSync(logs), ["flood.log"]); // an entry not booted has no log
 });

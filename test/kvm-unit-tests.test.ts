@@ -172,17 +172,30 @@ test("emulator: its MMIO operands in pc-testdev's RAM-like region and string I/O
   else assert.deepEqual(run.result, { reason: "debug-exit", status: 0 });
 });
 
-const IOAPIC_LINE_CHECKS = [
-  "edge triggered intr", "level triggered intr", "coalesce simultaneous level interrupts",
-  "sequential level interrupts", "retriggered level interrupts without masking", "masked level interrupt",
-  "TMR for ioapic edge interrupts \\(expected false\\)", "TMR for ioapic level interrupts \\(expected true\\)",
+/**
+ * The ioapic entry's checks under QEMU here, in order, up to test_ioapic_physical_destination_mode,
+ * where both VMMs wait for good for an interrupt to APIC ID 1. The three marked `timing`
+ * fail in some runs under both (QEMU at -smp 1 and 4 too): interrupt timing on PVM.
+ */
+const IOAPIC_CHECKS_BEFORE_HANG: [string, "pass" | "timing"][] = [
+  ["version register read only test", "pass"], ["id register only bits [24:27] writable", "pass"],
+  ["arbitration register set by id", "pass"], ["arbtration register read only", "pass"], ["edge triggered intr", "pass"],
+  ["level triggered intr", "pass"], ["ioapic simultaneous edge interrupts", "timing"], ["coalesce simultaneous level interrupts", "pass"],
+  ["sequential level interrupts", "pass"], ["retriggered level interrupts without masking", "pass"], ["masked level interrupt", "pass"],
+  ["unmasked level interrupt", "pass"], ["masked level interrupt", "pass"], ["unmasked level interrupt", "timing"],
+  ["retriggered level interrupts with mask", "timing"], ["TMR for ioapic edge interrupts (expected false)", "pass"],
+  ["TMR for ioapic level interrupts (expected false)", "pass"], ["TMR for ioapic level interrupts (expected true)", "pass"],
+  ["TMR for ioapic edge interrupts (expected true)", "pass"],
 ];
 
-test("ioapic: interrupts raised through pc-testdev's IRQ-line ports reach their vectors", { timeout: 300_000 }, async (t) => {
+test("ioapic: interrupts raised through pc-testdev's IRQ-line ports reach their vectors; the same 19 checks as QEMU, in its order", { timeout: 300_000 }, async (t) => {
   const run = await boot("ioapic", { cpus: 4, testDevices: true, stopWhen: /TMR for ioapic edge interrupts \(expected true\)/ });
   if (!run) return t.skip(HOW_TO_GET);
-  for (const name of IOAPIC_LINE_CHECKS) assert.match(run.console, new RegExp(`PASS: ${name}`), `missing PASS: ${name}`);
-  assert.ok(lines(run.console, "PASS:").length >= 16);
+  const reports = run.console.split("\n").filter((l) => /^(PASS|FAIL): /.test(l)).map((l) => l.trim());
+  assert.deepEqual(reports.map((l) => l.slice(6)), IOAPIC_CHECKS_BEFORE_HANG.map(([name]) => name));
+  reports.forEach((report, i) => {
+    if (IOAPIC_CHECKS_BEFORE_HANG[i][1] === "pass") assert.ok(report.startsWith("PASS: "), report);
+  });
 });
 
 test("eventinj stops where PVM cannot emulate INT3 at CPL0, as it does under QEMU here", { timeout: 120_000 }, async (t) => {
@@ -243,12 +256,60 @@ test("s3: suspends to RAM, wakes on the RTC alarm and resumes at the FACS waking
   assert.deepEqual(run.result, { reason: "debug-exit", status: 0 });
 });
 
-test("apic (x2apic entry, 2 vCPUs): its first checks pass with no FAIL, as QEMU's first 60 s here", { timeout: 600_000 }, async (t) => {
-  const run = await boot("apic", { cpus: 2, testDevices: true, stopWhen: /PASS: APIC physical broadcast shorthand/ });
+/**
+ * The x2apic entry's checks under QEMU here, in order, up to test_pv_ipi: there QEMU's vCPU
+ * sits at VMMCALL with RAX = 10 (KVM_HC_SEND_IPI) and never comes back (this host's KVM,
+ * as with vmexit_vmcall and hypercall), so the entry cannot finish on this host.
+ */
+const APIC_CHECKS_BEFORE_PV_IPI = [
+  "PASS: apic existence",
+  "PASS: apic_disable: Local apic disabled",
+  "PASS: apic_disable: CPUID.1H:EDX.APIC[bit 9] is clear",
+  "PASS: apic_disable: *0xfee00030: ffffffff",
+  "PASS: apic_disable: CR8: 0",
+  "PASS: apic_disable: CR8: f",
+  "PASS: apic_disable: *0xfee00080: ffffffff",
+  "PASS: apic_disable: Local apic enabled in xAPIC mode",
+  "PASS: apic_disable: CPUID.1H:EDX.APIC[bit 9] is set",
+  "PASS: apic_disable: *0xfee00030: 50014",
+  "PASS: apic_disable: *0xfee00080: 0",
+  "PASS: apic_disable: *0xfee00080: f0",
+  "PASS: apic_disable: Local apic enabled in x2APIC mode",
+  "PASS: apic_disable: CPUID.1H:EDX.APIC[bit 9] is set",
+  "PASS: apic_disable: *0xfee00030: ffffffff",
+  "PASS: apic_disable: CR8: 0",
+  "PASS: apic_disable: CR8: f",
+  "PASS: apic_disable: *0xfee00080: ffffffff",
+  "PASS: x2apic enabled to invalid state",
+  "PASS: x2apic enabled to apic enabled",
+  "PASS: x2apic enabled to disabled state",
+  "PASS: disabled to invalid state",
+  "PASS: disabled to x2apic enabled",
+  "PASS: apic disabled to apic enabled",
+  "PASS: apic enabled to invalid state",
+  "PASS: self_ipi_xapic: Local apic enabled in xAPIC mode",
+  "PASS: self_ipi_xapic: self ipi",
+  "PASS: self_ipi_x2apic: Local apic enabled in x2APIC mode",
+  "PASS: self_ipi_x2apic: self ipi",
+  "PASS: APIC physical broadcast address",
+  "PASS: APIC physical broadcast shorthand",
+];
+
+/**
+ * These wait at most 10^9 TSC cycles (under half a second here) for an IPI the in-kernel
+ * LAPIC delivers: on this loaded 2-core host the wait can run out (seen in 2 of 5 runs).
+ */
+const APIC_TIME_BOUNDED_CHECKS = new Set(["self_ipi_xapic: self ipi", "self_ipi_x2apic: self ipi"]);
+
+test("apic (x2apic entry, 2 vCPUs): the same 31 checks in the same order as under QEMU pass, up to the hypercall this host never returns from", { timeout: 600_000 }, async (t) => {
+  const run = await boot("apic", { cpus: 2, testDevices: true, stopWhen: /: APIC physical broadcast shorthand/ });
   if (!run) return t.skip(HOW_TO_GET);
-  assert.deepEqual(lines(run.console, "FAIL"), []);
-  assert.ok(lines(run.console, "PASS:").length >= 21, `only ${lines(run.console, "PASS:").length} PASS`);
-  assert.match(run.console, /PASS: apic_disable: \*0xfee00030/);
+  const reports = run.console.split("\n").filter((l) => /^(PASS|FAIL): /.test(l)).map((l) => l.trim());
+  assert.deepEqual(reports.map((l) => `PASS: ${l.slice(6)}`), APIC_CHECKS_BEFORE_PV_IPI);
+  for (const failed of reports.filter((l) => l.startsWith("FAIL: "))) {
+    assert.ok(APIC_TIME_BOUNDED_CHECKS.has(failed.slice(6)), failed);
+    t.diagnostic(`${failed}: its IPI wait ran out on this loaded host`);
+  }
 });
 
 test("msr: every check passes but the six mitigation MSRs this host's KVM accepts, as msr64 under QEMU here", { timeout: 300_000 }, async (t) => {

@@ -1,17 +1,21 @@
 /**
  * The PCI bus: configuration mechanism #1 and ECAM through the i440FX host bridge, type-0
  * headers, BAR sizing and placement, decode enables, capabilities, MSI messages, INTx
- * routing; and a real guest that moves pci-testdev's I/O BAR and uses it where it put it.
+ * routing, the PIIX3's PIRQ routes; a real guest that moves pci-testdev's I/O BAR and uses it
+ * where it put it, and one that lists bus 0 under workervisor and under QEMU's pc machine.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { Vm } from "../runtime/vm.js";
 import { PcMachine } from "../runtime/pc-machine.js";
 import { PciConfigSpace, PciCommand, PciRegister } from "../runtime/pci/config-space.js";
 import { CONFIG_ADDRESS_ENABLE, I440FX_DEVICE_ID, I440FX_VENDOR_ID, PciConfigPorts, PciEcam } from "../runtime/pci/host-bridge.js";
-import { intxGsi, PciBus } from "../runtime/pci/pci-bus.js";
+import { intxGsi, PciBus, PIRQ_GSIS } from "../runtime/pci/pci-bus.js";
+import { ISA_BRIDGE_CLASS, Piix3IsaBridge, PIIX3_DEVICE_ID, PIIX3_SLOT, PIIX3_VENDOR_ID, PIRQ_ROUTE_CONTROL } from "../runtime/pci/piix3-isa-bridge.js";
+import { buildMultibootGuest } from "./helpers/flat-guest.js";
 import type { PciDevice, PciSlotServices } from "../runtime/pci/pci-device.js";
 import { PciHost, PCI_IO_WINDOW, PCI_MEMORY_WINDOW } from "../runtime/pci/pci-host.js";
 import { PciTestdev, PCI_TESTDEV_DEVICE_ID, PCI_TESTDEV_VENDOR_ID } from "../runtime/pci/pci-testdev.js";
@@ -22,21 +26,25 @@ import { DEBUG_EXIT, imm16, imm32 } from "../runtime/guests/guest-bytes.js";
 const ADDRESS = 0; // 0xCF8
 const DATA = 4; // 0xCFC
 
-/** A bus with no hypervisor behind it: what it asks of the VM is recorded. */
-function busWithTestdev(): { bus: PciBus; ports: PciConfigPorts; ecam: PciEcam; testdev: PciTestdev; intx: [number, boolean][] } {
+/** A bus with no hypervisor behind it: the INTx lines it would drive are recorded. */
+function recordingBus(): { bus: PciBus; intx: [number, boolean][] } {
   const intx: [number, boolean][] = [];
-  let bus: PciBus;
   const services = (slot: number): PciSlotServices => ({
     setIntx: (level) => {
-      const { gsi, asserted } = bus.intxLevel(slot, level);
-      intx.push([gsi, asserted]);
+      const line = bus.intxLevel(slot, level);
+      if (line !== undefined) intx.push([line.gsi, line.asserted]);
     },
     signalMsi: () => false,
     attachIoEvent: () => -1,
     detachIoEvent: () => {},
     drainIoEvent: () => 0,
   });
-  bus = new PciBus({ ioWindow: PCI_IO_WINDOW, memoryWindow: PCI_MEMORY_WINDOW, services });
+  const bus = new PciBus({ ioWindow: PCI_IO_WINDOW, memoryWindow: PCI_MEMORY_WINDOW, services });
+  return { bus, intx };
+}
+
+function busWithTestdev(): { bus: PciBus; ports: PciConfigPorts; ecam: PciEcam; testdev: PciTestdev; intx: [number, boolean][] } {
+  const { bus, intx } = recordingBus();
   bus.plug(0, new I440fxHostBridge());
   const testdev = new PciTestdev();
   bus.plug(2, testdev);
@@ -249,6 +257,23 @@ class MsiFunction implements PciDevice {
   }
 }
 
+/** A function with an interrupt pin and nothing else, to drive the slot's INTx. */
+class PinnedFunction implements PciDevice {
+  readonly name = "pinned function";
+  readonly config: PciConfigSpace;
+  slot: PciSlotServices | undefined;
+  constructor(pin: number) {
+    this.config = new PciConfigSpace({ vendorId: 0x1234, deviceId: 0x0002, classCode: 0xff0000, interruptPin: pin });
+  }
+  barRead(): number {
+    return 0;
+  }
+  barWrite(): void {}
+  plugged(slot: PciSlotServices): void {
+    this.slot = slot;
+  }
+}
+
 test("MSI reaches KVM: the message the guest programmed is delivered to an enabled LAPIC, and not when MSI is off", async () => {
   const vm = Vm.create({ memory: 2 << 20, irqchip: true });
   let ready!: () => void;
@@ -315,4 +340,65 @@ test("pci-testdev without runtime ioeventfds counts the eventfd tests' writes it
   assert.equal(io.read(4, 4), 132);
   for (let i = 0; i < 16; i++) io.write(132, 1, i);
   assert.equal(io.read(12, 4), 16);
+});
+
+test("PIIX3 at 00:01.0: 8086:7000, ISA bridge class; PIRQRC[A:D] start at firmware's IRQs and steer INTx when the guest reprograms them", () => {
+  const { bus, intx: lines } = recordingBus();
+  const bridge = new Piix3IsaBridge(PIRQ_GSIS, () => lines.push(...bus.reroutedIntx().map(({ gsi, asserted }): [number, boolean] => [gsi, asserted])));
+  bus.plug(PIIX3_SLOT, bridge);
+  bus.routeIntxThrough(bridge.route);
+  const pinned = new PinnedFunction(1);
+  bus.plug(3, pinned); // INTA# of slot 3 drives PIRQC
+  bus.assignResources();
+  const ports = new PciConfigPorts(bus);
+  assert.equal(readConfig(ports, 1, 0x00), (PIIX3_DEVICE_ID << 16) | PIIX3_VENDOR_ID);
+  assert.equal(readConfig(ports, 1, 0x08) >>> 8, ISA_BRIDGE_CLASS);
+  assert.equal(readConfig(ports, 1, PciRegister.HEADER_TYPE, 1), 0x80);
+  assert.equal(readConfig(ports, 1, PIRQ_ROUTE_CONTROL), 0x0b0b_0a0a);
+  assert.equal(readConfig(ports, 3, PciRegister.INTERRUPT_LINE, 1), 11);
+
+  pinned.slot!.setIntx(true);
+  assert.deepEqual(lines.splice(0), [[11, true]]);
+  writeConfig(ports, 1, PIRQ_ROUTE_CONTROL + 2, 0xf5, 1); // PIRQC to IRQ 5; bits 6:4 are reserved
+  assert.equal(readConfig(ports, 1, PIRQ_ROUTE_CONTROL + 2, 1), 0x85);
+  assert.deepEqual(lines.splice(0), [[11, false]], "bit 7 set: PIRQC is routed nowhere, so IRQ 11 drops");
+  writeConfig(ports, 1, PIRQ_ROUTE_CONTROL + 2, 0x05, 1);
+  assert.deepEqual(lines.splice(0), [[5, true]], "the held line comes up on IRQ 5");
+  pinned.slot!.setIntx(false);
+  assert.deepEqual(lines.splice(0), [[5, false]]);
+  writeConfig(ports, 1, PIRQ_ROUTE_CONTROL + 2, 0x08, 1); // IRQ 8 (the RTC's) is reserved
+  pinned.slot!.setIntx(true);
+  assert.deepEqual(lines.splice(0), [], "a reserved IRQ routes nowhere");
+  writeConfig(ports, 1, PIRQ_ROUTE_CONTROL, 0x0b0b_0b0a, 4);
+  assert.deepEqual(lines.splice(0), [[11, true]]);
+  assert.throws(() => new Piix3IsaBridge([10, 10, 11, 13], () => {}), /PIRQ routes must be 4 IRQs/);
+});
+
+const qemuVersion = spawnSync("qemu-system-x86_64", ["--version"], { encoding: "utf8" });
+const noQemu = qemuVersion.error || qemuVersion.status !== 0 ? "qemu-system-x86_64 is not installed (Debian: apt-get install -y qemu-system-x86)" : false;
+const PCI_LISTING = [
+  "pci 00 8086:1237 class 060000 rev 02 header 00",
+  "pci 01 8086:7000 class 060100 rev 00 header 80",
+  "pci 02 1b36:0005 class 00ff00 rev 00 header 00",
+  "pirq 0b0b0a0a",
+  "pirqb-written-05 05",
+  "pirqb-written-80 80",
+  "done",
+];
+
+test("a guest lists bus 0 as on QEMU's pc machine: host bridge, PIIX3 with firmware's PIRQ routes, pci-testdev", async () => {
+  const bytes: number[] = [];
+  const machine = new PcMachine({ kernel: readFileSync(buildMultibootGuest("pci-listing")), testDevices: true, console: (b) => bytes.push(b) });
+  assert.deepEqual(await machine.run(), { reason: "debug-exit", status: 0 });
+  assert.deepEqual(Buffer.from(bytes).toString("latin1").trim().split("\n"), PCI_LISTING);
+});
+
+test("under QEMU's pc machine (i440FX, SeaBIOS, -nodefaults, pci-testdev): the same guest lists the same bus", { skip: noQemu, timeout: 120_000 }, () => {
+  const run = spawnSync("qemu-system-x86_64", [
+    "-accel", "kvm", "-M", "pc", "-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio", "-monitor", "none",
+    "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-device", "pci-testdev", "-kernel", buildMultibootGuest("pci-listing"),
+  ], { encoding: "latin1", timeout: 100_000 });
+  assert.ok(run.error === undefined, `QEMU did not run: ${run.error?.message}`);
+  assert.equal(run.status, 1, `QEMU ended with ${run.status} (debug-exit 0 is 1): ${run.stderr}`);
+  assert.deepEqual(run.stdout.trim().split("\n"), PCI_LISTING);
 });

@@ -57,6 +57,10 @@ static inline void serial_put_decimal(u32 value) {
   while (n > 0) serial_putc(digits[--n]);
 }
 
+static inline void serial_put_hex(u32 value, int digits) {
+  for (int shift = (digits - 1) * 4; shift >= 0; shift -= 4) serial_putc("0123456789abcdef"[(value >> shift) & 0xf]);
+}
+
 #ifdef __x86_64__
 void main(u64 arg);
 

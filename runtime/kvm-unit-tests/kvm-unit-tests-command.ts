@@ -1,5 +1,5 @@
 /**
- * `workervisor kvm-unit-tests BUILD_DIR [--only REGEX] [--timeout S] [--json FILE]`: the
+ * `workervisor kvm-unit-tests BUILD_DIR [--only REGEX] [--timeout S] [--json FILE] [--log-dir DIR]`: the
  * whole kvm-unit-tests x86 suite against workervisor, one line per entry as run_tests.sh
  * prints it, then a summary.
  */
@@ -10,12 +10,15 @@ import { parseDuration, parseUnitTestsConfig } from "./unittests-cfg.js";
 import { runSuite, type EntryResult, type Verdict } from "./suite-runner.js";
 import { openHypervisor } from "../hypervisor/backends.js";
 
-const USAGE = `usage: workervisor kvm-unit-tests BUILD_DIR [--only REGEX] [--timeout S] [--json FILE] [--irqchip in-kernel|split]
+const USAGE = `usage: workervisor kvm-unit-tests BUILD_DIR [--only REGEX] [--timeout S] [--json FILE] [--log-dir DIR]
+                                  [--irqchip in-kernel|split]
 
   BUILD_DIR      a kvm-unit-tests build (./configure && make): x86/unittests.cfg and x86/*.flat
   --only REGEX   run only entries whose name matches (nodefault entries included then)
   --timeout S    every entry's timeout (seconds, or 2m etc.), instead of its own (default 90 s)
   --json FILE    write every entry's result, detail and console tail to FILE
+  --log-dir DIR  write each booted entry's whole console to DIR/NAME.log (as run_tests.sh's
+                 logs/); without it only the tail needed for the verdict is kept
   --irqchip MODE run every entry with "in-kernel" (default) or "split" interrupt controllers
                  (QEMU's -machine kernel-irqchip=split)
 
@@ -31,8 +34,8 @@ export async function kvmUnitTestsCommand(args: string[]): Promise<number> {
       args,
       allowPositionals: true,
       options: {
-        only: { type: "string" }, timeout: { type: "string" }, json: { type: "string" }, irqchip: { type: "string" },
-        help: { type: "boolean", short: "h" },
+        only: { type: "string" }, timeout: { type: "string" }, json: { type: "string" }, "log-dir": { type: "string" },
+        irqchip: { type: "string" }, help: { type: "boolean", short: "h" },
       },
       strict: true,
     });
@@ -73,7 +76,7 @@ export async function kvmUnitTestsCommand(args: string[]): Promise<number> {
       hypervisor.close();
     }
     const results = await runSuite(entries, {
-      buildDir, timeout, includeNodefault: only !== undefined, supportedCpuid, irqchip,
+      buildDir, timeout, logDir: values["log-dir"], includeNodefault: only !== undefined, supportedCpuid, irqchip,
       onResult: (r) => process.stdout.write(formatResult(r) + "\n"),
     });
     process.stdout.write(summaryLine(results) + "\n");

@@ -6,12 +6,13 @@
  * the exit status (1 pass, 77 skip, anything else fail; killed at the timeout).
  */
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from "node:fs";
 import { release, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseSize } from "../run-command.js";
 import type { UnitTestEntry } from "./unittests-cfg.js";
+import { ConsoleCapture } from "./console-capture.js";
 import { type CpuFeatureChange, hostHasFeature, parseCpuFeatures } from "../boot/cpu-features.js";
 import type { CpuidEntry } from "../hypervisor/hypervisor.js";
 
@@ -45,6 +46,8 @@ export interface SuiteOptions {
    * `-machine kernel-irqchip=split` would (an entry's own kernel-irqchip= still wins).
    */
   irqchip?: "in-kernel" | "split";
+  /** Where each booted entry's whole console goes, as `NAME.log` (created if missing). */
+  logDir?: string;
   onResult?: (result: EntryResult) => void;
 }
 
@@ -210,19 +213,30 @@ export function environmentFile(buildDir: string, kernelRelease = release()): st
   return lines.join("\n") + "\n";
 }
 
-function summaryOf(output: string): string {
-  const lines = output.split(/\r?\n/).filter((l) => l.startsWith("SUMMARY: "));
-  return lines.length ? lines[lines.length - 1].slice("SUMMARY: ".length) : "";
+interface RunOutcome {
+  status?: number;
+  timedOut: boolean;
+  capture: ConsoleCapture;
 }
 
-function runOne(args: string[], timeoutSeconds: number): Promise<{ status?: number; timedOut: boolean; output: string; stderr: string }> {
+/** `workervisor run ARGS`, killed at the timeout; its output goes to `capture` as it comes. */
+function runOne(args: string[], timeoutSeconds: number, capture: ConsoleCapture): Promise<RunOutcome> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CLI, "run", ...args], { stdio: ["ignore", "pipe", "pipe"] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
     let timedOut = false;
-    child.stdout.on("data", (chunk: Buffer) => out.push(chunk));
-    child.stderr.on("data", (chunk: Buffer) => err.push(chunk));
+    let failure: Error | undefined;
+    // A log file that cannot be written (disk full) ends the entry with that error.
+    const take = (write: (chunk: Buffer) => void) => (chunk: Buffer) => {
+      if (failure !== undefined) return;
+      try {
+        write(chunk);
+      } catch (error) {
+        failure = error as Error;
+        child.kill("SIGKILL");
+      }
+    };
+    child.stdout.on("data", take((chunk) => capture.stdout(chunk)));
+    child.stderr.on("data", take((chunk) => capture.stderr(chunk)));
     // As `timeout -k 1s`: TERM at the limit, KILL a second later.
     const timer = setTimeout(() => {
       timedOut = true;
@@ -235,9 +249,23 @@ function runOne(args: string[], timeoutSeconds: number): Promise<{ status?: numb
     });
     child.on("close", (status) => {
       clearTimeout(timer);
-      resolve({ status: status ?? undefined, timedOut, output: Buffer.concat(out).toString("latin1"), stderr: Buffer.concat(err).toString("utf8") });
+      if (failure !== undefined) reject(failure);
+      else resolve({ status: status ?? undefined, timedOut, capture });
     });
   });
+}
+
+/** `workervisor run ARGS` with its output in `logDir/NAME.log` too (as run_tests.sh's logs/), when asked. */
+async function runLogged(name: string, args: string[], timeoutSeconds: number, logDir: string | undefined): Promise<RunOutcome> {
+  if (logDir === undefined) return runOne(args, timeoutSeconds, new ConsoleCapture(CONSOLE_TAIL_BYTES));
+  // An entry's name is the cfg's `[name]`: nothing in it may leave the log directory.
+  const logFd = openSync(join(logDir, `${name.replace(/[^\w.+-]/g, "_")}.log`), "w");
+  try {
+    writeSync(logFd, `workervisor run ${args.join(" ")}\n`);
+    return await runOne(args, timeoutSeconds, new ConsoleCapture(CONSOLE_TAIL_BYTES, logFd));
+  } finally {
+    closeSync(logFd);
+  }
 }
 
 export async function runEntry(entry: UnitTestEntry, options: SuiteOptions, environment: string): Promise<EntryResult> {
@@ -258,22 +286,23 @@ export async function runEntry(entry: UnitTestEntry, options: SuiteOptions, envi
   if (entry.testArgs !== undefined) args.push(`--append=${entry.testArgs}`);
   const timeout = options.timeout ?? entry.timeout ?? DEFAULT_TIMEOUT_SECONDS;
   const started = performance.now();
-  const run = await runOne(args, timeout);
+  const run = await runLogged(entry.name, args, timeout, options.logDir);
   const seconds = Math.round((performance.now() - started) / 100) / 10;
-  const consoleTail = run.output.slice(-CONSOLE_TAIL_BYTES);
+  const consoleTail = run.capture.consoleTail;
   const common = { ...base, seconds, ignoredParams: params.ignored, consoleTail, exitStatus: run.status };
   if (run.timedOut) return { ...common, verdict: "TIMEOUT", detail: `timeout; duration=${timeout}s`, exitStatus: undefined };
-  const summary = summaryOf(run.output);
+  const summary = run.capture.summary;
   if (run.status === 1) return { ...common, verdict: "PASS", detail: summary };
   if (run.status === 77) return { ...common, verdict: "SKIP", detail: summary };
   // 2: the VM itself failed (a fatal guest exit): its first stderr line says why.
-  const reason = run.status === 2 ? run.stderr.split("\n")[0].replace(/^workervisor run: /, "") : summary || `exit status ${run.status}`;
+  const reason = run.status === 2 ? run.capture.stderrStart.split("\n")[0].replace(/^workervisor run: /, "") : summary || `exit status ${run.status}`;
   return { ...common, verdict: "FAIL", detail: reason };
 }
 
 export async function runSuite(entries: UnitTestEntry[], options: SuiteOptions): Promise<EntryResult[]> {
   const scratch = mkdtempSync(join(tmpdir(), "workervisor-kut-"));
   try {
+    if (options.logDir !== undefined) mkdirSync(options.logDir, { recursive: true });
     const environment = join(scratch, "environment");
     writeFileSync(environment, environmentFile(options.buildDir));
     const results: EntryResult[] = [];

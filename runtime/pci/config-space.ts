@@ -134,7 +134,9 @@ export class PciConfigSpace {
     return at;
   }
 
-  private setWritable(at: number, bytes: number, mask: number): void {
+  /** Lets the guest change `mask`'s bits of `bytes` registers from `at` (a function's own registers). */
+  setWritable(at: number, bytes: number, mask: number): void {
+    if (!Number.isInteger(at) || at < 0 || at + bytes > PCI_CONFIG_SPACE_SIZE) throw new PciConfigError(`register 0x${at.toString(16)} (${bytes} bytes) is outside configuration space`);
     for (let i = 0; i < bytes; i++) this.writable[at + i] = (mask >>> (i * 8)) & 0xff;
   }
 

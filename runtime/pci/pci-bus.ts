@@ -1,7 +1,7 @@
 /**
  * PCI bus 0 behind the host bridge: functions by device number, configuration cycles,
  * BAR decoding through the bridge's windows, firmware-style resource assignment at boot,
- * and INTx routing.
+ * and INTx routing onto PIRQA-D and from there, through the ISA bridge's routes, to GSIs.
  *
  * The bridge forwards only what falls inside its windows (one for I/O, one for 32-bit
  * memory), as the ACPI description of a PC says; a BAR the guest places elsewhere decodes
@@ -73,8 +73,11 @@ function alignUp(value: number, alignment: number): number {
 export class PciBus {
   private readonly slots: (PciDevice | undefined)[] = new Array(PCI_DEVICES_PER_BUS).fill(undefined);
   private readonly placements = new Map<PciDevice, (BarPlacement | undefined)[]>();
-  /** Assert counts per GSI: a level line shared by several functions stays up while any holds it. */
-  private readonly intxAsserted = new Map<number, Set<number>>();
+  /** Slots holding their INTx asserted (and not disabled by their command register). */
+  private readonly intxHolders = new Set<number>();
+  /** The level last given for each GSI a PIRQ reached. */
+  private readonly gsiLevels = new Map<number, boolean>();
+  private pirqRouter: PirqRouter = FIRMWARE_ROUTES;
   readonly ioWindowDevice: WindowDevice;
   readonly memoryWindowDevice: WindowDevice;
 
@@ -116,6 +119,7 @@ export class PciBus {
     const device = bus === 0 && fn === 0 ? this.slots[slot] : undefined;
     if (device === undefined) return;
     if (device.config.write(register, size, value)) this.remap();
+    device.configWritten?.(register, size);
   }
 
   /**
@@ -154,7 +158,8 @@ export class PciBus {
       const command = config.command | (hasIo ? PciCommand.IO_SPACE : 0) | (hasMemory ? PciCommand.MEMORY_SPACE : 0);
       config.setU8(PciRegister.COMMAND, command & 0xff);
       const pin = config.u8(PciRegister.INTERRUPT_PIN);
-      if (pin !== 0) config.setU8(PciRegister.INTERRUPT_LINE, intxGsi(slot, pin));
+      // 0xff: "unknown or not connected" (PCI Local Bus Spec 6.2.4).
+      if (pin !== 0) config.setU8(PciRegister.INTERRUPT_LINE, this.intxRoute(slot) ?? 0xff);
     });
     this.remap();
   }
@@ -192,26 +197,71 @@ export class PciBus {
     this.memoryWindowDevice.map = memory;
   }
 
-  /** Tracks INTx for `slot`; returns whether the routed GSI should now be asserted. */
-  intxLevel(slot: number, level: boolean): { gsi: number; asserted: boolean } {
+  /** Steers PIRQA-D from now on (the ISA bridge's route registers); until then, firmware's fixed routes. */
+  routeIntxThrough(router: PirqRouter): void {
+    this.pirqRouter = router;
+  }
+
+  /** The GSI `slot`'s INTx pin reaches through the PIRQ routes now; undefined when its PIRQ is not routed. */
+  intxRoute(slot: number): number | undefined {
+    const pin = this.slots[slot]?.config.u8(PciRegister.INTERRUPT_PIN) ?? 0;
+    return this.pirqRouter(pirqOf(slot, pin === 0 ? 1 : pin));
+  }
+
+  /** Tracks INTx for `slot`; returns the routed GSI and whether it should now be asserted (undefined: not routed). */
+  intxLevel(slot: number, level: boolean): { gsi: number; asserted: boolean } | undefined {
     const device = this.slots[slot];
-    const pin = device?.config.u8(PciRegister.INTERRUPT_PIN) ?? 0;
-    const gsi = intxGsi(slot, pin === 0 ? 1 : pin);
-    let holders = this.intxAsserted.get(gsi);
-    if (holders === undefined) this.intxAsserted.set(gsi, (holders = new Set()));
     const disabled = device !== undefined && (device.config.command & PciCommand.INTX_DISABLE) !== 0;
-    if (level && !disabled) holders.add(slot);
-    else holders.delete(slot);
-    return { gsi, asserted: holders.size > 0 };
+    if (level && !disabled) this.intxHolders.add(slot);
+    else this.intxHolders.delete(slot);
+    const gsi = this.intxRoute(slot);
+    if (gsi === undefined) return undefined;
+    const asserted = this.gsiHeld(gsi);
+    this.gsiLevels.set(gsi, asserted);
+    return { gsi, asserted };
+  }
+
+  /** After the PIRQ routes changed: each GSI whose level they changed, with its new level. */
+  reroutedIntx(): { gsi: number; asserted: boolean }[] {
+    const gsis = new Set(this.gsiLevels.keys());
+    for (const slot of this.intxHolders) {
+      const gsi = this.intxRoute(slot);
+      if (gsi !== undefined) gsis.add(gsi);
+    }
+    const changes: { gsi: number; asserted: boolean }[] = [];
+    for (const gsi of gsis) {
+      const asserted = this.gsiHeld(gsi);
+      if (asserted === (this.gsiLevels.get(gsi) ?? false)) continue;
+      this.gsiLevels.set(gsi, asserted);
+      changes.push({ gsi, asserted });
+    }
+    return changes;
+  }
+
+  /** A level line shared by several functions stays up while any of them holds it. */
+  private gsiHeld(gsi: number): boolean {
+    for (const slot of this.intxHolders) if (this.intxRoute(slot) === gsi) return true;
+    return false;
   }
 }
 
 /**
  * The GSI INTx of `slot`'s `pin` (1 = INTA#) reaches, as on QEMU's i440FX/PIIX3: the pin is
  * rotated by the slot onto PIRQA-D (PCI-to-PCI Bridge Spec's swizzle, slot 1 unrotated), and
- * firmware routes PIRQA-D to IRQs 10, 10, 11, 11.
+ * firmware routes PIRQA-D to IRQs 10, 10, 11, 11 (SeaBIOS's choice, which the PIIX3's route
+ * registers start with).
  */
 export const PIRQ_GSIS = [10, 10, 11, 11] as const;
+
+/** PIRQA-D (0..3) to a GSI, or undefined when that PIRQ is not routed. */
+export type PirqRouter = (pirq: number) => number | undefined;
+const FIRMWARE_ROUTES: PirqRouter = (pirq) => PIRQ_GSIS[pirq];
+
+/** Which of PIRQA-D (0..3) `slot`'s `pin` (1 = INTA#) drives. */
+export function pirqOf(slot: number, pin: number): number {
+  return (pin - 1 + slot - 1) & 3;
+}
+
 export function intxGsi(slot: number, pin: number): number {
-  return PIRQ_GSIS[(pin - 1 + slot - 1) & 3];
+  return PIRQ_GSIS[pirqOf(slot, pin)];
 }

@@ -32,6 +32,8 @@ export interface PciDevice {
   barRead(bar: number, offset: number, size: AccessSize): number | bigint;
   barWrite(bar: number, offset: number, size: AccessSize, value: number | bigint): void;
   plugged?(slot: PciSlotServices): void;
+  /** After any guest write to the function's configuration space (registers of its own). */
+  configWritten?(register: number, size: AccessSize): void;
   /** After the guest moved a BAR or changed decode enables. */
   barsChanged?(placements: readonly (BarPlacement | undefined)[]): void;
 }

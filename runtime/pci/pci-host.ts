@@ -1,5 +1,6 @@
 /**
- * Puts a PCI bus on a VM the way a PC has one: the i440FX host bridge at 00:00.0, config
+ * Puts a PCI bus on a VM the way a PC has one: the i440FX host bridge at 00:00.0, the PIIX3
+ * ISA bridge (whose PIRQ routes steer INTx) at 00:01.0, config
  * mechanism #1 at 0xCF8, ECAM at PCI_ECAM_BASE, the bridge's I/O and memory windows on the
  * VM's buses, INTx on IOAPIC inputs and MSI through the hypervisor. Devices are plugged
  * before the VM starts; their BARs are then placed as firmware would place them.
@@ -8,7 +9,8 @@ import type { Vm } from "../vm.js";
 import type { Device } from "../devices/device.js";
 import { PciCommand, PciRegister, PciStatus } from "./config-space.js";
 import { ECAM_BYTES_PER_BUS, I440fxHostBridge, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LENGTH, PciConfigPorts, PciEcam } from "./host-bridge.js";
-import { PciBus, type PciWindow } from "./pci-bus.js";
+import { PciBus, PIRQ_GSIS, type PciWindow } from "./pci-bus.js";
+import { Piix3IsaBridge, PIIX3_SLOT } from "./piix3-isa-bridge.js";
 import type { PciDevice, PciSlotServices } from "./pci-device.js";
 import { MSI_CAPABILITY_ID, msiMessage } from "./msi.js";
 
@@ -18,7 +20,7 @@ export const PCI_ECAM_BASE = 0xe000_0000;
 export const PCI_ECAM_BUSES = 256;
 /** Where PC firmware (SeaBIOS) puts PCI I/O BARs, clear of every legacy port. */
 export const PCI_IO_WINDOW: PciWindow = { base: 0xc000, size: 0x4000 };
-/** 00:01.0 is the PIIX3 ISA bridge's slot on an i440FX board (not modelled): devices start at 2. */
+/** 00:00.0 and 00:01.0 hold the host and ISA bridges: devices start at 2. */
 export const FIRST_DEVICE_SLOT = 2;
 
 function findCapability(device: PciDevice, id: number): number | undefined {
@@ -46,6 +48,9 @@ export class PciHost {
       services: (slot, device) => this.services(slot, device),
     });
     this.bus.plug(0, new I440fxHostBridge());
+    const isaBridge = new Piix3IsaBridge(PIRQ_GSIS, () => this.applyIntxRoutes());
+    this.bus.plug(PIIX3_SLOT, isaBridge);
+    this.bus.routeIntxThrough(isaBridge.route);
     // Config cycles are sync: a BAR move or decode change takes effect before the guest's next access.
     vm.addDevice({ space: "pio", base: PCI_CONFIG_PORT, length: PCI_CONFIG_PORT_LENGTH, device: new PciConfigPorts(this.bus, options.resetControl), sync: true });
     vm.addDevice({ space: "mmio", base: PCI_ECAM_BASE, length: PCI_ECAM_BUSES * ECAM_BYTES_PER_BUS, device: new PciEcam(this.bus), sync: true });
@@ -72,13 +77,18 @@ export class PciHost {
     return this.unplaced;
   }
 
+  /** The guest reprogrammed a PIRQ route: lines held up move with it. */
+  private applyIntxRoutes(): void {
+    for (const { gsi, asserted } of this.bus.reroutedIntx()) this.vm.interruptLine(gsi).set(asserted);
+  }
+
   private services(slot: number, device: PciDevice): PciSlotServices {
     const vm = this.vm;
     return {
       setIntx: (level) => {
         device.config.setStatusBits(PciStatus.INTERRUPT, level);
-        const { gsi, asserted } = this.bus.intxLevel(slot, level);
-        vm.interruptLine(gsi).set(asserted);
+        const line = this.bus.intxLevel(slot, level);
+        if (line !== undefined) vm.interruptLine(line.gsi).set(line.asserted);
       },
       signalMsi: (vector = 0) => {
         // An MSI is a memory write by the device: without bus mastering it cannot be sent.

@@ -46,7 +46,8 @@ interface IoTest {
 
 export class PciTestdev implements PciDevice {
   readonly name = "pci-testdev";
-  readonly config = new PciConfigSpace({ vendorId: PCI_TESTDEV_VENDOR_ID, deviceId: PCI_TESTDEV_DEVICE_ID, classCode: 0xff_00_00 });
+  // QEMU gives it class_id PCI_CLASS_OTHERS (0x00ff): base class 0x00, subclass 0xff.
+  readonly config = new PciConfigSpace({ vendorId: PCI_TESTDEV_VENDOR_ID, deviceId: PCI_TESTDEV_DEVICE_ID, classCode: 0x00_ff_00 });
   private readonly tests: IoTest[] = [];
   private current = -1;
   private slot: PciSlotServices | undefined;
