@@ -36,6 +36,10 @@ export interface VcpuTask {
   resumeOnHalt: boolean;
   /** Complete CPL0 instructions the backend could not run (PVM: INT3, FWAIT) instead of failing. */
   completeKernelInstructions?: boolean;
+  /** Split interrupt controllers: the userspace PIC's INT output (Int32 word 0), for the boot vCPU. */
+  picOutput?: SharedArrayBuffer;
+  /** Split interrupt controllers: Int32 word `descriptor.index` set when the VM asks the vCPU to leave a HLT after a kick. */
+  leaveHalt?: SharedArrayBuffer;
 }
 
 export type { RegisterDump };

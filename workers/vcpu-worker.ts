@@ -58,11 +58,36 @@ export default async function runVcpu(task: VcpuTask | { warmup: true }): Promis
     // A vCPU that ran before (resumed after a suspend) keeps its CPUID: KVM refuses a change after KVM_RUN.
     applyCpuState(vcpu, task.cpuState, task.cpuidSet ? undefined : task.cpuid);
     channel.setWorkerState(WorkerState.RUNNING);
-    return runLoop(vcpu, channel, local, task.syncWrites, task.resumeOnHalt, task.completeKernelInstructions === true);
+    const picOutput = task.picOutput === undefined ? undefined : new Int32Array(task.picOutput);
+    if (picOutput !== undefined && (!vcpu.readyForExternalInterrupt || !vcpu.requestInterruptWindow || !vcpu.injectExternalInterrupt)) {
+      throw new Error(`the ${task.descriptor.backend} backend cannot inject a userspace PIC's interrupts`);
+    }
+    const leaveHalt = task.leaveHalt === undefined ? undefined : new Int32Array(task.leaveHalt);
+    return runLoop(vcpu, channel, local, task.syncWrites, task.resumeOnHalt, task.completeKernelInstructions === true, picOutput, leaveHalt);
   } finally {
     vcpu.close();
     channel.setWorkerState(WorkerState.EXITED);
   }
+}
+
+/**
+ * Split mode's userspace PIC: while its INT output is up, acknowledge it (the INTA cycle, on
+ * the main thread) and inject the vector once the vCPU can take it, else ask for the exit
+ * that says it can. Returns false when the VM stopped meanwhile.
+ */
+function offerExternalInterrupt(vcpu: VcpuHandle, channel: ExitChannel, picOutput: Int32Array): boolean {
+  if (Atomics.load(picOutput, 0) === 0) {
+    vcpu.requestInterruptWindow!(false);
+    return true;
+  }
+  if (!vcpu.readyForExternalInterrupt!()) {
+    vcpu.requestInterruptWindow!(true);
+    return true;
+  }
+  vcpu.requestInterruptWindow!(false);
+  if (channel.request(ExitKind.InterruptAcknowledge, 1, 0, 0, 0, 1) === Answer.STOPPED) return false;
+  vcpu.injectExternalInterrupt!(channel.answerLow);
+  return true;
 }
 
 function runLoop(
@@ -72,7 +97,10 @@ function runLoop(
   syncWrites: AddressRange[],
   resumeOnHalt: boolean,
   completeKernelInstructions: boolean,
+  picOutput: Int32Array | undefined,
+  leaveHalt: Int32Array | undefined,
 ): VcpuOutcome {
+  const index = vcpu.index;
   const stats = channel.stats;
   const pio = local.pio;
   const mmio = local.mmio;
@@ -89,6 +117,7 @@ function runLoop(
       if (resumed === Control.STOP) return { reason: "stopped" };
       continue;
     }
+    if (picOutput !== undefined && !offerExternalInterrupt(vcpu, channel, picOutput)) return { reason: "stopped" };
     const exit = vcpu.run();
     stats[Stat.EXITS]++;
     const kind = exit.kind;
@@ -149,7 +178,15 @@ function runLoop(
       }
       case ExitKind.Interrupted:
         vcpu.clearKick();
+        if (leaveHalt !== undefined && Atomics.exchange(leaveHalt, index, 0) !== 0) vcpu.leaveHalt?.();
         break;
+      case ExitKind.IoapicEoi:
+        // The IOAPIC on the main thread ends remote IRR; the guest need not wait for it.
+        stats[Stat.POSTED]++;
+        if (!channel.post(kind, 1, 0, exit.data, 0)) return { reason: "stopped" };
+        break;
+      case ExitKind.InterruptWindow:
+        break; // offerExternalInterrupt injects before the next entry
       case ExitKind.Hlt:
         if (!resumeOnHalt) return { reason: "hlt" };
         stats[Stat.IN_WORKER]++;

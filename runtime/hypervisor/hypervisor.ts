@@ -30,13 +30,20 @@ export const ExitKind = {
   InternalError: 13,
   FailEntry: 14,
   Unknown: 15,
+  /** Split interrupt controllers: the guest ended a level-triggered IOAPIC interrupt; `data` is its vector. */
+  IoapicEoi: 16,
+  /** The guest can take an external (PIC) interrupt now: the window `requestInterruptWindow` asked for. */
+  InterruptWindow: 17,
+  /** Exit-channel only: a worker asks the userspace PIC for the vector to inject (INTA). */
+  InterruptAcknowledge: 18,
 } as const;
 export type ExitKind = (typeof ExitKind)[keyof typeof ExitKind];
 
 const EXIT_KIND_NAMES: Record<number, string> = {
   1: "io-in", 2: "io-out", 3: "mmio-read", 4: "mmio-write", 5: "hlt", 6: "shutdown",
   7: "system-event", 8: "hypercall", 9: "msr-read", 10: "msr-write", 11: "debug",
-  12: "interrupted", 13: "internal-error", 14: "fail-entry", 15: "unknown",
+  12: "interrupted", 13: "internal-error", 14: "fail-entry", 15: "unknown", 16: "ioapic-eoi",
+  17: "interrupt-window", 18: "interrupt-acknowledge",
 };
 export function exitKindName(kind: number): string {
   return EXIT_KIND_NAMES[kind] ?? `exit-${kind}`;
@@ -62,12 +69,30 @@ export interface Exit {
   detail: string;
 }
 
+/**
+ * Who emulates the x86 interrupt controllers:
+ * - "in-kernel": PIC pair, IOAPIC and local APICs (and the PIT) in the hypervisor;
+ * - "split": local APICs in the hypervisor; IOAPIC, PIC and PIT in userspace, the IOAPIC
+ *   delivering MSIs and the hypervisor reporting EOIs of its level-triggered vectors;
+ * - "none": nothing in the hypervisor (a guest's HLT exits to userspace).
+ */
+export type IrqChipMode = "in-kernel" | "split" | "none";
+
 export interface HypervisorInfo {
   name: string;
   /** e.g. "kvm", "kvm (PVM, no hardware virtualization)". */
   flavour: string;
   maxVcpus: number;
   maxMemorySlots: number;
+  /** The interrupt-controller modes a VM of this host can ask for. */
+  irqChipModes: readonly IrqChipMode[];
+}
+
+/** An IOAPIC pin's redirection entry as the MSI it sends (Intel SDM 10.11 format). */
+export interface IoapicPinRoute {
+  pin: number;
+  address: bigint;
+  data: number;
 }
 
 /**
@@ -131,8 +156,18 @@ export interface VmHandle {
   timerFrequencies?(): TimerFrequencies | undefined;
   /** Registers (or, with `size` 0, removes) a RAM slot backed by host memory. */
   setMemoryRegion(slot: number, gpa: number, size: number, hostAddress: bigint): void;
-  /** In-kernel interrupt controllers (PIC, IOAPIC, local APICs) and timer (PIT, unless `pit` is false). */
-  createIrqChip(options?: { pit?: boolean }): void;
+  /**
+   * Interrupt controllers in the hypervisor, before any vCPU exists: all of them and the PIT
+   * (unless `pit` is false) for "in-kernel", the local APICs alone for "split" (the IOAPIC's
+   * pins are then GSIs 0-23 of `routeIoapicPins`). Only modes in `info.irqChipModes`.
+   */
+  createIrqChip(mode: Exclude<IrqChipMode, "none">, options?: { pit?: boolean }): void;
+  /**
+   * Split mode: the userspace IOAPIC's level-triggered pins as the MSIs they send, so the
+   * hypervisor knows which vCPUs' EOIs of which vectors to report (ioapic-eoi exits).
+   * Replaces the previous set; call it whenever the guest reprograms a redirection entry.
+   */
+  routeIoapicPins?(routes: readonly IoapicPinRoute[]): void;
   irqLine(gsi: number, level: boolean): void;
   /** An eventfd signalled in the kernel on a guest write; returns the eventfd (`fd`, if given, is reused). */
   registerIoEvent(options: IoEventOptions, fd?: number): number;
@@ -180,10 +215,11 @@ export interface VmHandle {
 }
 
 /**
- * One vCPU, used inside its worker thread. Every exit `run()` returns is completed
- * explicitly before the next `run()`: `completeRead` for a read, `complete` for anything
- * else the loop handled (a write, a string io-in whose bytes were put in `stringData()`),
- * `failMsr` for an MSR access that faults. KVM's completions are mostly nothing (the kernel
+ * One vCPU, used inside its worker thread. Every access exit `run()` returns (port, MMIO,
+ * MSR) is completed explicitly before the next `run()`: `completeRead` for a read,
+ * `complete` for a write or a string io-in whose bytes were put in `stringData()`,
+ * `failMsr` for an MSR access that faults. Other exits (hlt, interrupted, interrupt
+ * controller events) need no completion. KVM's completions are mostly nothing (the kernel
  * finishes the instruction on the next KVM_RUN); MSHV's write registers and RIP.
  */
 export interface VcpuCore {
@@ -204,6 +240,20 @@ export interface VcpuCore {
   failMsr(): void;
   /** Clears a pending kick after `run()` returned `interrupted`. */
   clearKick(): void;
+  /**
+   * Split mode, userspace PIC: whether the vCPU can take an external interrupt now (as of
+   * the last exit), asking for an interrupt-window exit when it cannot, and the injection
+   * of the vector the PIC acknowledged. Backends without a userspace PIC path omit them.
+   */
+  readyForExternalInterrupt?(): boolean;
+  requestInterruptWindow?(on: boolean): void;
+  injectExternalInterrupt?(vector: number): void;
+  /**
+   * Ends a HLT the hypervisor is waiting in (the guest resumes after it, as after a wake-up
+   * event); returns whether the vCPU was halted. For split mode on hosts that leave a
+   * pending EOI report unsent while the vCPU halts (see SplitIrqChip).
+   */
+  leaveHalt?(): boolean;
   /**
    * Completes a CPL0 instruction the backend could not run (PVM: INT3, FWAIT) as the CPU
    * would; false if the last exit was not that. Optional: only backends that need it.

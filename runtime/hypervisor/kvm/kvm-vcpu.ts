@@ -3,7 +3,7 @@ import { type Exit, ExitKind, HypervisorError, type VcpuDescriptor, type VcpuHan
 import { KickTarget } from "../kick-target.js";
 import type { CpuidEntry, FpuControl, MsrEntry, Registers, SpecialRegisters } from "../x86/cpu-state.js";
 import {
-  ExitReason, Fpu, Ioctl, KVM_EXIT_IO_IN, KVM_FPU_SIZE, KVM_MP_STATE_INIT_RECEIVED, KVM_REGS_SIZE, KVM_SREGS_SIZE, Run,
+  ExitReason, Fpu, Ioctl, KVM_EXIT_IO_IN, KVM_FPU_SIZE, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE, KVM_REGS_SIZE, KVM_SREGS_SIZE, Run,
   KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_VCPU_EVENTS_SIZE, VcpuEvents,
 } from "./kvm-abi.js";
 import {
@@ -33,6 +33,8 @@ export class KvmVcpu implements VcpuHandle {
   private ioDataOffset = 0;
   private stringView: Uint8Array | undefined;
   private readonly kickTarget: KickTarget;
+  /** struct kvm_interrupt { u32 irq }, reused. */
+  private readonly interruptBytes = new Uint8Array(4);
 
   /** KVM needs nothing from the run context: the kernel decodes and completes every exit. */
   constructor(descriptor: VcpuDescriptor) {
@@ -137,6 +139,13 @@ export class KvmVcpu implements VcpuHandle {
       case ExitReason.DEBUG:
         exit.kind = ExitKind.Debug;
         break;
+      case ExitReason.IOAPIC_EOI:
+        exit.kind = ExitKind.IoapicEoi;
+        exit.data = this.run8[Run.eoi_vector];
+        break;
+      case ExitReason.IRQ_WINDOW_OPEN:
+        exit.kind = ExitKind.InterruptWindow;
+        break;
       case ExitReason.HYPERCALL:
         exit.kind = ExitKind.Hypercall;
         break;
@@ -239,6 +248,36 @@ export class KvmVcpu implements VcpuHandle {
     const bytes = new Uint8Array(4);
     new DataView(bytes.buffer).setUint32(0, KVM_MP_STATE_INIT_RECEIVED, true);
     this.ioctl(Ioctl.SET_MP_STATE, bytes, "KVM_SET_MP_STATE");
+  }
+
+  readyForExternalInterrupt(): boolean {
+    return this.run8[Run.ready_for_interrupt_injection] !== 0;
+  }
+
+  requestInterruptWindow(on: boolean): void {
+    this.run8[Run.request_interrupt_window] = on ? 1 : 0;
+  }
+
+  /** KVM_INTERRUPT: with the local APIC in the kernel, an ExtINT KVM delivers when LINT0 lets it. */
+  injectExternalInterrupt(vector: number): void {
+    const bytes = this.interruptBytes;
+    bytes[0] = vector & 0xff;
+    this.ioctl(Ioctl.INTERRUPT, bytes, "KVM_INTERRUPT");
+  }
+
+  /**
+   * KVM processes a vCPU's requests (an ioapic-eoi report among them) only on its way into
+   * the guest, never for a halted vCPU; PVM, emulating a CPL0 EOI and the HLT after it in
+   * one go, can halt with the report still pending. Marking the vCPU runnable sends it in.
+   */
+  leaveHalt(): boolean {
+    const state = new Uint8Array(4);
+    const view = new DataView(state.buffer);
+    this.ioctl(Ioctl.GET_MP_STATE, state, "KVM_GET_MP_STATE");
+    if (view.getUint32(0, true) !== KVM_MP_STATE_HALTED) return false;
+    view.setUint32(0, KVM_MP_STATE_RUNNABLE, true);
+    this.ioctl(Ioctl.SET_MP_STATE, state, "KVM_SET_MP_STATE");
+    return true;
   }
 
   /**

@@ -1,7 +1,8 @@
 /** A KVM VM file descriptor: memory slots, irqchip, eventfds, vCPU creation, kicks. */
 import type { GuestMemory, RegionSpec } from "../../../memory/guest-memory.js";
 import {
-  type CoalescedConsumer, HypervisorError, type IoEventOptions, type LevelIrqFd, MissingCapabilityError, type TimerFrequencies,
+  type CoalescedConsumer, HypervisorError, type IoapicPinRoute, type IoEventOptions, type LevelIrqFd, MissingCapabilityError,
+  type TimerFrequencies,
   type VcpuDescriptor, type VmHandle,
 } from "../hypervisor.js";
 import { KickTarget } from "../kick-target.js";
@@ -9,7 +10,8 @@ import { mapSharedGuestMemory } from "../shared-guest-memory.js";
 import {
   Cap, COALESCED_ZONE_SIZE, CoalescedRing, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_DEASSIGN, IOEVENTFD_FLAG_PIO, Ioctl,
   IRQCHIP_PIC_MASTER, IRQCHIP_PIC_SLAVE, IRQFD_FLAG_RESAMPLE, IrqChip, KVM_APIC_BUS_KHZ, KVM_IRQCHIP_SIZE, KVM_MSI_SIZE, MSR_EXIT_FILTER,
-  MSR_EXIT_INVAL, MSR_EXIT_UNKNOWN, PicState, Run,
+  MSR_EXIT_INVAL, MSR_EXIT_UNKNOWN, PicState, Run, SPLIT_IRQCHIP_IOAPIC_PINS, IRQ_ROUTING_HEADER_SIZE,
+  IRQ_ROUTING_ENTRY_SIZE, IRQ_ROUTING_MSI, IrqRoutingEntry,
 } from "./kvm-abi.js";
 import * as libc from "./libc.js";
 
@@ -99,7 +101,12 @@ export class KvmVm implements VmHandle {
     );
   }
 
-  createIrqChip(options: { pit?: boolean } = {}): void {
+  createIrqChip(mode: "in-kernel" | "split", options: { pit?: boolean } = {}): void {
+    if (mode === "split") {
+      this.enableSplitIrqChip();
+      return;
+    }
+    if (mode !== "in-kernel") throw new RangeError(`unknown interrupt-controller mode '${String(mode)}'`);
     const pit = options.pit ?? true;
     if (this.checkExtension(Cap.IRQCHIP) <= 0) {
       throw new MissingCapabilityError("KVM_CAP_IRQCHIP", "an in-kernel interrupt controller (irqchip: true)", "Run without irqchip, or on a host whose KVM has it.");
@@ -109,6 +116,44 @@ export class KvmVm implements VmHandle {
     }
     this.check(libc.ioctlValue(this.fd, Ioctl.CREATE_IRQCHIP, 0), "KVM_CREATE_IRQCHIP");
     if (pit) this.check(libc.ioctlBuffer(this.fd, Ioctl.CREATE_PIT2, new Uint8Array(64)), "KVM_CREATE_PIT2");
+  }
+
+  /** Local APICs in the kernel; PIC, IOAPIC and PIT are the VMM's (api.rst, KVM_CAP_SPLIT_IRQCHIP). */
+  private enableSplitIrqChip(): void {
+    for (const [cap, name] of [[Cap.SPLIT_IRQCHIP, "KVM_CAP_SPLIT_IRQCHIP"], [Cap.SIGNAL_MSI, "KVM_CAP_SIGNAL_MSI"], [Cap.IRQ_ROUTING, "KVM_CAP_IRQ_ROUTING"]] as const) {
+      if (this.checkExtension(cap) <= 0) {
+        throw new MissingCapabilityError(name, "split interrupt controllers (irqchip: \"split\")", "Use irqchip \"in-kernel\" or \"none\".");
+      }
+    }
+    if (this.vcpus.size > 0) throw new Error("split interrupt controllers must be enabled before any vCPU is created");
+    const bytes = new Uint8Array(104);
+    const view = new DataView(bytes.buffer);
+    view.setUint32(0, Cap.SPLIT_IRQCHIP, true);
+    view.setBigUint64(8, BigInt(SPLIT_IRQCHIP_IOAPIC_PINS), true);
+    this.check(libc.ioctlBuffer(this.fd, Ioctl.ENABLE_CAP, bytes), "KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)");
+  }
+
+  /**
+   * KVM learns which vectors' EOIs to report from the MSI routes of GSIs below the reserved
+   * IOAPIC pin count whose data has the level-trigger bit (kvm_scan_ioapic_routes); the
+   * interrupts themselves go through KVM_SIGNAL_MSI.
+   */
+  routeIoapicPins(routes: readonly IoapicPinRoute[]): void {
+    const bytes = new Uint8Array(IRQ_ROUTING_HEADER_SIZE + routes.length * IRQ_ROUTING_ENTRY_SIZE);
+    const view = new DataView(bytes.buffer);
+    view.setUint32(0, routes.length, true);
+    routes.forEach((route, i) => {
+      if (!Number.isInteger(route.pin) || route.pin < 0 || route.pin >= SPLIT_IRQCHIP_IOAPIC_PINS) {
+        throw new RangeError(`IOAPIC pin ${route.pin} is outside the ${SPLIT_IRQCHIP_IOAPIC_PINS} reserved for it`);
+      }
+      const at = IRQ_ROUTING_HEADER_SIZE + i * IRQ_ROUTING_ENTRY_SIZE;
+      view.setUint32(at + IrqRoutingEntry.gsi, route.pin, true);
+      view.setUint32(at + IrqRoutingEntry.type, IRQ_ROUTING_MSI, true);
+      view.setUint32(at + IrqRoutingEntry.msi_address_lo, Number(route.address & 0xffff_ffffn), true);
+      view.setUint32(at + IrqRoutingEntry.msi_address_hi, Number((route.address >> 32n) & 0xffff_ffffn), true);
+      view.setUint32(at + IrqRoutingEntry.msi_data, route.data >>> 0, true);
+    });
+    this.check(libc.ioctlBuffer(this.fd, Ioctl.SET_GSI_ROUTING, bytes), `KVM_SET_GSI_ROUTING (${routes.length} IOAPIC pins)`);
   }
 
   irqLine(gsi: number, level: boolean): void {

@@ -2,7 +2,7 @@
  * An MSHV partition fd: guest memory mappings, VPs (each with its register page mapped
  * here, as KVM's run page is), eventfds, kicks. The local APICs live in the hypervisor;
  * there is no in-kernel PIC, IOAPIC or PIT, so interrupt lines need the split
- * interrupt-controller mode (issue 12 part 2) that the seam does not offer yet.
+ * interrupt-controller mode, which this backend does not offer yet (info.irqChipModes).
  */
 import type { GuestMemory, RegionSpec } from "../../../memory/guest-memory.js";
 import {
@@ -19,8 +19,8 @@ import { HvCaller } from "./mshv-hvcall.js";
 
 const NO_IRQCHIP = "an in-kernel PIC, IOAPIC and PIT";
 const NO_IRQCHIP_HINT =
-  "MSHV keeps the local APICs in the hypervisor and nothing else: this VM needs the split interrupt-controller " +
-  "mode with a userspace IOAPIC, PIC and PIT (issue 12 part 2), which the seam does not offer yet.";
+  "MSHV keeps the local APICs in the hypervisor and nothing else, so it needs split mode (userspace IOAPIC, PIC and PIT); " +
+  "this backend cannot yet assert their interrupts or report EOIs, so it offers irqchip \"none\" only.";
 
 interface VpRecord {
   fd: number;
@@ -152,8 +152,8 @@ export class MshvPartition implements VmHandle {
     else this.regions.set(slot, region);
   }
 
-  createIrqChip(): void {
-    throw new MissingCapabilityError(NO_IRQCHIP, "an in-kernel interrupt controller (irqchip: true)", NO_IRQCHIP_HINT);
+  createIrqChip(mode: "in-kernel" | "split"): void {
+    throw new MissingCapabilityError(NO_IRQCHIP, `interrupt controllers in mode "${mode}"`, NO_IRQCHIP_HINT);
   }
 
   irqLine(gsi: number): void {

@@ -20,6 +20,10 @@ const MAX_REGIONS = 4096;
 export class MshvHypervisor implements Hypervisor {
   readonly info: HypervisorInfo = {
     name: "mshv", flavour: "mshv (Linux root partition over Microsoft Hypervisor)", maxVcpus: MAX_VPS, maxMemorySlots: MAX_REGIONS,
+    // The partition's local APICs are always the hypervisor's, which is split mode's half; the
+    // other half (asserting a userspace IOAPIC's MSIs, HVMSG_X64_APIC_EOI for level-triggered
+    // vectors) is not written yet, so a VM here can only ask for no interrupt controllers.
+    irqChipModes: ["none"],
   };
 
   private constructor(private fd: number) {}
