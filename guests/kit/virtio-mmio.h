@@ -171,7 +171,13 @@ static int vq_submit(struct virtio_dev *d, u16 head) {
   barrier();
   u32 len = d->used->ring[d->last_used % VQ_SIZE].len;
   d->last_used++;
+  /* A device on its own thread may publish the used entry a moment before it sets
+     InterruptStatus (the notification follows the ring update), so give it that moment. */
   u32 isr = vreg(d, VM_INTERRUPT_STATUS);
+  for (u32 n = 0; !(isr & 1) && n < STATUS_POLL_EVERY; n++) {
+    pause_cpu();
+    isr = vreg(d, VM_INTERRUPT_STATUS);
+  }
   if (isr & 1) d->interrupts_seen++;
   if (isr) vset(d, VM_INTERRUPT_ACK, isr);
   return (int)len;

@@ -239,5 +239,8 @@ export const SPLIT_IRQCHIP_IOAPIC_PINS = 24;
  */
 export const IRQ_ROUTING_HEADER_SIZE = 8;
 export const IRQ_ROUTING_ENTRY_SIZE = 48;
+export const IRQ_ROUTING_IRQCHIP = 1;
 export const IRQ_ROUTING_MSI = 2;
-export const IrqRoutingEntry = { gsi: 0, type: 4, flags: 8, msi_address_lo: 16, msi_address_hi: 20, msi_data: 24 } as const;
+/** kvm_irq_routing_irqchip's `irqchip` for the IOAPIC (the PICs are IRQCHIP_PIC_MASTER/SLAVE). */
+export const IRQCHIP_IOAPIC = 2;
+export const IrqRoutingEntry = { gsi: 0, type: 4, flags: 8, msi_address_lo: 16, msi_address_hi: 20, msi_data: 24, irqchip: 16, pin: 20 } as const;

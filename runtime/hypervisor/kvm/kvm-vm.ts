@@ -11,7 +11,7 @@ import {
   Cap, COALESCED_ZONE_SIZE, CoalescedRing, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_DEASSIGN, IOEVENTFD_FLAG_PIO, Ioctl,
   IRQCHIP_PIC_MASTER, IRQCHIP_PIC_SLAVE, IRQFD_FLAG_RESAMPLE, IrqChip, KVM_APIC_BUS_KHZ, KVM_IRQCHIP_SIZE, KVM_MSI_SIZE, MSR_EXIT_FILTER,
   MSR_EXIT_INVAL, MSR_EXIT_UNKNOWN, PicState, Run, SPLIT_IRQCHIP_IOAPIC_PINS, IRQ_ROUTING_HEADER_SIZE,
-  IRQ_ROUTING_ENTRY_SIZE, IRQ_ROUTING_MSI, IrqRoutingEntry,
+  IRQ_ROUTING_ENTRY_SIZE, IRQ_ROUTING_IRQCHIP, IRQ_ROUTING_MSI, IRQCHIP_IOAPIC, IrqRoutingEntry,
 } from "./kvm-abi.js";
 import * as libc from "./libc.js";
 
@@ -115,7 +115,37 @@ export class KvmVm implements VmHandle {
       throw new MissingCapabilityError("KVM_CAP_PIT2", "an in-kernel PIT (irqchip: true)", "Run without the PIT (pit: false), or on a host whose KVM has it.");
     }
     this.check(libc.ioctlValue(this.fd, Ioctl.CREATE_IRQCHIP, 0), "KVM_CREATE_IRQCHIP");
+    if (this.checkExtension(Cap.IRQ_ROUTING) > 0) this.routePcGsis();
     if (pit) this.check(libc.ioctlBuffer(this.fd, Ioctl.CREATE_PIT2, new Uint8Array(64)), "KVM_CREATE_PIT2");
+  }
+
+  /**
+   * A PC's wiring of GSIs to the in-kernel chips, as the MADT describes it: ISA IRQ 0 (the
+   * PIT's) reaches PIC input 0 and IOAPIC pin 2 (the interrupt source override), IRQ 2 is
+   * the PIC cascade and reaches neither, IRQs 1 and 3-15 reach their PIC input and the IOAPIC
+   * pin of the same number, GSIs 16-23 the IOAPIC only. KVM's default routing sends GSI 0 to
+   * IOAPIC pin 0, where a guest that follows the MADT never looks for the timer.
+   */
+  private routePcGsis(): void {
+    const routes: [gsi: number, chip: number, pin: number][] = [];
+    for (let irq = 0; irq < 16; irq++) {
+      if (irq === 2) continue;
+      routes.push([irq, irq < 8 ? IRQCHIP_PIC_MASTER : IRQCHIP_PIC_SLAVE, irq % 8]);
+    }
+    for (let gsi = 0; gsi < 24; gsi++) {
+      if (gsi !== 2) routes.push([gsi, IRQCHIP_IOAPIC, gsi === 0 ? 2 : gsi]);
+    }
+    const bytes = new Uint8Array(IRQ_ROUTING_HEADER_SIZE + routes.length * IRQ_ROUTING_ENTRY_SIZE);
+    const view = new DataView(bytes.buffer);
+    view.setUint32(0, routes.length, true);
+    routes.forEach(([gsi, chip, pin], i) => {
+      const at = IRQ_ROUTING_HEADER_SIZE + i * IRQ_ROUTING_ENTRY_SIZE;
+      view.setUint32(at + IrqRoutingEntry.gsi, gsi, true);
+      view.setUint32(at + IrqRoutingEntry.type, IRQ_ROUTING_IRQCHIP, true);
+      view.setUint32(at + IrqRoutingEntry.irqchip, chip, true);
+      view.setUint32(at + IrqRoutingEntry.pin, pin, true);
+    });
+    this.check(libc.ioctlBuffer(this.fd, Ioctl.SET_GSI_ROUTING, bytes), `KVM_SET_GSI_ROUTING (PC wiring, ${routes.length} routes)`);
   }
 
   /** Local APICs in the kernel; PIC, IOAPIC and PIT are the VMM's (api.rst, KVM_CAP_SPLIT_IRQCHIP). */
