@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import type { Segment } from "../runtime/hypervisor/hypervisor.js";
+import type { Segment } from "../runtime/hypervisor/x86/cpu-state.js";
 import type { GuestImage } from "./guest-image.js";
 import { GUEST_MEMORY_BYTES } from "./layout.js";
 

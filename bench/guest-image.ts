@@ -6,7 +6,7 @@
  */
 import { GuestMemory } from "../memory/guest-memory.js";
 import { DEFAULT_ENTRY, type GuestMode, loadFlatProgram } from "../runtime/boot/flat-loader.js";
-import type { CpuState } from "../runtime/hypervisor/hypervisor.js";
+import type { CpuState } from "../runtime/hypervisor/x86/cpu-state.js";
 import { type ExitLoopParams, parameterBlock, PARAM_BLOCK_BYTES } from "./guest-programs.js";
 import { GUEST_MEMORY_BYTES, IMAGE_END, PARAMS_BASE } from "./layout.js";
 

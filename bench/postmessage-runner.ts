@@ -10,7 +10,6 @@ import { cpuidForVcpu } from "../runtime/boot/cpuid.js";
 import { loadFlatProgram } from "../runtime/boot/flat-loader.js";
 import { CounterDevice } from "../runtime/devices/counter.js";
 import type { AccessSize } from "../runtime/devices/device.js";
-import { GuestMemory } from "../memory/guest-memory.js";
 import type { FigureSpec, RunCounts } from "./figures.js";
 import { exitLoopProgram, parameterBlock } from "./guest-programs.js";
 import { paramAddress } from "./guest-image.js";
@@ -34,8 +33,7 @@ export async function runPostMessageFigure(figure: FigureSpec, counts: RunCounts
   const hypervisor = openHypervisor();
   const handle = hypervisor.createVm();
   try {
-    const memory = GuestMemory.allocate([{ gpa: 0, size: GUEST_MEMORY_BYTES }]);
-    handle.setMemoryRegion(0, 0, GUEST_MEMORY_BYTES, memory.regions[0].hostAddress);
+    const memory = handle.createGuestMemory([{ gpa: 0, size: GUEST_MEMORY_BYTES }]);
     const descriptor = handle.createVcpu(0);
     const code = exitLoopProgram(kind, counts.opsPerBatch, privilege);
     const cpuState = loadFlatProgram(memory, {
@@ -53,6 +51,7 @@ export async function runPostMessageFigure(figure: FigureSpec, counts: RunCounts
     }));
     const workerData: PostMessageWorkerData = {
       descriptor,
+      memory: memory.toShared(),
       cpuState,
       cpuid: cpuidForVcpu(hypervisor.supportedCpuid(), 0),
       markerLog: log.buffer,

@@ -7,11 +7,14 @@
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { attachVcpu } from "../runtime/hypervisor/backends.js";
-import { type CpuState, type CpuidEntry, ExitKind, exitKindName, type VcpuDescriptor } from "../runtime/hypervisor/hypervisor.js";
+import { ExitKind, exitKindName, type VcpuDescriptor } from "../runtime/hypervisor/hypervisor.js";
+import type { CpuState, CpuidEntry } from "../runtime/hypervisor/x86/cpu-state.js";
+import { GuestMemory, type SharedRegion } from "../memory/guest-memory.js";
 import { MarkerDevice } from "./marker-device.js";
 
 export interface PostMessageWorkerData {
   descriptor: VcpuDescriptor;
+  memory: SharedRegion[];
   cpuState: CpuState;
   cpuid: CpuidEntry[];
   markerLog: SharedArrayBuffer;
@@ -38,7 +41,7 @@ function nextReply(): Promise<number> {
 }
 
 async function main(): Promise<void> {
-  const vcpu = attachVcpu(data.descriptor);
+  const vcpu = attachVcpu(data.descriptor, { memory: GuestMemory.fromShared(data.memory) });
   try {
     vcpu.setCpuid(data.cpuid);
     vcpu.setSpecialRegisters({ ...vcpu.getSpecialRegisters(), ...data.cpuState.specialRegisters });
@@ -55,6 +58,7 @@ async function main(): Promise<void> {
       }
       if (kind === ExitKind.IoOut && address === data.markerPort) {
         marker.write(0, 4, exit.data);
+        vcpu.complete();
         continue;
       }
       if (kind === ExitKind.IoIn && address === data.markerPort) {
@@ -69,6 +73,7 @@ async function main(): Promise<void> {
       port.postMessage(message);
       const answer = await nextReply();
       if (kind === ExitKind.IoIn || kind === ExitKind.MmioRead) vcpu.completeRead(answer);
+      else vcpu.complete();
     }
     port.postMessage({ type: "done", exits } satisfies WorkerMessage);
   } finally {

@@ -19,7 +19,7 @@ const H = {
   RING_HEAD: 0,
   RING_PARKED: 1,
   SYNC_PARKED: 2,
-  THREAD_ID: 3,
+  // 3: free (the vCPU thread id moved to the backend's kick target)
   WORKER_STATE: 4,
   // written by the dispatcher
   RING_TAIL: LINE_INTS,
@@ -236,10 +236,6 @@ export class ExitChannel {
     return this.header[H.SYNC_DATA_HIGH];
   }
 
-  setThreadId(tid: number): void {
-    Atomics.store(this.header, H.THREAD_ID, tid);
-  }
-
   setWorkerState(state: number): void {
     Atomics.store(this.header, H.WORKER_STATE, state);
     Atomics.notify(this.header, H.WORKER_STATE);
@@ -259,10 +255,6 @@ export class ExitChannel {
   }
 
   // ---- consumer side (dispatcher, main thread) ----
-
-  threadId(): number {
-    return Atomics.load(this.header, H.THREAD_ID);
-  }
 
   workerState(): number {
     return Atomics.load(this.header, H.WORKER_STATE);

@@ -11,7 +11,7 @@
  * With no wake source enabled the machine sleeps until it is stopped.
  */
 import type { Vm } from "./vm.js";
-import type { CpuState } from "./hypervisor/hypervisor.js";
+import type { CpuState } from "./hypervisor/x86/cpu-state.js";
 import { type AcpiPm1Registers, PM1_RTC } from "./devices/acpi-pm1.js";
 import type { CmosRtc } from "./devices/cmos-rtc.js";
 import { realModeSegment } from "./boot/x86-segments.js";

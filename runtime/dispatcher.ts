@@ -53,6 +53,14 @@ export const DEFAULT_DISPATCHER_OPTIONS: DispatcherOptions = { spinMicros: 200, 
 const SHORT_PARK_MICROS = 300;
 const MIN_SPIN_MICROS = 2;
 
+/** Split mode's userspace interrupt controllers, as the workers' EOI and INTA records reach them. */
+export interface InterruptControllerEvents {
+  /** An ioapic-eoi exit: a local APIC ended a level-triggered interrupt of `vector`. */
+  endOfInterrupt(vector: number): void;
+  /** The boot vCPU's INTA cycle: the PIC's vector to inject. */
+  acknowledge(): number;
+}
+
 export class DeviceError extends Error {
   override name = "DeviceError";
   constructor(message: string, options?: { cause?: unknown }) {
@@ -84,6 +92,7 @@ export class Dispatcher {
   private failures = 0;
   /** Runs before the rings are drained (e.g. the kernel's coalesced-write ring). */
   private beforeDrain: (() => number) | undefined;
+  private interruptControllers: InterruptControllerEvents | undefined;
 
   constructor(
     private readonly channels: readonly ExitChannel[],
@@ -104,6 +113,11 @@ export class Dispatcher {
   /** A drain to run before every batch and every sync request: the kernel's coalesced writes. */
   setBeforeDrain(drain: () => number): void {
     this.beforeDrain = drain;
+  }
+
+  /** Where ioapic-eoi and interrupt-acknowledge records go (split interrupt controllers). */
+  setInterruptControllers(events: InterruptControllerEvents): void {
+    this.interruptControllers = events;
   }
 
   /** Delivers the coalesced writes now; returns how many. */
@@ -222,7 +236,27 @@ export class Dispatcher {
   private handleWrite(record: ChannelRecord): void {
     this.stats.handled++;
     this.stats.posted++;
-    this.write(record.kind, record.address, record.size, record.data, record.dataHigh);
+    if (record.kind === ExitKind.IoapicEoi) this.endOfInterrupt(record.data);
+    else this.write(record.kind, record.address, record.size, record.data, record.dataHigh);
+  }
+
+  private endOfInterrupt(vector: number): void {
+    try {
+      this.interruptControllers?.endOfInterrupt(vector);
+    } catch (error) {
+      this.fail("ioapic", ExitKind.IoapicEoi, vector, error);
+    }
+  }
+
+  private acknowledgeInterrupt(channel: ExitChannel, answer: () => number): void {
+    let vector = 0;
+    try {
+      if (this.interruptControllers === undefined) throw new Error("an INTA cycle, but the VM has no userspace PIC");
+      vector = this.interruptControllers.acknowledge();
+    } catch (error) {
+      this.fail("pic", ExitKind.InterruptAcknowledge, 0, error);
+    }
+    channel.complete(vector, 0, answer());
   }
 
   /** Returns false if no device claimed (some of) the access. */
@@ -265,6 +299,8 @@ export class Dispatcher {
     if (count > 1) {
       this.handleStringIo(channel, kind, address, size, count);
       channel.complete(0, 0, answer());
+    } else if (kind === ExitKind.InterruptAcknowledge) {
+      this.acknowledgeInterrupt(channel, answer);
     } else if (isReadKind(kind)) {
       const accessor = this.accessorFor(kind);
       const claimed = this.read(accessor, kind, address, size);

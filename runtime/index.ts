@@ -3,7 +3,8 @@ export { Vm, type VmOptions, type VmResult, type VmState, type VmStats, type Dev
 export { GuestFatalError, VcpuWorkerError, VmConfigError, VmStateError } from "./errors.js";
 export { DeviceError, type DispatcherOptions } from "./dispatcher.js";
 export { HypervisorError, HypervisorUnavailableError, ExitKind, exitKindName } from "./hypervisor/hypervisor.js";
-export type { CpuState, Registers, SpecialRegisters, Exit } from "./hypervisor/hypervisor.js";
+export type { Exit } from "./hypervisor/hypervisor.js";
+export type { CpuState, Registers, SpecialRegisters } from "./hypervisor/x86/cpu-state.js";
 export { type Device, type AccessSize, type InterruptLine, allOnes } from "./devices/device.js";
 export { DebugExit, DEBUG_EXIT_PORT } from "./devices/debug-exit.js";
 export { CounterDevice, CounterRegister, COUNTER_LENGTH } from "./devices/counter.js";

@@ -1,5 +1,5 @@
 /**
- * A PC-compatible machine for third-party kernels: in-kernel irqchip and PIT, COM1 on
+ * A PC-compatible machine for third-party kernels: in-kernel (or split) irqchip and PIT, COM1 on
  * IRQ 4, debug-exit, fw_cfg, ACPI tables with a PM timer, CMOS/RTC, a PCI bus, and
  * a Multiboot v1 kernel entered on vCPU 0 while the others wait for INIT/SIPI.
  */
@@ -86,6 +86,11 @@ export interface PcMachineOptions {
   testDevices?: boolean;
   /** Whether the machine has an 8254 PIT (default true; QEMU's `-machine pit=off`). */
   pit?: boolean;
+  /**
+   * Where the interrupt controllers live: "in-kernel" (default) or "split" (local APICs in
+   * the hypervisor; IOAPIC, PIC and PIT emulated here, as QEMU's `-machine kernel-irqchip=split`).
+   */
+  irqchip?: "in-kernel" | "split";
   /** CPUID feature changes, e.g. `+x2apic,-pcid,-invpcid` (see VmOptions.cpuFeatures). */
   cpuFeatures?: string;
   /**
@@ -120,6 +125,12 @@ export interface PcMachineOptions {
    * instructions PVM cannot emulate at CPL0 (see boot/linux/pvm-fallbacks.ts).
    */
   pvmFallbacks?: boolean;
+}
+
+function pcIrqChip(mode: PcMachineOptions["irqchip"]): "in-kernel" | "split" {
+  if (mode === undefined) return "in-kernel";
+  if (mode !== "in-kernel" && mode !== "split") throw new VmConfigError(`irqchip must be "in-kernel" or "split" for a PC machine, got ${String(mode)}`);
+  return mode;
 }
 
 function memoryLayout(size: number): RegionSpec[] {
@@ -164,7 +175,7 @@ export class PcMachine {
       throw new VmConfigError(`a PC machine has ${VIRTIO_MMIO_SLOTS} virtio-mmio slots, ${virtio.length} virtio devices were given`);
     }
     const vm = Vm.create({
-      memory: memoryLayout(memory), vcpus: cpus, irqchip: true, pit: options.pit, cpuFeatures: options.cpuFeatures,
+      memory: memoryLayout(memory), vcpus: cpus, irqchip: pcIrqChip(options.irqchip), pit: options.pit, cpuFeatures: options.cpuFeatures,
       hypervisorCpuid: options.hypervisorCpuid,
     });
     try {

@@ -17,7 +17,7 @@ import { HypervisorCpuidError } from "./boot/hypervisor-cpuid.js";
 import { ESCAPE_HELP, TerminalConsoleInput } from "./terminal-console.js";
 
 const USAGE = `usage: workervisor run --kernel FILE [--append "..."] [--initrd FILE] [--module FILE]... [--cpus N] [--mem SIZE]
-                       [--cpu-features LIST] [--no-pit] [--test-devices] [--hypervisor-cpuid SPEC]
+                       [--cpu-features LIST] [--no-pit] [--irqchip in-kernel|split] [--test-devices] [--hypervisor-cpuid SPEC]
        workervisor run --kernel bzImage|vmlinux [--initrd FILE] [--cmdline "..."] [--decompress host|guest] [--cpus N] [--mem SIZE]
 
   --kernel FILE   Multiboot v1 kernel (ELF32), e.g. a kvm-unit-tests .flat file, or a Linux
@@ -33,6 +33,9 @@ const USAGE = `usage: workervisor run --kernel FILE [--append "..."] [--initrd F
   --cpu-features LIST  CPUID changes, e.g. +x2apic,-pcid,-invpcid (QEMU's -cpu flag names);
                   a feature this host cannot give is refused
   --no-pit        a machine without the 8254 PIT (QEMU's -machine pit=off)
+  --irqchip MODE  "in-kernel" (default): PIC, IOAPIC, local APICs and PIT in the hypervisor;
+                  "split": local APICs there, IOAPIC, PIC and PIT emulated by workervisor
+                  (QEMU's -machine kernel-irqchip=split)
   --test-devices  add pc-testdev and pci-testdev, as kvm-unit-tests' x86/run gives QEMU
   --hypervisor-cpuid SPEC
                   the CPUID 0x40000000 range the guest sees (default: KVM's signature and
@@ -98,6 +101,7 @@ export async function runCommand(args: string[]): Promise<number> {
         "test-devices": { type: "boolean" },
         "cpu-features": { type: "string" },
         "no-pit": { type: "boolean" },
+        irqchip: { type: "string" },
         cpus: { type: "string" },
         mem: { type: "string" },
         "hypervisor-cpuid": { type: "string" },
@@ -120,6 +124,9 @@ export async function runCommand(args: string[]): Promise<number> {
     if (!Number.isInteger(cpus)) throw new UsageError(`--cpus: '${values.cpus}' is not a whole number`);
     if (values.decompress !== undefined && values.decompress !== "host" && values.decompress !== "guest") {
       throw new UsageError(`--decompress: '${values.decompress}' is neither 'host' nor 'guest'`);
+    }
+    if (values.irqchip !== undefined && values.irqchip !== "in-kernel" && values.irqchip !== "split") {
+      throw new UsageError(`--irqchip: '${values.irqchip}' is neither 'in-kernel' nor 'split'`);
     }
     const sink = new ConsoleSink(process.stdout);
     let machineToQuit: PcMachine | undefined;
@@ -145,6 +152,7 @@ export async function runCommand(args: string[]): Promise<number> {
       testDevices: values["test-devices"] ?? false,
       cpuFeatures: values["cpu-features"],
       pit: !(values["no-pit"] ?? false),
+      irqchip: values.irqchip as "in-kernel" | "split" | undefined,
       cpus,
       memory: values.mem === undefined ? DEFAULT_MEMORY : parseSize(values.mem),
       console: sink.push,

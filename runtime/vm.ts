@@ -4,7 +4,9 @@
  */
 import { EventEmitter } from "node:events";
 import { openHypervisor, type BackendName } from "./hypervisor/backends.js";
-import type { CpuidEntry, CpuState, Hypervisor, IoEventOptions, LevelIrqFd, VcpuDescriptor, VmHandle } from "./hypervisor/hypervisor.js";
+import type { Hypervisor, IoEventOptions, IrqChipMode, LevelIrqFd, VcpuDescriptor, VmHandle } from "./hypervisor/hypervisor.js";
+import type { CpuidEntry, CpuState } from "./hypervisor/x86/cpu-state.js";
+import { SplitIrqChip } from "./devices/irqchip/split-irqchip.js";
 import { Bus } from "./bus.js";
 import { DEFAULT_DISPATCHER_OPTIONS, type DeviceError, Dispatcher, type DispatcherOptions } from "./dispatcher.js";
 import type { Device, InterruptLine } from "./devices/device.js";
@@ -17,7 +19,7 @@ import { withResetState } from "./boot/x86-reset.js";
 import { GuestFatalError, VcpuWorkerError, VmConfigError, VmStateError } from "./errors.js";
 import { vcpuPool } from "./vcpu-pool.js";
 import { availableParallelism } from "node:os";
-import { GuestMemory, GuestMemoryAllocationError, MemoryLayoutError, type RegionSpec } from "../memory/guest-memory.js";
+import { type GuestMemory, GuestMemoryAllocationError, MemoryLayoutError, type RegionSpec } from "../memory/guest-memory.js";
 import { Control, createDoorbell, ExitChannel, Stat, WorkerState } from "../memory/exit-channel.js";
 import { DEFAULT_SPIN, oversubscribedPolicy, type SpinPolicy } from "../memory/waiter.js";
 import type { AddressRange, AddressSpace, VcpuOutcome, VcpuTask, WorkerDeviceSpec } from "../workers/vcpu-task.js";
@@ -26,9 +28,14 @@ export interface VmOptions {
   /** RAM size in bytes (one region at guest-physical 0), or explicit regions with holes. */
   memory: number | RegionSpec[];
   vcpus?: number;
-  /** In-kernel interrupt controllers and PIT. */
-  irqchip?: boolean;
-  /** With `irqchip`: whether the machine has a PIT (default true; QEMU's `-machine pit=off` is false). */
+  /**
+   * Interrupt controllers (see IrqChipMode): "in-kernel" (or true) puts PIC, IOAPIC, local
+   * APICs and PIT in the hypervisor; "split" keeps the local APICs there and emulates the
+   * IOAPIC, PIC and PIT here (QEMU's kernel-irqchip=split); "none" (or false, the default)
+   * has none.
+   */
+  irqchip?: boolean | IrqChipMode;
+  /** With interrupt controllers: whether the machine has a PIT (default true; QEMU's `-machine pit=off` is false). */
   pit?: boolean;
   /** Send MSR accesses the hypervisor does not handle to the `msr` bus. */
   userspaceMsrs?: boolean;
@@ -132,6 +139,15 @@ function checkIoEvent(options: IoEventOptions): void {
   }
 }
 
+const IRQCHIP_MODES: readonly IrqChipMode[] = ["in-kernel", "split", "none"];
+
+function irqChipMode(option: VmOptions["irqchip"]): IrqChipMode {
+  if (option === undefined || option === false) return "none";
+  if (option === true) return "in-kernel";
+  if (!IRQCHIP_MODES.includes(option)) throw new VmConfigError(`irqchip must be true, false, "in-kernel", "split" or "none", got ${String(option)}`);
+  return option;
+}
+
 function toRegions(memory: VmOptions["memory"]): RegionSpec[] {
   if (typeof memory === "number") return [{ gpa: 0, size: memory }];
   if (!Array.isArray(memory)) throw new VmConfigError("memory must be a size in bytes or an array of { gpa, size }");
@@ -147,6 +163,14 @@ export class Vm extends EventEmitter {
   private readonly descriptors: VcpuDescriptor[] = [];
   private readonly cpuStates: CpuState[];
   private readonly buses = { pio: new Bus("pio"), mmio: new Bus("mmio"), msr: new Bus("msr") };
+  /** The interrupt-controller mode the VM was made with. */
+  readonly irqChipMode: IrqChipMode;
+  /** Split mode: the userspace IOAPIC, PIC and PIT. */
+  readonly splitIrqChip: SplitIrqChip | undefined;
+  /** Split mode: the PIC's INT output as the boot vCPU's worker sees it (word 0: 1 = asserted). */
+  private readonly picOutput: Int32Array | undefined;
+  /** Split mode: one word per vCPU, set to ask its worker to leave a HLT (see SplitIrqChip.onEoiOverdue). */
+  private readonly leaveHalt: Int32Array | undefined;
   private readonly workerDevices: WorkerDeviceSpec[] = [];
   private readonly deviceThreads: DeviceThread[] = [];
   private readonly coalescedZones: { space: AddressSpace; base: number; length: number }[] = [];
@@ -189,26 +213,26 @@ export class Vm extends EventEmitter {
       throw new VmConfigError(`onHalt must be "stop" or "resume", got ${String(options.onHalt)}`);
     }
     this.resumeOnHalt = options.onHalt === "resume";
-    let memory: GuestMemory;
-    try {
-      memory = GuestMemory.allocate(toRegions(options.memory));
-    } catch (error) {
-      if (error instanceof MemoryLayoutError || error instanceof GuestMemoryAllocationError) {
-        throw new VmConfigError(error.message, { cause: error });
-      }
-      throw error;
-    }
+    const regions = toRegions(options.memory);
+    const mode = irqChipMode(options.irqchip);
+    this.irqChipMode = mode;
     const hypervisor = openHypervisor(options.backend);
     let handle: VmHandle | undefined;
+    let memory: GuestMemory;
     try {
       const limit = Math.min(hypervisor.info.maxVcpus, MAX_POOL_VCPUS);
       if (vcpus > limit) throw new VmConfigError(`vcpus ${vcpus} is more than this host allows (${limit})`);
-      if (memory.regions.length > hypervisor.info.maxMemorySlots) {
-        throw new VmConfigError(`${memory.regions.length} memory regions exceed the host's ${hypervisor.info.maxMemorySlots} slots`);
+      if (regions.length > hypervisor.info.maxMemorySlots) {
+        throw new VmConfigError(`${regions.length} memory regions exceed the host's ${hypervisor.info.maxMemorySlots} slots`);
       }
       handle = hypervisor.createVm();
-      memory.regions.forEach((region, slot) => handle!.setMemoryRegion(slot, region.gpa, region.size, region.hostAddress));
-      if (options.irqchip) handle.createIrqChip({ pit: options.pit ?? true });
+      memory = handle.createGuestMemory(regions);
+      if (mode !== "none") {
+        if (!hypervisor.info.irqChipModes.includes(mode)) {
+          throw new VmConfigError(`the ${hypervisor.info.name} backend on this host cannot give irqchip "${mode}" (it offers ${hypervisor.info.irqChipModes.join(", ")})`);
+        }
+        handle.createIrqChip(mode, { pit: options.pit ?? true });
+      }
       if (options.userspaceMsrs) handle.enableUserspaceMsrs();
       let supported = hypervisor.supportedCpuid();
       if (options.cpuFeatures !== undefined) {
@@ -232,7 +256,8 @@ export class Vm extends EventEmitter {
     } catch (error) {
       handle?.close();
       hypervisor.close();
-      if (error instanceof RangeError || error instanceof HypervisorCpuidError) {
+      if (error instanceof RangeError || error instanceof HypervisorCpuidError || error instanceof MemoryLayoutError ||
+        error instanceof GuestMemoryAllocationError) {
         throw new VmConfigError(error.message, { cause: error });
       }
       throw error;
@@ -248,8 +273,52 @@ export class Vm extends EventEmitter {
       (error) => this.fail(error),
       { ...DEFAULT_DISPATCHER_OPTIONS, spinners, cores, ...options.dispatcher },
     );
+    if (mode === "split") {
+      this.picOutput = new Int32Array(new SharedArrayBuffer(4));
+      this.leaveHalt = new Int32Array(new SharedArrayBuffer(4 * vcpus));
+      this.splitIrqChip = this.createSplitIrqChip(options.pit ?? true);
+    } else {
+      this.picOutput = undefined;
+      this.leaveHalt = undefined;
+      this.splitIrqChip = undefined;
+    }
     this.done = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
     this.done.catch(() => {}); // surfaced through wait()/run() and the 'error' event
+  }
+
+  /**
+   * Split mode: the controllers on the main thread, their EOIs and INTA cycles coming from
+   * the workers through the dispatcher; the PIC's output reaches the boot vCPU through a
+   * shared word its worker checks before entering the guest, with a kick when it rises.
+   */
+  private createSplitIrqChip(pit: boolean): SplitIrqChip {
+    const live = () => this.stateValue !== "stopped" && this.ending === undefined;
+    const chip = new SplitIrqChip({
+      deliverMsi: (address, data) => {
+        if (live()) this.backendFeature("signalMsi").call(this.handle, address, data);
+      },
+      routeLevelPins: (routes) => {
+        if (live()) this.backendFeature("routeIoapicPins").call(this.handle, routes);
+      },
+      onPicOutput: (level) => {
+        Atomics.store(this.picOutput!, 0, level ? 1 : 0);
+        if (level && this.stateValue === "running") this.handle.kick(0);
+      },
+      onEoiOverdue: () => {
+        if (this.stateValue !== "running") return;
+        this.channels.forEach((channel, i) => {
+          Atomics.store(this.leaveHalt!, i, 1);
+          this.handle.kick(i);
+        });
+      },
+      pit,
+    });
+    for (const { space, base, length, device } of chip.devices()) this.buses[space].insert({ base, length, device, sync: false });
+    this.dispatcher.setInterruptControllers({
+      endOfInterrupt: (vector) => chip.ioapic.endOfInterrupt(vector),
+      acknowledge: () => chip.pic.acknowledge(),
+    });
+    return chip;
   }
 
   private readonly cpuidTable: ReturnType<typeof cpuidForVcpu>[];
@@ -345,9 +414,12 @@ export class Vm extends EventEmitter {
   }
 
   interruptLine(gsi: number): InterruptLine {
+    const chip = this.splitIrqChip;
     return {
       set: (level: boolean) => {
-        if (this.stateValue !== "stopped" && this.ending === undefined) this.handle.irqLine(gsi, level);
+        if (this.stateValue === "stopped" || this.ending !== undefined) return;
+        if (chip !== undefined) chip.setLine(gsi, level);
+        else this.handle.irqLine(gsi, level);
       },
     };
   }
@@ -387,12 +459,15 @@ export class Vm extends EventEmitter {
 
   /**
    * A resampling interrupt eventfd pair for the level-triggered `gsi` (see
-   * VmHandle.registerLevelIrqFd), or undefined when this host cannot make one. Closed when
-   * the VM stops.
+   * VmHandle.registerLevelIrqFd), or undefined when this host cannot make one or the VM's
+   * interrupt controllers are split. Closed when the VM stops.
    */
   levelIrqFd(gsi: number): LevelIrqFd | undefined {
     this.requireState(["created"], "add an interrupt eventfd to");
     if (!Number.isInteger(gsi) || gsi < 0) throw new VmConfigError(`GSI must be a whole number, got ${gsi}`);
+    // Split mode's lines go through the userspace IOAPIC and PIC, which the kernel's irqfd
+    // (and its resampling on EOI) cannot reach: such devices raise their line from here.
+    if (this.splitIrqChip !== undefined) return undefined;
     return this.handle.registerLevelIrqFd?.(gsi);
   }
 
@@ -415,10 +490,11 @@ export class Vm extends EventEmitter {
   /** Leaves the legacy PICs with the vector bases PC firmware gives them (see VmHandle). */
   setPicVectorBases(master: number, slave: number): void {
     this.requireState(["created"], "set the PIC vector bases of");
-    this.backendFeature("setPicVectorBases").call(this.handle, master, slave);
+    if (this.splitIrqChip !== undefined) this.splitIrqChip.pic.setVectorBases(master, slave);
+    else this.backendFeature("setPicVectorBases").call(this.handle, master, slave);
   }
 
-  private backendFeature<K extends "unregisterIoEvent" | "drainEventFd" | "signalMsi" | "setPicVectorBases">(
+  private backendFeature<K extends "unregisterIoEvent" | "drainEventFd" | "signalMsi" | "setPicVectorBases" | "routeIoapicPins">(
     name: K,
   ): NonNullable<VmHandle[K]> {
     const method = this.handle[name];
@@ -476,6 +552,9 @@ export class Vm extends EventEmitter {
         spin: this.workerSpin,
         resumeOnHalt: this.resumeOnHalt,
         completeKernelInstructions: this.kernelInstructionFallback,
+        // The PIC's INT reaches the boot processor only, as on a PC whose other LINT0s are masked.
+        picOutput: i === 0 ? (this.picOutput?.buffer as SharedArrayBuffer | undefined) : undefined,
+        leaveHalt: this.leaveHalt?.buffer as SharedArrayBuffer | undefined,
       };
       return pool.run(task).then(
         (outcome) => this.vcpuEnded(i, outcome as VcpuOutcome),
@@ -507,7 +586,7 @@ export class Vm extends EventEmitter {
       this.channels.forEach((channel, i) => {
         if (channel.control() === Control.STOP) return;
         channel.setControl(Control.SUSPEND);
-        this.handle.kick(i, channel.threadId());
+        this.handle.kick(i);
       });
     kickAll();
     // As in teardown: a kick can land between a worker's control check and KVM_RUN.
@@ -535,7 +614,7 @@ export class Vm extends EventEmitter {
     if (this.suspended) throw new VmStateError("cannot pause a VM whose vCPUs are suspended (ACPI S3); stop it, or let it wake");
     this.channels.forEach((channel, i) => {
       channel.setControl(Control.PAUSE);
-      this.handle.kick(i, channel.threadId());
+      this.handle.kick(i);
     });
     await Promise.all(this.channels.map((c) => c.waitForWorkerState(WorkerState.PAUSED)));
     // Every write the guest made before it paused has reached its device when pause()
@@ -647,7 +726,7 @@ export class Vm extends EventEmitter {
     const kickAll = () =>
       this.channels.forEach((channel, i) => {
         channel.setControl(Control.STOP);
-        this.handle.kick(i, channel.threadId());
+        this.handle.kick(i);
       });
     kickAll();
     // A kick can land between a worker's control check and KVM_RUN on some backends: repeat until all are out.
@@ -682,6 +761,7 @@ export class Vm extends EventEmitter {
   }
 
   private release(): void {
+    this.splitIrqChip?.close();
     if (this.coalescedFlush) clearTimeout(this.coalescedFlush);
     this.coalescedFlush = undefined;
     this.handle.close();

@@ -14,7 +14,7 @@ import { fileURLToPath } from "node:url";
 import { parseUnitTestsConfig, shellWords, UnitTestsConfigError } from "../runtime/kvm-unit-tests/unittests-cfg.js";
 import { environmentFile, translateQemuParams } from "../runtime/kvm-unit-tests/suite-runner.js";
 import { ConsoleCapture } from "../runtime/kvm-unit-tests/console-capture.js";
-import type { CpuidEntry } from "../runtime/hypervisor/hypervisor.js";
+import type { CpuidEntry } from "../runtime/hypervisor/x86/cpu-state.js";
 import { buildMultibootGuest } from "./helpers/flat-guest.js";
 
 const KERNELS = fileURLToPath(new URL("../../../shared/kvm-unit-tests/", import.meta.url));
@@ -97,6 +97,12 @@ test("qemu_params: memory, vCPUs and -cpu flags the host can honour are applied;
   assert.deepEqual(translateQemuParams(["-m", "4g"]).memory, 4 * 1024 ** 3);
   assert.match(translateQemuParams(["-device", "edu"]).unsupported ?? "", /QEMU device 'edu'/);
   assert.equal(translateQemuParams(["-machine", "pit=off"]).noPit, true);
+  assert.deepEqual(translateQemuParams(["-machine", "kernel-irqchip=split,pit=off"]), { noPit: true, irqchip: "split", ignored: [] });
+  assert.equal(translateQemuParams(["-machine", "kernel-irqchip=on"]).irqchip, "in-kernel");
+  // A machine type among the properties (intel_iommu's q35) still has no equivalent, and nothing of it is applied.
+  const q35 = translateQemuParams(["-M", "q35,kernel-irqchip=split"]);
+  assert.match(q35.unsupported ?? "", /'-M q35,kernel-irqchip=split'/);
+  assert.equal(q35.irqchip, undefined);
   assert.match(translateQemuParams(["-machine", "vmport=on"]).unsupported ?? "", /'-machine vmport=on'/);
   assert.equal(translateQemuParams(["-device", "pci-testdev"]).unsupported, undefined);
 });
@@ -138,6 +144,42 @@ test("the suite runner boots each entry as run_tests.sh does and reads its resul
   const results = JSON.parse(readFileSync(json, "utf8")).results as { name: string; verdict: string; consoleTail: string }[];
   assert.equal(results.length, 10);
   assert.match(results.find((r) => r.name === "smptest3")!.consoleTail, /found 3 cpus/);
+});
+
+const SPLIT_CONFIG = `
+[smptest3]
+file = smptest.flat
+smp = 3
+
+[ioapic_split]
+file = ioapic.flat
+smp = 4
+qemu_params = -machine kernel-irqchip=split
+timeout = 120
+`;
+
+test("the suite runner takes -machine kernel-irqchip=split from an entry, and --irqchip split for all", { timeout: 600_000 }, (t) => {
+  if (!existsSync(KERNELS)) return t.skip(`no kvm-unit-tests kernels in ${KERNELS}`);
+  const build = mkdtempSync(join(tmpdir(), "workervisor-kut-build-"));
+  mkdirSync(join(build, "x86"));
+  for (const file of ["smptest.flat", "ioapic.flat"]) symlinkSync(join(KERNELS, file), join(build, "x86", file));
+  writeFileSync(join(build, "x86", "unittests.cfg"), SPLIT_CONFIG);
+  const json = join(build, "results.json");
+  const run = spawnSync(process.execPath, [CLI, "kvm-unit-tests", build, "--json", json], { encoding: "utf8", timeout: 550_000 });
+  const lines = run.stdout.trim().split("\n");
+  assert.equal(lines[0], "PASS smptest3 (1 tests)", run.stdout);
+  // With KVM's IOAPIC this kernel never ends on this host (it stops at "physical destination
+  // mode"); the userspace IOAPIC runs it to its summary, where the in-flight reconfiguration
+  // subtests fail on PVM (see test/kvm-unit-tests.test.ts).
+  // (How many report lines depends on timing: PVM's duplicated deliveries add some.)
+  assert.match(lines[1], /^FAIL ioapic_split \(\d+ tests, \d+ unexpected failures\)$/, run.stdout);
+  const results = JSON.parse(readFileSync(json, "utf8")).results as { name: string; consoleTail: string }[];
+  assert.match(results[1].consoleTail, /PASS: ioapic logical destination mode/);
+  const all = spawnSync(process.execPath, [CLI, "kvm-unit-tests", build, "--irqchip", "split", "--only", "^smptest3$"], { encoding: "utf8", timeout: 120_000 });
+  assert.equal(all.stdout.trim().split("\n")[0], "PASS smptest3 (1 tests)", all.stdout + all.stderr);
+  const bad = spawnSync(process.execPath, [CLI, "kvm-unit-tests", build, "--irqchip", "kernel"], { encoding: "utf8" });
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /--irqchip: 'kernel' is neither 'in-kernel' nor 'split'/);
 });
 
 test("the suite runner names a directory that is not a kvm-unit-tests build", () => {

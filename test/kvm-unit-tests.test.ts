@@ -33,6 +33,8 @@ interface BootOptions {
   testDevices?: boolean;
   /** Stop the guest once its console matches (for tests that run on for minutes). */
   stopWhen?: RegExp;
+  /** Interrupt controllers: the kernel's (default) or split mode's userspace IOAPIC, PIC and PIT. */
+  irqchip?: "in-kernel" | "split";
 }
 
 interface BootOutcome {
@@ -55,6 +57,7 @@ async function boot(name: string, options: BootOptions = {}): Promise<BootOutcom
     append: options.append,
     testDevices: options.testDevices,
     pit: options.pit,
+    irqchip: options.irqchip,
     console: (byte) => {
       bytes.push(byte);
       if (options.stopWhen && byte === 0x0a) {
@@ -323,4 +326,70 @@ test("tsc reports its own SKIP (exit 77 from the run command's status)", { timeo
   if (!run) return t.skip(HOW_TO_GET);
   assert.deepEqual(lines(run.console, "FAIL"), []);
   assert.ok(run.result?.status !== undefined && ((run.result.status << 1) | 1) === 77, `status ${run.result?.status}`);
+});
+
+// ---- split interrupt controllers: local APICs in KVM, IOAPIC, PIC and PIT in workervisor ----
+
+/** Each `PASS:`/`FAIL:` line as "VERDICT name", in order. */
+function verdicts(console: string): string[] {
+  return console.split("\n").filter((l) => /^(PASS|FAIL): /.test(l)).map((l) => l.trim());
+}
+
+/** ioapic subtests that fail or pass by timing, under QEMU too (kvm-unit-tests' README for this host): compared by name. */
+const IOAPIC_FLAKY = new Set(["ioapic simultaneous edge interrupts", "unmasked level interrupt", "retriggered level interrupts with mask"]);
+const IOAPIC_IN_KERNEL_END = /TMR for ioapic edge interrupts \(expected true\)/;
+
+test("ioapic in split mode: the same verdict per subtest as with KVM's IOAPIC, and on through the SMP subtests", { timeout: 600_000 }, async (t) => {
+  // KVM's own IOAPIC never gets past "physical destination mode" on this host (nor in 400 s),
+  // so the comparison stops where it stops; the userspace one runs to the summary.
+  const kernel = await boot("ioapic", { cpus: 4, testDevices: true, stopWhen: IOAPIC_IN_KERNEL_END });
+  if (!kernel) return t.skip(HOW_TO_GET);
+  const split = await boot("ioapic", { cpus: 4, testDevices: true, irqchip: "split", stopWhen: /^SUMMARY: /m });
+  assert.ok(split && !split.error, String(split?.error));
+  const reference = verdicts(kernel.console);
+  const ours = verdicts(split.console);
+  const comparable = (list: string[]) => list.map((v) => (IOAPIC_FLAKY.has(v.slice(6)) ? v.slice(6) : v));
+  assert.ok(reference.length >= 19, kernel.console);
+  assert.deepEqual(comparable(ours.slice(0, reference.length)), comparable(reference));
+  for (const name of ["ioapic physical destination mode", "ioapic logical destination mode"]) assert.ok(ours.includes(`PASS: ${name}`), split.console);
+  t.diagnostic(`split: ${split.console.match(/SUMMARY: .*/)?.[0]}; past KVM's stopping point: ${ours.slice(reference.length).join("; ")}`);
+});
+
+for (const cpus of [2, 3]) {
+  test(`smptest (${cpus} vCPUs) in split mode: INIT/SIPI and IPIs through KVM's local APICs`, { timeout: 300_000 }, async (t) => {
+    const run = await boot("smptest", { cpus, irqchip: "split" });
+    if (!run) return t.skip(HOW_TO_GET);
+    assert.match(run.console, new RegExp(`found ${cpus} cpus`));
+    assert.deepEqual(lines(run.console, "FAIL:"), []);
+    assert.match(run.console, /PASS: IPI to each CPU/);
+    assert.deepEqual(run.result, { reason: "debug-exit", status: 0 });
+  });
+}
+
+test("realmode in split mode passes all 127 checks, sti inhibit's IRQ 11 through the userspace PIC", { timeout: 300_000 }, async (t) => {
+  const run = await boot("realmode", { testDevices: true, irqchip: "split" });
+  if (!run) return t.skip(HOW_TO_GET);
+  assert.deepEqual(lines(run.console, "FAIL"), []);
+  assert.match(run.console, /PASS: sti inhibit/);
+  assert.equal(lines(run.console, "PASS:").length, 127);
+  assert.deepEqual(run.result, { reason: "debug-exit", status: 0 });
+});
+
+test("apic (2 vCPUs) in split mode: the same verdicts as with the in-kernel irqchip up to the physical broadcast check", { timeout: 900_000 }, async (t) => {
+  // apic runs for many minutes on PVM (its x2apic and xapic entries do not end in 400 s):
+  // both runs stop at the same check, which comes after the IOAPIC- and PIC-independent ones.
+  const stopWhen = /PASS: APIC physical broadcast shorthand/;
+  const kernel = await boot("apic", { cpus: 2, testDevices: true, stopWhen });
+  if (!kernel) return t.skip(HOW_TO_GET);
+  const split = await boot("apic", { cpus: 2, testDevices: true, irqchip: "split", stopWhen });
+  assert.ok(split && !split.error, String(split?.error));
+  // Two differences by design or by timing: KVM's local APIC version register offers
+  // directed EOI (bit 24) when the IOAPIC is not KVM's, and self_ipi_xapic's single
+  // self-IPI check passes or fails by timing on this host in either mode.
+  const comparable = (console: string) => verdicts(console)
+    .map((v) => v.replace(/^(PASS: apic_disable: \*0xfee00030: )10(50014)$/, "$1$2"))
+    .map((v) => (v.endsWith("self_ipi_xapic: self ipi") ? v.slice(6) : v));
+  assert.match(split.console, /PASS: apic_disable: \*0xfee00030: 1050014/);
+  assert.deepEqual(comparable(split.console), comparable(kernel.console));
+  assert.ok(verdicts(split.console).length >= 21);
 });

@@ -17,7 +17,7 @@ import {
   SegmentAttribute, Size, SpecialRegisterName, VP_MMAP_OFFSET_REGISTERS,
 } from "../runtime/hypervisor/mshv/mshv-abi.js";
 import {
-  answerCpuid, completeIntercept, Decoded, InterceptDecoder, newPendingCompletion, RegisterPage,
+  answerCpuid, completeIntercept, Decoded, InterceptDecoder, newPendingCompletion, RegisterPage, takeFollowUp,
 } from "../runtime/hypervisor/mshv/mshv-intercepts.js";
 import { readSegment, readTable, writeSegment, writeTable } from "../runtime/hypervisor/mshv/mshv-registers.js";
 import { encodeGetVpRegisters, encodeInstallIntercept, encodeSetVpRegisters } from "../runtime/hypervisor/mshv/mshv-hvcall.js";
@@ -25,6 +25,7 @@ import {
   encodeCreatePartition, encodeCreateVp, encodeIoEvent, encodeIrqFd, encodeMemoryRegion,
 } from "../runtime/hypervisor/mshv/mshv-partition.js";
 import { buildHostProgram, PROJECT_ROOT } from "./helpers/host-program.js";
+import { GuestMemory } from "../memory/guest-memory.js";
 
 interface Layout {
   ioctls: Record<string, number>;
@@ -196,14 +197,25 @@ interface Decode {
   pending: ReturnType<typeof newPendingCompletion>;
 }
 
-function decode(name: string): Decode {
+/**
+ * `csAttributes` replaces the intercepted code segment's attributes (the scenarios are 64-bit
+ * code); `edit` changes the message or registers first; `memory` is guest RAM for string I/O.
+ */
+function decode(
+  name: string, csAttributes?: number, memory?: GuestMemory, edit?: (message: DataView, registers: RegisterPage) => void,
+): Decode {
   const scenario = layout().scenarios[name];
   assert.ok(scenario, `the C program has no scenario '${name}'`);
   const message = new DataView(bytesOf(scenario.message).buffer);
+  if (csAttributes !== undefined) {
+    const at = Offset.hv_message.payload + Offset.hv_x64_intercept_message_header.cs_segment + Offset.hv_x64_segment_register.attributes;
+    message.setUint16(at, csAttributes, true);
+  }
   const registers = new RegisterPage(new DataView(bytesOf(scenario.registers).buffer));
+  edit?.(message, registers);
   const exit: Exit = { kind: ExitKind.Unknown, address: 0, size: 0, count: 0, data: 0, dataHigh: 0, detail: "" };
   const pending = newPendingCompletion();
-  const decoded = new InterceptDecoder(message, registers).decode(exit, pending);
+  const decoded = new InterceptDecoder(message, registers, memory).decode(exit, pending);
   return { decoded, exit, registers, pending };
 }
 
@@ -236,12 +248,12 @@ test("port I/O intercepts become io-in/io-out, and the backend advances RIP and 
   completeIntercept(dword.pending, dword.registers, 0x1122_3344, 0);
   assert.equal(dword.registers.gpr(0), 0x1122_3344n, "IN EAX zero-extends into RAX");
 
-  expectFatal("io-rep-outsb", ExitKind.InternalError, /string I\/O on port 0x3f8 \(3 × 1 bytes.*issue 12 part 1/);
+  expectFatal("io-rep-outsb", ExitKind.InternalError, /string I\/O on port 0x3f8 at rip 0x100000: no guest memory/);
   expectFatal("io-bad-size", ExitKind.InternalError, /access size 3/);
   expectFatal("io-truncated", ExitKind.InternalError, /malformed I\/O port intercept: payload_size 40/);
 });
 
-test("GPA intercepts go through the MOV decoder: width, data, register and RIP", () => {
+test("GPA intercepts go through the x86 emulator: width, data, register and RIP", () => {
   const cases: [string, ReturnType<typeof summary>, bigint][] = [
     ["mmio-store-ecx", { kind: "mmio-write", address: 0xd000_0000, size: 4, data: 0xcafe_babe, dataHigh: 0 }, 2n],
     ["mmio-store-imm32", { kind: "mmio-write", address: 0xd000_0030, size: 4, data: 0x8765_4321, dataHigh: 0 }, 11n],
@@ -277,8 +289,107 @@ test("GPA intercepts go through the MOV decoder: width, data, register and RIP",
   completeIntercept(high.pending, high.registers, 0x5a, 0);
   assert.equal(high.registers.gpr(1), 0x2222_2222_cafe_5aben, "MOV CH writes bits 8-15 of RCX only");
 
-  expectFatal("mmio-add", ExitKind.InternalError, /MMIO access to 0xd0000070.*01 08.*not a MOV form/);
   expectFatal("mmio-execute", ExitKind.InternalError, /executes from GPA 0xd0000080/);
+});
+
+test("a GPA intercept decodes its instruction in the code size CS gives: 64-, 32- or 16-bit", () => {
+  const PRESENT_CODE = 0x9b; // type 0xb (code, read, accessed), S, P
+  // 48 8b 1e: mov (%rsi),%rbx in 64-bit code; in 32-bit code 48 is DEC EAX, which touches no memory.
+  const long = decode("mmio-load-rbx");
+  assert.equal(long.exit.size, 8);
+  expectFatalOf(decode("mmio-load-rbx", PRESENT_CODE | SegmentAttribute.DEFAULT_BIG), /opcode 0x48 is not an MMIO instruction.*48 8b 1e/);
+  // 89 08: mov %ecx,(%rax) in 32-bit code; mov %cx,(%bx,%si) in 16-bit code.
+  const protectedMode = decode("mmio-store-ecx", PRESENT_CODE | SegmentAttribute.DEFAULT_BIG);
+  assert.deepEqual(summary(protectedMode.exit), { kind: "mmio-write", address: 0xd000_0000, size: 4, data: 0xcafe_babe, dataHigh: 0 });
+  const real = decode("mmio-store-ecx", PRESENT_CODE);
+  assert.deepEqual(summary(real.exit), { kind: "mmio-write", address: 0xd000_0000, size: 2, data: 0xbabe, dataHigh: 0 });
+  completeIntercept(real.pending, real.registers, 0, 0);
+  assert.equal(real.registers.rip, 0x200002n);
+});
+
+function expectFatalOf({ exit }: Decode, detail: RegExp): void {
+  assert.equal(exitKindName(exit.kind), "internal-error");
+  assert.match(exit.detail, detail);
+}
+
+test("a read-modify-write GPA intercept is a read exit, then a write exit, then the registers and RIP", () => {
+  // add %ecx,(%rax): ECX is 0xcafebabe in the scenario's registers.
+  const add = decode("mmio-add");
+  assert.deepEqual(summary(add.exit), { kind: "mmio-read", address: 0xd000_0070, size: 4, data: 0, dataHigh: 0 });
+  completeIntercept(add.pending, add.registers, 0x3501_4546, 0);
+  assert.equal(add.registers.rip, 0x200000n, "RIP stays until the instruction's last access completes");
+  assert.equal(takeFollowUp(add.exit, add.pending), true, "the write follows without entering the guest");
+  assert.deepEqual(summary(add.exit), { kind: "mmio-write", address: 0xd000_0070, size: 4, data: 0x0000_0004, dataHigh: 0 });
+  completeIntercept(add.pending, add.registers, 0, 0);
+  assert.equal(takeFollowUp(add.exit, add.pending), false);
+  assert.equal(add.registers.rip, 0x200002n);
+  // 0x35014546 + 0xcafebabe = 0x1_00000004 carries out of bit 31 and out of bit 3: CF and AF; the result 4 has one bit set: PF clear.
+  const CF = 1n, PF = 4n, AF = 0x10n, ZF = 0x40n, SF = 0x80n, OF = 0x800n;
+  assert.equal(add.registers.rflags & (CF | PF | AF | ZF | SF | OF), CF | AF);
+  assert.equal(add.registers.dirty & (1 << RegisterClass.FLAGS), 1 << RegisterClass.FLAGS, "the flags are written back");
+  assert.equal(add.registers.dirty & (1 << RegisterClass.GENERAL), 0, "no general register changed");
+});
+
+test("REP OUTSB/INSB move bytes through guest RAM, a page at a time, stepping RSI/RDI and RCX", () => {
+  // The scenario: rep outsb to 0x3f8, RCX 3, RSI 0, paging off (CR0 0 in the register page).
+  const memory = GuestMemory.allocate([{ gpa: 0, size: 0x3000 }]);
+  memory.write(0, [0x61, 0x62, 0x63]);
+  const out = decode("io-rep-outsb", undefined, memory);
+  assert.deepEqual({ ...summary(out.exit), count: out.exit.count }, { kind: "io-out", address: 0x3f8, size: 1, data: 0, dataHigh: 0, count: 3 });
+  assert.deepEqual([...out.pending.stringData!], [0x61, 0x62, 0x63], "stringData is the guest's bytes");
+  completeIntercept(out.pending, out.registers, 0, 0);
+  assert.deepEqual([out.registers.gpr(6), out.registers.gpr(1), out.registers.rip], [3n, 0n, 0x100002n], "RSI +3, RCX 0, RIP past the 2-byte instruction");
+
+  // The same as INSB (a read intercept), RDI 0x1ffe: two bytes fit before the page ends.
+  const ACCESS = Offset.hv_message.payload + Offset.hv_x64_intercept_message_header.intercept_access_type;
+  const into = decode("io-rep-outsb", undefined, memory, (message, registers) => {
+    message.setUint8(ACCESS, InterceptAccess.READ);
+    registers.setGpr(7, 0x1ffen);
+  });
+  assert.deepEqual({ kind: exitKindName(into.exit.kind), count: into.exit.count }, { kind: "io-in", count: 2 });
+  into.pending.stringData!.set([0x78, 0x79]);
+  completeIntercept(into.pending, into.registers, 0, 0);
+  assert.deepEqual([...memory.read(0x1ffe, 2)], [0x78, 0x79], "the bytes went to guest RAM at RDI");
+  assert.deepEqual([into.registers.gpr(7), into.registers.gpr(1), into.registers.rip], [0x2000n, 1n, 0x100000n],
+    "RDI +2, RCX 1 left: RIP stays for the guest to execute the rest");
+
+  // Through the guest's page tables: 4-level paging maps linear 0x1000 to guest-physical 0x2000.
+  memory.fill(0, 0x3000, 0);
+  const PRESENT_WRITABLE = 3n;
+  memory.writeU64(0x0000, 0x1000n | PRESENT_WRITABLE); // PML4 -> PDPT
+  memory.writeU64(0x1000, 0x1000n | PRESENT_WRITABLE); // PDPT -> PD (the same page, entry 0)
+  memory.writeU64(0x1000 + 0, 0x1000n | PRESENT_WRITABLE); // PD -> PT (again entry 0 of that page)
+  memory.writeU64(0x1008, 0x2000n | PRESENT_WRITABLE); // PT entry 1: linear 0x1000 -> 0x2000
+  memory.write(0x2000, [0x51, 0x52, 0x53]);
+  const pagedFrom = (rsi: bigint) => (_message: DataView, registers: RegisterPage) => {
+    const PAGE = Offset.hv_vp_register_page;
+    registers.view.setBigUint64(PAGE.cr0, 0x8000_0011n, true); // PG, ET, PE
+    registers.view.setBigUint64(PAGE.cr3, 0n, true);
+    registers.view.setBigUint64(PAGE.cr4, 0x20n, true); // PAE
+    registers.view.setBigUint64(PAGE.efer, 0x500n, true); // LME, LMA
+    registers.setGpr(6, rsi);
+  };
+  const paged = decode("io-rep-outsb", undefined, memory, pagedFrom(0x1000n));
+  assert.deepEqual([...paged.pending.stringData!], [0x51, 0x52, 0x53]);
+  assert.match(decode("io-rep-outsb", undefined, memory, pagedFrom(0x40_0000n)).exit.detail, /linear 0x400000: not present in the page directory/);
+  // One element left (RCX 1): a plain access, its value in `data`; an INSB's answer comes through completeRead.
+  memory.write(0x10, [0xa5]);
+  const single = decode("io-rep-outsb", undefined, memory, (_message, registers) => {
+    registers.setGpr(1, 1n);
+    registers.setGpr(6, 0x10n);
+  });
+  assert.deepEqual({ count: single.exit.count, data: single.exit.data }, { count: 1, data: 0xa5 });
+  const singleIn = decode("io-rep-outsb", undefined, memory, (message, registers) => {
+    message.setUint8(ACCESS, InterceptAccess.READ);
+    registers.setGpr(1, 1n);
+    registers.setGpr(7, 0x20n);
+  });
+  completeIntercept(singleIn.pending, singleIn.registers, 0x5c, 0);
+  assert.equal(memory.readU8(0x20), 0x5c);
+  assert.deepEqual([singleIn.registers.gpr(7), singleIn.registers.gpr(1), singleIn.registers.rip], [0x21n, 0n, 0x100002n]);
+
+  const unbacked = decode("io-rep-outsb", undefined, memory, (_message, registers) => registers.setGpr(6, 0x40_0000n));
+  assert.match(unbacked.exit.detail, /guest-physical 0x400000 \(\+3 bytes\) is not RAM/);
 });
 
 test("MSR intercepts become msr-read/msr-write; a read completes into EDX:EAX", () => {

@@ -25,6 +25,7 @@ const badOptions: [string, VmOptions, RegExp][] = [
   ["memory not a multiple of the page size", { memory: 2 * MiB + 100 }, /size must be a multiple of 4096 bytes/],
   ["memory that is not a number", { memory: "2M" as unknown as number }, /memory must be a size in bytes or an array/],
   ["no memory regions", { memory: [] }, /at least one memory region is required/],
+  ["an unknown interrupt-controller mode", { memory: 2 * MiB, irqchip: "userspace" as "split" }, /irqchip must be true, false, "in-kernel", "split" or "none", got userspace/],
   ["an unaligned region address", { memory: [{ gpa: 0x1800, size: 0x1000 }] }, /guest-physical address must be page-aligned/],
   [
     "overlapping memory regions",

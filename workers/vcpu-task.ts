@@ -1,5 +1,6 @@
 /** The messages between the VM (main thread) and a vCPU worker. Structured-clonable only. */
-import type { CpuState, CpuidEntry, VcpuDescriptor } from "../runtime/hypervisor/hypervisor.js";
+import type { VcpuDescriptor } from "../runtime/hypervisor/hypervisor.js";
+import type { CpuState, CpuidEntry, RegisterDump } from "../runtime/hypervisor/x86/cpu-state.js";
 import type { SharedRegion } from "../memory/guest-memory.js";
 import type { SpinPolicy } from "../memory/waiter.js";
 
@@ -35,12 +36,13 @@ export interface VcpuTask {
   resumeOnHalt: boolean;
   /** Complete CPL0 instructions the backend could not run (PVM: INT3, FWAIT) instead of failing. */
   completeKernelInstructions?: boolean;
+  /** Split interrupt controllers: the userspace PIC's INT output (Int32 word 0), for the boot vCPU. */
+  picOutput?: SharedArrayBuffer;
+  /** Split interrupt controllers: Int32 word `descriptor.index` set when the VM asks the vCPU to leave a HLT after a kick. */
+  leaveHalt?: SharedArrayBuffer;
 }
 
-export interface RegisterDump {
-  rip: string; rsp: string; rflags: string; cr0: string; cr3: string; cr4: string; efer: string;
-  cs: string;
-}
+export type { RegisterDump };
 
 export type VcpuOutcome =
   | { reason: "stopped" }

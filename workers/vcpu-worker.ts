@@ -5,37 +5,16 @@
  * The loop allocates nothing per exit.
  */
 import { attachVcpu } from "../runtime/hypervisor/backends.js";
-import {
-  type CpuState, ExitKind, exitKindName, type VcpuHandle,
-} from "../runtime/hypervisor/hypervisor.js";
+import { ExitKind, exitKindName, type VcpuHandle } from "../runtime/hypervisor/hypervisor.js";
+import { applyCpuState, registerDump } from "../runtime/hypervisor/x86/cpu-state.js";
 import { Bus, BusAccessor } from "../runtime/bus.js";
 import type { AccessSize, Device } from "../runtime/devices/device.js";
 import { Answer, Control, ExitChannel, Stat, WorkerState } from "../memory/exit-channel.js";
 import { GuestMemory } from "../memory/guest-memory.js";
-import type { AddressRange, RegisterDump, VcpuOutcome, VcpuTask, WorkerDeviceSpec } from "./vcpu-task.js";
+import type { AddressRange, VcpuOutcome, VcpuTask, WorkerDeviceSpec } from "./vcpu-task.js";
 
 /** What a worker-local device module exports by default. */
 export type WorkerDeviceFactory = (shared: SharedArrayBuffer, memory: GuestMemory) => Device | Promise<Device>;
-
-function applyCpuState(vcpu: VcpuHandle, state: CpuState, task: VcpuTask): void {
-  if (!task.cpuidSet) vcpu.setCpuid(task.cpuid);
-  if (state.specialRegisters) vcpu.setSpecialRegisters({ ...vcpu.getSpecialRegisters(), ...state.specialRegisters });
-  if (state.registers) vcpu.setRegisters({ ...vcpu.getRegisters(), ...state.registers });
-  if (state.msrs?.length) vcpu.setMsrs(state.msrs);
-  if (state.fpu) vcpu.setFpuControl(state.fpu);
-  if (state.waitForStartup) vcpu.setWaitForStartup();
-}
-
-function registerDump(vcpu: VcpuHandle): RegisterDump {
-  const hex = (v: bigint) => "0x" + v.toString(16).padStart(16, "0");
-  const regs = vcpu.getRegisters();
-  const sregs = vcpu.getSpecialRegisters();
-  return {
-    rip: hex(regs.rip), rsp: hex(regs.rsp), rflags: hex(regs.rflags), cr0: hex(sregs.cr0), cr3: hex(sregs.cr3),
-    cr4: hex(sregs.cr4), efer: hex(sregs.efer),
-    cs: `selector 0x${sregs.cs.selector.toString(16)} base ${hex(sregs.cs.base)} dpl ${sregs.cs.dpl} l ${sregs.cs.l} db ${sregs.cs.db}`,
-  };
-}
 
 async function loadWorkerDevices(specs: WorkerDeviceSpec[], memory: GuestMemory): Promise<Record<string, Bus>> {
   const buses = { pio: new Bus("pio"), mmio: new Bus("mmio"), msr: new Bus("msr") };
@@ -73,17 +52,42 @@ export default async function runVcpu(task: VcpuTask | { warmup: true }): Promis
   const doorbell = new Int32Array(task.doorbell);
   const channel = new ExitChannel(task.channel, doorbell, task.spin);
   const memory = GuestMemory.fromShared(task.memory);
-  const vcpu = attachVcpu(task.descriptor);
+  const vcpu = attachVcpu(task.descriptor, { memory });
   try {
     const local = await loadWorkerDevices(task.workerDevices, memory);
-    applyCpuState(vcpu, task.cpuState, task);
-    channel.setThreadId(vcpu.threadId());
+    // A vCPU that ran before (resumed after a suspend) keeps its CPUID: KVM refuses a change after KVM_RUN.
+    applyCpuState(vcpu, task.cpuState, task.cpuidSet ? undefined : task.cpuid);
     channel.setWorkerState(WorkerState.RUNNING);
-    return runLoop(vcpu, channel, local, task.syncWrites, task.resumeOnHalt, task.completeKernelInstructions === true);
+    const picOutput = task.picOutput === undefined ? undefined : new Int32Array(task.picOutput);
+    if (picOutput !== undefined && (!vcpu.readyForExternalInterrupt || !vcpu.requestInterruptWindow || !vcpu.injectExternalInterrupt)) {
+      throw new Error(`the ${task.descriptor.backend} backend cannot inject a userspace PIC's interrupts`);
+    }
+    const leaveHalt = task.leaveHalt === undefined ? undefined : new Int32Array(task.leaveHalt);
+    return runLoop(vcpu, channel, local, task.syncWrites, task.resumeOnHalt, task.completeKernelInstructions === true, picOutput, leaveHalt);
   } finally {
     vcpu.close();
     channel.setWorkerState(WorkerState.EXITED);
   }
+}
+
+/**
+ * Split mode's userspace PIC: while its INT output is up, acknowledge it (the INTA cycle, on
+ * the main thread) and inject the vector once the vCPU can take it, else ask for the exit
+ * that says it can. Returns false when the VM stopped meanwhile.
+ */
+function offerExternalInterrupt(vcpu: VcpuHandle, channel: ExitChannel, picOutput: Int32Array): boolean {
+  if (Atomics.load(picOutput, 0) === 0) {
+    vcpu.requestInterruptWindow!(false);
+    return true;
+  }
+  if (!vcpu.readyForExternalInterrupt!()) {
+    vcpu.requestInterruptWindow!(true);
+    return true;
+  }
+  vcpu.requestInterruptWindow!(false);
+  if (channel.request(ExitKind.InterruptAcknowledge, 1, 0, 0, 0, 1) === Answer.STOPPED) return false;
+  vcpu.injectExternalInterrupt!(channel.answerLow);
+  return true;
 }
 
 function runLoop(
@@ -93,7 +97,10 @@ function runLoop(
   syncWrites: AddressRange[],
   resumeOnHalt: boolean,
   completeKernelInstructions: boolean,
+  picOutput: Int32Array | undefined,
+  leaveHalt: Int32Array | undefined,
 ): VcpuOutcome {
+  const index = vcpu.index;
   const stats = channel.stats;
   const pio = local.pio;
   const mmio = local.mmio;
@@ -110,6 +117,7 @@ function runLoop(
       if (resumed === Control.STOP) return { reason: "stopped" };
       continue;
     }
+    if (picOutput !== undefined && !offerExternalInterrupt(vcpu, channel, picOutput)) return { reason: "stopped" };
     const exit = vcpu.run();
     stats[Stat.EXITS]++;
     const kind = exit.kind;
@@ -126,15 +134,18 @@ function runLoop(
           } else {
             accessors[space].write(exit.address, exit.size, exit.data, exit.dataHigh);
           }
+          vcpu.complete();
         } else if (exit.count > 1 || kind === ExitKind.MsrWrite || inRanges(syncWrites, space, exit.address)) {
           stats[Stat.SYNC]++;
           if (exit.count > 1) channel.syncData.set(vcpu.stringData());
           const answer = channel.request(kind, exit.size, exit.address, exit.data, exit.dataHigh, exit.count);
           if (answer === Answer.STOPPED) return { reason: "stopped" };
           if (answer === Answer.FAULT) vcpu.failMsr();
+          else vcpu.complete();
         } else {
           stats[Stat.POSTED]++;
           if (!channel.post(kind, exit.size, exit.address, exit.data, exit.dataHigh)) return { reason: "stopped" };
+          vcpu.complete();
         }
         break;
       }
@@ -147,6 +158,7 @@ function runLoop(
           stats[Stat.IN_WORKER]++;
           if (exit.count > 1) {
             accessors[space].readRepeated(exit.address, exit.size as AccessSize, exit.count, vcpu.stringData());
+            vcpu.complete();
           } else {
             const accessor = accessors[space];
             accessor.read(exit.address, exit.size);
@@ -157,14 +169,24 @@ function runLoop(
           const answer = channel.request(kind, exit.size, exit.address, 0, 0, exit.count);
           if (answer === Answer.STOPPED) return { reason: "stopped" };
           if (answer === Answer.FAULT) vcpu.failMsr();
-          else if (exit.count > 1) vcpu.stringData().set(channel.syncData.subarray(0, exit.size * exit.count));
-          else vcpu.completeRead(channel.answerLow, channel.answerHigh);
+          else if (exit.count > 1) {
+            vcpu.stringData().set(channel.syncData.subarray(0, exit.size * exit.count));
+            vcpu.complete();
+          } else vcpu.completeRead(channel.answerLow, channel.answerHigh);
         }
         break;
       }
       case ExitKind.Interrupted:
         vcpu.clearKick();
+        if (leaveHalt !== undefined && Atomics.exchange(leaveHalt, index, 0) !== 0) vcpu.leaveHalt?.();
         break;
+      case ExitKind.IoapicEoi:
+        // The IOAPIC on the main thread ends remote IRR; the guest need not wait for it.
+        stats[Stat.POSTED]++;
+        if (!channel.post(kind, 1, 0, exit.data, 0)) return { reason: "stopped" };
+        break;
+      case ExitKind.InterruptWindow:
+        break; // offerExternalInterrupt injects before the next entry
       case ExitKind.Hlt:
         if (!resumeOnHalt) return { reason: "hlt" };
         stats[Stat.IN_WORKER]++;

@@ -239,7 +239,13 @@ static inline int virtq_take(struct virtq *q, u32 *id, u32 *len) {
 
 /* Acknowledges whatever InterruptStatus shows (the kit polls; this keeps the line low). */
 static inline void virtio_ack(struct virtio_dev *d) {
+  /* A device on its own thread may publish the used entry a moment before it sets
+     InterruptStatus (the notification follows the ring update), so give it that moment. */
   u32 isr = vreg(d, VM_INTERRUPT_STATUS);
+  for (u32 n = 0; !(isr & 1) && n < STATUS_POLL_EVERY; n++) {
+    pause_cpu();
+    isr = vreg(d, VM_INTERRUPT_STATUS);
+  }
   if (isr & 1) d->interrupts_seen++;
   if (isr) vset(d, VM_INTERRUPT_ACK, isr);
 }

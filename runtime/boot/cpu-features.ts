@@ -4,7 +4,7 @@
  * in (`+`) what the hypervisor supports; one the host cannot give is refused, since the
  * guest would otherwise be told of hardware that is not there.
  */
-import type { CpuidEntry } from "../hypervisor/hypervisor.js";
+import type { CpuidEntry } from "../hypervisor/x86/cpu-state.js";
 
 type Register = "eax" | "ebx" | "ecx" | "edx";
 

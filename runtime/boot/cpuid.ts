@@ -1,5 +1,5 @@
 /** The CPUID a vCPU is given: what the hypervisor supports, with per-vCPU identity. */
-import type { CpuidEntry } from "../hypervisor/hypervisor.js";
+import type { CpuidEntry } from "../hypervisor/x86/cpu-state.js";
 
 /** Copies `supported`, setting the APIC ID of vCPU `index` in leaves 0x1, 0xB and 0x1F. */
 export function cpuidForVcpu(supported: readonly CpuidEntry[], index: number): CpuidEntry[] {

@@ -6,7 +6,7 @@
  *   0x0500 GDT   0x1000 PML4   0x2000 PDPT   0x3000-0x6fff four page directories
  *   0x7000 TSS with its I/O permission bitmap   stack grows down from the entry point
  */
-import type { CpuState, Segment, SpecialRegisters } from "../hypervisor/hypervisor.js";
+import type { CpuState, Segment, SpecialRegisters } from "../hypervisor/x86/cpu-state.js";
 import type { GuestMemory } from "../../memory/guest-memory.js";
 import { flatSegment, gdtEntry, realModeSegment, tssDescriptor } from "./x86-segments.js";
 import { writeIdentityPageTables } from "./x86-paging.js";

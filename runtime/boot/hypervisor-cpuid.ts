@@ -12,7 +12,8 @@
  * With the signature hidden the whole range is removed and CPUID.1:ECX bit 31 ("hypervisor
  * present") is cleared, so the guest sees bare hardware.
  */
-import type { CpuidEntry, TimerFrequencies } from "../hypervisor/hypervisor.js";
+import type { TimerFrequencies } from "../hypervisor/hypervisor.js";
+import type { CpuidEntry } from "../hypervisor/x86/cpu-state.js";
 
 export const HYPERVISOR_BASE_LEAF = 0x4000_0000;
 export const KVM_FEATURES_LEAF = 0x4000_0001;

@@ -2,7 +2,7 @@
  * The CPU state a Multiboot v1 kernel is entered with (Multiboot spec 3.2): 32-bit
  * protected mode, flat 4 GiB code and data segments, paging off, EAX = magic, EBX = info.
  */
-import type { CpuState } from "../hypervisor/hypervisor.js";
+import type { CpuState } from "../hypervisor/x86/cpu-state.js";
 import type { GuestMemory } from "../../memory/guest-memory.js";
 import type { MultibootEntry } from "./multiboot.js";
 import { flatSegment, gdtEntry } from "./x86-segments.js";

@@ -3,7 +3,7 @@
  * (Intel SDM vol. 3, 10.1.1 and 11.12.4): fast strings on, the power-on PAT, MXCSR 0x1f80.
  * Every vCPU starts from this; a loader's CpuState adds to it.
  */
-import type { CpuState, FpuControl, MsrEntry } from "../hypervisor/hypervisor.js";
+import type { CpuState, FpuControl, MsrEntry } from "../hypervisor/x86/cpu-state.js";
 
 export const MSR_IA32_MISC_ENABLE = 0x1a0;
 export const MSR_IA32_PAT = 0x277;

@@ -1,5 +1,5 @@
 /** x86 segment descriptors and their cached form, for the CPU modes our loaders enter. */
-import type { Segment } from "../hypervisor/hypervisor.js";
+import type { Segment } from "../hypervisor/x86/cpu-state.js";
 
 export const SegmentType = {
   DATA_READ_WRITE_ACCESSED: 0x3,

@@ -1,31 +1,28 @@
-/** Picks a backend by name; the one place that knows which backends exist. */
-import type { Hypervisor, VcpuDescriptor, VcpuHandle } from "./hypervisor.js";
-import { KvmHypervisor } from "./kvm/kvm-system.js";
-import { KvmVcpu } from "./kvm/kvm-vcpu.js";
-import { MshvHypervisor } from "./mshv/mshv-system.js";
-import { MshvVp } from "./mshv/mshv-vp.js";
+/**
+ * Picks a backend by name; the one place that knows which backends exist. It imports each
+ * backend's entry point (`<backend>/backend.ts`) and nothing else of theirs.
+ */
+import type { Backend, Hypervisor, VcpuDescriptor, VcpuHandle, VcpuRunContext } from "./hypervisor.js";
+import { kvmBackend } from "./kvm/backend.js";
+import { mshvBackend } from "./mshv/backend.js";
 
 export type BackendName = "kvm" | "mshv";
 
-export function openHypervisor(name: BackendName = "kvm"): Hypervisor {
-  switch (name) {
-    case "kvm":
-      return KvmHypervisor.open();
-    case "mshv":
-      return MshvHypervisor.open();
-    default:
-      throw new Error(`unknown hypervisor backend '${name as string}'; available: kvm, mshv`);
+const BACKENDS: ReadonlyMap<string, Backend> = new Map([kvmBackend, mshvBackend].map((backend) => [backend.name, backend]));
+
+function backendNamed(name: string): Backend {
+  const backend = BACKENDS.get(name);
+  if (backend === undefined) {
+    throw new Error(`unknown hypervisor backend '${name}'; available: ${[...BACKENDS.keys()].join(", ")}`);
   }
+  return backend;
+}
+
+export function openHypervisor(name: BackendName = "kvm"): Hypervisor {
+  return backendNamed(name).open();
 }
 
 /** Inside a vCPU worker: attaches to a vCPU the main thread created. */
-export function attachVcpu(descriptor: VcpuDescriptor): VcpuHandle {
-  switch (descriptor.backend) {
-    case "kvm":
-      return new KvmVcpu(descriptor);
-    case "mshv":
-      return new MshvVp(descriptor);
-    default:
-      throw new Error(`unknown hypervisor backend '${descriptor.backend}'`);
-  }
+export function attachVcpu(descriptor: VcpuDescriptor, context: VcpuRunContext): VcpuHandle {
+  return backendNamed(descriptor.backend).attachVcpu(descriptor, context);
 }

@@ -1,8 +1,17 @@
 /**
  * The hypervisor-neutral seam. Everything outside `runtime/hypervisor/<backend>/` speaks
  * only these types; KVM's run page, exit codes and ioctl numbers never leak past it.
+ * The picture (what each side supplies, what is verified for each backend) is in
+ * ./README.md; the x86 register model is the architecture module ./x86/cpu-state.ts.
  */
+import type { GuestMemory, RegionSpec } from "../../memory/guest-memory.js";
 import { errnoName } from "./errno.js";
+import type { CpuidEntry, X86VcpuState } from "./x86/cpu-state.js";
+
+// The register model lives in the architecture module; re-exported for existing importers.
+export type {
+  CpuidEntry, CpuState, DescriptorTable, FpuControl, MsrEntry, Registers, Segment, SpecialRegisters,
+} from "./x86/cpu-state.js";
 
 /** Exit kinds as small integers: they travel through the exit channel SAB as-is. */
 export const ExitKind = {
@@ -21,13 +30,20 @@ export const ExitKind = {
   InternalError: 13,
   FailEntry: 14,
   Unknown: 15,
+  /** Split interrupt controllers: the guest ended a level-triggered IOAPIC interrupt; `data` is its vector. */
+  IoapicEoi: 16,
+  /** The guest can take an external (PIC) interrupt now: the window `requestInterruptWindow` asked for. */
+  InterruptWindow: 17,
+  /** Exit-channel only: a worker asks the userspace PIC for the vector to inject (INTA). */
+  InterruptAcknowledge: 18,
 } as const;
 export type ExitKind = (typeof ExitKind)[keyof typeof ExitKind];
 
 const EXIT_KIND_NAMES: Record<number, string> = {
   1: "io-in", 2: "io-out", 3: "mmio-read", 4: "mmio-write", 5: "hlt", 6: "shutdown",
   7: "system-event", 8: "hypercall", 9: "msr-read", 10: "msr-write", 11: "debug",
-  12: "interrupted", 13: "internal-error", 14: "fail-entry", 15: "unknown",
+  12: "interrupted", 13: "internal-error", 14: "fail-entry", 15: "unknown", 16: "ioapic-eoi",
+  17: "interrupt-window", 18: "interrupt-acknowledge",
 };
 export function exitKindName(kind: number): string {
   return EXIT_KIND_NAMES[kind] ?? `exit-${kind}`;
@@ -53,52 +69,14 @@ export interface Exit {
   detail: string;
 }
 
-export interface Registers {
-  rax: bigint; rbx: bigint; rcx: bigint; rdx: bigint; rsi: bigint; rdi: bigint; rsp: bigint; rbp: bigint;
-  r8: bigint; r9: bigint; r10: bigint; r11: bigint; r12: bigint; r13: bigint; r14: bigint; r15: bigint;
-  rip: bigint; rflags: bigint;
-}
-
-export interface Segment {
-  base: bigint; limit: number; selector: number; type: number; present: number; dpl: number;
-  db: number; s: number; l: number; g: number; avl: number; unusable: number;
-}
-
-export interface DescriptorTable {
-  base: bigint;
-  limit: number;
-}
-
-export interface SpecialRegisters {
-  cs: Segment; ds: Segment; es: Segment; fs: Segment; gs: Segment; ss: Segment; tr: Segment; ldt: Segment;
-  gdt: DescriptorTable; idt: DescriptorTable;
-  cr0: bigint; cr2: bigint; cr3: bigint; cr4: bigint; cr8: bigint; efer: bigint; apicBase: bigint;
-}
-
-export interface CpuidEntry {
-  function: number; index: number; flags: number; eax: number; ebx: number; ecx: number; edx: number;
-}
-
-export interface MsrEntry {
-  index: number;
-  value: bigint;
-}
-
-/** x87 control word and SSE control/status register. */
-export interface FpuControl {
-  fcw: number;
-  mxcsr: number;
-}
-
-/** An initial CPU state: the registers to change from the reset state. */
-export interface CpuState {
-  registers?: Partial<Registers>;
-  specialRegisters?: Partial<SpecialRegisters>;
-  msrs?: MsrEntry[];
-  fpu?: FpuControl;
-  /** A vCPU that waits for INIT/SIPI from another vCPU (an SMP application processor). */
-  waitForStartup?: boolean;
-}
+/**
+ * Who emulates the x86 interrupt controllers:
+ * - "in-kernel": PIC pair, IOAPIC and local APICs (and the PIT) in the hypervisor;
+ * - "split": local APICs in the hypervisor; IOAPIC, PIC and PIT in userspace, the IOAPIC
+ *   delivering MSIs and the hypervisor reporting EOIs of its level-triggered vectors;
+ * - "none": nothing in the hypervisor (a guest's HLT exits to userspace).
+ */
+export type IrqChipMode = "in-kernel" | "split" | "none";
 
 export interface HypervisorInfo {
   name: string;
@@ -106,19 +84,35 @@ export interface HypervisorInfo {
   flavour: string;
   maxVcpus: number;
   maxMemorySlots: number;
+  /** The interrupt-controller modes a VM of this host can ask for. */
+  irqChipModes: readonly IrqChipMode[];
+}
+
+/** An IOAPIC pin's redirection entry as the MSI it sends (Intel SDM 10.11 format). */
+export interface IoapicPinRoute {
+  pin: number;
+  address: bigint;
+  data: number;
 }
 
 /**
- * What a worker needs to attach to a vCPU created on the main thread. Structured-clonable;
- * everything but `backend` and `index` is the backend's own business.
+ * What a worker needs to attach to a vCPU created on the main thread: structured-clonable.
+ * `attachment` is the backend's own business (KVM: vCPU fd, run page, kick word); nothing
+ * outside the backend reads it.
  */
 export interface VcpuDescriptor {
-  backend: string;
-  index: number;
-  fd: number;
-  /** The vCPU's shared run structure, mapped once by the VM and used by its worker. */
-  runAddress: bigint;
-  runSize: number;
+  readonly backend: string;
+  readonly index: number;
+  readonly attachment: unknown;
+}
+
+/**
+ * What the worker hands the backend when it attaches: the run path's view of the VM.
+ * A backend that emulates (MSHV decodes MMIO instructions, walks page tables for string
+ * I/O) reads and writes guest RAM through `memory`; KVM does that in the kernel.
+ */
+export interface VcpuRunContext {
+  readonly memory: GuestMemory;
 }
 
 export interface IoEventOptions {
@@ -139,6 +133,7 @@ export type CoalescedConsumer = (space: number, address: number, size: number, l
 
 export interface Hypervisor {
   readonly info: HypervisorInfo;
+  /** The CPUID leaves this hypervisor can give a guest (x86). */
   supportedCpuid(): CpuidEntry[];
   createVm(): VmHandle;
   close(): void;
@@ -151,12 +146,28 @@ export interface TimerFrequencies {
 }
 
 export interface VmHandle {
+  /**
+   * Guest RAM for these regions, mapped into the VM. The backend decides what backs it
+   * (KVM and MSHV: SAB-backed, page-aligned, see memory/guest-memory.ts); a backend whose
+   * hypervisor hands memory out itself returns that. Call once, before any vCPU runs.
+   */
+  createGuestMemory(regions: readonly RegionSpec[]): GuestMemory;
   /** What the guest's TSC and APIC timer count at, when the hypervisor says. */
   timerFrequencies?(): TimerFrequencies | undefined;
   /** Registers (or, with `size` 0, removes) a RAM slot backed by host memory. */
   setMemoryRegion(slot: number, gpa: number, size: number, hostAddress: bigint): void;
-  /** In-kernel interrupt controllers (PIC, IOAPIC, local APICs) and timer (PIT, unless `pit` is false). */
-  createIrqChip(options?: { pit?: boolean }): void;
+  /**
+   * Interrupt controllers in the hypervisor, before any vCPU exists: all of them and the PIT
+   * (unless `pit` is false) for "in-kernel", the local APICs alone for "split" (the IOAPIC's
+   * pins are then GSIs 0-23 of `routeIoapicPins`). Only modes in `info.irqChipModes`.
+   */
+  createIrqChip(mode: Exclude<IrqChipMode, "none">, options?: { pit?: boolean }): void;
+  /**
+   * Split mode: the userspace IOAPIC's level-triggered pins as the MSIs they send, so the
+   * hypervisor knows which vCPUs' EOIs of which vectors to report (ioapic-eoi exits).
+   * Replaces the previous set; call it whenever the guest reprograms a redirection entry.
+   */
+  routeIoapicPins?(routes: readonly IoapicPinRoute[]): void;
   irqLine(gsi: number, level: boolean): void;
   /** An eventfd signalled in the kernel on a guest write; returns the eventfd (`fd`, if given, is reused). */
   registerIoEvent(options: IoEventOptions, fd?: number): number;
@@ -182,8 +193,13 @@ export interface VmHandle {
   /** Lets the guest's MSR accesses (those the hypervisor does not know) exit to userspace. */
   enableUserspaceMsrs(): void;
   createVcpu(index: number): VcpuDescriptor;
-  /** Makes the vCPU's current or next `run()` return promptly, from any thread. */
-  kick(vcpu: number, threadId: number): void;
+  /**
+   * Makes vCPU `vcpu`'s current or next `run()` return promptly (as `interrupted`), from the
+   * main thread. How is the backend's (KVM: immediate_exit and a signal to the thread that
+   * attached it; MSHV: a signal). A kick before the worker attached reaches its first run()
+   * where the backend can latch it (KVM), else the caller repeats it until the worker is out.
+   */
+  kick(vcpu: number): void;
   /**
    * Lets the hypervisor queue guest writes to the zone without leaving the kernel, for
    * `drainCoalesced` to hand over later. Returns false when this host cannot: the writes
@@ -198,35 +214,65 @@ export interface VmHandle {
   close(): void;
 }
 
-/** Used inside the vCPU's worker thread. */
-export interface VcpuHandle {
+/**
+ * One vCPU, used inside its worker thread. Every access exit `run()` returns (port, MMIO,
+ * MSR) is completed explicitly before the next `run()`: `completeRead` for a read,
+ * `complete` for a write or a string io-in whose bytes were put in `stringData()`,
+ * `failMsr` for an MSR access that faults. Other exits (hlt, interrupted, interrupt
+ * controller events) need no completion. KVM's completions are mostly nothing (the kernel
+ * finishes the instruction on the next KVM_RUN); MSHV's write registers and RIP.
+ */
+export interface VcpuCore {
   readonly index: number;
   /** Enters the guest; returns the reused exit record when it exits. */
   run(): Exit;
-  /** Bytes of a string I/O exit (count × size), live in the run structure. */
+  /**
+   * The bytes of a string I/O exit (count × size): for io-out the backend has filled them
+   * (from its run structure, or from guest memory); for io-in the loop fills them, then
+   * calls `complete()`. Valid until the exit is completed.
+   */
   stringData(): Uint8Array;
-  /** Answers an io-in, mmio-read or msr-read exit before the next `run()`. */
+  /** Answers an io-in, mmio-read or msr-read exit. */
   completeRead(low: number, high?: number): void;
+  /** Completes any other exit the loop handled: a write, or a string io-in (data in `stringData()`). */
+  complete(): void;
   /** Fails an msr-read or msr-write exit: the guest gets #GP. */
   failMsr(): void;
   /** Clears a pending kick after `run()` returned `interrupted`. */
   clearKick(): void;
-  threadId(): number;
-  getRegisters(): Registers;
-  setRegisters(registers: Registers): void;
-  getSpecialRegisters(): SpecialRegisters;
-  setSpecialRegisters(sregs: SpecialRegisters): void;
-  setCpuid(entries: CpuidEntry[]): void;
-  setMsrs(msrs: MsrEntry[]): void;
-  setFpuControl(fpu: FpuControl): void;
-  /** Marks the vCPU as waiting for INIT/SIPI (an SMP application processor). */
-  setWaitForStartup(): void;
+  /**
+   * Split mode, userspace PIC: whether the vCPU can take an external interrupt now (as of
+   * the last exit), asking for an interrupt-window exit when it cannot, and the injection
+   * of the vector the PIC acknowledged. Backends without a userspace PIC path omit them.
+   */
+  readyForExternalInterrupt?(): boolean;
+  requestInterruptWindow?(on: boolean): void;
+  injectExternalInterrupt?(vector: number): void;
+  /**
+   * Ends a HLT the hypervisor is waiting in (the guest resumes after it, as after a wake-up
+   * event); returns whether the vCPU was halted. For split mode on hosts that leave a
+   * pending EOI report unsent while the vCPU halts (see SplitIrqChip).
+   */
+  leaveHalt?(): boolean;
   /**
    * Completes a CPL0 instruction the backend could not run (PVM: INT3, FWAIT) as the CPU
    * would; false if the last exit was not that. Optional: only backends that need it.
    */
   completeUnemulatedKernelInstruction?(): boolean;
   close(): void;
+}
+
+/** A vCPU of the architecture this build targets: x86-64 (register model in ./x86/). */
+export interface VcpuHandle extends VcpuCore, X86VcpuState {}
+
+/**
+ * A backend as the registry (backends.ts) sees it: its folder's one entry point. `open` runs
+ * on the main thread; `attachVcpu` in the worker that owns the vCPU.
+ */
+export interface Backend {
+  readonly name: string;
+  open(): Hypervisor;
+  attachVcpu(descriptor: VcpuDescriptor, context: VcpuRunContext): VcpuHandle;
 }
 
 /** A failing hypervisor call: names the operation and the errno. */

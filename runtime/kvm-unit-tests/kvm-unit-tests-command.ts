@@ -11,6 +11,7 @@ import { runSuite, type EntryResult, type Verdict } from "./suite-runner.js";
 import { openHypervisor } from "../hypervisor/backends.js";
 
 const USAGE = `usage: workervisor kvm-unit-tests BUILD_DIR [--only REGEX] [--timeout S] [--json FILE] [--log-dir DIR]
+                                  [--irqchip in-kernel|split]
 
   BUILD_DIR      a kvm-unit-tests build (./configure && make): x86/unittests.cfg and x86/*.flat
   --only REGEX   run only entries whose name matches (nodefault entries included then)
@@ -18,6 +19,8 @@ const USAGE = `usage: workervisor kvm-unit-tests BUILD_DIR [--only REGEX] [--tim
   --json FILE    write every entry's result, detail and console tail to FILE
   --log-dir DIR  write each booted entry's whole console to DIR/NAME.log (as run_tests.sh's
                  logs/); without it only the tail needed for the verdict is kept
+  --irqchip MODE run every entry with "in-kernel" (default) or "split" interrupt controllers
+                 (QEMU's -machine kernel-irqchip=split)
 
 Each entry boots as x86/run starts QEMU: pc-testdev and pci-testdev, the environment
 file as initrd, the entry's smp and test_args. Exit status: 0 when no entry failed or
@@ -30,7 +33,10 @@ export async function kvmUnitTestsCommand(args: string[]): Promise<number> {
     parsed = parseArgs({
       args,
       allowPositionals: true,
-      options: { only: { type: "string" }, timeout: { type: "string" }, json: { type: "string" }, "log-dir": { type: "string" }, help: { type: "boolean", short: "h" } },
+      options: {
+        only: { type: "string" }, timeout: { type: "string" }, json: { type: "string" }, "log-dir": { type: "string" },
+        irqchip: { type: "string" }, help: { type: "boolean", short: "h" },
+      },
       strict: true,
     });
   } catch (error) {
@@ -59,6 +65,8 @@ export async function kvmUnitTestsCommand(args: string[]): Promise<number> {
       throw new Error(`--only: ${(error as Error).message}`);
     }
     const timeout = values.timeout === undefined ? undefined : parseDuration(values.timeout, "--timeout");
+    const irqchip = values.irqchip;
+    if (irqchip !== undefined && irqchip !== "in-kernel" && irqchip !== "split") throw new Error(`--irqchip: '${irqchip}' is neither 'in-kernel' nor 'split'`);
     const entries = parseUnitTestsConfig(text, cfgPath).filter((e) => only === undefined || only.test(e.name));
     const hypervisor = openHypervisor();
     let supportedCpuid;
@@ -68,7 +76,7 @@ export async function kvmUnitTestsCommand(args: string[]): Promise<number> {
       hypervisor.close();
     }
     const results = await runSuite(entries, {
-      buildDir, timeout, logDir: values["log-dir"], includeNodefault: only !== undefined, supportedCpuid,
+      buildDir, timeout, logDir: values["log-dir"], includeNodefault: only !== undefined, supportedCpuid, irqchip,
       onResult: (r) => process.stdout.write(formatResult(r) + "\n"),
     });
     process.stdout.write(summaryLine(results) + "\n");

@@ -14,7 +14,7 @@ import { parseSize } from "../run-command.js";
 import type { UnitTestEntry } from "./unittests-cfg.js";
 import { ConsoleCapture } from "./console-capture.js";
 import { type CpuFeatureChange, hostHasFeature, parseCpuFeatures } from "../boot/cpu-features.js";
-import type { CpuidEntry } from "../hypervisor/hypervisor.js";
+import type { CpuidEntry } from "../hypervisor/x86/cpu-state.js";
 
 export type Verdict = "PASS" | "FAIL" | "SKIP" | "TIMEOUT";
 
@@ -41,6 +41,11 @@ export interface SuiteOptions {
   timeout?: number;
   /** Run `nodefault` entries too (run_tests.sh does when they are asked for by name). */
   includeNodefault?: boolean;
+  /**
+   * Run every entry with this interrupt-controller placement, as QEMU's
+   * `-machine kernel-irqchip=split` would (an entry's own kernel-irqchip= still wins).
+   */
+  irqchip?: "in-kernel" | "split";
   /** Where each booted entry's whole console goes, as `NAME.log` (created if missing). */
   logDir?: string;
   onResult?: (result: EntryResult) => void;
@@ -59,6 +64,8 @@ interface Translation {
   /** `--cpu-features` for the flags of `-cpu` this host can honour. */
   cpuFeatures?: string;
   noPit?: boolean;
+  /** From `-machine kernel-irqchip=on|split`. */
+  irqchip?: "in-kernel" | "split";
   ignored: string[];
   /** Set when the entry needs something this machine does not have. */
   unsupported?: string;
@@ -96,6 +103,19 @@ function translateCpu(value: string, supported: readonly CpuidEntry[], out: Tran
   if (ignored.length) out.ignored.push(`-cpu ${ignored.join(",")}`);
 }
 
+/** `-machine a=b,c=d`: false when some property has no equivalent (a machine type like q35 among them). */
+function translateMachine(value: string, out: Translation): boolean {
+  const changes: Partial<Translation> = {};
+  for (const property of value.split(",")) {
+    if (property === "pit=off") changes.noPit = true;
+    else if (property === "kernel-irqchip=split") changes.irqchip = "split";
+    else if (property === "kernel-irqchip=on") changes.irqchip = "in-kernel";
+    else return false;
+  }
+  Object.assign(out, changes);
+  return true;
+}
+
 /** What of an entry's qemu_params the PC machine can honour. */
 export function translateQemuParams(words: string[], supported: readonly CpuidEntry[] = []): Translation {
   const out: Translation = { ignored: [] };
@@ -125,8 +145,7 @@ export function translateQemuParams(words: string[], supported: readonly CpuidEn
       }
       case "-M":
       case "-machine":
-        if (value === "pit=off") out.noPit = true;
-        else out.unsupported ??= `QEMU option '${words[i]} ${value}' has no workervisor equivalent`;
+        if (!translateMachine(value ?? "", out)) out.unsupported ??= `QEMU option '${words[i]} ${value}' has no workervisor equivalent`;
         i++;
         break;
       case "-global":
@@ -261,6 +280,8 @@ export async function runEntry(entry: UnitTestEntry, options: SuiteOptions, envi
   if (params.memory !== undefined) args.push("--mem", String(params.memory));
   if (params.cpuFeatures !== undefined) args.push(`--cpu-features=${params.cpuFeatures}`);
   if (params.noPit) args.push("--no-pit");
+  const irqchip = params.irqchip ?? options.irqchip;
+  if (irqchip !== undefined) args.push("--irqchip", irqchip);
   // `=` form: test_args may start with '-' (vmx's "-vmx_init_signal_test"), which a separate argument would not survive.
   if (entry.testArgs !== undefined) args.push(`--append=${entry.testArgs}`);
   const timeout = options.timeout ?? entry.timeout ?? DEFAULT_TIMEOUT_SECONDS;

@@ -3,7 +3,7 @@
  * long mode with paging on, the kernel, zero page and command line identity-mapped, a GDT
  * with flat __BOOT_CS (0x10) and __BOOT_DS (0x18), interrupts off, RSI = the zero page.
  */
-import type { CpuState } from "../../hypervisor/hypervisor.js";
+import type { CpuState } from "../../hypervisor/x86/cpu-state.js";
 import type { GuestMemory } from "../../../memory/guest-memory.js";
 import { flatSegment, gdtEntry } from "../x86-segments.js";
 import { writeIdentityPageTables } from "../x86-paging.js";

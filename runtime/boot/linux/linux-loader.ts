@@ -4,7 +4,7 @@
  * its own decompressor (code32_start + 0x200) on request; or an ELF vmlinux directly.
  * Then the initrd, command line and zero page, and the boot vCPU's state.
  */
-import type { CpuState } from "../../hypervisor/hypervisor.js";
+import type { CpuState } from "../../hypervisor/x86/cpu-state.js";
 import type { GuestMemory } from "../../../memory/guest-memory.js";
 import { EM_X86_64, isElf, parseElf64, ElfFormatError } from "./elf64.js";
 import { hasSetupHeader, parseSetupHeader, payloadOf, BzImageError, SetupHeaderOffset, type SetupHeader } from "./setup-header.js";

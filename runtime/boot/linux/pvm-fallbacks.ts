@@ -16,7 +16,7 @@
  *   task execs or exits): completed by the vCPU worker (Vm.completeUnemulatedKernelInstructions),
  *   counted in VmStats.kernelInstructionsCompleted.
  */
-import type { CpuidEntry } from "../../hypervisor/hypervisor.js";
+import type { CpuidEntry } from "../../hypervisor/x86/cpu-state.js";
 
 const CPUID_LEAF1_ECX_CX16 = 1 << 13;
 

@@ -30,6 +30,7 @@ export const Ioctl = {
   SET_CPUID2: 0x4008ae90,
   GET_FPU: 0x81a0ae8c,
   SET_FPU: 0x41a0ae8d,
+  GET_MP_STATE: 0x8004ae98,
   SET_MP_STATE: 0x4004ae99,
   GET_VCPU_EVENTS: 0x8040ae9f,
   SET_VCPU_EVENTS: 0x4040aea0,
@@ -40,6 +41,8 @@ export const Ioctl = {
   GET_IRQCHIP: 0xc208ae62,
   SET_IRQCHIP: 0x8208ae63,
   SIGNAL_MSI: 0x4020aea5,
+  SET_GSI_ROUTING: 0x4008ae6a,
+  INTERRUPT: 0x4004ae86,
 } as const;
 
 export const Cap = {
@@ -60,6 +63,8 @@ export const Cap = {
   COALESCED_MMIO: 15,
   COALESCED_PIO: 162,
   ENFORCE_PV_FEATURE_CPUID: 190,
+  IRQ_ROUTING: 25,
+  SPLIT_IRQCHIP: 121,
 } as const;
 
 /** Capabilities every VM needs; checked once when the backend opens. */
@@ -85,14 +90,17 @@ export const ExitReason = {
   NMI: 16,
   INTERNAL_ERROR: 17,
   SYSTEM_EVENT: 24,
+  IOAPIC_EOI: 26,
   X86_RDMSR: 29,
   X86_WRMSR: 30,
 } as const;
 
 /** struct kvm_run offsets (x86-64). */
 export const Run = {
+  request_interrupt_window: 0,
   immediate_exit: 1,
   exit_reason: 8,
+  ready_for_interrupt_injection: 12,
   // union at 32
   io_direction: 32,
   io_size: 33,
@@ -112,6 +120,7 @@ export const Run = {
   emulation_failure_insn_size: 48,
   emulation_failure_insn_bytes: 49,
   system_event_type: 32,
+  eoi_vector: 32,
   msr_error: 32,
   msr_reason: 40,
   msr_index: 44,
@@ -154,7 +163,9 @@ export const MAX_CPUID_ENTRIES = 256;
 /** struct kvm_msr_entry: u32 index, u32 reserved, u64 data. */
 export const MSR_ENTRY_SIZE = 16;
 
+export const KVM_MP_STATE_RUNNABLE = 0;
 export const KVM_MP_STATE_INIT_RECEIVED = 2;
+export const KVM_MP_STATE_HALTED = 3;
 
 /** KVM's local APIC timer counts bus cycles of 1 ns (APIC_BUS_CYCLE_NS_DEFAULT in arch/x86/kvm/lapic.h). */
 export const KVM_APIC_BUS_KHZ = 1_000_000;
@@ -218,3 +229,18 @@ export const PicState = { imr: 2, irq_base: 5 } as const;
 
 /** struct kvm_msi: address_lo, address_hi, data, flags, devid, pad[12]. */
 export const KVM_MSI_SIZE = 32;
+
+/** KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP) args[0]: GSIs 0..23 are the userspace IOAPIC's pins (QEMU reserves 24 too). */
+export const SPLIT_IRQCHIP_IOAPIC_PINS = 24;
+
+/**
+ * struct kvm_irq_routing { u32 nr; u32 flags; entries[] } with 48-byte entries
+ * { u32 gsi; u32 type; u32 flags; u32 pad; union (32 bytes) u }, u.msi = { address_lo, address_hi, data }.
+ */
+export const IRQ_ROUTING_HEADER_SIZE = 8;
+export const IRQ_ROUTING_ENTRY_SIZE = 48;
+export const IRQ_ROUTING_IRQCHIP = 1;
+export const IRQ_ROUTING_MSI = 2;
+/** kvm_irq_routing_irqchip's `irqchip` for the IOAPIC (the PICs are IRQCHIP_PIC_MASTER/SLAVE). */
+export const IRQCHIP_IOAPIC = 2;
+export const IrqRoutingEntry = { gsi: 0, type: 4, flags: 8, msi_address_lo: 16, msi_address_hi: 20, msi_data: 24, irqchip: 16, pin: 20 } as const;

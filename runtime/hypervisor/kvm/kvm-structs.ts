@@ -1,5 +1,5 @@
 /** Encoding and decoding of the KVM structs the backend passes by pointer. */
-import type { CpuidEntry, MsrEntry, Registers, Segment, SpecialRegisters } from "../hypervisor.js";
+import type { CpuidEntry, MsrEntry, Registers, Segment, SpecialRegisters } from "../x86/cpu-state.js";
 import {
   CPUID_ENTRY_SIZE, KVM_REGS_SIZE, KVM_SEGMENT_SIZE, KVM_SREGS_SIZE, MSR_ENTRY_SIZE, REGISTER_NAMES,
   SEGMENT_NAMES, Sregs,

@@ -1,9 +1,9 @@
 /** The /dev/kvm file descriptor: API check, capabilities, supported CPUID, VM creation. */
 import { existsSync } from "node:fs";
 import {
-  type CpuidEntry, type Hypervisor, HypervisorError, type HypervisorInfo, HypervisorUnavailableError,
-  type VmHandle,
+  type Hypervisor, HypervisorError, type HypervisorInfo, HypervisorUnavailableError, type IrqChipMode, type VmHandle,
 } from "../hypervisor.js";
+import type { CpuidEntry } from "../x86/cpu-state.js";
 import { Cap, Ioctl, KVM_API_VERSION, MAX_CPUID_ENTRIES, REQUIRED_CAPS } from "./kvm-abi.js";
 import { allocateCpuid, decodeCpuid } from "./kvm-structs.js";
 import * as libc from "./libc.js";
@@ -43,6 +43,7 @@ export class KvmHypervisor implements Hypervisor {
         flavour: kvmFlavour(),
         maxVcpus: this.checkExtension(Cap.MAX_VCPUS) || this.checkExtension(Cap.NR_VCPUS) || 4,
         maxMemorySlots: this.checkExtension(Cap.NR_MEMSLOTS) || 32,
+        irqChipModes: this.irqChipModes(),
       };
     } catch (error) {
       libc.close(fd);
@@ -71,6 +72,15 @@ export class KvmHypervisor implements Hypervisor {
     }
     libc.installKickHandler();
     return new KvmHypervisor(fd);
+  }
+
+  private irqChipModes(): IrqChipMode[] {
+    const modes: IrqChipMode[] = [];
+    if (this.checkExtension(Cap.IRQCHIP) > 0) modes.push("in-kernel");
+    // Split mode delivers the userspace IOAPIC's interrupts as MSIs and learns its level-triggered vectors from MSI routes.
+    if ([Cap.SPLIT_IRQCHIP, Cap.SIGNAL_MSI, Cap.IRQ_ROUTING].every((cap) => this.checkExtension(cap) > 0)) modes.push("split");
+    modes.push("none");
+    return modes;
   }
 
   checkExtension(cap: number): number {

@@ -1,16 +1,16 @@
 /** A KVM vCPU as seen from its worker thread: the run page, exit decode, registers. */
+import { type Exit, ExitKind, HypervisorError, type VcpuDescriptor, type VcpuHandle } from "../hypervisor.js";
+import { KickTarget } from "../kick-target.js";
+import type { CpuidEntry, FpuControl, MsrEntry, Registers, SpecialRegisters } from "../x86/cpu-state.js";
 import {
-  type CpuidEntry, type Exit, ExitKind, type FpuControl, HypervisorError, type MsrEntry, type Registers, type SpecialRegisters,
-  type VcpuDescriptor, type VcpuHandle,
-} from "../hypervisor.js";
-import {
-  ExitReason, Fpu, Ioctl, KVM_EXIT_IO_IN, KVM_FPU_SIZE, KVM_MP_STATE_INIT_RECEIVED, KVM_REGS_SIZE, KVM_SREGS_SIZE, Run,
+  ExitReason, Fpu, Ioctl, KVM_EXIT_IO_IN, KVM_FPU_SIZE, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE, KVM_REGS_SIZE, KVM_SREGS_SIZE, Run,
   KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_VCPU_EVENTS_SIZE, VcpuEvents,
 } from "./kvm-abi.js";
 import {
   decodeRegisters, decodeSpecialRegisters, encodeCpuid, encodeMsrs, encodeRegisters, encodeSpecialRegisters,
 } from "./kvm-structs.js";
 import * as libc from "./libc.js";
+import type { KvmVcpuAttachment } from "./kvm-vm.js";
 
 const EINTR = 4;
 const EAGAIN = 11;
@@ -32,20 +32,22 @@ export class KvmVcpu implements VcpuHandle {
   /** Where an io-in answer goes in the run page (data_offset of the last exit). */
   private ioDataOffset = 0;
   private stringView: Uint8Array | undefined;
+  private readonly kickTarget: KickTarget;
+  /** struct kvm_interrupt { u32 irq }, reused. */
+  private readonly interruptBytes = new Uint8Array(4);
 
+  /** KVM needs nothing from the run context: the kernel decodes and completes every exit. */
   constructor(descriptor: VcpuDescriptor) {
-    libc.installKickHandler();
+    const attachment = descriptor.attachment as KvmVcpuAttachment;
     this.index = descriptor.index;
-    this.fd = descriptor.fd;
-    this.runSize = descriptor.runSize;
-    const buffer = libc.viewAt(descriptor.runAddress, this.runSize);
+    this.fd = attachment.fd;
+    this.runSize = attachment.runSize;
+    const buffer = libc.viewAt(attachment.runAddress, this.runSize);
     this.run8 = new Uint8Array(buffer);
     this.run32 = new Uint32Array(buffer);
     this.runView = new DataView(buffer);
-  }
-
-  threadId(): number {
-    return libc.gettid();
+    this.kickTarget = new KickTarget(attachment.kickTarget);
+    this.kickTarget.attachCallingThread();
   }
 
   run(): Exit {
@@ -137,6 +139,13 @@ export class KvmVcpu implements VcpuHandle {
       case ExitReason.DEBUG:
         exit.kind = ExitKind.Debug;
         break;
+      case ExitReason.IOAPIC_EOI:
+        exit.kind = ExitKind.IoapicEoi;
+        exit.data = this.run8[Run.eoi_vector];
+        break;
+      case ExitReason.IRQ_WINDOW_OPEN:
+        exit.kind = ExitKind.InterruptWindow;
+        break;
       case ExitReason.HYPERCALL:
         exit.kind = ExitKind.Hypercall;
         break;
@@ -172,6 +181,9 @@ export class KvmVcpu implements VcpuHandle {
       this.runView.setUint32(Run.msr_data + 4, high >>> 0, true);
     }
   }
+
+  /** The next KVM_RUN finishes the instruction: writes and string io-in need nothing more. */
+  complete(): void {}
 
   failMsr(): void {
     this.run8[Run.msr_error] = 1;
@@ -238,6 +250,36 @@ export class KvmVcpu implements VcpuHandle {
     this.ioctl(Ioctl.SET_MP_STATE, bytes, "KVM_SET_MP_STATE");
   }
 
+  readyForExternalInterrupt(): boolean {
+    return this.run8[Run.ready_for_interrupt_injection] !== 0;
+  }
+
+  requestInterruptWindow(on: boolean): void {
+    this.run8[Run.request_interrupt_window] = on ? 1 : 0;
+  }
+
+  /** KVM_INTERRUPT: with the local APIC in the kernel, an ExtINT KVM delivers when LINT0 lets it. */
+  injectExternalInterrupt(vector: number): void {
+    const bytes = this.interruptBytes;
+    bytes[0] = vector & 0xff;
+    this.ioctl(Ioctl.INTERRUPT, bytes, "KVM_INTERRUPT");
+  }
+
+  /**
+   * KVM processes a vCPU's requests (an ioapic-eoi report among them) only on its way into
+   * the guest, never for a halted vCPU; PVM, emulating a CPL0 EOI and the HLT after it in
+   * one go, can halt with the report still pending. Marking the vCPU runnable sends it in.
+   */
+  leaveHalt(): boolean {
+    const state = new Uint8Array(4);
+    const view = new DataView(state.buffer);
+    this.ioctl(Ioctl.GET_MP_STATE, state, "KVM_GET_MP_STATE");
+    if (view.getUint32(0, true) !== KVM_MP_STATE_HALTED) return false;
+    view.setUint32(0, KVM_MP_STATE_RUNNABLE, true);
+    this.ioctl(Ioctl.SET_MP_STATE, state, "KVM_SET_MP_STATE");
+    return true;
+  }
+
   /**
    * PVM emulates all CPL0 code, but its emulator lacks INT3 and FWAIT; KVM reports the
    * emulation failure with the instruction's bytes. When the last exit is that failure at
@@ -277,5 +319,7 @@ export class KvmVcpu implements VcpuHandle {
   }
 
   /** The run page belongs to the VM, which unmaps it after every worker has ended. */
-  close(): void {}
+  close(): void {
+    this.kickTarget.detach();
+  }
 }

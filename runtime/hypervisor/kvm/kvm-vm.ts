@@ -1,12 +1,17 @@
 /** A KVM VM file descriptor: memory slots, irqchip, eventfds, vCPU creation, kicks. */
+import type { GuestMemory, RegionSpec } from "../../../memory/guest-memory.js";
 import {
-  type CoalescedConsumer, HypervisorError, type IoEventOptions, type LevelIrqFd, MissingCapabilityError, type TimerFrequencies,
+  type CoalescedConsumer, HypervisorError, type IoapicPinRoute, type IoEventOptions, type LevelIrqFd, MissingCapabilityError,
+  type TimerFrequencies,
   type VcpuDescriptor, type VmHandle,
 } from "../hypervisor.js";
+import { KickTarget } from "../kick-target.js";
+import { mapSharedGuestMemory } from "../shared-guest-memory.js";
 import {
   Cap, COALESCED_ZONE_SIZE, CoalescedRing, IOEVENTFD_FLAG_DATAMATCH, IOEVENTFD_FLAG_DEASSIGN, IOEVENTFD_FLAG_PIO, Ioctl,
   IRQCHIP_PIC_MASTER, IRQCHIP_PIC_SLAVE, IRQFD_FLAG_RESAMPLE, IrqChip, KVM_APIC_BUS_KHZ, KVM_IRQCHIP_SIZE, KVM_MSI_SIZE, MSR_EXIT_FILTER,
-  MSR_EXIT_INVAL, MSR_EXIT_UNKNOWN, PicState, Run,
+  MSR_EXIT_INVAL, MSR_EXIT_UNKNOWN, PicState, Run, SPLIT_IRQCHIP_IOAPIC_PINS, IRQ_ROUTING_HEADER_SIZE,
+  IRQ_ROUTING_ENTRY_SIZE, IRQ_ROUTING_IRQCHIP, IRQ_ROUTING_MSI, IRQCHIP_IOAPIC, IrqRoutingEntry,
 } from "./kvm-abi.js";
 import * as libc from "./libc.js";
 
@@ -36,6 +41,17 @@ interface VcpuRecord {
   fd: number;
   run: Uint8Array;
   runPointer: unknown;
+  kickTarget: KickTarget;
+}
+
+/** What a KVM vCPU descriptor carries: read only by KvmVcpu, in the worker. */
+export interface KvmVcpuAttachment {
+  fd: number;
+  /** The vCPU's kvm_run, mapped once by the VM and used by its worker. */
+  runAddress: bigint;
+  runSize: number;
+  /** The word the worker publishes its thread id in (KickTarget). */
+  kickTarget: SharedArrayBuffer;
 }
 
 export class KvmVm implements VmHandle {
@@ -68,6 +84,10 @@ export class KvmVm implements VmHandle {
     return result;
   }
 
+  createGuestMemory(regions: readonly RegionSpec[]): GuestMemory {
+    return mapSharedGuestMemory(regions, (slot, gpa, size, hostAddress) => this.setMemoryRegion(slot, gpa, size, hostAddress));
+  }
+
   setMemoryRegion(slot: number, gpa: number, size: number, hostAddress: bigint): void {
     const bytes = new Uint8Array(32);
     const view = new DataView(bytes.buffer);
@@ -81,7 +101,12 @@ export class KvmVm implements VmHandle {
     );
   }
 
-  createIrqChip(options: { pit?: boolean } = {}): void {
+  createIrqChip(mode: "in-kernel" | "split", options: { pit?: boolean } = {}): void {
+    if (mode === "split") {
+      this.enableSplitIrqChip();
+      return;
+    }
+    if (mode !== "in-kernel") throw new RangeError(`unknown interrupt-controller mode '${String(mode)}'`);
     const pit = options.pit ?? true;
     if (this.checkExtension(Cap.IRQCHIP) <= 0) {
       throw new MissingCapabilityError("KVM_CAP_IRQCHIP", "an in-kernel interrupt controller (irqchip: true)", "Run without irqchip, or on a host whose KVM has it.");
@@ -90,7 +115,75 @@ export class KvmVm implements VmHandle {
       throw new MissingCapabilityError("KVM_CAP_PIT2", "an in-kernel PIT (irqchip: true)", "Run without the PIT (pit: false), or on a host whose KVM has it.");
     }
     this.check(libc.ioctlValue(this.fd, Ioctl.CREATE_IRQCHIP, 0), "KVM_CREATE_IRQCHIP");
+    if (this.checkExtension(Cap.IRQ_ROUTING) > 0) this.routePcGsis();
     if (pit) this.check(libc.ioctlBuffer(this.fd, Ioctl.CREATE_PIT2, new Uint8Array(64)), "KVM_CREATE_PIT2");
+  }
+
+  /**
+   * A PC's wiring of GSIs to the in-kernel chips, as the MADT describes it: ISA IRQ 0 (the
+   * PIT's) reaches PIC input 0 and IOAPIC pin 2 (the interrupt source override), IRQ 2 is
+   * the PIC cascade and reaches neither, IRQs 1 and 3-15 reach their PIC input and the IOAPIC
+   * pin of the same number, GSIs 16-23 the IOAPIC only. KVM's default routing sends GSI 0 to
+   * IOAPIC pin 0, where a guest that follows the MADT never looks for the timer.
+   */
+  private routePcGsis(): void {
+    const routes: [gsi: number, chip: number, pin: number][] = [];
+    for (let irq = 0; irq < 16; irq++) {
+      if (irq === 2) continue;
+      routes.push([irq, irq < 8 ? IRQCHIP_PIC_MASTER : IRQCHIP_PIC_SLAVE, irq % 8]);
+    }
+    for (let gsi = 0; gsi < 24; gsi++) {
+      if (gsi !== 2) routes.push([gsi, IRQCHIP_IOAPIC, gsi === 0 ? 2 : gsi]);
+    }
+    const bytes = new Uint8Array(IRQ_ROUTING_HEADER_SIZE + routes.length * IRQ_ROUTING_ENTRY_SIZE);
+    const view = new DataView(bytes.buffer);
+    view.setUint32(0, routes.length, true);
+    routes.forEach(([gsi, chip, pin], i) => {
+      const at = IRQ_ROUTING_HEADER_SIZE + i * IRQ_ROUTING_ENTRY_SIZE;
+      view.setUint32(at + IrqRoutingEntry.gsi, gsi, true);
+      view.setUint32(at + IrqRoutingEntry.type, IRQ_ROUTING_IRQCHIP, true);
+      view.setUint32(at + IrqRoutingEntry.irqchip, chip, true);
+      view.setUint32(at + IrqRoutingEntry.pin, pin, true);
+    });
+    this.check(libc.ioctlBuffer(this.fd, Ioctl.SET_GSI_ROUTING, bytes), `KVM_SET_GSI_ROUTING (PC wiring, ${routes.length} routes)`);
+  }
+
+  /** Local APICs in the kernel; PIC, IOAPIC and PIT are the VMM's (api.rst, KVM_CAP_SPLIT_IRQCHIP). */
+  private enableSplitIrqChip(): void {
+    for (const [cap, name] of [[Cap.SPLIT_IRQCHIP, "KVM_CAP_SPLIT_IRQCHIP"], [Cap.SIGNAL_MSI, "KVM_CAP_SIGNAL_MSI"], [Cap.IRQ_ROUTING, "KVM_CAP_IRQ_ROUTING"]] as const) {
+      if (this.checkExtension(cap) <= 0) {
+        throw new MissingCapabilityError(name, "split interrupt controllers (irqchip: \"split\")", "Use irqchip \"in-kernel\" or \"none\".");
+      }
+    }
+    if (this.vcpus.size > 0) throw new Error("split interrupt controllers must be enabled before any vCPU is created");
+    const bytes = new Uint8Array(104);
+    const view = new DataView(bytes.buffer);
+    view.setUint32(0, Cap.SPLIT_IRQCHIP, true);
+    view.setBigUint64(8, BigInt(SPLIT_IRQCHIP_IOAPIC_PINS), true);
+    this.check(libc.ioctlBuffer(this.fd, Ioctl.ENABLE_CAP, bytes), "KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)");
+  }
+
+  /**
+   * KVM learns which vectors' EOIs to report from the MSI routes of GSIs below the reserved
+   * IOAPIC pin count whose data has the level-trigger bit (kvm_scan_ioapic_routes); the
+   * interrupts themselves go through KVM_SIGNAL_MSI.
+   */
+  routeIoapicPins(routes: readonly IoapicPinRoute[]): void {
+    const bytes = new Uint8Array(IRQ_ROUTING_HEADER_SIZE + routes.length * IRQ_ROUTING_ENTRY_SIZE);
+    const view = new DataView(bytes.buffer);
+    view.setUint32(0, routes.length, true);
+    routes.forEach((route, i) => {
+      if (!Number.isInteger(route.pin) || route.pin < 0 || route.pin >= SPLIT_IRQCHIP_IOAPIC_PINS) {
+        throw new RangeError(`IOAPIC pin ${route.pin} is outside the ${SPLIT_IRQCHIP_IOAPIC_PINS} reserved for it`);
+      }
+      const at = IRQ_ROUTING_HEADER_SIZE + i * IRQ_ROUTING_ENTRY_SIZE;
+      view.setUint32(at + IrqRoutingEntry.gsi, route.pin, true);
+      view.setUint32(at + IrqRoutingEntry.type, IRQ_ROUTING_MSI, true);
+      view.setUint32(at + IrqRoutingEntry.msi_address_lo, Number(route.address & 0xffff_ffffn), true);
+      view.setUint32(at + IrqRoutingEntry.msi_address_hi, Number((route.address >> 32n) & 0xffff_ffffn), true);
+      view.setUint32(at + IrqRoutingEntry.msi_data, route.data >>> 0, true);
+    });
+    this.check(libc.ioctlBuffer(this.fd, Ioctl.SET_GSI_ROUTING, bytes), `KVM_SET_GSI_ROUTING (${routes.length} IOAPIC pins)`);
   }
 
   irqLine(gsi: number, level: boolean): void {
@@ -230,8 +323,12 @@ export class KvmVm implements VmHandle {
       throw new HypervisorError(`mmap kvm_run (vCPU ${index})`, errno);
     }
     const run = new Uint8Array(libc.viewOf(runPointer, this.runSize));
-    this.vcpus.set(index, { fd, run, runPointer });
-    return { backend: "kvm", index, fd, runAddress: libc.addressOf(runPointer), runSize: this.runSize };
+    const kickTarget = new KickTarget();
+    this.vcpus.set(index, { fd, run, runPointer, kickTarget });
+    const attachment: KvmVcpuAttachment = {
+      fd, runAddress: libc.addressOf(runPointer), runSize: this.runSize, kickTarget: kickTarget.buffer,
+    };
+    return { backend: "kvm", index, attachment };
   }
 
   /** KVM_GET_TSC_KHZ on the VM (the rate new vCPUs get; Linux 6.0+), and KVM's APIC bus rate. */
@@ -253,12 +350,13 @@ export class KvmVm implements VmHandle {
     this.check(libc.ioctlBuffer(vcpuFd, Ioctl.ENABLE_CAP, bytes), "KVM_ENABLE_CAP(KVM_CAP_ENFORCE_PV_FEATURE_CPUID)");
   }
 
-  kick(vcpu: number, threadId: number): void {
+  kick(vcpu: number): void {
     const record = this.vcpus.get(vcpu);
     if (!record) return;
-    // immediate_exit closes the race where the signal lands just before KVM_RUN.
+    // immediate_exit closes the race where the signal lands just before KVM_RUN, and
+    // latches a kick made before the worker attached.
     Atomics.store(record.run, Run.immediate_exit, 1);
-    if (threadId > 0) libc.tgkill(libc.getpid(), threadId, libc.KICK_SIGNAL);
+    record.kickTarget.signal();
   }
 
   registerCoalescedZone(space: "pio" | "mmio", address: number, size: number): boolean {

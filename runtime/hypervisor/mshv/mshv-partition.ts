@@ -2,12 +2,15 @@
  * An MSHV partition fd: guest memory mappings, VPs (each with its register page mapped
  * here, as KVM's run page is), eventfds, kicks. The local APICs live in the hypervisor;
  * there is no in-kernel PIC, IOAPIC or PIT, so interrupt lines need the split
- * interrupt-controller mode (issue 12 part 2) that the seam does not offer yet.
+ * interrupt-controller mode, which this backend does not offer yet (info.irqChipModes).
  */
+import type { GuestMemory, RegionSpec } from "../../../memory/guest-memory.js";
 import {
   HypervisorError, type IoEventOptions, MissingCapabilityError, type VcpuDescriptor, type VmHandle,
 } from "../hypervisor.js";
+import { KickTarget } from "../kick-target.js";
 import * as libc from "../libc.js";
+import { mapSharedGuestMemory } from "../shared-guest-memory.js";
 import {
   HV_PAGE_SIZE, INTERCEPT_ACCESS_MASK_EXECUTE, INTERCEPT_TYPE_X64_CPUID, IoEventFlag, Ioctl,
   MemoryFlag, Offset, PartitionFlag, Size, VP_MMAP_OFFSET_REGISTERS,
@@ -16,12 +19,23 @@ import { HvCaller } from "./mshv-hvcall.js";
 
 const NO_IRQCHIP = "an in-kernel PIC, IOAPIC and PIT";
 const NO_IRQCHIP_HINT =
-  "MSHV keeps the local APICs in the hypervisor and nothing else: this VM needs the split interrupt-controller " +
-  "mode with a userspace IOAPIC, PIC and PIT (issue 12 part 2), which the seam does not offer yet.";
+  "MSHV keeps the local APICs in the hypervisor and nothing else, so it needs split mode (userspace IOAPIC, PIC and PIT); " +
+  "this backend cannot yet assert their interrupts or report EOIs, so it offers irqchip \"none\" only.";
 
 interface VpRecord {
   fd: number;
   registerPage: unknown;
+  kickTarget: KickTarget;
+}
+
+/** What an MSHV vCPU descriptor carries: read only by MshvVp, in the worker. */
+export interface MshvVpAttachment {
+  fd: number;
+  /** The VP register page (hv_vp_register_page), mapped once by the partition. */
+  registerPageAddress: bigint;
+  registerPageSize: number;
+  /** The word the worker publishes its thread id in (KickTarget). */
+  kickTarget: SharedArrayBuffer;
 }
 
 interface Region {
@@ -121,6 +135,11 @@ export class MshvPartition implements VmHandle {
     }
   }
 
+  /** The hypervisor pins and maps what it is given, like KVM: SAB-backed regions. */
+  createGuestMemory(regions: readonly RegionSpec[]): GuestMemory {
+    return mapSharedGuestMemory(regions, (slot, gpa, size, hostAddress) => this.setMemoryRegion(slot, gpa, size, hostAddress));
+  }
+
   setMemoryRegion(slot: number, gpa: number, size: number, hostAddress: bigint): void {
     const region = size === 0 ? this.regions.get(slot) : { gpa, size, hostAddress };
     if (region === undefined) return;
@@ -133,8 +152,8 @@ export class MshvPartition implements VmHandle {
     else this.regions.set(slot, region);
   }
 
-  createIrqChip(): void {
-    throw new MissingCapabilityError(NO_IRQCHIP, "an in-kernel interrupt controller (irqchip: true)", NO_IRQCHIP_HINT);
+  createIrqChip(mode: "in-kernel" | "split"): void {
+    throw new MissingCapabilityError(NO_IRQCHIP, `interrupt controllers in mode "${mode}"`, NO_IRQCHIP_HINT);
   }
 
   irqLine(gsi: number): void {
@@ -178,11 +197,14 @@ export class MshvPartition implements VmHandle {
       libc.close(fd);
       throw new HypervisorError(`mmap VP register page (VP ${index})`, errno, "the hypervisor may not offer VP register pages");
     }
-    this.vps.set(index, { fd, registerPage });
-    return { backend: "mshv", index, fd, runAddress: libc.addressOf(registerPage), runSize: HV_PAGE_SIZE };
+    const kickTarget = new KickTarget();
+    this.vps.set(index, { fd, registerPage, kickTarget });
+    const attachment: MshvVpAttachment = {
+      fd, registerPageAddress: libc.addressOf(registerPage), registerPageSize: HV_PAGE_SIZE, kickTarget: kickTarget.buffer,
+    };
+    return { backend: "mshv", index, attachment };
   }
 
-  /** MSHV_RUN_VP returns EINTR on a signal; there is no immediate_exit, so the VM re-kicks until the worker is out. */
   /** MSHV has no coalesced-write queue: such writes exit and are posted as usual. */
   registerCoalescedZone(): boolean {
     return false;
@@ -192,8 +214,12 @@ export class MshvPartition implements VmHandle {
     return 0;
   }
 
-  kick(vcpu: number, threadId: number): void {
-    if (this.vps.has(vcpu) && threadId > 0) libc.tgkill(libc.getpid(), threadId, libc.KICK_SIGNAL);
+  /**
+   * MSHV_RUN_VP returns EINTR on a signal; there is no immediate_exit to latch a kick, so one
+   * that lands before the ioctl is lost and the VM repeats kicks until the worker is out.
+   */
+  kick(vcpu: number): void {
+    this.vps.get(vcpu)?.kickTarget.signal();
   }
 
   close(): void {

@@ -3,7 +3,7 @@
  * DescriptorTable. The attribute bits are the descriptor's access byte and flags (type,
  * S, DPL, P, AVL, L, D/B, G); an unusable segment is one that is not present.
  */
-import type { DescriptorTable, Segment } from "../hypervisor.js";
+import type { DescriptorTable, Segment } from "../x86/cpu-state.js";
 import { Offset } from "./mshv-abi.js";
 
 const SEG = Offset.hv_x64_segment_register;

@@ -3,8 +3,9 @@
  * Linux 6.15+). Opening it is all this host can do; see the README for what is verified.
  */
 import {
-  type CpuidEntry, type Hypervisor, HypervisorError, type HypervisorInfo, HypervisorUnavailableError, type VmHandle,
+  type Hypervisor, HypervisorError, type HypervisorInfo, HypervisorUnavailableError, type VmHandle,
 } from "../hypervisor.js";
+import type { CpuidEntry } from "../x86/cpu-state.js";
 import * as libc from "../libc.js";
 import { MshvPartition } from "./mshv-partition.js";
 
@@ -19,6 +20,10 @@ const MAX_REGIONS = 4096;
 export class MshvHypervisor implements Hypervisor {
   readonly info: HypervisorInfo = {
     name: "mshv", flavour: "mshv (Linux root partition over Microsoft Hypervisor)", maxVcpus: MAX_VPS, maxMemorySlots: MAX_REGIONS,
+    // The partition's local APICs are always the hypervisor's, which is split mode's half; the
+    // other half (asserting a userspace IOAPIC's MSIs, HVMSG_X64_APIC_EOI for level-triggered
+    // vectors) is not written yet, so a VM here can only ask for no interrupt controllers.
+    irqChipModes: ["none"],
   };
 
   private constructor(private fd: number) {}

@@ -3,19 +3,22 @@
  * message buffer, decode into the neutral Exit, completion in the VP register page, CPUID
  * answered here from the vCPU's table, other registers through hypercalls.
  */
+import type { GuestMemory } from "../../../memory/guest-memory.js";
 import {
-  type CpuidEntry, type Exit, ExitKind, type FpuControl, HypervisorError, type MsrEntry,
-  type Registers, type Segment, type SpecialRegisters, type VcpuDescriptor, type VcpuHandle,
+  type Exit, ExitKind, HypervisorError, type VcpuDescriptor, type VcpuHandle, type VcpuRunContext,
 } from "../hypervisor.js";
+import { KickTarget } from "../kick-target.js";
 import * as libc from "../libc.js";
+import type { CpuidEntry, FpuControl, MsrEntry, Registers, Segment, SpecialRegisters } from "../x86/cpu-state.js";
 import {
   HV_REGISTER_PENDING_INTERRUPTION, Ioctl, MSR_REGISTER_NAMES, Offset, PendingInterruption, RegisterName,
   Size, SpecialRegisterName,
 } from "./mshv-abi.js";
 import { HvCaller } from "./mshv-hvcall.js";
+import type { MshvVpAttachment } from "./mshv-partition.js";
 import { readSegment, readTable, writeSegment, writeTable } from "./mshv-registers.js";
 import {
-  answerCpuid, Completion, completeIntercept, Decoded, InterceptDecoder, newPendingCompletion, RegisterPage,
+  answerCpuid, Completion, completeIntercept, Decoded, InterceptDecoder, newPendingCompletion, RegisterPage, takeFollowUp,
 } from "./mshv-intercepts.js";
 
 const EINTR = 4;
@@ -35,24 +38,32 @@ export class MshvVp implements VcpuHandle {
   private readonly exit: Exit = { kind: ExitKind.Unknown, address: 0, size: 0, count: 0, data: 0, dataHigh: 0, detail: "" };
   private readonly hv: HvCaller;
   private cpuid: CpuidEntry[] = [];
+  private readonly kickTarget: KickTarget;
+  /** Guest RAM: string I/O moves its bytes through it, after a walk of the guest's page tables. */
+  private readonly memory: GuestMemory;
 
-  constructor(descriptor: VcpuDescriptor) {
-    libc.installKickHandler();
+  constructor(descriptor: VcpuDescriptor, context: VcpuRunContext) {
+    const attachment = descriptor.attachment as MshvVpAttachment;
     this.index = descriptor.index;
-    this.fd = descriptor.fd;
-    this.registers = new RegisterPage(new DataView(libc.viewAt(descriptor.runAddress, descriptor.runSize)));
-    this.decoder = new InterceptDecoder(new DataView(this.messageBytes.buffer), this.registers);
+    this.fd = attachment.fd;
+    this.memory = context.memory;
+    this.registers = new RegisterPage(new DataView(libc.viewAt(attachment.registerPageAddress, attachment.registerPageSize)));
+    this.decoder = new InterceptDecoder(new DataView(this.messageBytes.buffer), this.registers, this.memory);
     this.hv = new HvCaller(this.fd, this.index);
-  }
-
-  threadId(): number {
-    return libc.gettid();
+    this.kickTarget = new KickTarget(attachment.kickTarget);
+    this.kickTarget.attachCallingThread();
   }
 
   run(): Exit {
     const pending = this.pending;
-    // A write needs only RIP moved on; an unanswered read completes as all ones (no device).
-    if (pending.action !== Completion.NONE) completeIntercept(pending, this.registers, 0xffff_ffff, 0xffff_ffff);
+    // The second access of a read-modify-write (or a failure found completing the first) is
+    // an exit of its own, without re-entering the guest.
+    if (takeFollowUp(this.exit, pending)) return this.exit;
+    if (pending.action !== Completion.NONE) {
+      // The hypervisor finishes nothing for us: entering with an exit unanswered would re-run
+      // or skip the instruction. The vCPU loop completes every exit; this is its bug.
+      throw new Error(`VP ${this.index}: run() before the last exit was completed (completeRead, complete or failMsr)`);
+    }
     for (;;) {
       if (libc.ioctlBuffer(this.fd, Ioctl.RUN_VP, this.messageBytes) < 0) {
         const errno = libc.errno();
@@ -66,21 +77,30 @@ export class MshvVp implements VcpuHandle {
         throw new HypervisorError(`MSHV_RUN_VP (VP ${this.index})`, EOPNOTSUPP,
           "the VP register page is not valid after an intercept: this hypervisor does not keep it, and the backend needs it");
       }
-      if (this.decoder.decode(this.exit, pending) === Decoded.CPUID) {
+      const decoded = this.decoder.decode(this.exit, pending);
+      if (decoded === Decoded.CPUID) {
         answerCpuid(pending, this.cpuid, this.registers);
         continue;
       }
+      if (decoded === Decoded.HANDLED) continue;
       return this.exit;
     }
   }
 
-  /** String I/O is refused at decode time (it needs guest page walks: issue 12 part 1). */
+  /** The guest RAM the string I/O exit's elements are in (zero-copy: an io-in's bytes land in the guest). */
   stringData(): Uint8Array {
-    throw new HypervisorError("stringData (mshv)", EOPNOTSUPP, "string I/O is not supported by the mshv backend yet");
+    const data = this.pending.stringData;
+    if (data === undefined) throw new Error(`VP ${this.index}: stringData() outside a string I/O exit`);
+    return data;
   }
 
   completeRead(low: number, high = 0): void {
     completeIntercept(this.pending, this.registers, low, high);
+  }
+
+  /** A handled write: RIP steps past the instruction. */
+  complete(): void {
+    completeIntercept(this.pending, this.registers, 0, 0);
   }
 
   /** Injects #GP(0) and leaves RIP on the RDMSR/WRMSR. */
@@ -163,6 +183,7 @@ export class MshvVp implements VcpuHandle {
   setWaitForStartup(): void {}
 
   close(): void {
+    this.kickTarget.detach();
     this.hv.close();
   }
 }

@@ -2,17 +2,29 @@
  * Decodes and emulates the x86 instructions that touch MMIO: what a backend whose
  * hypervisor reports only "guest touched GPA X" (Microsoft's /dev/mshv memory intercept) must
  * do itself, and a fallback where KVM's own emulator gives up. KVM, which decodes these in the
- * kernel, is the oracle: test/mmio-emulator.test.ts runs generated instructions on KVM and
- * checks that this module predicts the same accesses and the same registers afterwards.
+ * kernel, is the oracle: test/mmio-emulator.test.ts runs generated instructions on KVM, in
+ * 64-bit long mode, 32-bit protected mode and 16-bit real mode, and checks that this module
+ * predicts the same accesses and the same registers afterwards.
  *
  * Covered, with legacy (66, 67, F0, F2, F3, segment) and REX prefixes and every ModRM/SIB/
- * displacement form including RIP-relative, in 64-bit mode:
+ * displacement form including RIP-relative, in 64-bit, 32-bit and 16-bit code (the code
+ * segment's default size: operand and address sizes follow it and the 66/67 prefixes; no
+ * REX outside 64-bit code; 16-bit ModRM addressing with 67 in 32-bit code or by default in
+ * 16-bit code):
  *   MOV 88/89/8A/8B, C6/C7 /0, A0-A3 (moffs); MOVZX 0F B6/B7; MOVSX 0F BE/BF; MOVSXD 63;
  *   ALU 00-3B (ADD OR ADC SBB AND SUB XOR CMP, both directions), 80/81/83 group 1;
  *   TEST 84/85, F6/F7 /0; NOT/NEG F6/F7 /2 /3; INC/DEC FE/FF /0 /1; XCHG 86/87;
  *   MOVS A4/A5, STOS AA/AB, LODS AC/AD, with REP.
- * Segment bases are taken as zero (a flat 64-bit guest; FS/GS bases are not applied).
+ * Addresses are offsets in their segment: segment bases are not applied (flat code has
+ * none; a caller that knows the GPA of the access, as MSHV's intercept does, maps them).
+ *
+ * Two ways in: `emulateMmioInstruction` runs the whole instruction against a memory that
+ * answers at once; `SteppedMmioInstruction` hands out one access at a time (decode →
+ * access → complete with the read value), for a backend whose exits carry one access each.
  */
+
+/** The code segment's default operand and address size, in bits (CS.L, CS.D, CR0.PE). */
+export type CodeSize = 16 | 32 | 64;
 
 export class X86DecodeError extends Error {
   override name = "X86DecodeError";
@@ -104,10 +116,14 @@ function immediateSize(d: Decoded): number {
   return 0;
 }
 
-function decode(code: Uint8Array, state: X86State): Decoded {
+/** 16-bit ModRM addressing: the base and index registers of r/m 0-7 (-1: none). */
+const ADDRESS16 = [[3, 6], [3, 7], [5, 6], [5, 7], [6, -1], [7, -1], [5, -1], [3, -1]] as const;
+
+function decode(code: Uint8Array, state: X86State, codeSize: CodeSize): Decoded {
   let at = 0;
-  let operandSize = 4;
-  let addressSize = 8;
+  const long = codeSize === 64;
+  let operandSize = codeSize === 16 ? 2 : 4;
+  let addressSize = codeSize / 8;
   let rex = 0;
   let rep = false;
   const byte = () => {
@@ -116,8 +132,8 @@ function decode(code: Uint8Array, state: X86State): Decoded {
   };
   let b = byte();
   for (;;) {
-    if (b === 0x66) operandSize = 2;
-    else if (b === 0x67) addressSize = 4;
+    if (b === 0x66) operandSize = codeSize === 16 ? 4 : 2;
+    else if (b === 0x67) addressSize = codeSize === 32 ? 2 : 4;
     else if (b === 0xf3 || b === 0xf2) rep = true;
     else if (b === 0xf0 || SEGMENT_PREFIXES.has(b)) {
       // LOCK changes nothing seen from one vCPU; segment bases are zero in a flat guest.
@@ -125,7 +141,8 @@ function decode(code: Uint8Array, state: X86State): Decoded {
     b = byte();
     rex = 0;
   }
-  if ((b & 0xf0) === 0x40) {
+  // Outside 64-bit code 40-4F are INC/DEC of a register, never an MMIO access.
+  if (long && (b & 0xf0) === 0x40) {
     rex = b;
     b = byte();
   }
@@ -139,6 +156,7 @@ function decode(code: Uint8Array, state: X86State): Decoded {
   if (!twoByte && !hasModrm(b, false) && !((b >= 0xa0 && b <= 0xa5) || (b >= 0xaa && b <= 0xad))) {
     throw new X86DecodeError(`opcode 0x${b.toString(16)} is not an MMIO instruction this emulator knows`);
   }
+  if (!long && !twoByte && b === 0x63) throw new X86DecodeError("opcode 0x63 is ARPL outside 64-bit code, not an MMIO instruction this emulator knows");
   if (twoByte && !hasModrm(b, true)) throw new X86DecodeError(`opcode 0x0f 0x${b.toString(16)} is not an MMIO instruction this emulator knows`);
   if (isByteOpcode(b, twoByte)) d.operandSize = 1;
   let ripRelative = false;
@@ -151,8 +169,23 @@ function decode(code: Uint8Array, state: X86State): Decoded {
     const rm = m & 7;
     if (mod === 3) throw new X86DecodeError("a register operand, not memory: no MMIO access");
     d.modrm = { mod, reg, rm: rm | ((rex & 1) << 3) };
-    const addr = (n: number) => (addressSize === 4 ? state.gpr[n] & 0xffff_ffffn : state.gpr[n]);
-    if (rm === 4) {
+    const addr = (n: number) => state.gpr[n] & mask(addressSize);
+    if (addressSize === 2) {
+      const [baseReg, indexReg] = ADDRESS16[rm];
+      if (mod === 0 && rm === 6) {
+        displacement = readLe(code, at, 2);
+        at += 2;
+      } else {
+        base = addr(baseReg) + (indexReg < 0 ? 0n : addr(indexReg));
+      }
+      if (mod === 1) {
+        displacement = signExtend(readLe(code, at, 1), 1);
+        at += 1;
+      } else if (mod === 2) {
+        displacement = readLe(code, at, 2);
+        at += 2;
+      }
+    } else if (rm === 4) {
       const sib = byte();
       const scale = 1n << BigInt(sib >> 6);
       const index = ((sib >> 3) & 7) | ((rex & 2) << 2);
@@ -165,13 +198,16 @@ function decode(code: Uint8Array, state: X86State): Decoded {
         base += addr(baseReg);
       }
     } else if (rm === 5 && mod === 0) {
-      ripRelative = true;
+      // RIP-relative in 64-bit code; an absolute disp32 in 32-bit code.
+      ripRelative = long;
       displacement = signExtend(readLe(code, at, 4), 4);
       at += 4;
     } else {
       base += addr(d.modrm.rm);
     }
-    if (mod === 1) {
+    if (addressSize === 2) {
+      // 16-bit displacements were read with the table above.
+    } else if (mod === 1) {
       displacement = signExtend(readLe(code, at, 1), 1);
       at += 1;
     } else if (mod === 2) {
@@ -187,7 +223,7 @@ function decode(code: Uint8Array, state: X86State): Decoded {
   if (b >= 0xa0 && b <= 0xa3 && !twoByte) d.address = d.immediate;
   else if (ripRelative) d.address = state.rip + BigInt(at) + displacement;
   else d.address = base + displacement;
-  d.address &= addressSize === 4 ? 0xffff_ffffn : M64;
+  d.address &= mask(addressSize);
   return d;
 }
 
@@ -276,12 +312,13 @@ function incDec(value: bigint, size: number, decrement: boolean, state: X86State
  * `memory`, updating `state` (registers, flags, RIP) as the CPU would. Throws X86DecodeError
  * for an instruction outside the covered set, before touching memory or state.
  */
-export function emulateMmioInstruction(code: Uint8Array, state: X86State, memory: X86Memory): void {
-  const d = decode(code, state);
+export function emulateMmioInstruction(code: Uint8Array, state: X86State, memory: X86Memory, codeSize: CodeSize = 64): void {
+  const d = decode(code, state, codeSize);
   const size = d.operandSize;
   const { opcode, rex } = d;
   const reg = d.modrm?.reg ?? 0;
-  const nextRip = (state.rip + BigInt(d.length)) & M64;
+  // Outside 64-bit code EIP is 32 bits (KVM's emulator keeps 16-bit code's EIP at 32 bits too).
+  const nextRip = (state.rip + BigInt(d.length)) & (codeSize === 64 ? M64 : 0xffff_ffffn);
   if (d.twoByte) {
     // MOVZX / MOVSX: a byte or word from memory into a wider register.
     const from = opcode & 1 ? 2 : 1;
@@ -399,12 +436,14 @@ const MAX_STRING_ELEMENTS = 1024;
  */
 function stringOperation(d: Decoded, state: X86State, memory: X86Memory): boolean {
   const size = d.operandSize;
-  const addressMask = d.addressSize === 4 ? 0xffff_ffffn : M64;
+  const addressMask = mask(d.addressSize);
   const step = (state.rflags & FLAG.DF ? -1n : 1n) * BigInt(size);
-  // With a 32-bit address size ESI/EDI/ECX are written as 32-bit registers (bits 32..63 clear).
-  const advance = (n: number) => {
-    state.gpr[n] = (state.gpr[n] + step) & addressMask;
+  // ESI/EDI/ECX are written at the address size: 32 bits clear bits 32..63 (as any 32-bit
+  // register write), 16 bits leave bits 16..63 alone.
+  const assign = (n: number, value: bigint) => {
+    state.gpr[n] = d.addressSize === 2 ? (state.gpr[n] & ~0xffffn) | (value & 0xffffn) : value & addressMask;
   };
+  const advance = (n: number) => assign(n, state.gpr[n] + step);
   let count = d.rep ? state.gpr[RCX] & addressMask : 1n;
   for (let done = 0; count > 0n; done++) {
     if (done === MAX_STRING_ELEMENTS) return false;
@@ -427,7 +466,114 @@ function stringOperation(d: Decoded, state: X86State, memory: X86Memory): boolea
         advance(RSI);
     }
     count--;
-    if (d.rep) state.gpr[RCX] = count;
+    if (d.rep) assign(RCX, count);
   }
   return true;
+}
+
+/** Whether the instruction is a string operation (MOVS, STOS, LODS): its accesses walk memory. */
+export function isStringInstruction(code: Uint8Array, codeSize: CodeSize): boolean {
+  const d = decode(code, { gpr: new Array<bigint>(16).fill(0n), rip: 0n, rflags: 0n }, codeSize);
+  return !d.twoByte && ((d.opcode >= 0xa4 && d.opcode <= 0xa5) || (d.opcode >= 0xaa && d.opcode <= 0xad));
+}
+
+/** One access an instruction makes: `value` is what a write stores (a read's is the answer). */
+export interface MmioAccess {
+  address: bigint;
+  size: number;
+  write: boolean;
+  value: bigint;
+}
+
+/** Thrown through the emulator to stop it at the first access not yet performed. */
+const STOP = Symbol("access not yet performed");
+
+/**
+ * One instruction emulated an access at a time (decode → access → complete with the read
+ * value), for a backend that turns each access into an exit and learns a read's value only
+ * later (MSHV). `next()` returns the access the instruction makes next: a write, which the
+ * caller performs before calling `next()` again, or a read, which it answers with `answer()`.
+ * When `next()` returns undefined the instruction has finished and `state` holds the
+ * registers, flags and RIP after it. Each step replays the instruction from the start with
+ * the accesses known so far (an MMIO instruction makes one or two, a string one more), so
+ * the emulation stays the one `emulateMmioInstruction` does. One per vCPU, reused.
+ */
+export class SteppedMmioInstruction {
+  private code: Uint8Array = new Uint8Array(0);
+  private codeSize: CodeSize = 64;
+  private start: X86State = { gpr: [], rip: 0n, rflags: 0n };
+  private readonly performed: MmioAccess[] = [];
+  private awaitingAnswer = false;
+  private cursor = 0;
+  private stoppedAt: MmioAccess | undefined;
+  /** Registers after the instruction, once `next()` has returned undefined. */
+  state: X86State = { gpr: [], rip: 0n, rflags: 0n };
+
+  private readonly replay: X86Memory = {
+    read: (address, size) => {
+      const known = this.performed[this.cursor++];
+      if (known !== undefined) return this.check(known, address, size, false).value;
+      this.stoppedAt = { address, size, write: false, value: 0n };
+      throw STOP;
+    },
+    write: (address, size, value) => {
+      const known = this.performed[this.cursor++];
+      if (known !== undefined) {
+        this.check(known, address, size, true);
+        return;
+      }
+      this.stoppedAt = { address, size, write: true, value: value & mask(size) };
+      throw STOP;
+    },
+  };
+
+  /** Takes the instruction at the start of `code`, executed with `state` in code of `codeSize`. */
+  begin(code: Uint8Array, state: X86State, codeSize: CodeSize): void {
+    this.code = code;
+    this.codeSize = codeSize;
+    this.start = { gpr: [...state.gpr], rip: state.rip, rflags: state.rflags };
+    this.performed.length = 0;
+    this.awaitingAnswer = false;
+  }
+
+  /** The next access, or undefined when the instruction is done. Throws X86DecodeError for one outside the covered set. */
+  next(): MmioAccess | undefined {
+    if (this.awaitingAnswer) throw new Error("SteppedMmioInstruction: next() before the read was answered");
+    const state: X86State = { gpr: [...this.start.gpr], rip: this.start.rip, rflags: this.start.rflags };
+    this.cursor = 0;
+    this.stoppedAt = undefined;
+    try {
+      emulateMmioInstruction(this.code, state, this.replay, this.codeSize);
+    } catch (error) {
+      if (error !== STOP) throw error;
+      const access = this.stoppedAt!;
+      if (access.write) this.performed.push(access);
+      else this.awaitingAnswer = true;
+      return access;
+    }
+    this.state = state;
+    return undefined;
+  }
+
+  /** The value the read `next()` returned was answered with. */
+  answer(value: bigint): void {
+    if (!this.awaitingAnswer) throw new Error("SteppedMmioInstruction: answer() without a read to answer");
+    const read = this.stoppedAt!;
+    this.performed.push({ ...read, value: value & mask(read.size) });
+    this.awaitingAnswer = false;
+  }
+
+  /** The accesses performed so far, oldest first. */
+  get accesses(): readonly MmioAccess[] {
+    return this.performed;
+  }
+
+  private check(known: MmioAccess, address: bigint, size: number, write: boolean): MmioAccess {
+    // Replaying from the same registers with the same answers repeats the same accesses;
+    // anything else is an emulator bug, not a guest's doing.
+    if (known.address !== address || known.size !== size || known.write !== write) {
+      throw new Error(`SteppedMmioInstruction: replay diverged at access ${this.cursor - 1}`);
+    }
+    return known;
+  }
 }
