@@ -5,6 +5,7 @@
  * given the same bzImage (its own decompressor) and the extracted vmlinux (PVH entry), with
  * the same initrd and command line. Each figure is the median of --runs boots.
  */
+import { median } from "./paired-ratios.js";
 import { spawn } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -91,11 +92,6 @@ async function bootQemu(kernel: string, initrd: string, cmdline: string, cpus: n
   } finally {
     qemu.kill("SIGKILL");
   }
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)];
 }
 
 async function qemuInstalled(): Promise<boolean> {

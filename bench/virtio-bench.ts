@@ -23,7 +23,7 @@ import { destroyVcpuPool } from "../runtime/vcpu-pool.js";
 import { destroyDeviceWorkerPool } from "../runtime/device-worker-pool.js";
 import { buildMultibootGuest } from "../test/helpers/flat-guest.js";
 import { type Column, fitNumber, tableLine, tableWidth, wrapText } from "./fixed-width.js";
-import { ratioSpread } from "./paired-ratios.js";
+import { median, ratioSpread } from "./paired-ratios.js";
 import { threadCpuNs } from "./thread-cpu.js";
 
 const USAGE = `usage: workervisor bench virtio [--runs N] [--quick] [--no-qemu]
@@ -167,12 +167,6 @@ function runQemu(workload: Workload, kernelPath: string, image: string): Promise
       }
     });
   });
-}
-
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
 const COLUMNS: Column[] = [

@@ -3,6 +3,7 @@
  * The kernel times each subtest itself (TSC cycles per iteration), so both VMMs are
  * measured by the same guest code and the same clock.
  */
+import { median } from "./paired-ratios.js";
 import { existsSync, readFileSync } from "node:fs";
 import { spawn, spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
@@ -92,11 +93,8 @@ function runUnderQemu(binary: string, kernel: string, subtests: readonly string[
   });
 }
 
-function median(values: readonly number[]): number | null {
-  if (values.length === 0) return null;
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+function medianOrNull(values: readonly number[]): number | null {
+  return values.length === 0 ? null : median(values);
 }
 
 /**
@@ -133,9 +131,9 @@ export async function measureVmexit(
       });
       return {
         subtest,
-        workervisor_cycles: median(w),
-        qemu_cycles: median(q),
-        ratio_to_qemu: median(ratios),
+        workervisor_cycles: medianOrNull(w),
+        qemu_cycles: medianOrNull(q),
+        ratio_to_qemu: medianOrNull(ratios),
         workervisor_runs: w,
         qemu_runs: q,
         ratio_min: ratios.length ? Math.min(...ratios) : null,
