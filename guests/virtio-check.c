@@ -374,7 +374,7 @@ static void entropy_stream(void) {
 }
 
 #ifndef VIRTIO_GSI
-#define VIRTIO_GSI 20
+#define VIRTIO_GSI 16 /* slot 0: QEMU microvm's first line with ACPI */
 #endif
 #define VIRTIO_VECTOR 0x40
 #ifndef LEVEL

@@ -63,10 +63,14 @@ export function virtioOnWorker(module: string | URL, exportName: string, options
 
 /** The MP floating pointer and configuration table, at the start of the BIOS ROM area. */
 const MP_TABLE_ADDRESS = 0xf0000;
-/** virtio-mmio transports: QEMU microvm's window (so one guest finds both), a GSI each. */
+/**
+ * virtio-mmio transports: QEMU microvm's window and lines (with ACPI: 8 transports on GSIs
+ * 16..23), so one guest finds both. GSIs 0..15 are ISA's (SCI 9, PCI INTx on 10/11 through
+ * PIRQA-D), 16..23 the IOAPIC's only and otherwise unused here: one unshared line each.
+ */
 export const VIRTIO_MMIO_BASE = 0xfeb0_0000;
-export const VIRTIO_MMIO_FIRST_GSI = 20;
-const VIRTIO_MMIO_SLOTS = 4; // GSIs 20..23 of the IOAPIC, clear of ISA and PCI INTx lines
+export const VIRTIO_MMIO_FIRST_GSI = 16;
+export const VIRTIO_MMIO_SLOTS = 8;
 const PIC_MASTER_VECTOR_BASE = 0x08;
 const PIC_SLAVE_VECTOR_BASE = 0x70;
 

@@ -6,7 +6,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { PcMachine, VIRTIO_MMIO_BASE, VIRTIO_MMIO_FIRST_GSI } from "../runtime/pc-machine.js";
+import { PcMachine, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SLOTS } from "../runtime/pc-machine.js";
 import { VirtioRng } from "../runtime/devices/virtio/virtio-rng.js";
 import { PCI_IO_WINDOW, PCI_MEMORY_WINDOW } from "../runtime/pci/pci-host.js";
 import { intxGsi } from "../runtime/pci/pci-bus.js";
@@ -79,16 +79,18 @@ test("the DSDT disassembles cleanly and routes every slot's INTA-D to the GSI th
   assert.doesNotMatch(asl, /LNRO0005/, "no virtio devices, no LNRO0005");
 });
 
-test("one LNRO0005 device per virtio-mmio transport: its window and its level, active-high GSI", { skip }, async () => {
-  const asl = await machineDsdt(3);
-  for (let i = 0; i < 3; i++) {
+test("one LNRO0005 device per virtio-mmio transport, every slot filled: its window and its level, active-high GSI", { skip }, async () => {
+  const asl = await machineDsdt(VIRTIO_MMIO_SLOTS);
+  for (let i = 0; i < VIRTIO_MMIO_SLOTS; i++) {
     const body = deviceBody(asl, `VR0${i}`);
     assert.match(body, /Name \(_HID, "LNRO0005"\)/);
-    assert.match(body, new RegExp(`Name \\(_UID, ${["Zero", "One", "0x02"][i]}\\)`));
+    const uid = i === 0 ? "Zero" : i === 1 ? "One" : `0x0${i}`;
+    assert.match(body, new RegExp(`Name \\(_UID, ${uid}\\)`));
     const base = `0x${(VIRTIO_MMIO_BASE + 0x200 * i).toString(16).toUpperCase()}`;
     assert.match(body, new RegExp(`Memory32Fixed \\(ReadWrite,\\s+${base},[^\\n]*\\n\\s+0x00000200,`));
-    const gsi = `0x${(VIRTIO_MMIO_FIRST_GSI + i).toString(16).toUpperCase().padStart(8, "0")}`;
+    // QEMU microvm's lines with ACPI: GSI 16 + slot.
+    const gsi = `0x${(16 + i).toString(16).toUpperCase().padStart(8, "0")}`;
     assert.match(body, new RegExp(`Interrupt \\(ResourceConsumer, Level, ActiveHigh, Exclusive, ,, \\)\\s*\\{\\s*${gsi},`));
   }
-  assert.equal(asl.match(/LNRO0005/g)?.length, 3);
+  assert.equal(asl.match(/LNRO0005/g)?.length, VIRTIO_MMIO_SLOTS);
 });

@@ -10,7 +10,7 @@ import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { PcMachine, virtioOnWorker, type VirtioOnWorker } from "../runtime/pc-machine.js";
+import { PcMachine, VIRTIO_MMIO_FIRST_GSI, virtioOnWorker, type VirtioOnWorker } from "../runtime/pc-machine.js";
 import { destroyVcpuPool } from "../runtime/vcpu-pool.js";
 import { destroyDeviceWorkerPool } from "../runtime/device-worker-pool.js";
 import { VirtioRng } from "../runtime/devices/virtio/virtio-rng.js";
@@ -163,7 +163,7 @@ for (const { level, placement, interrupts, irqchip } of LINES) {
     const bytes: number[] = [];
     const rng = placement === "worker" ? virtioOnWorker("./virtio-rng.js", "VirtioRng", undefined, interrupts) : new VirtioRng();
     const machine = new PcMachine({
-      kernel: readFileSync(buildMultibootGuest("virtio-check", { CHECK: CHECK.interrupts, LEVEL: level })), console: (b) => bytes.push(b),
+      kernel: readFileSync(buildMultibootGuest("virtio-check", { CHECK: CHECK.interrupts, LEVEL: level, VIRTIO_GSI: VIRTIO_MMIO_FIRST_GSI })), console: (b) => bytes.push(b),
       virtio: [rng], memory: GUEST_MEMORY_MIB << 20, irqchip,
     });
     const result = await machine.run();
