@@ -6,6 +6,11 @@ export class VmConfigError extends Error {
   override name = "VmConfigError";
 }
 
+/** A command-line flag with a value that cannot be used; the message names the flag. */
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
 /** The VM is in a state where the call cannot be made. */
 export class VmStateError extends Error {
   override name = "VmStateError";

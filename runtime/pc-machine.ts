@@ -169,19 +169,25 @@ export class PcMachine {
   constructor(options: PcMachineOptions) {
     const cpus = options.cpus ?? 1;
     const memory = options.memory ?? DEFAULT_MEMORY;
-    if (!Number.isInteger(cpus) || cpus < 1 || cpus > 255) {
-      throw new VmConfigError(`cpus must be a whole number from 1 to 255 (APIC IDs fit in a byte), got ${cpus}`);
-    }
     const virtio = options.virtio ?? [];
+    // The machine owns its devices from the start: any failure to build it closes them.
     this.virtioDevices = virtio.filter((d): d is VirtioDevice => !isOnWorker(d));
-    if (virtio.length > VIRTIO_MMIO_SLOTS) {
+    let vm: Vm;
+    try {
+      if (!Number.isInteger(cpus) || cpus < 1 || cpus > 255) {
+        throw new VmConfigError(`cpus must be a whole number from 1 to 255 (APIC IDs fit in a byte), got ${cpus}`);
+      }
+      if (virtio.length > VIRTIO_MMIO_SLOTS) {
+        throw new VmConfigError(`a PC machine has ${VIRTIO_MMIO_SLOTS} virtio-mmio slots, ${virtio.length} virtio devices were given`);
+      }
+      vm = Vm.create({
+        memory: memoryLayout(memory), vcpus: cpus, irqchip: pcIrqChip(options.irqchip), pit: options.pit, cpuFeatures: options.cpuFeatures,
+        hypervisorCpuid: options.hypervisorCpuid,
+      });
+    } catch (error) {
       this.closeVirtio();
-      throw new VmConfigError(`a PC machine has ${VIRTIO_MMIO_SLOTS} virtio-mmio slots, ${virtio.length} virtio devices were given`);
+      throw error;
     }
-    const vm = Vm.create({
-      memory: memoryLayout(memory), vcpus: cpus, irqchip: pcIrqChip(options.irqchip), pit: options.pit, cpuFeatures: options.cpuFeatures,
-      hypervisorCpuid: options.hypervisorCpuid,
-    });
     try {
       // PC firmware leaves the PICs initialised with the PC/AT vector bases; real-mode
       // guests (kvm-unit-tests' realmode) hook IRQs in the IVT at those vectors.

@@ -15,9 +15,13 @@ import type { VmResult } from "./vm.js";
 import { hypervisorCpuidSpecUsage, parseHypervisorCpuidSpec } from "./boot/hypervisor-cpuid-spec.js";
 import { HypervisorCpuidError } from "./boot/hypervisor-cpuid.js";
 import { ESCAPE_HELP, TerminalConsoleInput } from "./terminal-console.js";
+import { UsageError } from "./errors.js";
+import { DEVICE_FLAGS_USAGE, planVirtioDevices } from "./virtio-device-flags.js";
 
 const USAGE = `usage: workervisor run --kernel FILE [--append "..."] [--initrd FILE] [--module FILE]... [--cpus N] [--mem SIZE]
                        [--cpu-features LIST] [--no-pit] [--irqchip in-kernel|split] [--test-devices] [--hypervisor-cpuid SPEC]
+                       [--disk PATH[,ro][,serial=S][,worker]]... [--net tap=NAME[,mac=MAC]]... [--rng]
+                       [--vsock CID,UDS_PATH] [--virtio-console] [--device-worker]
        workervisor run --kernel bzImage|vmlinux [--initrd FILE] [--cmdline "..."] [--decompress host|guest] [--cpus N] [--mem SIZE]
 
   --kernel FILE   Multiboot v1 kernel (ELF32), e.g. a kvm-unit-tests .flat file, or a Linux
@@ -41,18 +45,17 @@ const USAGE = `usage: workervisor run --kernel FILE [--append "..."] [--initrd F
                   the CPUID 0x40000000 range the guest sees (default: KVM's signature and
                   every PV feature the host has).
 ${hypervisorCpuidSpecUsage("                  ")}
+${DEVICE_FLAGS_USAGE}
 
-The console is COM1 on stdin/stdout. On a terminal, stdin is in raw mode and Ctrl-A is the
-escape key, as in QEMU: Ctrl-A x quits, Ctrl-A h lists the keys. Piped input is delivered as
-fast as the guest's UART takes it, never dropped.
+The console is COM1 on stdin/stdout (hvc0 with --virtio-console). On a terminal, stdin is in
+raw mode and Ctrl-A is the escape key, as in QEMU: Ctrl-A x quits, Ctrl-A h lists the keys.
+Piped input is delivered as fast as the guest takes it, never dropped.
 
 Exit status: (guest debug-exit status << 1) | 1; 0 when the guest halts, powers off or
 reboots (the reason printed) or is quit with Ctrl-A x; 2 when the VM could not start or failed.
 `;
 
-export class UsageError extends Error {
-  override name = "UsageError";
-}
+export { UsageError };
 
 export function parseSize(text: string): number {
   const match = /^(\d+)([KMG]?)i?B?$/i.exec(text.trim());
@@ -105,6 +108,12 @@ export async function runCommand(args: string[]): Promise<number> {
         cpus: { type: "string" },
         mem: { type: "string" },
         "hypervisor-cpuid": { type: "string" },
+        disk: { type: "string", multiple: true },
+        net: { type: "string", multiple: true },
+        rng: { type: "boolean" },
+        vsock: { type: "string", multiple: true },
+        "virtio-console": { type: "boolean" },
+        "device-worker": { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -128,6 +137,7 @@ export async function runCommand(args: string[]): Promise<number> {
     if (values.irqchip !== undefined && values.irqchip !== "in-kernel" && values.irqchip !== "split") {
       throw new UsageError(`--irqchip: '${values.irqchip}' is neither 'in-kernel' nor 'split'`);
     }
+    const virtioPlan = planVirtioDevices(values);
     const sink = new ConsoleSink(process.stdout);
     let machineToQuit: PcMachine | undefined;
     let quit = false;
@@ -141,6 +151,9 @@ export async function runCommand(args: string[]): Promise<number> {
     const kernel = readInput(values.kernel, "kernel");
     const linux = isLinuxKernel(kernel);
     const initrd = values.initrd === undefined ? undefined : readInput(values.initrd, "initrd");
+    const memory = values.mem === undefined ? DEFAULT_MEMORY : parseSize(values.mem);
+    // From here the devices are open: the machine owns them (and closes them if it cannot be built).
+    const virtio = await virtioPlan.build(() => ({ input: terminal!.readable(), output: process.stdout }));
     const machine = new PcMachine({
       kernel,
       kernelName: values.kernel,
@@ -154,15 +167,16 @@ export async function runCommand(args: string[]): Promise<number> {
       pit: !(values["no-pit"] ?? false),
       irqchip: values.irqchip as "in-kernel" | "split" | undefined,
       cpus,
-      memory: values.mem === undefined ? DEFAULT_MEMORY : parseSize(values.mem),
+      memory,
       console: sink.push,
       hypervisorCpuid: hypervisorCpuidOption(values["hypervisor-cpuid"]),
       initrd: linux ? initrd : undefined,
       cmdline: values.cmdline,
       decompression: values.decompress as "host" | "guest" | undefined,
       kernelCacheDir: join(cacheDir(), "kernels"),
+      virtio,
       // Input waits for room in the UART's receiver instead of overrunning it.
-      input: terminal,
+      input: virtioPlan.console ? undefined : terminal,
     });
     machineToQuit = machine;
     for (const note of machine.linux?.notes ?? []) process.stderr.write(`workervisor run: ${note}\n`);

@@ -4,6 +4,7 @@
  * Ctrl-A x quits, Ctrl-A h lists the keys, Ctrl-A Ctrl-A sends one Ctrl-A. Raw mode is
  * undone on every way out. Piped input has no escape (bytes are data) and no raw mode.
  */
+import { Readable } from "node:stream";
 import type { InputSource } from "./devices/serial-input.js";
 
 const CTRL_A = 0x01;
@@ -87,6 +88,15 @@ export class TerminalConsoleInput implements InputSource {
 
   pause(): unknown {
     return this.stdin.pause();
+  }
+
+  /** This input as a Readable (a virtio console's host side): stdin pauses while its reader is full. */
+  readable(): Readable {
+    const stream = new Readable({ read: () => void this.resume() });
+    this.on("data", (chunk) => {
+      if (!stream.push(chunk)) this.pause();
+    });
+    return stream;
   }
 
   resume(): unknown {

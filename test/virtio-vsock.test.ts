@@ -8,7 +8,7 @@
  */
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
-import { createConnection, createServer, type Server, type Socket } from "node:net";
+import { createServer } from "node:net";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -16,49 +16,11 @@ import { destroyVcpuPool } from "../runtime/vcpu-pool.js";
 import { VirtioVsock } from "../runtime/devices/virtio/virtio-vsock.js";
 import { UnixSocketVsockHost, VsockHostError } from "../runtime/devices/virtio/vsock-host.js";
 import { guestMachine, runToReport } from "./helpers/guest-report.js";
+import { A_BYTES, B_BYTES, hostConnect, patternA, patternB, xorServer } from "./helpers/vsock-peer.js";
 
 after(() => destroyVcpuPool());
 const dir = mkdtempSync(join(tmpdir(), "workervisor-vsock-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
-
-const A_BYTES = 3000;
-const B_BYTES = 5000;
-const patternA = (n: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 7 + 1) & 0xff));
-const patternB = (n: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 11 + (i >> 9) + 3) & 0xff));
-
-/** The host's server for guest-initiated connections to `port`: answers A_BYTES with them XOR 0x5a, then ends. */
-function xorServer(udsPath: string, port: number): { server: Server; got: () => Buffer } {
-  const chunks: Buffer[] = [];
-  const server = createServer((socket) => {
-    socket.on("data", (chunk: Buffer) => {
-      chunks.push(chunk);
-      if (Buffer.concat(chunks).length >= A_BYTES) socket.end(Buffer.from(Buffer.concat(chunks).map((b) => b ^ 0x5a)));
-    });
-  });
-  server.listen(`${udsPath}_${port}`);
-  return { server, got: () => Buffer.concat(chunks) };
-}
-
-/** Connects to the device's socket, asks for guest port `port`, sends `data` after OK, collects the rest. */
-function hostConnect(udsPath: string, port: number, data: Buffer): Promise<{ okLine: string; received: Buffer }> {
-  return new Promise((resolve, reject) => {
-    const socket: Socket = createConnection(udsPath, () => socket.write(`CONNECT ${port}\n`));
-    let buffered = Buffer.alloc(0);
-    let okLine: string | undefined;
-    socket.on("data", (chunk: Buffer) => {
-      buffered = Buffer.concat([buffered, chunk]);
-      if (okLine === undefined) {
-        const end = buffered.indexOf(0x0a);
-        if (end < 0) return;
-        okLine = buffered.subarray(0, end).toString("latin1");
-        buffered = buffered.subarray(end + 1);
-        socket.write(data);
-      }
-    });
-    socket.on("error", reject);
-    socket.on("close", () => resolve({ okLine: okLine ?? "", received: buffered }));
-  });
-}
 
 test("virtio-vsock: a guest-initiated and a host-initiated connection (Firecracker's Unix sockets), data checked both ways, credit respected, clean closes", { timeout: 180_000 }, async () => {
   const udsPath = join(dir, "v.sock");
