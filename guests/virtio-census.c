@@ -91,27 +91,16 @@ static void read_command_line(u32 multiboot_info) {
 }
 
 void kit_interrupt(void) {
-  u32 isr = vreg(&dev, VM_INTERRUPT_STATUS);
-  if (isr) {
-    vset(&dev, VM_INTERRUPT_ACK, isr);
-    /* Reading it back orders the ack before the EOI, so a level line is low by then. */
-    (void)vreg(&dev, VM_INTERRUPT_STATUS);
-    if (isr & 1) used_interrupts++;
-  } else {
-    other_interrupts++;
-  }
+  u32 isr = virtio_interrupt_ack(&dev);
+  if (isr & 1) used_interrupts++;
+  else if (!isr) other_interrupts++;
   lapic_eoi();
 }
 
 /* Offers the chain at `head` and waits for the interrupt its completion raises: the used length. */
 static u32 submit_and_wait_interrupt(u16 head) {
   u32 before = used_interrupts;
-  u16 idx = dev.avail->idx;
-  dev.avail->ring[idx % VQ_SIZE] = head;
-  barrier();
-  dev.avail->idx = (u16)(idx + 1);
-  barrier();
-  vset(&dev, VM_QUEUE_NOTIFY, 0);
+  vq_offer_notify(&dev, head);
   for (u32 n = 0; n < POLL_LIMIT && used_interrupts == before; n++) pause_cpu();
   if (used_interrupts == before) fail(5, "no interrupt on the announced GSI for a completed request");
   if (dev.used->idx == dev.last_used) fail(6, "an interrupt but no used buffer");

@@ -383,15 +383,9 @@ static void entropy_stream(void) {
 static volatile u32 used_interrupts, other_interrupts;
 
 void kit_interrupt(void) {
-  u32 isr = vreg(&dev, VM_INTERRUPT_STATUS);
-  if (isr) {
-    vset(&dev, VM_INTERRUPT_ACK, isr);
-    /* Reading it back orders the ack before the EOI, so a level line is low by then. */
-    (void)vreg(&dev, VM_INTERRUPT_STATUS);
-    if (isr & 1) used_interrupts++;
-  } else {
-    other_interrupts++;
-  }
+  u32 isr = virtio_interrupt_ack(&dev);
+  if (isr & 1) used_interrupts++;
+  else if (!isr) other_interrupts++;
   lapic_eoi();
 }
 
@@ -404,15 +398,9 @@ static void interrupt_driven_entropy(void) {
   interrupts_enable();
   for (u32 i = 0; i < 3; i++) {
     u32 before = used_interrupts;
-    u16 idx = dev.avail->idx;
     kit_memset(entropy, 0, sizeof entropy);
     vq_set(&dev, 0, entropy, sizeof entropy, DESC_F_WRITE, 0);
-    dev.avail->ring[idx % VQ_SIZE] = 0;
-    dev.avail->used_event = idx;
-    barrier();
-    dev.avail->idx = (u16)(idx + 1);
-    barrier();
-    vset(&dev, VM_QUEUE_NOTIFY, 0);
+    vq_offer_notify(&dev, 0);
     for (u32 n = 0; n < POLL_LIMIT && used_interrupts == before; n++) pause_cpu();
     if (used_interrupts == before) fail(3, "no interrupt for a completed request");
     if (dev.used->idx != (u16)(dev.last_used + 1)) fail(4, "an interrupt but no used buffer");

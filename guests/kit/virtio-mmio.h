@@ -266,6 +266,27 @@ static inline int virtq_submit(struct virtio_dev *d, struct virtq *q, u16 head) 
   return -1;
 }
 
+/*
+ * For interrupt-driven drivers: offers the chain at `head` on queue 0 and notifies without
+ * waiting; the handler calls virtio_interrupt_ack, which acknowledges InterruptStatus and
+ * reads it back (ordering the ack before the handler's EOI, so a level line is low by then)
+ * and returns what it showed.
+ */
+static inline void vq_offer_notify(struct virtio_dev *d, u16 head) {
+  struct virtq q = {d->base, 0, d->desc, d->avail, d->used, d->last_used};
+  virtq_offer(&q, head);
+  virtq_notify(&q);
+}
+
+static inline u32 virtio_interrupt_ack(struct virtio_dev *d) {
+  u32 isr = vreg(d, VM_INTERRUPT_STATUS);
+  if (isr) {
+    vset(d, VM_INTERRUPT_ACK, isr);
+    (void)vreg(d, VM_INTERRUPT_STATUS);
+  }
+  return isr;
+}
+
 static inline void serial_put_hex8(u8 v) {
   const char *digits = "0123456789abcdef";
   serial_putc(digits[v >> 4]);
