@@ -8,13 +8,15 @@
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawn, spawnSync } from "node:child_process";
-import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { VIRTIO_MMIO_FIRST_GSI, VIRTIO_MMIO_SLOTS } from "../runtime/pc-machine.js";
 import { buildMultibootGuest } from "./helpers/flat-guest.js";
 import { imageFolder, makeImage, parseReport, type GuestReport } from "./helpers/virtio-guest.js";
 import { censusPattern } from "./helpers/virtio-census.js";
 import { A_BYTES, B_BYTES, hostConnect, patternA, patternB, xorServer } from "./helpers/vsock-peer.js";
+import { TapBackend } from "../runtime/devices/virtio/net-tap.js";
 
 const CLI = new URL("../runtime/cli.js", import.meta.url).pathname;
 const { dir, cleanup } = imageFolder();
@@ -239,5 +241,31 @@ test("--net tap=NAME,mac=MAC: the guest's ARP request reaches the host kernel th
     assert.equal(report.values.get("arp-reply-to-us"), "1", "the host kernel answered that MAC");
   } finally {
     spawnSync("ip", ["tuntap", "del", "mode", "tap", "name", tapName]);
+  }
+});
+
+test("--net tap=NAME that cannot be had: held by another process, or not permitted to this user, is refused naming the flag and the cause", { skip: tapSkip(), timeout: 60_000 }, async (t) => {
+  const held = new TapBackend(`${tapName}h`);
+  try {
+    const busy = await runCli(["--kernel", census(), "--net", `tap=${tapName}h`]);
+    assert.equal(busy.status, 2);
+    assert.match(busy.stderr, new RegExp(`--net tap=${tapName}h: TUNSETIFF for TAP interface ${tapName}h failed: the interface is in use by another process`));
+  } finally {
+    held.close();
+  }
+  if (process.getuid?.() !== 0 || spawnSync("runuser", ["--help"]).status !== 0) return t.skip("needs root and runuser to run the CLI as nobody");
+  // The flags are checked and the TAP opened before any VM exists, so nobody needs no /dev/kvm to see the error.
+  const open = mkdtempSync(join(tmpdir(), "workervisor-nobody-"));
+  try {
+    chmodSync(open, 0o755);
+    const kernel = join(open, "k.elf");
+    copyFileSync(census(), kernel);
+    chmodSync(kernel, 0o644);
+    const denied = spawnSync("runuser", ["-u", "nobody", "--", process.execPath, CLI, "run", "--kernel", kernel, "--net", `tap=${tapName}n`], { encoding: "utf8" });
+    assert.equal(denied.status, 2, denied.stderr);
+    // /dev/net/tun's mode decides which step refuses: the open, or TUNSETIFF without the capability.
+    assert.match(denied.stderr, new RegExp(`--net tap=${tapName}n: (cannot open /dev/net/tun: .*\\(root or CAP_NET_ADMIN\\)|TUNSETIFF .* lacks CAP_NET_ADMIN)`));
+  } finally {
+    rmSync(open, { recursive: true, force: true });
   }
 });
