@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { VIRTIO_MMIO_FIRST_GSI, VIRTIO_MMIO_SLOTS } from "../runtime/pc-machine.js";
 import { buildMultibootGuest } from "./helpers/flat-guest.js";
-import { imageFolder, makeImage, parseReport, type GuestReport } from "./helpers/virtio-guest.js";
+import { fnv1a, imageFolder, makeImage, parseReport, type GuestReport } from "./helpers/virtio-guest.js";
 import { censusPattern } from "./helpers/virtio-census.js";
 import { A_BYTES, B_BYTES, hostConnect, patternA, patternB, xorServer } from "./helpers/vsock-peer.js";
 import { TapBackend } from "../runtime/devices/virtio/net-tap.js";
@@ -183,6 +183,31 @@ test("--virtio-console: piped stdin reaches the guest's hvc0 and its port's outp
   const ready = run.stdout.indexOf("console: ready\n");
   assert.notEqual(ready, -1, run.stdout);
   assert.ok(run.stdout.includes(`console: ready\n${typed.toString("latin1")}console: done\n`), `the echo came back whole on stdout:\n${run.stdout}`);
+});
+
+const HAVE_SCRIPT = spawnSync("script", ["--version"]).status === 0;
+
+test("--virtio-console on a terminal: raw keys reach hvc0 (Ctrl-C a byte, Ctrl-A Ctrl-A one Ctrl-A), the echo comes back to the terminal", { timeout: 120_000, skip: HAVE_SCRIPT ? false : "util-linux 'script' is not installed" }, async () => {
+  const typed = "ab\x03\rcd\x01\x01";
+  const received = Buffer.from("ab\x03\rcd\x01", "latin1");
+  const kernel = buildMultibootGuest("virtio-console-check", { ECHO_BYTES: received.length });
+  // script runs the command on a new pty; what we write to script's stdin is typed on it.
+  const child = spawn("script", ["-qfec", `${process.execPath} ${CLI} run --kernel ${kernel} --virtio-console`, "/dev/null"], { stdio: ["pipe", "pipe", "pipe"] });
+  let output = "";
+  child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString("latin1")));
+  const status = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+  const deadline = Date.now() + 100_000;
+  while (!output.includes("console: ready")) {
+    if (Date.now() > deadline || child.exitCode !== null) assert.fail(`no ready line in: ${JSON.stringify(output)}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  child.stdin.write(typed);
+  assert.equal(await status, 1, `the guest's debug-exit 0: ${JSON.stringify(output)}`);
+  const report = parseReport(0, output.replaceAll("\r\n", "\n"));
+  assert.equal(report.values.get("echoed"), String(received.length));
+  assert.equal(report.values.get("fnv"), String(fnv1a(received)), "the guest got exactly the keys, Ctrl-A Ctrl-A as one Ctrl-A");
+  assert.ok(output.includes(`console: ready\n${received.toString("latin1")}console: done`) || output.includes(`console: ready\r\n${received.toString("latin1")}console: done`),
+    `the echo came back on the terminal: ${JSON.stringify(output)}`);
 });
 
 test("--vsock CID,UDS_PATH: the guest's connection reaches UDS_PATH_PORT, the host's CONNECT reaches the guest, data checked both ways", { timeout: 180_000 }, async () => {
