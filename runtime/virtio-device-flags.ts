@@ -2,7 +2,8 @@
  * The virtio device flags of `workervisor run` (--disk, --net, --rng, --vsock,
  * --virtio-console, --device-worker): each flag's value checked up front, with an error that
  * names the flag and says what is allowed, then turned into the machine's `virtio` list,
- * one transport per device in the order disks, NICs, rng, vsock, console.
+ * one transport per device in the order disks, NICs, rng, vsock, console. Each kind is built
+ * from a plain spec by ON_MAIN_THREAD or, where a device worker can build it, ON_WORKER.
  */
 import { closeSync, openSync, statSync } from "node:fs";
 import { dirname, resolve } from "node:path";
@@ -18,27 +19,6 @@ import { TapBackend } from "./devices/virtio/net-tap.js";
 import { VirtioConsole } from "./devices/virtio/virtio-console.js";
 import { VirtioVsock } from "./devices/virtio/virtio-vsock.js";
 import { UnixSocketVsockHost } from "./devices/virtio/vsock-host.js";
-
-export const DEVICE_FLAGS_USAGE = `
-virtio devices (virtio-mmio transports at 0x${VIRTIO_MMIO_BASE.toString(16)} + 0x200 * i, GSI ${VIRTIO_MMIO_FIRST_GSI} + i; at most ${VIRTIO_MMIO_SLOTS} in all):
-  --disk PATH[,ro][,serial=S][,worker]
-                  virtio-blk on a raw image file (repeatable; vda, vdb... in order); ro: the
-                  guest may not write; serial: what GET_ID returns (up to ${VIRTIO_BLK_ID_BYTES} printable
-                  characters); a comma in PATH is written ,,
-  --net tap=NAME[,mac=MAC][,worker]
-                  virtio-net on the host TAP interface NAME (created if missing; needs
-                  /dev/net/tun and CAP_NET_ADMIN); MAC default 52:54:00:12:34:56, then :57...
-  --rng           virtio-rng, entropy from the host's CSPRNG
-  --vsock CID,UDS_PATH[,worker]
-                  virtio-vsock, guest CID 3 or more; host side as Firecracker's: connect to
-                  UDS_PATH and write "CONNECT <port>\\n"; guest connections to host port P
-                  reach UDS_PATH_P
-  --virtio-console
-                  the console on a virtio-console port (Linux: console=hvc0) instead of COM1:
-                  the terminal's input goes there; COM1's output is still printed
-  --device-worker put every device that supports it on a device worker of its own (queue
-                  notifications as ioeventfds, completions as irqfds); ",worker" asks it for
-                  one device and fails where it is not supported (today: --disk and --rng)`;
 
 export interface VirtioDeviceFlags {
   disk?: string[];
@@ -73,6 +53,47 @@ export interface ConsoleStdio {
   output: Writable;
 }
 
+/** What main-thread devices get from the host beyond their spec. */
+interface HostSides {
+  stdio: () => ConsoleStdio;
+  /** A host side that becomes usable later (a listening socket): the run waits for it. */
+  ready: (listening: Promise<void>) => void;
+}
+
+const ON_MAIN_THREAD: { [K in Kind]: (spec: Specs[K], host: HostSides) => VirtioDevice } = {
+  disk: (spec) => new VirtioBlk(spec),
+  net: (spec) => new VirtioNet({ mac: spec.mac, backend: new TapBackend(spec.tap) }),
+  rng: () => new VirtioRng(),
+  vsock: (spec, host) => {
+    const sockets = new UnixSocketVsockHost(spec.udsPath);
+    const device = new VirtioVsock({ guestCid: spec.guestCid, host: sockets });
+    host.ready(sockets.listening);
+    return device;
+  },
+  "virtio-console": (_, host) => new VirtioConsole(host.stdio()),
+};
+
+export const DEVICE_FLAGS_USAGE = `
+virtio devices (virtio-mmio transports at 0x${VIRTIO_MMIO_BASE.toString(16)} + 0x200 * i, GSI ${VIRTIO_MMIO_FIRST_GSI} + i; at most ${VIRTIO_MMIO_SLOTS} in all):
+  --disk PATH[,ro][,serial=S][,worker]
+                  virtio-blk on a raw image file (repeatable; vda, vdb... in order); ro: the
+                  guest may not write; serial: what GET_ID returns (up to ${VIRTIO_BLK_ID_BYTES} printable
+                  characters); a comma in PATH is written ,,
+  --net tap=NAME[,mac=MAC][,worker]
+                  virtio-net on the host TAP interface NAME (created if missing; needs
+                  /dev/net/tun and CAP_NET_ADMIN); MAC default 52:54:00:12:34:56, then :57...
+  --rng           virtio-rng, entropy from the host's CSPRNG
+  --vsock CID,UDS_PATH[,worker]
+                  virtio-vsock, guest CID 3 or more; host side as Firecracker's: connect to
+                  UDS_PATH and write "CONNECT <port>\\n"; guest connections to host port P
+                  reach UDS_PATH_P
+  --virtio-console
+                  the console on a virtio-console port (Linux: console=hvc0) instead of COM1:
+                  the terminal's input goes there; COM1's output is still printed
+  --device-worker put every device that supports it on a device worker of its own (queue
+                  notifications as ioeventfds, completions as irqfds); ",worker" asks it for
+                  one device and fails where it is not supported (today: ${workerKinds()})`;
+
 interface Planned<K extends Kind = Kind> {
   kind: K;
   flag: string;
@@ -83,8 +104,6 @@ interface Planned<K extends Kind = Kind> {
 export interface VirtioDevicePlan {
   /** Whether --virtio-console was given: the terminal belongs to hvc0, not COM1. */
   readonly console: boolean;
-  /** How many devices, so a caller can say so. */
-  readonly count: number;
   /**
    * Builds the devices (opening images, TAPs, sockets) and waits until their host sides are
    * ready; on a failure closes what it built. `stdio` is asked for only by a virtio console.
@@ -138,7 +157,6 @@ export function planVirtioDevices(flags: VirtioDeviceFlags): VirtioDevicePlan {
   }
   return {
     console: flags["virtio-console"] ?? false,
-    count: planned.length,
     build: (stdio) => build(planned, stdio),
   };
 }
@@ -147,13 +165,15 @@ async function build(planned: Planned[], stdio: () => ConsoleStdio): Promise<(Vi
   const devices: (VirtioDevice | VirtioOnWorker)[] = [];
   const ready: Promise<void>[] = [];
   try {
-    for (const entry of planned) {
-      if (entry.worker) {
-        const onWorker = ON_WORKER[entry.kind] as (spec: Specs[Kind]) => VirtioOnWorker;
-        devices.push(onWorker(entry.spec));
-        continue;
+    for (const { kind, flag, spec, worker } of planned) {
+      const named = (error: Error) => new UsageError(`${flag}: ${error.message}`, { cause: error });
+      const host: HostSides = { stdio, ready: (listening) => ready.push(listening.catch((error: Error) => { throw named(error); })) };
+      try {
+        const make = (worker ? ON_WORKER[kind] : ON_MAIN_THREAD[kind]) as (spec: Specs[Kind], host: HostSides) => VirtioDevice | VirtioOnWorker;
+        devices.push(make(spec, host));
+      } catch (error) {
+        throw named(error as Error);
       }
-      devices.push(mainThreadDevice(entry, stdio, ready));
     }
     await Promise.all(ready);
   } catch (error) {
@@ -161,36 +181,6 @@ async function build(planned: Planned[], stdio: () => ConsoleStdio): Promise<(Vi
     throw error;
   }
   return devices;
-}
-
-function mainThreadDevice(entry: Planned, stdio: () => ConsoleStdio, ready: Promise<void>[]): VirtioDevice {
-  try {
-    switch (entry.kind) {
-      case "disk": {
-        const spec = entry.spec as DiskSpec;
-        return new VirtioBlk({ path: spec.path, readOnly: spec.readOnly, serial: spec.serial });
-      }
-      case "net": {
-        const spec = entry.spec as NetSpec;
-        return new VirtioNet({ mac: spec.mac, backend: new TapBackend(spec.tap) });
-      }
-      case "rng":
-        return new VirtioRng();
-      case "vsock": {
-        const spec = entry.spec as VsockSpec;
-        const host = new UnixSocketVsockHost(spec.udsPath);
-        const device = new VirtioVsock({ guestCid: spec.guestCid, host });
-        ready.push(host.listening.catch((error: Error) => {
-          throw new UsageError(`${entry.flag}: ${error.message}`, { cause: error });
-        }));
-        return device;
-      }
-      case "virtio-console":
-        return new VirtioConsole(stdio());
-    }
-  } catch (error) {
-    throw new UsageError(`${entry.flag}: ${(error as Error).message}`, { cause: error });
-  }
 }
 
 /** Splits `a,b,,c` into ["a", "b,c"]: a doubled comma is a comma (QEMU's convention). */
@@ -314,7 +304,8 @@ function vsockSpec(value: string): { spec: VsockSpec; worker: boolean } {
 }
 
 function workerKinds(): string {
-  return Object.keys(ON_WORKER).map((kind) => `--${kind}`).join(" and ");
+  const flags = Object.keys(ON_WORKER).map((kind) => `--${kind}`);
+  return flags.length > 1 ? `${flags.slice(0, -1).join(", ")} and ${flags[flags.length - 1]}` : flags.join("");
 }
 
 function summary(planned: Planned[]): string {
