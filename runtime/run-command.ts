@@ -152,16 +152,18 @@ export async function runCommand(args: string[]): Promise<number> {
     const linux = isLinuxKernel(kernel);
     const initrd = values.initrd === undefined ? undefined : readInput(values.initrd, "initrd");
     const memory = values.mem === undefined ? DEFAULT_MEMORY : parseSize(values.mem);
+    const modules = [
+      ...(initrd === undefined || linux ? [] : [{ name: values.initrd!, data: initrd }]),
+      ...(values.module ?? []).map((path) => ({ name: basename(path), data: readInput(path, "module") })),
+    ];
+    const hypervisorCpuid = hypervisorCpuidOption(values["hypervisor-cpuid"]);
     // From here the devices are open: the machine owns them (and closes them if it cannot be built).
     const virtio = await virtioPlan.build(() => ({ input: terminal!.readable(), output: process.stdout }));
     const machine = new PcMachine({
       kernel,
       kernelName: values.kernel,
       append: values.append,
-      modules: [
-        ...(initrd === undefined || linux ? [] : [{ name: values.initrd!, data: initrd }]),
-        ...(values.module ?? []).map((path) => ({ name: basename(path), data: readInput(path, "module") })),
-      ],
+      modules,
       testDevices: values["test-devices"] ?? false,
       cpuFeatures: values["cpu-features"],
       pit: !(values["no-pit"] ?? false),
@@ -169,7 +171,7 @@ export async function runCommand(args: string[]): Promise<number> {
       cpus,
       memory,
       console: sink.push,
-      hypervisorCpuid: hypervisorCpuidOption(values["hypervisor-cpuid"]),
+      hypervisorCpuid,
       initrd: linux ? initrd : undefined,
       cmdline: values.cmdline,
       decompression: values.decompress as "host" | "guest" | undefined,

@@ -107,11 +107,15 @@ test("bad device flags: status 2, the flag named with what is allowed, and no VM
   }
 });
 
-test("a machine that cannot be built (--cpus 0) still releases the devices: the vsock socket is removed and the CLI exits", { timeout: 60_000 }, async () => {
+test("a machine that cannot be built (--cpus 0, a missing --module) still releases the devices: the vsock socket is removed and the CLI exits", { timeout: 60_000 }, async () => {
   const udsPath = join(dir, "unbuilt.vsock");
   const run = await runCli(["--kernel", census(), "--cpus", "0", "--vsock", `3,${udsPath}`, "--disk", makeImage(dir, "unbuilt.img").path]);
   assert.equal(run.status, 2);
   assert.match(run.stderr, /cpus must be a whole number from 1 to 255/);
+  assert.equal(existsSync(udsPath), false);
+  const missingModule = await runCli(["--kernel", census(), "--module", join(dir, "no-module"), "--vsock", `3,${udsPath}`]);
+  assert.equal(missingModule.status, 2);
+  assert.match(missingModule.stderr, /module '.*no-module': no such file/);
   assert.equal(existsSync(udsPath), false);
 });
 
