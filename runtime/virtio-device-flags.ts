@@ -5,8 +5,8 @@
  * one transport per device in the order disks, NICs, rng, vsock, console. Each kind is built
  * from a plain spec by ON_MAIN_THREAD or, where a device worker can build it, ON_WORKER.
  */
-import { closeSync, openSync, statSync } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { closeSync, openSync, realpathSync, statSync } from "node:fs";
+import { dirname } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { UsageError } from "./errors.js";
 import { VIRTIO_MMIO_BASE, VIRTIO_MMIO_FIRST_GSI, VIRTIO_MMIO_SLOTS, virtioOnWorker, type VirtioOnWorker } from "./pc-machine.js";
@@ -130,7 +130,7 @@ export function planVirtioDevices(flags: VirtioDeviceFlags): VirtioDevicePlan {
   const paths = new Set<string>();
   for (const value of flags.disk ?? []) {
     const { spec, worker } = diskSpec(value);
-    const key = resolve(spec.path);
+    const key = realpathSync(spec.path); // the same image under two names (a symlink) is one image
     if (paths.has(key)) throw new UsageError(`--disk: '${spec.path}' is given twice; two disks on one image would overwrite each other's writes`);
     paths.add(key);
     add("disk", `--disk ${value}`, spec, worker);

@@ -8,7 +8,7 @@
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawn, spawnSync } from "node:child_process";
-import { chmodSync, copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { VIRTIO_MMIO_FIRST_GSI, VIRTIO_MMIO_SLOTS } from "../runtime/pc-machine.js";
@@ -77,6 +77,11 @@ test("bad device flags: status 2, the flag named with what is allowed, and no VM
   const staleSocket = join(dir, "stale.sock");
   writeFileSync(staleSocket, "");
   const kernel = census();
+  const linkTo = (path: string) => {
+    const link = join(dir, "link-to-ok.img");
+    if (!existsSync(link)) symlinkSync(path, link);
+    return link;
+  };
   const cases: [string[], RegExp][] = [
     [["--disk", join(dir, "missing.img")], /--disk .*missing\.img: no such file/],
     [["--disk", dir], /--disk .*: is a directory; give a raw image file/],
@@ -84,6 +89,7 @@ test("bad device flags: status 2, the flag named with what is allowed, and no VM
     [["--disk", `${image},rw`], /--disk .*ok\.img: unknown option 'rw' \(allowed: ro, serial=S, worker\)/],
     [["--disk", `${image},serial=${"x".repeat(21)}`], /serial '.*' must be at most 20 printable ASCII characters/],
     [["--disk", image, "--disk", image], /--disk: '.*ok\.img' is given twice/],
+    [["--disk", image, "--disk", linkTo(image)], /--disk: '.*link-to-ok\.img' is given twice/],
     [["--net", "switch"], /--net switch: an in-process switch joins the NICs of VMs in one process.*use --net tap=NAME/],
     [["--net", "tap=this-name-is-too-long"], /--net tap=this-name-is-too-long: TAP name .* must be 1 to 15/],
     [["--net", "mac=52:54:00:00:00:01"], /--net mac=.*: say which host TAP interface, e\.g\. --net tap=tap0/],
