@@ -3,7 +3,7 @@
  * bad values end with status 2 and an error naming the flag and what is allowed, before any
  * VM starts; good ones give the guest kit's drivers the devices they look for, with the data
  * checked on the host's side (disk files read back, the console's bytes on stdout, vsock
- * streams, the host kernel's ARP table for a TAP).
+ * streams, the host kernel's ARP reply through a TAP).
  */
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
