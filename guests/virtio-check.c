@@ -24,7 +24,8 @@
  *     vector (level-triggered, or edge with LEVEL=0); three requests, each completion seen
  *     by the interrupt handler, which acks InterruptStatus before the EOI. Handler runs
  *     that found InterruptStatus 0 are counted as other-interrupts.
- * The same kernel runs under workervisor's PC machine and QEMU -M microvm.
+ * The same kernel runs under workervisor's PC machine and QEMU -M microvm; built with the
+ * long-mode kit it reports cpl= first (KIT_CPL=3 runs it all at CPL3).
  * Exit status 0 when every step worked; otherwise the number of the failed step.
  */
 #include "kit.h"
@@ -106,9 +107,9 @@ static int blk_request(u32 type, u32 sector, void *buf, u32 len, u16 data_flags,
   status_byte = 0xff;
   struct vq_desc *t = indirect ? indirect_table : dev.desc;
   u16 n = 0;
-  t[n] = (struct vq_desc){(u32)&header, sizeof header, DESC_F_NEXT, (u16)(n + 1)}; n++;
-  if (len) { t[n] = (struct vq_desc){(u32)buf, len, (u16)(data_flags | DESC_F_NEXT), (u16)(n + 1)}; n++; }
-  t[n] = (struct vq_desc){(u32)&status_byte, 1, DESC_F_WRITE, 0}; n++;
+  t[n] = (struct vq_desc){(uptr)&header, sizeof header, DESC_F_NEXT, (u16)(n + 1)}; n++;
+  if (len) { t[n] = (struct vq_desc){(uptr)buf, len, (u16)(data_flags | DESC_F_NEXT), (u16)(n + 1)}; n++; }
+  t[n] = (struct vq_desc){(uptr)&status_byte, 1, DESC_F_WRITE, 0}; n++;
   if (indirect) vq_set(&dev, 0, indirect_table, n * sizeof(struct vq_desc), DESC_F_INDIRECT, 0);
   if (vq_submit(&dev, 0) < 0) return -1;
   return status_byte;
@@ -189,15 +190,15 @@ static void offer_hostile(void) {
     vq_set(&dev, 1, entropy + 8, 8, DESC_F_WRITE | DESC_F_NEXT, 0);
     break;
   case 2:
-    vq_set(&dev, 0, (void *)(RAM_END - 8), 16, DESC_F_WRITE, 0);
+    vq_set(&dev, 0, (void *)(uptr)(RAM_END - 8), 16, DESC_F_WRITE, 0);
     break;
   case 3:
     vq_set(&dev, 0, entropy, 8, DESC_F_WRITE, 0);
     next_idx = (u16)(idx + VQ_SIZE + 1);
     break;
   case 4:
-    indirect_table[0] = (struct vq_desc){(u32)&indirect_table[2], 16, DESC_F_INDIRECT, 0};
-    indirect_table[2] = (struct vq_desc){(u32)entropy, 8, DESC_F_WRITE, 0};
+    indirect_table[0] = (struct vq_desc){(uptr)&indirect_table[2], 16, DESC_F_INDIRECT, 0};
+    indirect_table[2] = (struct vq_desc){(uptr)entropy, 8, DESC_F_WRITE, 0};
     vq_set(&dev, 0, indirect_table, 16, DESC_F_INDIRECT, 0);
     break;
   }
@@ -274,9 +275,9 @@ static void offer_read(u32 slot, u32 sector, void *buf, u32 len) {
   headers[slot].reserved = 0;
   headers[slot].sector = sector;
   statuses[slot] = 0xff;
-  d[0] = (struct vq_desc){(u32)&headers[slot], sizeof headers[slot], DESC_F_NEXT, (u16)(head + 1)};
-  d[1] = (struct vq_desc){(u32)buf, len, DESC_F_WRITE | DESC_F_NEXT, (u16)(head + 2)};
-  d[2] = (struct vq_desc){(u32)&statuses[slot], 1, DESC_F_WRITE, 0};
+  d[0] = (struct vq_desc){(uptr)&headers[slot], sizeof headers[slot], DESC_F_NEXT, (u16)(head + 1)};
+  d[1] = (struct vq_desc){(uptr)buf, len, DESC_F_WRITE | DESC_F_NEXT, (u16)(head + 2)};
+  d[2] = (struct vq_desc){(uptr)&statuses[slot], 1, DESC_F_WRITE, 0};
   u16 idx = dev.avail->idx;
   dev.avail->ring[idx % VQ_SIZE] = head;
   barrier();
@@ -426,6 +427,9 @@ static void interrupt_driven_entropy(void) {
 
 void main(u32 info) {
   (void)info;
+#ifdef KIT_LONG_MODE
+  put_number("cpl", kit_cpl());
+#endif
   if (CHECK == 1) check_entropy();
   else if (CHECK == 2) check_block();
   else if (CHECK == 3) check_hostile();

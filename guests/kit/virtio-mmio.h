@@ -1,6 +1,6 @@
 /*
- * A polled virtio-mmio (version 2) driver for guest-kit kernels running with paging off
- * (guest-physical = virtual): device discovery in the microvm window, the initialisation
+ * A polled virtio-mmio (version 2) driver for guest-kit kernels running with paging off or
+ * identity-mapped (guest-physical = virtual, below 4 GiB): device discovery in the microvm window, the initialisation
  * sequence of virtio 1.2 section 3.1.1, and one split virtqueue of VQ_SIZE entries.
  * Completion is found by polling used.idx; InterruptStatus is read and acknowledged so the
  * interrupt side of the transport is exercised too.
@@ -78,9 +78,9 @@ struct virtio_dev {
 };
 
 static inline void barrier(void) { __asm__ volatile("" ::: "memory"); }
-static inline u32 mmio_read32(u32 addr) { return *(volatile u32 *)addr; }
-static inline void mmio_write32(u32 addr, u32 v) { *(volatile u32 *)addr = v; }
-static inline u8 mmio_read8(u32 addr) { return *(volatile u8 *)addr; }
+static inline u32 mmio_read32(u32 addr) { return *(volatile u32 *)(uptr)addr; }
+static inline void mmio_write32(u32 addr, u32 v) { *(volatile u32 *)(uptr)addr = v; }
+static inline u8 mmio_read8(u32 addr) { return *(volatile u8 *)(uptr)addr; }
 
 static inline u32 vreg(struct virtio_dev *d, u32 off) { return mmio_read32(d->base + off); }
 static inline void vset(struct virtio_dev *d, u32 off, u32 v) { mmio_write32(d->base + off, v); }
@@ -134,7 +134,7 @@ static inline int virtio_init(struct virtio_dev *d, u32 base, u32 wanted, u8 *ri
 }
 
 static inline void vq_set(struct virtio_dev *d, u32 i, const void *addr, u32 len, u16 flags, u16 next) {
-  d->desc[i].addr = (u32)addr;
+  d->desc[i].addr = (uptr)addr;
   d->desc[i].len = len;
   d->desc[i].flags = flags;
   d->desc[i].next = next;
@@ -193,11 +193,11 @@ static inline int virtio_queue(struct virtio_dev *d, struct virtq *q, u16 index,
   q->used = (volatile struct vq_used *)(page + VQ_USED_OFFSET);
   q->last_used = 0;
   vset(d, VM_QUEUE_NUM, VQ_SIZE);
-  vset(d, VM_QUEUE_DESC_LOW, (u32)q->desc);
+  vset(d, VM_QUEUE_DESC_LOW, (u32)(uptr)q->desc);
   vset(d, VM_QUEUE_DESC_HIGH, 0);
-  vset(d, VM_QUEUE_DRIVER_LOW, (u32)q->avail);
+  vset(d, VM_QUEUE_DRIVER_LOW, (u32)(uptr)q->avail);
   vset(d, VM_QUEUE_DRIVER_HIGH, 0);
-  vset(d, VM_QUEUE_DEVICE_LOW, (u32)q->used);
+  vset(d, VM_QUEUE_DEVICE_LOW, (u32)(uptr)q->used);
   vset(d, VM_QUEUE_DEVICE_HIGH, 0);
   vset(d, VM_QUEUE_READY, 1);
   return 0;
@@ -209,7 +209,7 @@ static inline int virtio_driver_ok(struct virtio_dev *d) {
 }
 
 static inline void virtq_set(struct virtq *q, u32 i, const void *addr, u32 len, u16 flags, u16 next) {
-  q->desc[i].addr = (u32)addr;
+  q->desc[i].addr = (uptr)addr;
   q->desc[i].len = len;
   q->desc[i].flags = flags;
   q->desc[i].next = next;

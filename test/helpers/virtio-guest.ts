@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PcMachine, type VirtioOnWorker } from "../../runtime/pc-machine.js";
 import type { VirtioDevice } from "../../runtime/devices/virtio/virtio-device.js";
-import { buildMultibootGuest } from "./flat-guest.js";
+import { buildMultibootGuest, type MultibootBuild } from "./flat-guest.js";
 
 export const CHECK = { entropy: 1, block: 2, hostile: 3, endless: 4, timedReads: 5, interrupts: 6 } as const;
 
@@ -56,11 +56,11 @@ export interface GuestRun {
   machine: PcMachine;
 }
 
-/** Runs virtio-check with `defines` (CHECK first) until its debug-exit. */
-export async function runVirtioCheck(defines: Record<string, number>, devices: (VirtioDevice | VirtioOnWorker)[], log: string[] = []): Promise<GuestRun> {
+/** Runs virtio-check with `defines` (CHECK first), built as `build` says, until its debug-exit. */
+export async function runVirtioCheck(defines: Record<string, number>, devices: (VirtioDevice | VirtioOnWorker)[], log: string[] = [], build: MultibootBuild = {}): Promise<GuestRun> {
   const bytes: number[] = [];
   const machine = new PcMachine({
-    kernel: readFileSync(buildMultibootGuest("virtio-check", defines)), console: (b) => bytes.push(b), virtio: devices,
+    kernel: readFileSync(buildMultibootGuest("virtio-check", defines, build)), console: (b) => bytes.push(b), virtio: devices,
     memory: GUEST_MEMORY_MIB << 20,
     virtioLog: (message) => log.push(message),
   });
