@@ -95,6 +95,18 @@ for (const level of [1, 0]) {
   });
 }
 
+test("virtio-check at CPL3, hostile driver: each of the four broken rings puts virtio-rng in DEVICE_NEEDS_RESET, and a reset makes it work again", { timeout: 120_000 }, async () => {
+  for (const hostile of [1, 2, 3, 4]) {
+    const log: string[] = [];
+    const { report } = await runVirtioCheck({ CHECK: CHECK.hostile, HOSTILE: hostile }, [new VirtioRng()], log, AT_CPL3);
+    assert.equal(report.status, 0, report.console);
+    assert.equal(report.values.get("cpl"), "3");
+    assert.equal(report.values.get("hostile-outcome"), "needs-reset", `HOSTILE=${hostile}: ${log.join(" | ")}`);
+    assert.equal(log.length, 1, log.join(" | "));
+    assert.match(report.values.get("entropy") ?? "", /^[0-9a-f]{64}$/);
+  }
+});
+
 /*
  * QEMU microvm puts its virtio-mmio lines on a second IOAPIC, which the kit does not route;
  * with ioapic2=off they are pins 16-23 of the first, the top transport (QEMU fills slots

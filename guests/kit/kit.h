@@ -24,13 +24,19 @@ static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) :
 static inline u16 inw(u16 port) { u16 v; __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 static inline u32 inl(u16 port) { u32 v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 
-/* Ends the VM with `status` (the debug-exit device), and never returns. */
-static inline __attribute__((noreturn)) void guest_exit(u32 status) {
+/* The privilege level the code runs at: CS's low bits. */
+static inline u32 kit_cpl(void) {
   u16 cs;
   __asm__ volatile("mov %%cs, %0" : "=r"(cs));
+  return cs & 3u;
+}
+
+/* Ends the VM with `status` (the debug-exit device), and never returns. */
+static inline __attribute__((noreturn)) void guest_exit(u32 status) {
+  u32 cpl = kit_cpl();
   for (;;) {
     outl(DEBUG_EXIT_PORT, status);
-    if (cs & 3) __asm__ volatile("pause"); /* HLT is privileged */
+    if (cpl != 0) __asm__ volatile("pause"); /* HLT is privileged */
     else __asm__ volatile("hlt");
   }
 }

@@ -23,12 +23,6 @@
 #define KIT_SYS_INTERRUPTS_OFF 2
 #define KIT_SYS_CALL 3
 
-static inline u32 kit_cpl(void) {
-  u16 cs;
-  __asm__ volatile("mov %%cs, %0" : "=r"(cs));
-  return cs & 3u;
-}
-
 /* The trap path restores every register but RAX, which carries the result. */
 static inline u64 kit_syscall(u64 op, u64 a, u64 b) {
   __asm__ volatile("ud2" : "+a"(op) : "D"(a), "S"(b) : "memory");
