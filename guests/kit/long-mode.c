@@ -68,11 +68,14 @@ void kit_allow_ports(u16 first, u16 count) {
   for (u32 port = first; port < (u32)first + count && port < 65536; port++) kit_tss.io_bitmap[port >> 3] &= (u8)~(1u << (port & 7));
 }
 
-static void set_gate(u32 vector, u64 handler, u32 dpl) {
-  kit_idt64[vector] = (struct idt_gate64){
-    (u16)handler, KERNEL_CODE, 0, (u8)(0x8e | dpl << 5), (u16)(handler >> 16), (u32)(handler >> 32), 0,
-  };
+/* A present 64-bit interrupt gate, DPL0: CPL3 reaches CPL0 only through exceptions and interrupts. */
+static void set_gate(u32 vector, u64 handler) {
+  kit_idt64[vector] = (struct idt_gate64){(u16)handler, KERNEL_CODE, 0, 0x8e, (u16)(handler >> 16), (u32)(handler >> 32), 0};
 }
+
+#if KIT_CPL == 3
+static void main_at_cpl3(u64 multiboot_info) { main((u32)multiboot_info); }
+#endif
 
 void kit_start64(u32 multiboot_info) {
   kit_tss.rsp[0] = (u64)(kit_kernel_stack + sizeof kit_kernel_stack);
@@ -89,12 +92,12 @@ void kit_start64(u32 multiboot_info) {
   kit_gdt[6] = base >> 32;
   __asm__ volatile("ltr %w0" : : "r"(TSS_SELECTOR));
 
-  for (u32 v = 0; v < 256; v++) set_gate(v, (u64)(kit_trap_stubs + 16 * v), 0);
+  for (u32 v = 0; v < 256; v++) set_gate(v, (u64)(kit_trap_stubs + 16 * v));
   struct descriptor_pointer idtr = {sizeof kit_idt64 - 1, (u64)kit_idt64};
   __asm__ volatile("lidt %0" : : "m"(idtr));
 
 #if KIT_CPL == 3
-  kit_enter_user((void (*)(u64))main, multiboot_info);
+  kit_enter_user(main_at_cpl3, multiboot_info);
 #else
   main(multiboot_info);
 #endif
@@ -121,6 +124,12 @@ static void syscall(struct kit_trap_frame *frame) {
   if (frame->rax == KIT_SYS_INTERRUPTS_ON) frame->rflags |= RFLAGS_IF;
   else if (frame->rax == KIT_SYS_INTERRUPTS_OFF) frame->rflags &= ~(u64)RFLAGS_IF;
   else if (frame->rax == KIT_SYS_CALL) frame->rax = ((u64 (*)(u64))frame->rdi)(frame->rsi);
+  else {
+    serial_puts("kit: unknown system call ");
+    serial_put_decimal((u32)frame->rax);
+    serial_putc('\n');
+    guest_exit(UNEXPECTED_EXCEPTION_STATUS);
+  }
 }
 
 void kit_trap(struct kit_trap_frame *frame) {
