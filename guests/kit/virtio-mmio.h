@@ -57,15 +57,21 @@
    ring area is VQ_RING_BYTES, 4 KiB-aligned. */
 #define VQ_USED_OFFSET ((16u * VQ_SIZE + 6u + 2u * VQ_SIZE + 4095u) & ~4095u)
 #define VQ_RING_BYTES (VQ_USED_OFFSET + ((6u + 8u * VQ_SIZE + 4095u) & ~4095u))
-/* Polls of used.idx before giving up (seconds of emulated CPL0 code on PVM; at CPL3, which
-   runs natively, 2M polls took 0.17 s here, so it polls 16 times as often); the status
-   register, an MMIO exit, is read only every STATUS_POLL_EVERY polls. */
+/* Polls of used.idx before giving up (seconds of emulated CPL0 code on PVM); the status
+   register, an MMIO exit, is read only every STATUS_POLL_EVERY polls. CPL3 runs natively
+   (2M polls took 0.17 s here, ~60 times faster than at CPL0), so both scale up there, to
+   keep roughly the same time between Status reads and before giving up. */
+#ifndef KIT_POLL_SCALE
 #if defined(KIT_LONG_MODE) && KIT_CPL == 3
-#define POLL_LIMIT 32000000u
+#define KIT_POLL_SCALE 16u
 #else
-#define POLL_LIMIT 2000000u
+#define KIT_POLL_SCALE 1u
 #endif
-#define STATUS_POLL_EVERY 1024u
+#endif
+#define POLL_LIMIT (2000000u * KIT_POLL_SCALE)
+#define STATUS_POLL_EVERY (1024u * KIT_POLL_SCALE)
+/* InterruptStatus reads virtio_ack waits at most: each one is an exit, at any CPL. */
+#define INTERRUPT_STATUS_READS 1024u
 
 struct vq_desc { u64x addr; u32 len; u16 flags; u16 next; };
 struct vq_avail { u16 flags; u16 idx; u16 ring[VQ_SIZE]; u16 used_event; };
@@ -247,7 +253,7 @@ static inline void virtio_ack(struct virtio_dev *d) {
   /* A device on its own thread may publish the used entry a moment before it sets
      InterruptStatus (the notification follows the ring update), so give it that moment. */
   u32 isr = vreg(d, VM_INTERRUPT_STATUS);
-  for (u32 n = 0; !(isr & 1) && n < STATUS_POLL_EVERY; n++) {
+  for (u32 n = 0; !(isr & 1) && n < INTERRUPT_STATUS_READS; n++) {
     pause_cpu();
     isr = vreg(d, VM_INTERRUPT_STATUS);
   }
