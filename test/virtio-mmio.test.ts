@@ -22,6 +22,7 @@ import {
 import { VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE } from "../runtime/devices/virtio/virtqueue.js";
 import type { VirtioDevice } from "../runtime/devices/virtio/virtio-device.js";
 import { DriverRing } from "./helpers/split-ring.js";
+import { holeBlocks } from "./helpers/file-holes.js";
 
 const dir = mkdtempSync(join(tmpdir(), "workervisor-virtio-mmio-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -288,7 +289,9 @@ for (const [where, folder] of [["the temporary folder", dir], ["tmpfs, with no Z
     const discarded = zeroRequest(image.path, VirtioBlkRequest.DISCARD, [{ sector: sectorsOf(8), sectors: sectorsOf(2) }, { sector: sectorsOf(12), sectors: sectorsOf(1) }]);
     assert.equal(discarded.status, VirtioBlkStatus.OK);
     assert.equal(discarded.stats.discards, 1);
-    assert.equal(statSync(image.path).blocks, blocksBefore - 4 * 8, "four 4 KiB blocks punched out");
+    // ext4 may report WRITE_ZEROES's unwritten extents (blocks 1-2) as holes too.
+    const holes = holeBlocks(image.path).filter((b) => b !== 1 && b !== 2);
+    assert.deepEqual(holes, [5, 8, 9, 12], "UNMAP and DISCARD punched holes, and only they did");
     const file = readFileSync(image.path);
     assert.equal(file.length, image.bytes.length, "the size is kept");
     const zeroBlocks = new Set([1, 2, 5, 8, 9, 12]);
