@@ -96,6 +96,8 @@ export class VirtioBlk implements VirtioDevice {
   /** Room for one more segment than allowed, so that one too many is seen. */
   private readonly segments = new Uint8Array(DISCARD_SEGMENT_BYTES * (Math.max(VIRTIO_BLK_MAX_DISCARD_SEG, VIRTIO_BLK_MAX_WRITE_ZEROES_SEG) + 1));
   private readonly segmentsView = new DataView(this.segments.buffer);
+  /** Bytes the request being served wrote into the driver's buffers. */
+  private written = 0;
 
   constructor(options: VirtioBlkOptions) {
     this.readOnly = options.readOnly ?? false;
@@ -167,27 +169,32 @@ export class VirtioBlk implements VirtioDevice {
     // At most a queue's worth per call: a guest refilling the ring from another vCPU must not
     // hold the main thread; the transport calls again later for what is left.
     for (let budget = queue.size, chain = queue.pop(); chain !== undefined && !(chain instanceof Error); chain = --budget > 0 ? queue.pop() : undefined) {
-      const status = statusByte(chain);
-      if (status === undefined) {
+      const statusSegment = lastNonEmpty(chain.writable);
+      if (statusSegment === undefined) {
         context.needsReset(`request ${chain.head} has no device-writable byte for its status`);
         return;
       }
-      let result: { status: number; written: number };
+      // Nothing allocated per request: serve() answers the status and leaves the bytes it
+      // filled in `written`.
+      this.written = 0;
+      let status: number;
       try {
-        result = this.serve(chain, status.dataLength, context.features);
+        status = this.serve(chain, chain.writableLength - 1, context.features);
       } catch {
-        result = { status: VirtioBlkStatus.IOERR, written: 0 }; // the host file failed (EIO, short file)
+        status = VirtioBlkStatus.IOERR; // the host file failed (EIO, short file)
+        this.written = 0;
       }
-      if (result.status !== VirtioBlkStatus.OK) this.stats.failed++;
-      status.segment.bytes[status.segment.bytes.length - 1] = result.status;
-      queue.pushUsed(chain.head, result.written + 1);
+      if (status !== VirtioBlkStatus.OK) this.stats.failed++;
+      statusSegment[statusSegment.length - 1] = status;
+      queue.pushUsed(chain.head, this.written + 1);
     }
   }
 
   reset(): void {}
 
-  private serve(chain: DescriptorChain, inLength: number, features: bigint): { status: number; written: number } {
-    const fail = { status: VirtioBlkStatus.IOERR, written: 0 };
+  /** Serves one request: its status; what it wrote into the chain's buffers goes to `written`. */
+  private serve(chain: DescriptorChain, inLength: number, features: bigint): number {
+    const fail = VirtioBlkStatus.IOERR;
     if (gather(chain.readable, this.header) < HEADER_BYTES || this.fd === undefined) return fail;
     const type = this.headerView.getUint32(0, true);
     const sector = this.headerView.getBigUint64(8, true);
@@ -196,7 +203,8 @@ export class VirtioBlk implements VirtioDevice {
         const position = this.range(sector, inLength);
         if (position === undefined) return fail;
         this.stats.reads++;
-        return { status: VirtioBlkStatus.OK, written: this.transfer(chain.writable, inLength, position, "read") };
+        this.written = this.transfer(chain.writable, inLength, position, "read");
+        return VirtioBlkStatus.OK;
       }
       case VirtioBlkRequest.OUT: {
         const outLength = chain.readableLength - HEADER_BYTES;
@@ -204,7 +212,7 @@ export class VirtioBlk implements VirtioDevice {
         if (this.readOnly || position === undefined) return fail;
         this.stats.writes++;
         this.transfer(chain.readable, outLength, position, "write", HEADER_BYTES);
-        return { status: VirtioBlkStatus.OK, written: 0 };
+        return VirtioBlkStatus.OK;
       }
       case VirtioBlkRequest.FLUSH:
         this.stats.flushes++;
@@ -213,17 +221,18 @@ export class VirtioBlk implements VirtioDevice {
         } catch {
           return fail;
         }
-        return { status: VirtioBlkStatus.OK, written: 0 };
+        return VirtioBlkStatus.OK;
       case VirtioBlkRequest.GET_ID: {
         const id = new Uint8Array(VIRTIO_BLK_ID_BYTES);
         id.set(this.serial);
-        return { status: VirtioBlkStatus.OK, written: scatter(chain.writable, id.subarray(0, Math.min(inLength, VIRTIO_BLK_ID_BYTES))) };
+        this.written = scatter(chain.writable, id.subarray(0, Math.min(inLength, VIRTIO_BLK_ID_BYTES)));
+        return VirtioBlkStatus.OK;
       }
       case VirtioBlkRequest.DISCARD:
       case VirtioBlkRequest.WRITE_ZEROES:
-        return { status: this.discardOrZero(chain, type, features), written: 0 };
+        return this.discardOrZero(chain, type, features);
       default:
-        return { status: VirtioBlkStatus.UNSUPP, written: 0 };
+        return VirtioBlkStatus.UNSUPP;
     }
   }
 
@@ -309,13 +318,13 @@ export class VirtioBlk implements VirtioDevice {
   }
 }
 
-/** The last writable byte (the status) and how many writable bytes precede it. */
-function statusByte(chain: DescriptorChain): { segment: BufferSegment; dataLength: number } | undefined {
-  for (let i = chain.writable.length - 1; i >= 0; i--) {
-    if (chain.writable[i].bytes.length > 0) {
-      const trailing = chain.writable.slice(i + 1).reduce((n, s) => n + s.bytes.length, 0);
-      return { segment: chain.writable[i], dataLength: chain.writableLength - 1 - trailing };
-    }
+/**
+ * The bytes of the last non-empty writable buffer, whose last byte is the status; every
+ * writable byte before it is data (empty buffers after it hold nothing).
+ */
+function lastNonEmpty(writable: readonly BufferSegment[]): Uint8Array | undefined {
+  for (let i = writable.length - 1; i >= 0; i--) {
+    if (writable[i].bytes.length > 0) return writable[i].bytes;
   }
   return undefined;
 }
