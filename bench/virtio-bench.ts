@@ -7,8 +7,9 @@
  * drift of this shared machine hits all of them; ratios are medians over rounds with their
  * min..max. The guest prints "go" when its device is ready and a count when done: the time
  * between those lines is what is measured, the same way for both VMMs.
- * Per request, ours also reports userspace exits, QueueNotify exits and main-thread CPU
- * (CLOCK_THREAD_CPUTIME_ID of the main thread: process.cpuUsage() would count every thread).
+ * Per request, ours also reports userspace exits, QueueNotify exits, main-thread CPU
+ * (CLOCK_THREAD_CPUTIME_ID of the main thread: process.cpuUsage() would count every thread)
+ * and, on a device worker, that worker's CPU.
  */
 import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -24,7 +25,7 @@ import { destroyDeviceWorkerPool } from "../runtime/device-worker-pool.js";
 import { buildMultibootGuest } from "../test/helpers/flat-guest.js";
 import { type Column, fitNumber, tableLine, tableWidth, wrapText } from "./fixed-width.js";
 import { median, ratioSpread } from "./paired-ratios.js";
-import { threadCpuNs } from "./thread-cpu.js";
+import { threadCpuNs } from "../runtime/thread-cpu.js";
 
 const USAGE = `usage: workervisor bench virtio [--runs N] [--quick] [--no-qemu]
 
@@ -67,6 +68,8 @@ export interface Measurement {
   exitsPerRequest?: number;
   notifyExitsPerRequest?: number;
   mainCpuMicrosPerRequest?: number;
+  /** The device worker's thread CPU per request (device-worker placement only). */
+  deviceCpuMicrosPerRequest?: number;
 }
 
 /**
@@ -127,12 +130,15 @@ async function runOurs(workload: Workload, placement: "main-thread" | "worker", 
   if (result.reason !== "debug-exit" || result.status !== 0) throw new Error(`${workload.name} (${placement}): the guest ended by ${result.reason} ${result.status ?? ""}`);
   const seconds = clock.seconds(`${workload.name} (${placement})`);
   const stats = machine.vm.stats;
+  const transport = machine.virtio[0];
+  const workerCpuNs = "deviceStats" in transport ? transport.deviceStats?.workerCpuNs : undefined;
   return {
     seconds,
     rate: workload.requests / seconds,
     exitsPerRequest: stats.exits / workload.requests,
     notifyExitsPerRequest: machine.virtio[0].stats.notifyExits / workload.requests,
     mainCpuMicrosPerRequest: clock.mainCpuNs / 1000 / workload.requests,
+    deviceCpuMicrosPerRequest: typeof workerCpuNs === "number" ? workerCpuNs / 1000 / workload.requests : undefined,
   };
 }
 
@@ -172,14 +178,15 @@ function runQemu(workload: Workload, kernelPath: string, image: string): Promise
 const COLUMNS: Column[] = [
   { title: "workload", width: 16, left: true },
   { title: "peer", width: 13, left: true },
-  { title: "rate", width: 8 },
+  { title: "rate", width: 7 },
   { title: "unit", width: 4, left: true },
   { title: "ms/req", width: 6 },
   { title: "vs QEMU", width: 7 },
   { title: "spread", width: 10 },
-  { title: "exit/req", width: 8 },
+  { title: "exits", width: 5 },
   { title: "ntfy/req", width: 8 },
-  { title: "main µs/req", width: 11 },
+  { title: "main µs", width: 7 },
+  { title: "dev µs", width: 6 },
 ];
 
 export function formatVirtioTable(results: Map<string, Map<PeerName, Measurement[]>>, workloadList: Workload[], rounds: number): string {
@@ -196,18 +203,18 @@ export function formatVirtioTable(results: Map<string, Map<PeerName, Measurement
         return values.length === 0 ? null : median(values);
       };
       lines.push(tableLine(COLUMNS, [
-        workload.name, peer, fitNumber(rate, 8, 1), workload.bytesPerRequest === undefined ? "IOPS" : "MB/s",
+        workload.name, peer, fitNumber(rate, 7, 1), workload.bytesPerRequest === undefined ? "IOPS" : "MB/s",
         fitNumber(pick((m) => (m.seconds * 1000) / workload.requests), 6, 3),
         pairs === null ? "-" : fitNumber(pairs.median, 7, 2),
         pairs === null ? "-" : `${fitNumber(pairs.min, 4, 2)}..${fitNumber(pairs.max, 4, 2)}`,
-        fitNumber(pick((m) => m.exitsPerRequest), 8, 2), fitNumber(pick((m) => m.notifyExitsPerRequest), 8, 2),
-        fitNumber(pick((m) => m.mainCpuMicrosPerRequest), 11, 1),
+        fitNumber(pick((m) => m.exitsPerRequest), 5, 2), fitNumber(pick((m) => m.notifyExitsPerRequest), 8, 2),
+        fitNumber(pick((m) => m.mainCpuMicrosPerRequest), 7, 1), fitNumber(pick((m) => m.deviceCpuMicrosPerRequest), 6, 1),
       ]));
     }
   }
   lines.push(...wrapText(
     `Peers: workervisor with the device on the main thread or on a device worker, and QEMU. Medians of ${rounds} rounds. vs QEMU: ours/QEMU rate, median of per-round ratios (above 1: faster than QEMU), spread min..max. ` +
-      "exit/req: userspace exits per request, ntfy/req: QueueNotify exits per request, main µs/req: main-thread CPU per request (ours only).",
+      "exits: userspace exits per request, ntfy/req: QueueNotify exits per request, main µs: main-thread CPU per request, dev µs: the device worker's CPU per request (ours only).",
   ));
   return lines.join("\n") + "\n";
 }
