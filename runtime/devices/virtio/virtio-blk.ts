@@ -87,7 +87,7 @@ export class VirtioBlk implements VirtioDevice {
   readonly capacityBytes: number;
   readonly stats: VirtioBlkStats = { reads: 0, writes: 0, flushes: 0, discards: 0, writeZeroes: 0, failed: 0 };
   /** DISCARD and WRITE_ZEROES are offered (the image can punch holes). */
-  readonly discards: boolean;
+  readonly offersDiscard: boolean;
   private readonly serial: Uint8Array;
   private fd: number | undefined;
   private readonly space: ImageSpace | undefined;
@@ -136,15 +136,15 @@ export class VirtioBlk implements VirtioDevice {
       this.close();
       throw new BlockImageError(`cannot probe the block image ${options.path} for hole punching: ${(error as Error).message}`, { cause: error });
     }
-    this.discards = this.space?.canPunchHoles ?? false;
+    this.offersDiscard = this.space?.canPunchHoles ?? false;
     this.features = featureBit(VIRTIO_BLK_F_SEG_MAX) | featureBit(VIRTIO_BLK_F_BLK_SIZE) | featureBit(VIRTIO_BLK_F_FLUSH) |
       (this.readOnly ? featureBit(VIRTIO_BLK_F_RO) : 0n) |
-      (this.discards ? featureBit(VIRTIO_BLK_F_DISCARD) | featureBit(VIRTIO_BLK_F_WRITE_ZEROES) : 0n);
+      (this.offersDiscard ? featureBit(VIRTIO_BLK_F_DISCARD) | featureBit(VIRTIO_BLK_F_WRITE_ZEROES) : 0n);
     const config = new DataView(this.config.buffer);
     config.setBigUint64(ConfigOffset.capacity, BigInt(this.capacityBytes / SECTOR_SIZE), true);
     config.setUint32(ConfigOffset.segMax, VIRTIO_BLK_SEG_MAX, true);
     config.setUint32(ConfigOffset.blkSize, SECTOR_SIZE, true);
-    if (this.discards) {
+    if (this.offersDiscard) {
       config.setUint32(ConfigOffset.maxDiscardSectors, VIRTIO_BLK_MAX_DISCARD_SECTORS, true);
       config.setUint32(ConfigOffset.maxDiscardSeg, VIRTIO_BLK_MAX_DISCARD_SEG, true);
       config.setUint32(ConfigOffset.discardSectorAlignment, VIRTIO_BLK_DISCARD_SECTOR_ALIGNMENT, true);
@@ -246,7 +246,7 @@ export class VirtioBlk implements VirtioDevice {
   private discardOrZero(chain: DescriptorChain, type: number, features: bigint): number {
     const discard = type === VirtioBlkRequest.DISCARD;
     const feature = discard ? VIRTIO_BLK_F_DISCARD : VIRTIO_BLK_F_WRITE_ZEROES;
-    if (this.space === undefined || !this.discards || (features & featureBit(feature)) === 0n) return VirtioBlkStatus.UNSUPP;
+    if (this.space === undefined || !this.offersDiscard || (features & featureBit(feature)) === 0n) return VirtioBlkStatus.UNSUPP;
     const bytes = chain.readableLength - HEADER_BYTES;
     if (bytes <= 0 || bytes % DISCARD_SEGMENT_BYTES !== 0) return VirtioBlkStatus.IOERR;
     const count = bytes / DISCARD_SEGMENT_BYTES;
