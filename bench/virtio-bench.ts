@@ -7,8 +7,9 @@
  * drift of this shared machine hits all of them; ratios are medians over rounds with their
  * min..max. The guest prints "go" when its device is ready and a count when done: the time
  * between those lines is what is measured, the same way for both VMMs.
- * Per request, ours also reports userspace exits, QueueNotify exits and main-thread CPU
- * (CLOCK_THREAD_CPUTIME_ID of the main thread: process.cpuUsage() would count every thread).
+ * Per request, ours also reports userspace exits, QueueNotify exits, main-thread CPU
+ * (CLOCK_THREAD_CPUTIME_ID of the main thread: process.cpuUsage() would count every thread)
+ * and, on a device worker, that worker's CPU.
  * The guest's driver runs at CPL3 (the long-mode kit, which PVM runs natively) or at CPL0
  * (the 32-bit kit, which PVM emulates), or both, each row saying which.
  */
@@ -26,7 +27,7 @@ import { destroyDeviceWorkerPool } from "../runtime/device-worker-pool.js";
 import { buildMultibootGuest } from "../test/helpers/flat-guest.js";
 import { type Column, fitNumber, tableLine, tableWidth, wrapText } from "./fixed-width.js";
 import { median, ratioSpread } from "./paired-ratios.js";
-import { threadCpuNs } from "./thread-cpu.js";
+import { threadCpuNs } from "../runtime/thread-cpu.js";
 
 const USAGE = `usage: workervisor bench virtio [--runs N] [--quick] [--no-qemu] [--cpl 3|0|both]
 
@@ -77,6 +78,8 @@ export interface Measurement {
   exitsPerRequest?: number;
   notifyExitsPerRequest?: number;
   mainCpuMicrosPerRequest?: number;
+  /** The device worker's thread CPU per request (device-worker placement only). */
+  deviceCpuMicrosPerRequest?: number;
 }
 
 /**
@@ -137,12 +140,15 @@ async function runOurs(workload: Workload, placement: "main-thread" | "worker", 
   if (result.reason !== "debug-exit" || result.status !== 0) throw new Error(`${workload.name} (${placement}): the guest ended by ${result.reason} ${result.status ?? ""}`);
   const seconds = clock.seconds(`${workload.name} (${placement})`);
   const stats = machine.vm.stats;
+  const transport = machine.virtio[0];
+  const workerCpuNs = "deviceStats" in transport ? transport.deviceStats?.workerCpuNs : undefined;
   return {
     seconds,
     rate: workload.requests / seconds,
     exitsPerRequest: stats.exits / workload.requests,
     notifyExitsPerRequest: machine.virtio[0].stats.notifyExits / workload.requests,
     mainCpuMicrosPerRequest: clock.mainCpuNs / 1000 / workload.requests,
+    deviceCpuMicrosPerRequest: typeof workerCpuNs === "number" ? workerCpuNs / 1000 / workload.requests : undefined,
   };
 }
 
@@ -183,14 +189,15 @@ const COLUMNS: Column[] = [
   { title: "workload", width: 16, left: true },
   { title: "peer", width: 13, left: true },
   { title: "cpl", width: 3 },
-  { title: "rate", width: 8 },
+  { title: "rate", width: 7 },
   { title: "unit", width: 4, left: true },
   { title: "ms/req", width: 6 },
   { title: "vs QEMU", width: 7 },
   { title: "spread", width: 10 },
-  { title: "exit/req", width: 8 },
-  { title: "ntfy/req", width: 8 },
+  { title: "exits", width: 5 },
+  { title: "ntfy", width: 5 },
   { title: "main µs", width: 7 },
+  { title: "dev µs", width: 6 },
 ];
 
 export function formatVirtioTable(results: Map<string, Map<PeerName, Measurement[]>>, workloadList: Workload[], rounds: number, cpls: readonly GuestCpl[] = [3]): string {
@@ -207,18 +214,18 @@ export function formatVirtioTable(results: Map<string, Map<PeerName, Measurement
         return values.length === 0 ? null : median(values);
       };
       lines.push(tableLine(COLUMNS, [
-        workload.name, peer, String(cpl), fitNumber(rate, 8, 1), workload.bytesPerRequest === undefined ? "IOPS" : "MB/s",
+        workload.name, peer, String(cpl), fitNumber(rate, 7, 1), workload.bytesPerRequest === undefined ? "IOPS" : "MB/s",
         fitNumber(pick((m) => (m.seconds * 1000) / workload.requests), 6, 3),
         pairs === null ? "-" : fitNumber(pairs.median, 7, 2),
         pairs === null ? "-" : `${fitNumber(pairs.min, 4, 2)}..${fitNumber(pairs.max, 4, 2)}`,
-        fitNumber(pick((m) => m.exitsPerRequest), 8, 2), fitNumber(pick((m) => m.notifyExitsPerRequest), 8, 2),
-        fitNumber(pick((m) => m.mainCpuMicrosPerRequest), 7, 1),
+        fitNumber(pick((m) => m.exitsPerRequest), 5, 2), fitNumber(pick((m) => m.notifyExitsPerRequest), 5, 2),
+        fitNumber(pick((m) => m.mainCpuMicrosPerRequest), 7, 1), fitNumber(pick((m) => m.deviceCpuMicrosPerRequest), 6, 1),
       ]));
     }
   }
   lines.push(...wrapText(
     `Peers: workervisor with the device on the main thread or on a device worker, and QEMU. cpl: where the guest's driver runs (3: long-mode kit, 0: 32-bit kit). Medians of ${rounds} rounds. vs QEMU: ours/QEMU rate at the same CPL, median of per-round ratios (above 1: faster than QEMU), spread min..max. ` +
-      "exit/req: userspace exits per request, ntfy/req: QueueNotify exits per request, main µs: main-thread CPU µs per request (ours only).",
+      "exits: userspace exits per request, ntfy: QueueNotify exits per request, main µs: main-thread CPU µs per request, dev µs: the device worker's CPU µs per request (ours only).",
   ));
   return lines.join("\n") + "\n";
 }

@@ -10,7 +10,7 @@ const workloads: Workload[] = [
 ];
 
 function ours(rate: number, extreme: number): Measurement {
-  return { seconds: 100 / rate, rate, exitsPerRequest: extreme, notifyExitsPerRequest: 0, mainCpuMicrosPerRequest: extreme * 1000 };
+  return { seconds: 100 / rate, rate, exitsPerRequest: extreme, notifyExitsPerRequest: 0, mainCpuMicrosPerRequest: extreme * 1000, deviceCpuMicrosPerRequest: extreme * 10 };
 }
 
 test("every line fits the report width, even with huge and tiny figures; vs QEMU is the median of per-round ratios, each CPL paired with its own QEMU runs", () => {
