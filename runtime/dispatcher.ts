@@ -248,15 +248,15 @@ export class Dispatcher {
     }
   }
 
-  private acknowledgeInterrupt(channel: ExitChannel, answer: () => number): void {
-    let vector = 0;
+  /** The PIC's vector for an INTA cycle; 0 if it failed (the failure stops the VM). */
+  private acknowledgeInterrupt(): number {
     try {
       if (this.interruptControllers === undefined) throw new Error("an INTA cycle, but the VM has no userspace PIC");
-      vector = this.interruptControllers.acknowledge();
+      return this.interruptControllers.acknowledge();
     } catch (error) {
       this.fail("pic", ExitKind.InterruptAcknowledge, 0, error);
+      return 0;
     }
-    channel.complete(vector, 0, answer());
   }
 
   /** Returns false if no device claimed (some of) the access. */
@@ -295,21 +295,24 @@ export class Dispatcher {
     this.stats.sync++;
     const { kind, address, size, count } = record;
     const failuresBefore = this.failures;
-    const answer = () => (this.failures !== failuresBefore ? Answer.STOPPED : Answer.OK);
+    let low = 0;
+    let high = 0;
+    // An MSR nobody implements faults, as on hardware (rdmsr_safe-style probing relies on it).
+    let fault = false;
     if (count > 1) {
       this.handleStringIo(channel, kind, address, size, count);
-      channel.complete(0, 0, answer());
     } else if (kind === ExitKind.InterruptAcknowledge) {
-      this.acknowledgeInterrupt(channel, answer);
+      low = this.acknowledgeInterrupt();
     } else if (isReadKind(kind)) {
       const accessor = this.accessorFor(kind);
-      const claimed = this.read(accessor, kind, address, size);
-      // An MSR nobody implements faults, as on hardware (rdmsr_safe-style probing relies on it).
-      channel.complete(accessor.low, accessor.high, !claimed && kind === ExitKind.MsrRead ? Answer.FAULT : answer());
+      fault = !this.read(accessor, kind, address, size) && kind === ExitKind.MsrRead;
+      low = accessor.low;
+      high = accessor.high;
     } else {
-      const claimed = this.write(kind, address, size, record.data, record.dataHigh);
-      channel.complete(0, 0, !claimed && kind === ExitKind.MsrWrite ? Answer.FAULT : answer());
+      fault = !this.write(kind, address, size, record.data, record.dataHigh) && kind === ExitKind.MsrWrite;
     }
+    // A device that threw stops the VM: the worker must not run the guest on.
+    channel.complete(low, high, fault ? Answer.FAULT : this.failures !== failuresBefore ? Answer.STOPPED : Answer.OK);
   }
 
   /** `rep insb/outsb` and wider: one device access per element, data in the mailbox. */

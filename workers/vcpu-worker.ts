@@ -170,7 +170,7 @@ function runLoop(
           if (answer === Answer.STOPPED) return { reason: "stopped" };
           if (answer === Answer.FAULT) vcpu.failMsr();
           else if (exit.count > 1) {
-            vcpu.stringData().set(channel.syncData.subarray(0, exit.size * exit.count));
+            vcpu.stringData().set(channel.syncDataView(exit.size * exit.count));
             vcpu.complete();
           } else vcpu.completeRead(channel.answerLow, channel.answerHigh);
         }
