@@ -14,7 +14,7 @@ import type { MessagePort } from "node:worker_threads";
 import { EventFdPoller, signalEventFd } from "../runtime/hypervisor/eventfd.js";
 import type { InterruptLine } from "../runtime/devices/device.js";
 import { VirtioMmioTransport } from "../runtime/devices/virtio/mmio-transport.js";
-import { VirtioMmioRegisters } from "../runtime/devices/virtio/virtio-mmio-registers.js";
+import { StatWord, VirtioMmioRegisters } from "../runtime/devices/virtio/virtio-mmio-registers.js";
 import { VirtioWriteMailbox } from "../runtime/devices/virtio/virtio-write-mailbox.js";
 import type { VirtioDevice } from "../runtime/devices/virtio/virtio-device.js";
 import { GuestMemory } from "../memory/guest-memory.js";
@@ -97,6 +97,7 @@ async function serveDevice(task: DeviceWorkerTask, port: MessagePort, post: (mes
     const queues = start.notifyFds.length;
     for (;;) {
       poller.wait(later.length > 0 ? 0 : -1);
+      registers.count(StatWord.workerWakes);
       if (mailbox.stopRequested) return deviceStats(device, cpuAtStart);
       poller.take(0);
       const write = mailbox.take();
