@@ -272,6 +272,9 @@ export class VirtioMmioTransport implements Device {
     const ring = this.rings[index];
     if (ring === undefined) return;
     let leftForBudget: void | boolean;
+    // As QEMU does (virtio_queue_set_notification): no kicks wanted while the queue is being
+    // walked, since every entry offered meanwhile is taken without one.
+    ring.setNotifications(false);
     try {
       leftForBudget = this.device.processQueue(index, ring, this.context);
     } catch (error) {
@@ -283,8 +286,10 @@ export class VirtioMmioTransport implements Device {
       this.needsReset(ring.failure.message);
       return;
     }
+    if (this.rings[index] === ring) ring.setNotifications(true);
     if (ring.takeNotification()) this.raise(VIRTIO_MMIO_INT_VRING);
-    // Work left after the device's budget: serve it later, letting other work in first.
+    // Work left after the device's budget, or offered after its last pop without a kick
+    // (notifications were off): serve it later, letting other work in first.
     if (leftForBudget !== false && ring.hasPending()) this.serveLater(index, ring);
   }
 
