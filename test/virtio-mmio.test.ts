@@ -187,7 +187,7 @@ for (const eventIndex of [false, true]) {
     };
     const later: (() => void)[] = [];
     const transport = new VirtioMmioTransport({ memory, device, interrupt: { set() {} }, schedule: (serve) => later.push(serve) });
-    const t = { r: (offset: number) => transport.read(offset, 4) as number, w: (offset: number, value: number) => transport.write(offset, 4, value) };
+    const t = { r: (offset: number) => transport.read(offset, 4, { high: 0 }), w: (offset: number, value: number) => transport.write(offset, 4, value) };
     bringUp(t as ReturnType<typeof rig>, driver, eventIndex ? 1 << 29 : 0);
     driver.writeDescriptor(0, { addr: 0x8000, len: 16, flags: WRITE, next: 0 });
     driver.offer(0);
