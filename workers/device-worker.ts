@@ -4,7 +4,8 @@
  * device from a module and structured-clonable options, runs the transport's state machine
  * over the shared register file, and blocks in poll(2) on its eventfds: the QueueNotify
  * ioeventfds (the guest's doorbell ends in the kernel, no exit), the write mailbox's eventfd
- * (state-changing register writes from vCPU workers) and the irqfd's resample eventfd. It
+ * (state-changing register writes from vCPU workers), the irqfd's resample eventfd and the
+ * host-side fds the device asks it to watch (a TAP, a switch port's bell). It
  * walks the queues in the guest-memory SABs and completes through the irqfd. The main thread
  * only starts it, hears its log lines, and (on hosts without a resampling irqfd) drives the
  * line for it.
@@ -16,7 +17,7 @@ import type { InterruptLine } from "../runtime/devices/device.js";
 import { VirtioMmioTransport } from "../runtime/devices/virtio/mmio-transport.js";
 import { VirtioMmioRegisters } from "../runtime/devices/virtio/virtio-mmio-registers.js";
 import { VirtioWriteMailbox } from "../runtime/devices/virtio/virtio-write-mailbox.js";
-import type { VirtioDevice } from "../runtime/devices/virtio/virtio-device.js";
+import type { FdWatcher, VirtioDevice } from "../runtime/devices/virtio/virtio-device.js";
 import { GuestMemory } from "../memory/guest-memory.js";
 import type { DeviceWorkerMessage, DeviceWorkerStart, DeviceWorkerTask } from "./device-worker-task.js";
 
@@ -76,21 +77,40 @@ async function serveDevice(task: DeviceWorkerTask, port: MessagePort, post: (mes
         }
       },
     };
+    // Host-side fds the device has us watch (a TAP, a switch port's bell), by registration.
+    const watched = new Map<number, { fd: number; onReadable: () => void }>();
+    let watchedChanged = true;
+    let nextWatch = 0;
+    const watchFd: FdWatcher = (fd, onReadable) => {
+      const id = nextWatch++;
+      watched.set(id, { fd, onReadable });
+      watchedChanged = true;
+      return () => {
+        watchedChanged = watched.delete(id) || watchedChanged;
+      };
+    };
     const transport = new VirtioMmioTransport({
       memory: GuestMemory.fromShared(task.memory), device, interrupt: line, registers,
       log: (message) => post({ kind: "log", message }),
       schedule: (serve) => later.push(serve),
       resampledLine: task.resampledLine,
+      watchFd,
     });
     post({ kind: "ready", queues: device.queueSizes.length });
     const [message] = await once(port, "message") as [DeviceWorkerStart | { kind: "stop" }];
     if (message.kind === "stop") return deviceStats(device);
     start = message;
-    const fds = [mailbox.eventFd, ...start.notifyFds];
-    const resampleIndex = start.irq === undefined ? -1 : fds.push(start.irq.resample) - 1;
-    const poller = new EventFdPoller(fds);
+    const fixedFds = [mailbox.eventFd, ...start.notifyFds];
+    const resampleIndex = start.irq === undefined ? -1 : fixedFds.push(start.irq.resample) - 1;
+    let poller = new EventFdPoller(fixedFds);
+    let polledWatches: [number, { fd: number; onReadable: () => void }][] = [];
     const queues = start.notifyFds.length;
     for (;;) {
+      if (watchedChanged) {
+        watchedChanged = false;
+        polledWatches = [...watched];
+        poller = new EventFdPoller([...fixedFds, ...polledWatches.map(([, w]) => w.fd)]);
+      }
       poller.wait(later.length > 0 ? 0 : -1);
       if (mailbox.stopRequested) return deviceStats(device);
       poller.take(0);
@@ -110,6 +130,11 @@ async function serveDevice(task: DeviceWorkerTask, port: MessagePort, post: (mes
       for (let q = 0; q < queues; q++) {
         const count = poller.take(1 + q);
         if (count > 0) transport.notified(q, count);
+      }
+      for (let i = 0; i < polledWatches.length; i++) {
+        const [id, watch] = polledWatches[i];
+        // A callback may stop a watch (its fd then closed): only live ones are called.
+        if (poller.readable(fixedFds.length + i) && watched.has(id)) watch.onReadable();
       }
       for (const serve of later.splice(0)) serve();
     }

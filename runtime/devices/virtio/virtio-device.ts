@@ -44,7 +44,18 @@ export interface VirtioDeviceHost {
    * nothing happens while the driver has not made the queue live.
    */
   wake(index: number): void;
+  /**
+   * Present where the serving thread blocks in poll(2) and has no event loop turning (a
+   * device worker): host-side fds (a TAP, a switch port's eventfd) are watched through it.
+   */
+  watchFd?: FdWatcher;
 }
+
+/**
+ * Calls `onReadable` on the serving thread each time `fd` polls readable (level-triggered:
+ * the callback drains it) until the returned function is called; call that before closing the fd.
+ */
+export type FdWatcher = (fd: number, onReadable: () => void) => () => void;
 
 export interface VirtioDevice {
   readonly name: string;
