@@ -25,6 +25,7 @@ import { buildMultibootGuest } from "../test/helpers/flat-guest.js";
 import { type Column, fitNumber, tableLine, tableWidth, wrapText } from "./fixed-width.js";
 import { median, ratioSpread } from "./paired-ratios.js";
 import { threadCpuNs } from "./thread-cpu.js";
+import { netBenchSection } from "./virtio-net-bench.js";
 
 const USAGE = `usage: workervisor bench virtio [--runs N] [--quick] [--no-qemu]
 
@@ -32,6 +33,8 @@ virtio-blk IOPS (4 KiB random reads, QD1 and QD32), MB/s (sequential 64 KiB read
 virtio-rng MB/s, from the same guest kernel under workervisor (device on the main thread
 and on a device worker) and under QEMU -M microvm (if installed). --runs rounds (default 3),
 each running every peer once per workload, alternating the order; --quick: fewer requests.
+Then virtio-net frames/s and MB/s between two guests (64 B and 1500 B frames): see
+bench/virtio-net-bench.ts.
 `;
 
 const GUEST_MEMORY_MIB = 64;
@@ -236,6 +239,7 @@ export async function virtioBenchCommand(args: string[]): Promise<number> {
   const dir = mkdtempSync(join(tmpdir(), "workervisor-bench-virtio-"));
   const list = workloads(values.quick === true);
   const results = new Map<string, Map<PeerName, Measurement[]>>();
+  let netTable = "";
   try {
     const image = join(dir, "disk.img");
     // Not sparse, and in the page cache for every peer alike.
@@ -259,11 +263,13 @@ export async function virtioBenchCommand(args: string[]): Promise<number> {
         }
       }
     }
+    netTable = await netBenchSection(rounds, values.quick === true, withQemu, log);
   } finally {
     await destroyVcpuPool();
     await destroyDeviceWorkerPool();
     rmSync(dir, { recursive: true, force: true });
   }
   process.stdout.write(formatVirtioTable(results, list, rounds));
+  process.stdout.write(`\n${netTable}`);
   return 0;
 }
