@@ -13,7 +13,6 @@
  * `port()` opens a port used on this thread; `portHandle()` a structured-clonable handle a
  * device worker opens with `SwitchPort.open(handle)` (see VirtioNet's `switchPort` option).
  */
-import { closeEventFd, createEventFd, drainEventFd } from "../../hypervisor/eventfd.js";
 import { ETHERNET_HEADER_BYTES, MAX_FRAME_BYTES, type NetBackend, type NetReceiver } from "./net-backend.js";
 import { RecordRing } from "./record-ring.js";
 import type { FdWatcher } from "./virtio-device.js";
@@ -242,8 +241,7 @@ export class SwitchPort implements NetBackend {
   readonly name: string;
   private receiver: NetReceiver | undefined;
   private closed = false;
-  private eventFd: number | undefined;
-  private unwatch: (() => void) | undefined;
+  private stopListening: (() => void) | undefined;
   private readonly take = (record: Uint8Array) => this.receiver?.receive(record.slice());
 
   private constructor(
@@ -254,25 +252,11 @@ export class SwitchPort implements NetBackend {
     this.name = `switch port ${index}`;
   }
 
-  /**
-   * With `watchFd` (a thread blocked in poll(2)) the ring's bell is an eventfd that thread
-   * watches; without, the bell is awaited with Atomics.waitAsync on this thread's event loop.
-   */
+  /** Frames are given to `receiver` on this thread, woken by the ring's bell (see RecordRing.onBell). */
   attach(receiver: NetReceiver, watchFd?: FdWatcher): void {
     if (this.closed || this.receiver !== undefined) return;
     this.receiver = receiver;
-    if (watchFd !== undefined) {
-      const fd = createEventFd();
-      this.eventFd = fd;
-      this.ring.setConsumerFd(fd);
-      this.unwatch = watchFd(fd, () => {
-        drainEventFd(fd);
-        this.ring.drain(this.take);
-      });
-      this.ring.drain(this.take);
-      return;
-    }
-    void this.listen();
+    this.stopListening = this.ring.onBell("consumer", () => this.ring.drain(this.take), watchFd);
   }
 
   transmit(frame: Uint8Array): void {
@@ -282,21 +266,7 @@ export class SwitchPort implements NetBackend {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    // Clears the bell's eventfd under the ring's lock: no sender writes to it after this.
+    this.stopListening?.();
     this.owner.release(this.index);
-    this.unwatch?.();
-    if (this.eventFd !== undefined) closeEventFd(this.eventFd);
-    this.eventFd = undefined;
-  }
-
-  private async listen(): Promise<void> {
-    const ring = this.ring;
-    while (!this.closed) {
-      const bell = ring.bell;
-      ring.drain(this.take);
-      if (this.closed) return;
-      const waited = Atomics.waitAsync(ring.bellWords, ring.bellIndex, bell);
-      if (waited.async) await waited.value;
-    }
   }
 }

@@ -1,7 +1,8 @@
 /**
  * A ring of variable-length records in a SharedArrayBuffer, read by one consumer thread and
  * written by any number of producer threads (serialised by a futex-style lock in the ring):
- * Ethernet frames into a switch port, whatever thread the sending NIC runs on. Records never
+ * Ethernet frames into a switch port, whatever thread the sending NIC runs on; console bytes
+ * between a device worker and the main thread. Records never
  * wrap (a skip marker fills the tail), so a reader sees each one as one contiguous view.
  *
  * Wake-ups: a producer that finds the ring empty (from the consumer's side) rings the
@@ -9,9 +10,12 @@
  * bell is an Atomics word (for a thread with an event loop: `Atomics.waitAsync`) and, when
  * the consumer registered one, an eventfd (for a thread blocked in poll(2)). The eventfd is
  * written only under the lock, and the consumer clears it under the lock before closing it,
- * so no thread ever writes to an fd number that has been closed and reused.
+ * so no thread ever writes to an fd number that has been closed and reused. A producer that
+ * must not drop (a console) asks for the producer bell when it finds the ring full, and the
+ * consumer rings it once it has made room.
  */
-import { signalEventFd } from "../../hypervisor/eventfd.js";
+import { closeEventFd, createEventFd, drainEventFd, signalEventFd } from "../../hypervisor/eventfd.js";
+import type { FdWatcher } from "./virtio-device.js";
 
 const enum RingWord {
   Lock = 0,
@@ -25,8 +29,12 @@ const enum RingWord {
   Open = 5,
   /** Records refused because the ring was full. */
   Refused = 6,
+  /** 1 while a producer that found the ring full waits for room (see `waitForRoom`). */
+  ProducerWaiting = 7,
+  ProducerBell = 8,
+  ProducerFd = 9,
 }
-const HEADER_BYTES = 32;
+const HEADER_BYTES = 48;
 const SKIP = -1;
 
 export const enum RingWrite {
@@ -71,6 +79,8 @@ export class RecordRing {
       Atomics.store(w, RingWord.Read, 0);
       Atomics.store(w, RingWord.Refused, 0);
       Atomics.store(w, RingWord.ConsumerFd, -1);
+      Atomics.store(w, RingWord.ProducerFd, -1);
+      Atomics.store(w, RingWord.ProducerWaiting, 0);
       Atomics.store(w, RingWord.Open, 1);
     });
   }
@@ -79,8 +89,10 @@ export class RecordRing {
   close(): void {
     this.withLock(() => {
       Atomics.store(this.words, RingWord.Open, 0);
+      this.ringBell(RingWord.ConsumerBell, RingWord.ConsumerFd);
+      this.ringBell(RingWord.ProducerBell, RingWord.ProducerFd);
       Atomics.store(this.words, RingWord.ConsumerFd, -1);
-      this.ringBell();
+      Atomics.store(this.words, RingWord.ProducerFd, -1);
     });
   }
 
@@ -92,21 +104,75 @@ export class RecordRing {
     return Atomics.load(this.words, RingWord.Refused) >>> 0;
   }
 
-  /** The eventfd rung with the bell from now on (-1: none). Clear it before closing the fd. */
-  setConsumerFd(fd: number): void {
-    this.withLock(() => Atomics.store(this.words, RingWord.ConsumerFd, fd));
+  /**
+   * Calls `rung` each time `side`'s bell rings (the consumer's: records to read; a
+   * producer's: room after a full ring), on this thread, until the returned function is
+   * called. With `watchFd` (a thread blocked in poll(2)) the bell is an eventfd that thread
+   * watches; without, it is awaited with Atomics.waitAsync on this thread's event loop.
+   * `rung` is called once at the start, for what came before.
+   */
+  onBell(side: "consumer" | "producer", rung: () => void, watchFd?: FdWatcher): () => void {
+    const bellWord = side === "consumer" ? RingWord.ConsumerBell : RingWord.ProducerBell;
+    const fdWord = side === "consumer" ? RingWord.ConsumerFd : RingWord.ProducerFd;
+    let stopped = false;
+    if (watchFd !== undefined) {
+      const fd = createEventFd();
+      this.withLock(() => Atomics.store(this.words, fdWord, fd));
+      const unwatch = watchFd(fd, () => {
+        drainEventFd(fd);
+        if (!stopped) rung();
+      });
+      rung();
+      return () => {
+        if (stopped) return;
+        stopped = true;
+        // Cleared under the lock: no thread writes to the fd after this, so it may be closed.
+        this.withLock(() => {
+          if (Atomics.load(this.words, fdWord) === fd) Atomics.store(this.words, fdWord, -1);
+        });
+        unwatch();
+        closeEventFd(fd);
+      };
+    }
+    const words = this.words;
+    void (async () => {
+      while (!stopped) {
+        const bell = Atomics.load(words, bellWord);
+        rung();
+        if (stopped) return;
+        const waited = Atomics.waitAsync(words, bellWord, bell);
+        if (waited.async) await waited.value;
+      }
+    })();
+    return () => {
+      if (stopped) return;
+      stopped = true;
+      Atomics.add(words, bellWord, 1);
+      Atomics.notify(words, bellWord);
+    };
   }
 
-  /** The bell's count: wait for it to change (`Atomics.waitAsync(bellWords, bellIndex, count)`). */
-  get bell(): number {
-    return Atomics.load(this.words, RingWord.ConsumerBell);
+  /** Room for a `length`-byte record now (a producer may then write without a refusal). */
+  hasRoomFor(length: number): boolean {
+    const w = this.words;
+    const start = Atomics.load(w, RingWord.Write) >>> 0;
+    const used = (start - (Atomics.load(w, RingWord.Read) >>> 0)) >>> 0;
+    const need = 4 + pad4(length);
+    const tail = this.capacity - (start & this.mask);
+    return used + need + (tail < need ? tail : 0) <= this.capacity;
   }
 
-  get bellWords(): Int32Array {
-    return this.words;
+  /**
+   * A producer that will not drop: asks for the producer bell once the consumer has made
+   * room, and says whether there is room already (then no bell comes; write again now).
+   */
+  waitForRoom(length: number): boolean {
+    Atomics.store(this.words, RingWord.ProducerWaiting, 1);
+    // Pairs with drain()'s store of Read then load of ProducerWaiting: one of us sees the other.
+    if (!this.hasRoomFor(length)) return false;
+    Atomics.store(this.words, RingWord.ProducerWaiting, 0);
+    return true;
   }
-
-  readonly bellIndex = RingWord.ConsumerBell;
 
   /** Appends `record` (copied), or refuses it whole: ring full (counted) or closed. */
   write(record: Uint8Array): RingWrite {
@@ -122,6 +188,7 @@ export class RecordRing {
       let at = start & this.mask;
       const tail = this.capacity - at;
       if (used + need + (tail < need ? tail : 0) > this.capacity) {
+        // Counted as a drop (the switch's); a producer that waits (waitForRoom) writes again.
         Atomics.add(w, RingWord.Refused, 1);
         return RingWrite.Full;
       }
@@ -135,7 +202,7 @@ export class RecordRing {
       this.data.set(record, at + 4);
       Atomics.store(w, RingWord.Write, (end + need) | 0);
       // The consumer had read everything before this record: it may be waiting for a bell.
-      if ((Atomics.load(w, RingWord.Read) >>> 0) === start) this.ringBell();
+      if ((Atomics.load(w, RingWord.Read) >>> 0) === start) this.ringBell(RingWord.ConsumerBell, RingWord.ConsumerFd);
       return RingWrite.Written;
     } finally {
       this.unlock();
@@ -144,9 +211,10 @@ export class RecordRing {
 
   /**
    * Gives each record to `take` (a view into the ring, valid during the call only), oldest
-   * first, until the ring is empty; consumer thread only. Returns how many were taken.
+   * first, until the ring is empty or `take` returns false (that record stays, for the next
+   * drain); consumer thread only. Returns how many were taken.
    */
-  drain(take: (record: Uint8Array) => void): number {
+  drain(take: (record: Uint8Array) => boolean | void): number {
     const w = this.words;
     let read = Atomics.load(w, RingWord.Read) >>> 0;
     let taken = 0;
@@ -159,21 +227,29 @@ export class RecordRing {
         read = (read + this.capacity - at) >>> 0;
       } else {
         if (length < 0 || length > this.maxRecord || at + 4 + length > this.capacity) throw new Error(`record ring corrupted: a record of ${length} bytes at ${at}`);
-        take(this.data.subarray(at + 4, at + 4 + length));
+        if (take(this.data.subarray(at + 4, at + 4 + length)) === false) break;
         taken++;
         read = (read + 4 + pad4(length)) >>> 0;
       }
       // Published per record, so producers get the room back at once; the loop re-reads
       // Write after it, which pairs with write()'s check of Read (no lost bell).
       Atomics.store(w, RingWord.Read, read | 0);
+      if (Atomics.load(w, RingWord.ProducerWaiting) === 1) this.wakeProducer();
     }
     return taken;
   }
 
-  private ringBell(): void {
-    Atomics.add(this.words, RingWord.ConsumerBell, 1);
-    Atomics.notify(this.words, RingWord.ConsumerBell);
-    const fd = Atomics.load(this.words, RingWord.ConsumerFd);
+  private wakeProducer(): void {
+    this.withLock(() => {
+      if (Atomics.exchange(this.words, RingWord.ProducerWaiting, 0) === 1) this.ringBell(RingWord.ProducerBell, RingWord.ProducerFd);
+    });
+  }
+
+  /** Under the lock. */
+  private ringBell(bellWord: RingWord, fdWord: RingWord): void {
+    Atomics.add(this.words, bellWord, 1);
+    Atomics.notify(this.words, bellWord);
+    const fd = Atomics.load(this.words, fdWord);
     if (fd >= 0) signalEventFd(fd);
   }
 
