@@ -5,14 +5,16 @@
  * over the shared register file, and blocks in poll(2) on its eventfds: the QueueNotify
  * ioeventfds (the guest's doorbell ends in the kernel, no exit), the write mailbox's eventfd
  * (state-changing register writes from vCPU workers), the irqfd's resample eventfd and the
- * host-side fds the device asks it to watch (a TAP, a switch port's bell). It
+ * host-side fds the device asks it to watch (a TAP, a switch port's bell); a device whose
+ * host side lives on the event loop (vsock's sockets) has that poll(2) made on a pool thread
+ * so the worker's loop turns meanwhile. It
  * walks the queues in the guest-memory SABs and completes through the irqfd. The main thread
  * only starts it, hears its log lines, and (on hosts without a resampling irqfd) drives the
  * line for it.
  */
 import { once } from "node:events";
 import type { MessagePort } from "node:worker_threads";
-import { EventFdPoller, signalEventFd } from "../runtime/hypervisor/eventfd.js";
+import { closeEventFd, createEventFd, EventFdPoller, signalEventFd } from "../runtime/hypervisor/eventfd.js";
 import type { InterruptLine } from "../runtime/devices/device.js";
 import { VirtioMmioTransport } from "../runtime/devices/virtio/mmio-transport.js";
 import { VirtioMmioRegisters } from "../runtime/devices/virtio/virtio-mmio-registers.js";
@@ -89,54 +91,72 @@ async function serveDevice(task: DeviceWorkerTask, port: MessagePort, post: (mes
         watchedChanged = watched.delete(id) || watchedChanged;
       };
     };
-    const transport = new VirtioMmioTransport({
-      memory: GuestMemory.fromShared(task.memory), device, interrupt: line, registers,
-      log: (message) => post({ kind: "log", message }),
-      schedule: (serve) => later.push(serve),
-      resampledLine: task.resampledLine,
-      watchFd,
-    });
-    post({ kind: "ready", queues: device.queueSizes.length });
-    const [message] = await once(port, "message") as [DeviceWorkerStart | { kind: "stop" }];
-    if (message.kind === "stop") return deviceStats(device);
-    start = message;
-    const fixedFds = [mailbox.eventFd, ...start.notifyFds];
-    const resampleIndex = start.irq === undefined ? -1 : fixedFds.push(start.irq.resample) - 1;
-    let poller = new EventFdPoller(fixedFds);
-    let polledWatches: [number, { fd: number; onReadable: () => void }][] = [];
-    const queues = start.notifyFds.length;
-    for (;;) {
-      if (watchedChanged) {
-        watchedChanged = false;
-        polledWatches = [...watched];
-        poller = new EventFdPoller([...fixedFds, ...polledWatches.map(([, w]) => w.fd)]);
-      }
-      poller.wait(later.length > 0 ? 0 : -1);
-      if (mailbox.stopRequested) return deviceStats(device);
-      poller.take(0);
-      const write = mailbox.take();
-      if (write !== undefined) {
-        try {
-          transport.write(write.offset, write.size as 1 | 2 | 4 | 8, write.size === 8 ? BigInt(write.low) | (BigInt(write.high) << 32n) : write.low);
-        } finally {
-          mailbox.answer();
+    // A device on the event loop waits asynchronously; work its callbacks schedule must end that wait.
+    const loopWake = device.usesEventLoop === true ? createEventFd() : -1;
+    let waitingAsync = false;
+    try {
+      const transport = new VirtioMmioTransport({
+        memory: GuestMemory.fromShared(task.memory), device, interrupt: line, registers,
+        log: (message) => post({ kind: "log", message }),
+        schedule: (serve) => {
+          later.push(serve);
+          if (waitingAsync) signalEventFd(loopWake);
+        },
+        resampledLine: task.resampledLine,
+        watchFd,
+      });
+      post({ kind: "ready", queues: device.queueSizes.length });
+      const [message] = await once(port, "message") as [DeviceWorkerStart | { kind: "stop" }];
+      if (message.kind === "stop") return deviceStats(device);
+      start = message;
+      const fixedFds = [mailbox.eventFd, ...start.notifyFds];
+      const resampleIndex = start.irq === undefined ? -1 : fixedFds.push(start.irq.resample) - 1;
+      const loopWakeIndex = loopWake < 0 ? -1 : fixedFds.push(loopWake) - 1;
+      let poller = new EventFdPoller(fixedFds);
+      let polledWatches: [number, { fd: number; onReadable: () => void }][] = [];
+      const queues = start.notifyFds.length;
+      for (;;) {
+        if (watchedChanged) {
+          watchedChanged = false;
+          polledWatches = [...watched];
+          poller = new EventFdPoller([...fixedFds, ...polledWatches.map(([, w]) => w.fd)]);
         }
+        if (loopWake < 0) {
+          poller.wait(later.length > 0 ? 0 : -1);
+        } else {
+          waitingAsync = true;
+          await poller.waitAsync(later.length > 0 ? 0 : -1);
+          waitingAsync = false;
+          poller.take(loopWakeIndex);
+        }
+        if (mailbox.stopRequested) return deviceStats(device);
+        poller.take(0);
+        const write = mailbox.take();
+        if (write !== undefined) {
+          try {
+            transport.write(write.offset, write.size as 1 | 2 | 4 | 8, write.size === 8 ? BigInt(write.low) | (BigInt(write.high) << 32n) : write.low);
+          } finally {
+            mailbox.answer();
+          }
+        }
+        // The EOI first: a completion below must see the line low to assert it again.
+        if (resampleIndex >= 0 && poller.take(resampleIndex) > 0) {
+          lineHigh = false;
+          if (transport.interruptPending) line.set(true);
+        }
+        for (let q = 0; q < queues; q++) {
+          const count = poller.take(1 + q);
+          if (count > 0) transport.notified(q, count);
+        }
+        for (let i = 0; i < polledWatches.length; i++) {
+          const [id, watch] = polledWatches[i];
+          // A callback may stop a watch (its fd then closed): only live ones are called.
+          if (poller.readable(fixedFds.length + i) && watched.has(id)) watch.onReadable();
+        }
+        for (const serve of later.splice(0)) serve();
       }
-      // The EOI first: a completion below must see the line low to assert it again.
-      if (resampleIndex >= 0 && poller.take(resampleIndex) > 0) {
-        lineHigh = false;
-        if (transport.interruptPending) line.set(true);
-      }
-      for (let q = 0; q < queues; q++) {
-        const count = poller.take(1 + q);
-        if (count > 0) transport.notified(q, count);
-      }
-      for (let i = 0; i < polledWatches.length; i++) {
-        const [id, watch] = polledWatches[i];
-        // A callback may stop a watch (its fd then closed): only live ones are called.
-        if (poller.readable(fixedFds.length + i) && watched.has(id)) watch.onReadable();
-      }
-      for (const serve of later.splice(0)) serve();
+    } finally {
+      if (loopWake >= 0) closeEventFd(loopWake);
     }
   } finally {
     device.close?.();

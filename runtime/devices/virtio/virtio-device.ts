@@ -78,6 +78,11 @@ export interface VirtioDevice {
    * until the driver notifies again or the device calls `host.wake`.
    */
   processQueue(index: number, queue: SplitVirtqueue, context: VirtioQueueContext): void | boolean;
+  /**
+   * The device's host side runs on its thread's event loop (node:net sockets): a device
+   * worker then waits for its eventfds on a pool thread so that loop keeps turning.
+   */
+  readonly usesEventLoop?: boolean;
   /** Called once by the transport that serves the device, before any other call. */
   attach?(host: VirtioDeviceHost): void;
   /** The driver reset the device: forget every request in flight. */
