@@ -8,17 +8,17 @@
  */
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { destroyVcpuPool } from "../runtime/vcpu-pool.js";
 import { destroyDeviceWorkerPool, warmDeviceWorkerPool } from "../runtime/device-worker-pool.js";
 import { NetSwitch } from "../runtime/devices/virtio/net-switch.js";
-import { TapBackend } from "../runtime/devices/virtio/net-tap.js";
 import { VirtioNet, type VirtioNetStats } from "../runtime/devices/virtio/virtio-net.js";
 import { VirtioWorkerTransport } from "../runtime/devices/virtio/worker-placement.js";
 import { DeviceWorkerError } from "../runtime/errors.js";
 import { virtioOnWorker, type VirtioOnWorker } from "../runtime/pc-machine.js";
 import type { VirtioDevice } from "../runtime/devices/virtio/virtio-device.js";
+import { dotted, tapSkip, tapSubnet } from "./helpers/tap-host.js";
 import { guestMachine, runToReport } from "./helpers/guest-report.js";
 import { openFiles } from "./helpers/virtio-guest.js";
 
@@ -152,23 +152,11 @@ test("a port handle opens one device's port once: a second device given it fails
 // ---- a TAP the worker opens from its name ----
 
 const tapName = `wvw${process.pid % 100000}`;
-const subnet = 10 * 2 ** 24 + 214 * 2 ** 16 + (process.pid % 250) * 2 ** 8;
-function tapSkip(): string | false {
-  if (!existsSync("/dev/net/tun")) return "/dev/net/tun does not exist on this host: no TAP test";
-  try {
-    new TapBackend(tapName).close();
-  } catch (error) {
-    return `cannot create a TAP interface here: ${(error as Error).message}`;
-  }
-  const ip = spawnSync("ip", ["-V"], { encoding: "utf8" });
-  if (ip.error || ip.status !== 0) return "iproute2's `ip` is not installed (needed to give the TAP an address)";
-  return false;
-}
+const subnet = tapSubnet(214);
 
-test("virtio-net on a worker with a TAP it opened by name: the host kernel answers the guest's ARP request", { skip: tapSkip(), timeout: 120_000 }, async () => {
+test("virtio-net on a worker with a TAP it opened by name: the host kernel answers the guest's ARP request", { skip: tapSkip(tapName), timeout: 120_000 }, async () => {
   const hostIp = subnet + 1;
   const guestIp = subnet + 2;
-  const dotted = (ip: number) => [24, 16, 8, 0].map((s) => Math.floor(ip / 2 ** s) % 256).join(".");
   const guest = guestMachine("virtio-net-check", { ROLE: 4, HOST_IP: hostIp, GUEST_IP: guestIp }, { virtio: [virtioOnWorker("./virtio-net.js", "VirtioNet", { tap: tapName, mac: MAC_A })] });
   const transport = guest.machine.virtio[0] as VirtioWorkerTransport;
   // The worker makes the interface while the machine is set up; the host then gives it an address.

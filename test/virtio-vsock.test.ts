@@ -67,71 +67,47 @@ function hostConnect(udsPath: string, port: number, data: Buffer): Promise<{ okL
   });
 }
 
-test("virtio-vsock: a guest-initiated and a host-initiated connection (Firecracker's Unix sockets), data checked both ways, credit respected, clean closes", { timeout: 180_000 }, async () => {
-  const udsPath = join(dir, "v.sock");
-  const host = new UnixSocketVsockHost(udsPath);
-  const vsock = new VirtioVsock({ guestCid: 42, host });
-  const peer = xorServer(udsPath, 5000);
-  const guest = guestMachine("virtio-vsock-check", { GUEST_BUF_ALLOC: 1024 }, { virtio: [vsock] });
-  await host.listening;
-  const running = runToReport(guest);
-  while (!guest.output().includes("part-a=ok")) {
-    if (/failed/.test(guest.output())) break;
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-  const sent = patternB(B_BYTES);
-  const [hostSide, report] = await Promise.all([hostConnect(udsPath, 6000, sent), running]);
-  peer.server.close();
-  assert.equal(report.status, 0, report.console);
-  assert.equal(report.values.get("guest-cid"), "42");
-  assert.deepEqual(peer.got(), patternA(A_BYTES), "the host's server got the guest's bytes in order");
-  assert.equal(report.values.get("a-received"), String(A_BYTES), "and the guest checked the answer");
-  assert.match(hostSide.okLine, /^OK \d+$/);
-  assert.equal(hostSide.okLine, `OK ${report.values.get("b-host-port")}`, "OK names the host port the guest saw");
-  assert.equal(report.values.get("b-received"), String(B_BYTES));
-  assert.deepEqual(hostSide.received, sent, "the guest's echo came back whole before the close");
-  assert.ok(vsock.stats.creditStalls >= 3, `the guest's 1 KiB of credit made the device wait (${vsock.stats.creditStalls} times) for ${B_BYTES} bytes; the guest checks it never got more than its credit`);
-  assert.equal(vsock.connectionCount, 0, "both connections closed cleanly");
-  assert.equal(vsock.stats.connectionsOpened, 2);
-  assert.equal(guest.machine.virtio[0].stats.faults, 0);
-  assert.equal(existsSync(udsPath), false, "the machine closed the listening socket when it stopped");
-});
-
 /** Waits until the device's thread listens at `udsPath` (a worker opens it while the machine starts). */
 async function listeningAt(udsPath: string): Promise<void> {
   for (let i = 0; i < 500 && !existsSync(udsPath); i++) await new Promise((resolve) => setTimeout(resolve, 10));
   assert.ok(existsSync(udsPath), `nothing listens at ${udsPath}`);
 }
 
-test("virtio-vsock on a device worker that listens on the uds path itself: the same connections each way, data checked, credit respected", { timeout: 180_000 }, async () => {
-  const udsPath = join(dir, "w.sock");
-  const peer = xorServer(udsPath, 5000);
-  const guest = guestMachine("virtio-vsock-check", { GUEST_BUF_ALLOC: 1024 }, { virtio: [virtioOnWorker("./virtio-vsock.js", "VirtioVsock", { guestCid: 43, udsPath })] });
-  const transport = guest.machine.virtio[0] as VirtioWorkerTransport;
-  const running = runToReport(guest);
-  await listeningAt(udsPath);
-  while (!guest.output().includes("part-a=ok")) {
-    if (/failed/.test(guest.output())) break;
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-  const sent = patternB(B_BYTES);
-  const [hostSide, report] = await Promise.all([hostConnect(udsPath, 6000, sent), running]);
-  peer.server.close();
-  assert.equal(report.status, 0, report.console);
-  assert.equal(report.values.get("guest-cid"), "43");
-  assert.deepEqual(peer.got(), patternA(A_BYTES), "the host's server got the guest's bytes in order");
-  assert.equal(report.values.get("a-received"), String(A_BYTES));
-  assert.equal(hostSide.okLine, `OK ${report.values.get("b-host-port")}`);
-  assert.equal(report.values.get("b-received"), String(B_BYTES));
-  assert.deepEqual(hostSide.received, sent, "the guest's echo came back whole before the close");
-  const stats = transport.deviceStats!.stats as VirtioVsockStats;
-  assert.ok(stats.creditStalls >= 3, `credit stalls: ${stats.creditStalls}`);
-  assert.equal(stats.connectionsOpened, 2);
-  assert.equal(transport.stats.notifyExits, 0, "every QueueNotify ended in the kernel");
-  assert.equal(transport.stats.faults, 0);
-  assert.equal(transport.exitedThread, true);
-  assert.equal(existsSync(udsPath), false, "the worker closed the listening socket when the VM stopped");
-});
+for (const placement of ["main-thread", "worker"] as const) {
+  test(`virtio-vsock (${placement}): a guest-initiated and a host-initiated connection (Firecracker's Unix sockets), data checked both ways, credit respected, clean closes`, { timeout: 180_000 }, async () => {
+    const udsPath = join(dir, `${placement}.sock`);
+    // On a worker the device listens on the path itself.
+    const host = placement === "main-thread" ? new UnixSocketVsockHost(udsPath) : undefined;
+    const vsock = host === undefined ? virtioOnWorker("./virtio-vsock.js", "VirtioVsock", { guestCid: 42, udsPath }) : new VirtioVsock({ guestCid: 42, host });
+    const peer = xorServer(udsPath, 5000);
+    const guest = guestMachine("virtio-vsock-check", { GUEST_BUF_ALLOC: 1024 }, { virtio: [vsock] });
+    const running = runToReport(guest);
+    await (host?.listening ?? listeningAt(udsPath));
+    while (!guest.output().includes("part-a=ok")) {
+      if (/failed/.test(guest.output())) break;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    const sent = patternB(B_BYTES);
+    const [hostSide, report] = await Promise.all([hostConnect(udsPath, 6000, sent), running]);
+    peer.server.close();
+    assert.equal(report.status, 0, report.console);
+    assert.equal(report.values.get("guest-cid"), "42");
+    assert.deepEqual(peer.got(), patternA(A_BYTES), "the host's server got the guest's bytes in order");
+    assert.equal(report.values.get("a-received"), String(A_BYTES), "and the guest checked the answer");
+    assert.match(hostSide.okLine, /^OK \d+$/);
+    assert.equal(hostSide.okLine, `OK ${report.values.get("b-host-port")}`, "OK names the host port the guest saw");
+    assert.equal(report.values.get("b-received"), String(B_BYTES));
+    assert.deepEqual(hostSide.received, sent, "the guest's echo came back whole before the close");
+    const transport = guest.machine.virtio[0];
+    const stats = vsock instanceof VirtioVsock ? vsock.stats : (transport as VirtioWorkerTransport).deviceStats!.stats as VirtioVsockStats;
+    assert.ok(stats.creditStalls >= 3, `the guest's 1 KiB of credit made the device wait (${stats.creditStalls} times) for ${B_BYTES} bytes; the guest checks it never got more than its credit`);
+    if (vsock instanceof VirtioVsock) assert.equal(vsock.connectionCount, 0, "both connections closed cleanly");
+    else assert.equal(transport.stats.notifyExits, 0, "every QueueNotify ended in the kernel");
+    assert.equal(stats.connectionsOpened, 2);
+    assert.equal(transport.stats.faults, 0);
+    assert.equal(existsSync(udsPath), false, "the machine (or its device worker) closed the listening socket when it stopped");
+  });
+}
 
 test("a VM stopped with a vsock connection open on a device worker: the worker exits, closes the host's end and the listening socket, and every fd", { timeout: 120_000 }, async () => {
   await warmDeviceWorkerPool();
