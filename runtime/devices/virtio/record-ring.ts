@@ -23,7 +23,7 @@ const enum RingWord {
   Write = 1,
   Read = 2,
   ConsumerBell = 3,
-  /** The eventfd rung with the bell, or -1. */
+  /** The eventfd rung with the bell, plus 1 (0: none; a zeroed buffer has none). */
   ConsumerFd = 4,
   /** 1 while the ring takes records; a closed ring refuses them. */
   Open = 5,
@@ -78,8 +78,8 @@ export class RecordRing {
       Atomics.store(w, RingWord.Write, 0);
       Atomics.store(w, RingWord.Read, 0);
       Atomics.store(w, RingWord.Refused, 0);
-      Atomics.store(w, RingWord.ConsumerFd, -1);
-      Atomics.store(w, RingWord.ProducerFd, -1);
+      Atomics.store(w, RingWord.ConsumerFd, 0);
+      Atomics.store(w, RingWord.ProducerFd, 0);
       Atomics.store(w, RingWord.ProducerWaiting, 0);
       Atomics.store(w, RingWord.Open, 1);
     });
@@ -91,8 +91,8 @@ export class RecordRing {
       Atomics.store(this.words, RingWord.Open, 0);
       this.ringBell(RingWord.ConsumerBell, RingWord.ConsumerFd);
       this.ringBell(RingWord.ProducerBell, RingWord.ProducerFd);
-      Atomics.store(this.words, RingWord.ConsumerFd, -1);
-      Atomics.store(this.words, RingWord.ProducerFd, -1);
+      Atomics.store(this.words, RingWord.ConsumerFd, 0);
+      Atomics.store(this.words, RingWord.ProducerFd, 0);
     });
   }
 
@@ -117,7 +117,7 @@ export class RecordRing {
     let stopped = false;
     if (watchFd !== undefined) {
       const fd = createEventFd();
-      this.withLock(() => Atomics.store(this.words, fdWord, fd));
+      this.withLock(() => Atomics.store(this.words, fdWord, fd + 1));
       const unwatch = watchFd(fd, () => {
         drainEventFd(fd);
         if (!stopped) rung();
@@ -128,7 +128,7 @@ export class RecordRing {
         stopped = true;
         // Cleared under the lock: no thread writes to the fd after this, so it may be closed.
         this.withLock(() => {
-          if (Atomics.load(this.words, fdWord) === fd) Atomics.store(this.words, fdWord, -1);
+          if (Atomics.load(this.words, fdWord) === fd + 1) Atomics.store(this.words, fdWord, 0);
         });
         unwatch();
         closeEventFd(fd);
@@ -249,8 +249,8 @@ export class RecordRing {
   private ringBell(bellWord: RingWord, fdWord: RingWord): void {
     Atomics.add(this.words, bellWord, 1);
     Atomics.notify(this.words, bellWord);
-    const fd = Atomics.load(this.words, fdWord);
-    if (fd >= 0) signalEventFd(fd);
+    const fdPlusOne = Atomics.load(this.words, fdWord);
+    if (fdPlusOne > 0) signalEventFd(fdPlusOne - 1);
   }
 
   private withLock(body: () => void): void {
