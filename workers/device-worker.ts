@@ -24,6 +24,40 @@ import { GuestMemory } from "../memory/guest-memory.js";
 import type { DeviceWorkerMessage, DeviceWorkerStart, DeviceWorkerTask } from "./device-worker-task.js";
 
 
+/** Host-side fds a device has its worker's poll(2) watch (a TAP, a ring's bell eventfd). */
+class WatchedFds {
+  /** The set changed since the last snapshot: the poller must be rebuilt. */
+  changed = false;
+  private readonly live = new Map<number, { fd: number; onReadable: () => void }>();
+  private polled: [number, { fd: number; onReadable: () => void }][] = [];
+  private next = 0;
+
+  readonly watch: FdWatcher = (fd, onReadable) => {
+    const id = this.next++;
+    this.live.set(id, { fd, onReadable });
+    this.changed = true;
+    return () => {
+      if (this.live.delete(id)) this.changed = true;
+    };
+  };
+
+  /** The fds to poll from now on, in the order `callReadable` expects them. */
+  snapshot(): number[] {
+    this.changed = false;
+    this.polled = [...this.live];
+    return this.polled.map(([, w]) => w.fd);
+  }
+
+  /** Calls back each watch the last wait found readable; the snapshot's fds start at `first`. */
+  callReadable(poller: EventFdPoller, first: number): void {
+    for (let i = 0; i < this.polled.length; i++) {
+      const [id, watch] = this.polled[i];
+      // A callback may stop a watch (its fd then closed): only live ones are called.
+      if (poller.readable(first + i) && this.live.has(id)) watch.onReadable();
+    }
+  }
+}
+
 async function buildDevice(task: DeviceWorkerTask): Promise<VirtioDevice> {
   const { module, export: name, options } = task.device;
   const loaded = await import(module) as Record<string, unknown>;
@@ -79,18 +113,7 @@ async function serveDevice(task: DeviceWorkerTask, port: MessagePort, post: (mes
         }
       },
     };
-    // Host-side fds the device has us watch (a TAP, a switch port's bell), by registration.
-    const watched = new Map<number, { fd: number; onReadable: () => void }>();
-    let watchedChanged = true;
-    let nextWatch = 0;
-    const watchFd: FdWatcher = (fd, onReadable) => {
-      const id = nextWatch++;
-      watched.set(id, { fd, onReadable });
-      watchedChanged = true;
-      return () => {
-        watchedChanged = watched.delete(id) || watchedChanged;
-      };
-    };
+    const watched = new WatchedFds();
     // A device on the event loop waits asynchronously; work its callbacks schedule must end that wait.
     const loopWake = device.usesEventLoop === true ? createEventFd() : -1;
     let waitingAsync = false;
@@ -103,7 +126,7 @@ async function serveDevice(task: DeviceWorkerTask, port: MessagePort, post: (mes
           if (waitingAsync) signalEventFd(loopWake);
         },
         resampledLine: task.resampledLine,
-        watchFd,
+        watchFd: watched.watch,
       });
       post({ kind: "ready", queues: device.queueSizes.length });
       const [message] = await once(port, "message") as [DeviceWorkerStart | { kind: "stop" }];
@@ -113,14 +136,9 @@ async function serveDevice(task: DeviceWorkerTask, port: MessagePort, post: (mes
       const resampleIndex = start.irq === undefined ? -1 : fixedFds.push(start.irq.resample) - 1;
       const loopWakeIndex = loopWake < 0 ? -1 : fixedFds.push(loopWake) - 1;
       let poller = new EventFdPoller(fixedFds);
-      let polledWatches: [number, { fd: number; onReadable: () => void }][] = [];
       const queues = start.notifyFds.length;
       for (;;) {
-        if (watchedChanged) {
-          watchedChanged = false;
-          polledWatches = [...watched];
-          poller = new EventFdPoller([...fixedFds, ...polledWatches.map(([, w]) => w.fd)]);
-        }
+        if (watched.changed) poller = new EventFdPoller([...fixedFds, ...watched.snapshot()]);
         if (loopWake < 0) {
           poller.wait(later.length > 0 ? 0 : -1);
         } else {
@@ -148,11 +166,7 @@ async function serveDevice(task: DeviceWorkerTask, port: MessagePort, post: (mes
           const count = poller.take(1 + q);
           if (count > 0) transport.notified(q, count);
         }
-        for (let i = 0; i < polledWatches.length; i++) {
-          const [id, watch] = polledWatches[i];
-          // A callback may stop a watch (its fd then closed): only live ones are called.
-          if (poller.readable(fixedFds.length + i) && watched.has(id)) watch.onReadable();
-        }
+        watched.callReadable(poller, fixedFds.length);
         for (const serve of later.splice(0)) serve();
       }
     } finally {
