@@ -152,6 +152,13 @@ test("a vsock device on a worker whose uds path is taken fails run() before the 
   }
 });
 
+test("a vsock device on a worker that cannot listen on its uds path (no such directory) fails run() before the guest starts, saying why", { timeout: 60_000 }, async () => {
+  const udsPath = join(dir, "no-such-directory", "v.sock");
+  const guest = guestMachine("virtio-vsock-check", { GUEST_BUF_ALLOC: 1024 }, { virtio: [virtioOnWorker("./virtio-vsock.js", "VirtioVsock", { guestCid: 9, udsPath })] });
+  await assert.rejects(guest.machine.run(), (error: Error) => error instanceof DeviceWorkerError && /cannot listen for vsock connections on .*no-such-directory/.test(error.message));
+  assert.equal(guest.output(), "");
+});
+
 test("vsock host: a stale socket path is refused with a clear error", () => {
   const udsPath = join(dir, "stale.sock");
   const server = createServer().listen(udsPath);

@@ -128,6 +128,7 @@ async function serveDevice(task: DeviceWorkerTask, port: MessagePort, post: (mes
         resampledLine: task.resampledLine,
         watchFd: watched.watch,
       });
+      await device.ready;
       post({ kind: "ready", queues: device.queueSizes.length });
       const [message] = await once(port, "message") as [DeviceWorkerStart | { kind: "stop" }];
       if (message.kind === "stop") return deviceStats(device);

@@ -83,6 +83,11 @@ export interface VirtioDevice {
    * worker then waits for its eventfds on a pool thread so that loop keeps turning.
    */
   readonly usesEventLoop?: boolean;
+  /**
+   * Settles once the device's host side is up (vsock's listening socket). A device worker
+   * announces the device only then, so a rejection fails its VM before the guest starts.
+   */
+  readonly ready?: Promise<void>;
   /** Called once by the transport that serves the device, before any other call. */
   attach?(host: VirtioDeviceHost): void;
   /** The driver reset the device: forget every request in flight. */

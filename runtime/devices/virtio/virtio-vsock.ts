@@ -180,6 +180,11 @@ export class VirtioVsock implements VirtioDevice {
     this.host.listen((request) => this.hostRequest(request));
   }
 
+  /** The listening socket is up (a host of our own making), or it could not be (a VsockHostError). */
+  get ready(): Promise<void> | undefined {
+    return this.host instanceof UnixSocketVsockHost ? this.host.listening : undefined;
+  }
+
   /** Connections open now (any state). */
   get connectionCount(): number {
     return this.connections.size;
