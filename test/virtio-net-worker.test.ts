@@ -138,6 +138,15 @@ for (const [what, options, cause] of [
   });
 }
 
+test("a NIC on a worker refused for a bad MAC closes the switch port its handle named, and says why", { timeout: 60_000 }, async () => {
+  const net = new NetSwitch();
+  const switchPort = net.portHandle();
+  assert.equal(net.portCount, 1);
+  const guest = guestMachine("virtio-net-check", { ROLE: ROLE.endless }, { virtio: [virtioOnWorker("./virtio-net.js", "VirtioNet", { switchPort, mac: "01:00:5e:00:00:01" })] });
+  await assert.rejects(guest.machine.run(), (error: Error) => error instanceof DeviceWorkerError && /multicast address; a NIC needs a unicast one/.test(error.message));
+  assert.equal(net.portCount, 0, "the port is free again");
+});
+
 test("a port handle opens one device's port once: a second device given it fails clearly", { timeout: 60_000 }, async () => {
   const net = new NetSwitch({ maxPorts: 2 });
   const handle = net.portHandle();

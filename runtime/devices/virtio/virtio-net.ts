@@ -111,11 +111,17 @@ export class VirtioNet implements VirtioDevice {
   private closed = false;
 
   constructor(options: VirtioNetOptions) {
-    this.mac = parseMac(options.mac);
-    this.backlogLimit = options.rxBacklog ?? DEFAULT_RX_BACKLOG;
-    if (!Number.isInteger(this.backlogLimit) || this.backlogLimit < 0) throw new RangeError(`rxBacklog must be a whole number of frames, got ${options.rxBacklog}`);
-    // Last: everything above may throw, and a backend opened here would then never be closed.
-    this.backend = openBackend(options);
+    const backend = openBackend(options);
+    try {
+      this.mac = parseMac(options.mac);
+      this.backlogLimit = options.rxBacklog ?? DEFAULT_RX_BACKLOG;
+      if (!Number.isInteger(this.backlogLimit) || this.backlogLimit < 0) throw new RangeError(`rxBacklog must be a whole number of frames, got ${options.rxBacklog}`);
+    } catch (error) {
+      // A host side the options named was opened here: a switch port must not stay taken by a device that never was.
+      if (backend !== options.backend) backend.close();
+      throw error;
+    }
+    this.backend = backend;
     this.name = `virtio-net ${options.mac} on ${this.backend.name}`;
     this.config.set(this.mac, 0);
     const config = new DataView(this.config.buffer);
