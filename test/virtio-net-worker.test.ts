@@ -10,6 +10,7 @@ import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
+import { Worker } from "node:worker_threads";
 import { destroyVcpuPool } from "../runtime/vcpu-pool.js";
 import { destroyDeviceWorkerPool, warmDeviceWorkerPool } from "../runtime/device-worker-pool.js";
 import { NetSwitch } from "../runtime/devices/virtio/net-switch.js";
@@ -123,6 +124,38 @@ test("a VM stopped while its NIC on a worker transmits: the worker exits, its sw
   assert.ok(((transport.deviceStats?.stats as VirtioNetStats).txFrames) >= 20);
   observer.close();
   assert.deepEqual(openFiles().sort(), before.sort(), "every fd opened for the VM is closed: eventfds, irqfds, the port's bell, the VM's");
+});
+
+test("frames from a NIC on a worker to a port on another thread keep flowing while the main thread is blocked: they never touch it", { timeout: 120_000 }, async () => {
+  const net = new NetSwitch();
+  const counter = new Int32Array(new SharedArrayBuffer(4));
+  // The receiving port, opened on a thread of its own, counts what arrives.
+  const switchModule = new URL("../runtime/devices/virtio/net-switch.js", import.meta.url).href;
+  const counting = new Worker(`
+    const { workerData, parentPort } = await import("node:worker_threads");
+    const { SwitchPort } = await import(${JSON.stringify(switchModule)});
+    const port = SwitchPort.open(workerData.handle);
+    port.attach({ receive: () => { Atomics.add(workerData.counter, 0, 1); } });
+    parentPort.once("message", () => { port.close(); parentPort.close(); });
+  `, { eval: true, workerData: { handle: net.portHandle(), counter }, type: "module" } as never);
+  const guest = guestMachine("virtio-net-check", { ROLE: ROLE.endless }, { virtio: [virtioOnWorker("./virtio-net.js", "VirtioNet", { switchPort: net.portHandle(), mac: MAC_A })] });
+  let ended = false;
+  const running = guest.machine.run().finally(() => { ended = true; });
+  try {
+    while (Atomics.load(counter, 0) < 20 && !ended) await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.equal(ended, false, `the guest stopped by itself: ${guest.output()}`);
+    const before = Atomics.load(counter, 0);
+    // Blocks this (the main) thread: no event loop, no dispatcher, for 300 ms.
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 300);
+    const during = Atomics.load(counter, 0) - before;
+    assert.ok(during > 0, "frames went from the guest's NIC to the other thread's port while the main thread was blocked");
+  } finally {
+    await guest.machine.stop();
+    await running;
+    counting.postMessage("stop");
+    await new Promise((resolve) => counting.once("exit", resolve));
+  }
+  assert.equal(net.portCount, 0);
 });
 
 for (const [what, options, cause] of [
