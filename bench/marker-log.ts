@@ -13,7 +13,7 @@
  * PHASE lets the main thread read its own CPU clock just as the measured batches begin and
  * end, without polling.
  */
-import { threadCpuNs } from "./thread-cpu.js";
+import { threadCpuNs } from "../runtime/thread-cpu.js";
 
 export const MAX_MARKER_VCPUS = 64;
 const H = { ARRIVED: 0, VCPUS: 1, PHASE: 2, MEASURE_FROM: 3, MEASURE_TO: 4, BARRIER_TIMEOUT_MS: 5, COUNTS: 8 } as const;

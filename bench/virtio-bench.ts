@@ -7,8 +7,11 @@
  * drift of this shared machine hits all of them; ratios are medians over rounds with their
  * min..max. The guest prints "go" when its device is ready and a count when done: the time
  * between those lines is what is measured, the same way for both VMMs.
- * Per request, ours also reports userspace exits, QueueNotify exits and main-thread CPU
- * (CLOCK_THREAD_CPUTIME_ID of the main thread: process.cpuUsage() would count every thread).
+ * Per request, ours also reports userspace exits, QueueNotify exits, main-thread CPU
+ * (CLOCK_THREAD_CPUTIME_ID of the main thread: process.cpuUsage() would count every thread)
+ * and, on a device worker, that worker's CPU.
+ * The guest's driver runs at CPL3 (the long-mode kit, which PVM runs natively) or at CPL0
+ * (the 32-bit kit, which PVM emulates), or both, each row saying which.
  */
 import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -24,15 +27,17 @@ import { destroyDeviceWorkerPool } from "../runtime/device-worker-pool.js";
 import { buildMultibootGuest } from "../test/helpers/flat-guest.js";
 import { type Column, fitNumber, tableLine, tableWidth, wrapText } from "./fixed-width.js";
 import { median, ratioSpread } from "./paired-ratios.js";
-import { threadCpuNs } from "./thread-cpu.js";
+import { threadCpuNs } from "../runtime/thread-cpu.js";
 import { netBenchSection } from "./virtio-net-bench.js";
 
-const USAGE = `usage: workervisor bench virtio [--runs N] [--quick] [--no-qemu]
+const USAGE = `usage: workervisor bench virtio [--runs N] [--quick] [--no-qemu] [--cpl 3|0|both]
 
 virtio-blk IOPS (4 KiB random reads, QD1 and QD32), MB/s (sequential 64 KiB reads) and
 virtio-rng MB/s, from the same guest kernel under workervisor (device on the main thread
 and on a device worker) and under QEMU -M microvm (if installed). --runs rounds (default 3),
 each running every peer once per workload, alternating the order; --quick: fewer requests.
+--cpl: the guest's driver at CPL3 (default: the long-mode kit; PVM runs CPL3 natively), at
+CPL0 (the 32-bit kit, emulated on PVM), or both.
 Then virtio-net frames/s and MB/s between two guests (64 B and 1500 B frames): see
 bench/virtio-net-bench.ts.
 `;
@@ -62,6 +67,12 @@ function workloads(quick: boolean): Workload[] {
 }
 
 export type PeerName = "main thread" | "device worker" | "QEMU microvm";
+export type GuestCpl = 0 | 3;
+
+/** The results of one workload at one CPL. */
+export function rowKey(workload: Workload, cpl: GuestCpl): string {
+  return `${workload.name} at CPL${cpl}`;
+}
 
 export interface Measurement {
   seconds: number;
@@ -70,6 +81,8 @@ export interface Measurement {
   exitsPerRequest?: number;
   notifyExitsPerRequest?: number;
   mainCpuMicrosPerRequest?: number;
+  /** The device worker's thread CPU per request (device-worker placement only). */
+  deviceCpuMicrosPerRequest?: number;
 }
 
 /**
@@ -130,12 +143,15 @@ async function runOurs(workload: Workload, placement: "main-thread" | "worker", 
   if (result.reason !== "debug-exit" || result.status !== 0) throw new Error(`${workload.name} (${placement}): the guest ended by ${result.reason} ${result.status ?? ""}`);
   const seconds = clock.seconds(`${workload.name} (${placement})`);
   const stats = machine.vm.stats;
+  const transport = machine.virtio[0];
+  const workerCpuNs = "deviceStats" in transport ? transport.deviceStats?.workerCpuNs : undefined;
   return {
     seconds,
     rate: workload.requests / seconds,
     exitsPerRequest: stats.exits / workload.requests,
     notifyExitsPerRequest: machine.virtio[0].stats.notifyExits / workload.requests,
     mainCpuMicrosPerRequest: clock.mainCpuNs / 1000 / workload.requests,
+    deviceCpuMicrosPerRequest: typeof workerCpuNs === "number" ? workerCpuNs / 1000 / workload.requests : undefined,
   };
 }
 
@@ -175,20 +191,22 @@ function runQemu(workload: Workload, kernelPath: string, image: string): Promise
 const COLUMNS: Column[] = [
   { title: "workload", width: 16, left: true },
   { title: "peer", width: 13, left: true },
-  { title: "rate", width: 8 },
+  { title: "cpl", width: 3 },
+  { title: "rate", width: 7 },
   { title: "unit", width: 4, left: true },
   { title: "ms/req", width: 6 },
   { title: "vs QEMU", width: 7 },
   { title: "spread", width: 10 },
-  { title: "exit/req", width: 8 },
-  { title: "ntfy/req", width: 8 },
-  { title: "main µs/req", width: 11 },
+  { title: "exits", width: 5 },
+  { title: "ntfy", width: 5 },
+  { title: "main µs", width: 7 },
+  { title: "dev µs", width: 6 },
 ];
 
-export function formatVirtioTable(results: Map<string, Map<PeerName, Measurement[]>>, workloadList: Workload[], rounds: number): string {
+export function formatVirtioTable(results: Map<string, Map<PeerName, Measurement[]>>, workloadList: Workload[], rounds: number, cpls: readonly GuestCpl[] = [3]): string {
   const lines = [tableLine(COLUMNS, COLUMNS.map((c) => c.title)), "-".repeat(tableWidth(COLUMNS))];
-  for (const workload of workloadList) {
-    const peers = results.get(workload.name)!;
+  for (const workload of workloadList) for (const cpl of cpls) {
+    const peers = results.get(rowKey(workload, cpl))!;
     const qemu = peers.get("QEMU microvm");
     for (const [peer, runs] of peers) {
       const rate = median(runs.map((r) => workload.bytesPerRequest === undefined ? r.rate : (r.rate * workload.bytesPerRequest) / 1e6));
@@ -199,18 +217,18 @@ export function formatVirtioTable(results: Map<string, Map<PeerName, Measurement
         return values.length === 0 ? null : median(values);
       };
       lines.push(tableLine(COLUMNS, [
-        workload.name, peer, fitNumber(rate, 8, 1), workload.bytesPerRequest === undefined ? "IOPS" : "MB/s",
+        workload.name, peer, String(cpl), fitNumber(rate, 7, 1), workload.bytesPerRequest === undefined ? "IOPS" : "MB/s",
         fitNumber(pick((m) => (m.seconds * 1000) / workload.requests), 6, 3),
         pairs === null ? "-" : fitNumber(pairs.median, 7, 2),
         pairs === null ? "-" : `${fitNumber(pairs.min, 4, 2)}..${fitNumber(pairs.max, 4, 2)}`,
-        fitNumber(pick((m) => m.exitsPerRequest), 8, 2), fitNumber(pick((m) => m.notifyExitsPerRequest), 8, 2),
-        fitNumber(pick((m) => m.mainCpuMicrosPerRequest), 11, 1),
+        fitNumber(pick((m) => m.exitsPerRequest), 5, 2), fitNumber(pick((m) => m.notifyExitsPerRequest), 5, 2),
+        fitNumber(pick((m) => m.mainCpuMicrosPerRequest), 7, 1), fitNumber(pick((m) => m.deviceCpuMicrosPerRequest), 6, 1),
       ]));
     }
   }
   lines.push(...wrapText(
-    `Peers: workervisor with the device on the main thread or on a device worker, and QEMU. Medians of ${rounds} rounds. vs QEMU: ours/QEMU rate, median of per-round ratios (above 1: faster than QEMU), spread min..max. ` +
-      "exit/req: userspace exits per request, ntfy/req: QueueNotify exits per request, main µs/req: main-thread CPU per request (ours only).",
+    `Peers: workervisor with the device on the main thread or on a device worker, and QEMU. cpl: where the guest's driver runs (3: long-mode kit, 0: 32-bit kit). Medians of ${rounds} rounds. vs QEMU: ours/QEMU rate at the same CPL, median of per-round ratios (above 1: faster than QEMU), spread min..max. ` +
+      "exits: userspace exits per request, ntfy: QueueNotify exits per request, main µs: main-thread CPU µs per request, dev µs: the device worker's CPU µs per request (ours only).",
   ));
   return lines.join("\n") + "\n";
 }
@@ -218,7 +236,7 @@ export function formatVirtioTable(results: Map<string, Map<PeerName, Measurement
 export async function virtioBenchCommand(args: string[]): Promise<number> {
   let values;
   try {
-    ({ values } = parseArgs({ args, options: { runs: { type: "string" }, quick: { type: "boolean" }, "no-qemu": { type: "boolean" }, help: { type: "boolean", short: "h" } }, strict: true }));
+    ({ values } = parseArgs({ args, options: { runs: { type: "string" }, quick: { type: "boolean" }, "no-qemu": { type: "boolean" }, cpl: { type: "string" }, help: { type: "boolean", short: "h" } }, strict: true }));
   } catch (error) {
     process.stderr.write(`workervisor bench virtio: ${(error as Error).message}\n${USAGE}`);
     return 2;
@@ -232,6 +250,12 @@ export async function virtioBenchCommand(args: string[]): Promise<number> {
     process.stderr.write(`workervisor bench virtio: --runs takes a whole number of at least 1\n${USAGE}`);
     return 2;
   }
+  const cplChoice = values.cpl ?? "3";
+  if (cplChoice !== "3" && cplChoice !== "0" && cplChoice !== "both") {
+    process.stderr.write(`workervisor bench virtio: --cpl takes 3, 0 or both, got '${cplChoice}'\n${USAGE}`);
+    return 2;
+  }
+  const cpls: GuestCpl[] = cplChoice === "both" ? [3, 0] : [Number(cplChoice) as GuestCpl];
   const log = (line: string) => process.stderr.write(`bench virtio: ${line}\n`);
   const qemuFound = spawnSync("qemu-system-x86_64", ["--version"], { stdio: "ignore" });
   const withQemu = !values["no-qemu"] && qemuFound.error === undefined && qemuFound.status === 0;
@@ -248,18 +272,20 @@ export async function virtioBenchCommand(args: string[]): Promise<number> {
     writeFileSync(image, bytes);
     readFileSync(image);
     for (let round = 0; round < rounds; round++) {
-      for (const workload of list) {
-        const kernelPath = buildMultibootGuest("virtio-check", workload.defines);
+      for (const workload of list) for (const cpl of cpls) {
+        // CPL3 is the long-mode kit; CPL0 the 32-bit kit the bench has always measured.
+        const kernelPath = buildMultibootGuest("virtio-check", workload.defines, { cpl });
         const kernel = readFileSync(kernelPath);
         const peers: PeerName[] = ["main thread", "device worker", ...(withQemu ? ["QEMU microvm" as const] : [])];
         if (round % 2 === 1) peers.reverse();
-        const byPeer = results.get(workload.name) ?? new Map<PeerName, Measurement[]>([["main thread", []], ["device worker", []], ...(withQemu ? [["QEMU microvm", []] as [PeerName, Measurement[]]] : [])]);
-        results.set(workload.name, byPeer);
+        const key = rowKey(workload, cpl);
+        const byPeer = results.get(key) ?? new Map<PeerName, Measurement[]>([["main thread", []], ["device worker", []], ...(withQemu ? [["QEMU microvm", []] as [PeerName, Measurement[]]] : [])]);
+        results.set(key, byPeer);
         for (const peer of peers) {
           const measured = peer === "QEMU microvm" ? await runQemu(workload, kernelPath, image)
             : await runOurs(workload, peer === "main thread" ? "main-thread" : "worker", kernel, image);
           byPeer.get(peer)!.push(measured);
-          log(`round ${round + 1}, ${workload.name}, ${peer}: ${(measured.seconds * 1000 / workload.requests).toFixed(3)} ms/request`);
+          log(`round ${round + 1}, ${workload.name} at CPL${cpl}, ${peer}: ${(measured.seconds * 1000 / workload.requests).toFixed(3)} ms/request`);
         }
       }
     }
@@ -269,7 +295,7 @@ export async function virtioBenchCommand(args: string[]): Promise<number> {
     await destroyDeviceWorkerPool();
     rmSync(dir, { recursive: true, force: true });
   }
-  process.stdout.write(formatVirtioTable(results, list, rounds));
+  process.stdout.write(formatVirtioTable(results, list, rounds, cpls));
   process.stdout.write(`\n${netTable}`);
   return 0;
 }

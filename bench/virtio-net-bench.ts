@@ -19,7 +19,7 @@ import { buildMultibootGuest } from "../test/helpers/flat-guest.js";
 import { qemuArgs } from "../test/helpers/guest-report.js";
 import { type Column, fitNumber, tableLine, tableWidth, wrapText } from "./fixed-width.js";
 import { median, ratioSpread } from "./paired-ratios.js";
-import { threadCpuNs } from "./thread-cpu.js";
+import { threadCpuNs } from "../runtime/thread-cpu.js";
 
 const GUEST_MEMORY_MIB = 64;
 const GUARD_MS = 120_000;

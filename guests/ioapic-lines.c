@@ -21,11 +21,6 @@ static u32 failures;
 static void set_line(u32 line, u8 level) { outb(TESTDEV_IRQ_PORT + line, level); }
 
 /* IOREGSEL is shared with the handler: the main program reads with interrupts off. */
-static u32 ioapic_read(u32 reg) {
-  *(volatile u32 *)IOAPIC_BASE = reg;
-  return *(volatile u32 *)(IOAPIC_BASE + 0x10);
-}
-
 static u32 ioapic_read_locked(u32 reg) {
   interrupts_disable();
   u32 value = ioapic_read(reg);

@@ -20,11 +20,18 @@
  *     reports the bytes received.
  *   The measurements print "go" when the device is ready and their count at the end, so
  *   the host times the lines between.
+ *   CHECK=10 (discard and write zeroes): on a 64 KiB image, the DISCARD and WRITE_ZEROES
+ *     config, a pattern written over the image, requests the device must refuse (a
+ *     reserved flag, UNMAP on a discard, a range past the end, a count over the maximum, one
+ *     segment too many) reported by status, then WRITE_ZEROES of blocks 1-2, WRITE_ZEROES
+ *     with UNMAP of block 5, DISCARD of blocks 8-9 and 12, and the whole image read back:
+ *     which 4 KiB blocks read as zeroes and whether the others still hold the pattern.
  *   CHECK=6 (interrupt-driven entropy): virtio-rng's IOAPIC pin VIRTIO_GSI routed to a
  *     vector (level-triggered, or edge with LEVEL=0); three requests, each completion seen
  *     by the interrupt handler, which acks InterruptStatus before the EOI. Handler runs
  *     that found InterruptStatus 0 are counted as other-interrupts.
- * The same kernel runs under workervisor's PC machine and QEMU -M microvm.
+ * The same kernel runs under workervisor's PC machine and QEMU -M microvm; built with the
+ * long-mode kit it reports cpl= first (KIT_CPL=3 runs it all at CPL3).
  * Exit status 0 when every step worked; otherwise the number of the failed step.
  */
 #include "kit.h"
@@ -106,9 +113,9 @@ static int blk_request(u32 type, u32 sector, void *buf, u32 len, u16 data_flags,
   status_byte = 0xff;
   struct vq_desc *t = indirect ? indirect_table : dev.desc;
   u16 n = 0;
-  t[n] = (struct vq_desc){(u32)&header, sizeof header, DESC_F_NEXT, (u16)(n + 1)}; n++;
-  if (len) { t[n] = (struct vq_desc){(u32)buf, len, (u16)(data_flags | DESC_F_NEXT), (u16)(n + 1)}; n++; }
-  t[n] = (struct vq_desc){(u32)&status_byte, 1, DESC_F_WRITE, 0}; n++;
+  t[n] = (struct vq_desc){(uptr)&header, sizeof header, DESC_F_NEXT, (u16)(n + 1)}; n++;
+  if (len) { t[n] = (struct vq_desc){(uptr)buf, len, (u16)(data_flags | DESC_F_NEXT), (u16)(n + 1)}; n++; }
+  t[n] = (struct vq_desc){(uptr)&status_byte, 1, DESC_F_WRITE, 0}; n++;
   if (indirect) vq_set(&dev, 0, indirect_table, n * sizeof(struct vq_desc), DESC_F_INDIRECT, 0);
   if (vq_submit(&dev, 0) < 0) return -1;
   return status_byte;
@@ -189,15 +196,15 @@ static void offer_hostile(void) {
     vq_set(&dev, 1, entropy + 8, 8, DESC_F_WRITE | DESC_F_NEXT, 0);
     break;
   case 2:
-    vq_set(&dev, 0, (void *)(RAM_END - 8), 16, DESC_F_WRITE, 0);
+    vq_set(&dev, 0, (void *)(uptr)(RAM_END - 8), 16, DESC_F_WRITE, 0);
     break;
   case 3:
     vq_set(&dev, 0, entropy, 8, DESC_F_WRITE, 0);
     next_idx = (u16)(idx + VQ_SIZE + 1);
     break;
   case 4:
-    indirect_table[0] = (struct vq_desc){(u32)&indirect_table[2], 16, DESC_F_INDIRECT, 0};
-    indirect_table[2] = (struct vq_desc){(u32)entropy, 8, DESC_F_WRITE, 0};
+    indirect_table[0] = (struct vq_desc){(uptr)&indirect_table[2], 16, DESC_F_INDIRECT, 0};
+    indirect_table[2] = (struct vq_desc){(uptr)entropy, 8, DESC_F_WRITE, 0};
     vq_set(&dev, 0, indirect_table, 16, DESC_F_INDIRECT, 0);
     break;
   }
@@ -274,9 +281,9 @@ static void offer_read(u32 slot, u32 sector, void *buf, u32 len) {
   headers[slot].reserved = 0;
   headers[slot].sector = sector;
   statuses[slot] = 0xff;
-  d[0] = (struct vq_desc){(u32)&headers[slot], sizeof headers[slot], DESC_F_NEXT, (u16)(head + 1)};
-  d[1] = (struct vq_desc){(u32)buf, len, DESC_F_WRITE | DESC_F_NEXT, (u16)(head + 2)};
-  d[2] = (struct vq_desc){(u32)&statuses[slot], 1, DESC_F_WRITE, 0};
+  d[0] = (struct vq_desc){(uptr)&headers[slot], sizeof headers[slot], DESC_F_NEXT, (u16)(head + 1)};
+  d[1] = (struct vq_desc){(uptr)buf, len, DESC_F_WRITE | DESC_F_NEXT, (u16)(head + 2)};
+  d[2] = (struct vq_desc){(uptr)&statuses[slot], 1, DESC_F_WRITE, 0};
   u16 idx = dev.avail->idx;
   dev.avail->ring[idx % VQ_SIZE] = head;
   barrier();
@@ -424,8 +431,100 @@ static void interrupt_driven_entropy(void) {
   put_number("other-interrupts", other_interrupts);
 }
 
+#define BLK_F_DISCARD (1u << 13)
+#define BLK_F_WRITE_ZEROES (1u << 14)
+#define BLK_T_DISCARD 11
+#define BLK_T_WRITE_ZEROES 13
+#define WZ_FLAG_UNMAP 1u
+#define DWZ_IMAGE_BLOCKS 16 /* the test's image: 16 blocks of 4 KiB */
+#define DWZ_MAX_SEGMENTS 32
+struct dwz_segment { u64x sector; u32 num_sectors; u32 flags; };
+static struct dwz_segment dwz_segments[DWZ_MAX_SEGMENTS] __attribute__((aligned(16)));
+
+static u8 dwz_pattern(u32 i) { return (u8)(((i >> 12) * 37 + i * 7 + 1) | 1); }
+
+/* One DISCARD or WRITE_ZEROES request of `n` segments of whole 4 KiB blocks: its status, or -1. */
+static int dwz_request(u32 type, u32 n, u32 first_block, u32 blocks, u32 flags) {
+  for (u32 i = 0; i < n; i++) {
+    dwz_segments[i].sector = (u64x)(first_block + i * blocks) * 8;
+    dwz_segments[i].num_sectors = blocks * 8;
+    dwz_segments[i].flags = flags;
+  }
+  return blk_request(type, 0, dwz_segments, n * sizeof dwz_segments[0], 0, 0);
+}
+
+/* Reports `key`=status of a one-segment request of `sectors` sectors at `sector`. */
+static void dwz_refused(const char *key, u32 type, u64x sector, u32 sectors, u32 flags) {
+  dwz_segments[0].sector = sector;
+  dwz_segments[0].num_sectors = sectors;
+  dwz_segments[0].flags = flags;
+  put_number(key, (u32)blk_request(type, 0, dwz_segments, sizeof dwz_segments[0], 0, 0));
+}
+
+static void discard_and_write_zeroes(void) {
+  u32 base = virtio_find(VIRTIO_ID_BLOCK, 0);
+  if (!base) fail(1, "no virtio-blk device in the window");
+  int err = virtio_init(&dev, base, F_EVENT_IDX | F_INDIRECT_DESC | BLK_F_SEG_MAX | BLK_F_BLK_SIZE | BLK_F_FLUSH | BLK_F_DISCARD | BLK_F_WRITE_ZEROES, ring);
+  if (err) { put_number("init-step", err); fail(2, "initialisation"); }
+  u32 capacity = vreg(&dev, VM_CONFIG + 0);
+  put_number("capacity", capacity);
+  put_number("discard", !!(dev.features & BLK_F_DISCARD));
+  put_number("write-zeroes", !!(dev.features & BLK_F_WRITE_ZEROES));
+  if (!(dev.features & BLK_F_DISCARD) || !(dev.features & BLK_F_WRITE_ZEROES)) fail(2, "DISCARD and WRITE_ZEROES not offered");
+  u32 max_discard = vreg(&dev, VM_CONFIG + 36), discard_seg = vreg(&dev, VM_CONFIG + 40);
+  u32 max_zeroes = vreg(&dev, VM_CONFIG + 48), zeroes_seg = vreg(&dev, VM_CONFIG + 52);
+  put_number("max-discard-sectors", max_discard);
+  put_number("max-discard-seg", discard_seg);
+  put_number("discard-sector-alignment", vreg(&dev, VM_CONFIG + 44));
+  put_number("max-write-zeroes-sectors", max_zeroes);
+  put_number("max-write-zeroes-seg", zeroes_seg);
+  put_number("write-zeroes-may-unmap", mmio_read8(dev.base + VM_CONFIG + 56));
+  if (capacity != DWZ_IMAGE_BLOCKS * 8) fail(2, "the image is not 64 KiB");
+
+  for (u32 i = 0; i < sizeof big; i++) big[i] = dwz_pattern(i);
+  if (blk_request(BLK_T_OUT, 0, big, sizeof big, 0, 0) != 0) fail(3, "pattern write");
+
+  /* Refused requests first: none may change a byte of the pattern. */
+  dwz_refused("reserved-flag-status", BLK_T_WRITE_ZEROES, 0, 8, 2);
+  dwz_refused("discard-unmap-status", BLK_T_DISCARD, 0, 8, WZ_FLAG_UNMAP);
+  dwz_refused("past-end-status", BLK_T_DISCARD, capacity - 4, 8, 0);
+  if (max_discard < 0xffffffffu) dwz_refused("over-max-status", BLK_T_DISCARD, 0, max_discard + 1, 0);
+  if (discard_seg < DWZ_MAX_SEGMENTS) put_number("too-many-segments-status", (u32)dwz_request(BLK_T_DISCARD, discard_seg + 1, 0, 0, 0));
+
+  put_number("write-zeroes-status", (u32)dwz_request(BLK_T_WRITE_ZEROES, 1, 1, 2, 0));
+  put_number("write-zeroes-unmap-status", (u32)dwz_request(BLK_T_WRITE_ZEROES, 1, 5, 1, WZ_FLAG_UNMAP));
+  if (discard_seg >= 2) {
+    /* Blocks 8-9 and block 12, two segments of one request. */
+    dwz_segments[0] = (struct dwz_segment){8 * 8, 2 * 8, 0};
+    dwz_segments[1] = (struct dwz_segment){12 * 8, 8, 0};
+    put_number("discard-status", (u32)blk_request(BLK_T_DISCARD, 0, dwz_segments, 2 * sizeof dwz_segments[0], 0, 0));
+  } else {
+    int a = dwz_request(BLK_T_DISCARD, 1, 8, 2, 0), b = dwz_request(BLK_T_DISCARD, 1, 12, 1, 0);
+    put_number("discard-status", (u32)(a != 0 ? a : b));
+  }
+  if (dev.features & BLK_F_FLUSH && blk_request(BLK_T_FLUSH, 0, 0, 0, 0, 0) != 0) fail(4, "FLUSH");
+
+  kit_memset(big, 0xee, sizeof big);
+  if (blk_request(BLK_T_IN, 0, big, sizeof big, DESC_F_WRITE, 0) != 0) fail(5, "read back");
+  u32 zero_blocks = 0, pattern_kept = 1;
+  for (u32 b = 0; b < DWZ_IMAGE_BLOCKS; b++) {
+    u32 zero = 1, kept = 1;
+    for (u32 i = b * 4096; i < (b + 1) * 4096; i++) {
+      zero &= big[i] == 0;
+      kept &= big[i] == dwz_pattern(i);
+    }
+    if (zero) zero_blocks |= 1u << b;
+    else if (!kept) pattern_kept = 0;
+  }
+  put_number("zero-blocks", zero_blocks);
+  put_number("pattern-kept", pattern_kept);
+}
+
 void main(u32 info) {
   (void)info;
+#ifdef KIT_LONG_MODE
+  put_number("cpl", kit_cpl());
+#endif
   if (CHECK == 1) check_entropy();
   else if (CHECK == 2) check_block();
   else if (CHECK == 3) check_hostile();
@@ -434,6 +533,7 @@ void main(u32 info) {
   else if (CHECK == 7) deep_reads();
   else if (CHECK == 8) sequential_reads();
   else if (CHECK == 9) entropy_stream();
+  else if (CHECK == 10) discard_and_write_zeroes();
   else interrupt_driven_entropy();
   serial_puts("virtio-check: done\n");
   guest_exit(0);

@@ -161,6 +161,19 @@ export class GuestMemory {
     throw new GuestMemoryError(gpa, length, "not backed by guest RAM");
   }
 
+  /**
+   * The region holding all of [gpa, gpa + length) for a non-negative integer `gpa` and
+   * `length`, or undefined: regionFor without building an error, for walks done per request.
+   */
+  findRegion(gpa: number, length: number): MemoryRegion | undefined {
+    const regions = this.regions;
+    for (let i = 0; i < regions.length; i++) {
+      const region = regions[i];
+      if (gpa >= region.gpa && gpa + length <= region.gpa + region.size) return region;
+    }
+    return undefined;
+  }
+
   /** A live view of [gpa, gpa + length); writes through it reach the guest. */
   slice(gpa: number, length: number): Uint8Array {
     const region = this.regionFor(gpa, length);

@@ -2,7 +2,7 @@
  * virtio-mmio with a guest of our own (guests/virtio-check.c, a polled virtio 1.2 driver):
  * under the PC machine it negotiates with our transport, reads entropy from virtio-rng,
  * reads, writes, flushes and reads back blocks of virtio-blk through a host file the test
- * then checks, and breaks a ring on purpose to see DEVICE_NEEDS_RESET and a working reset.
+ * then checks, zeroes and discards blocks of it (holes punched in the host file), and breaks a ring on purpose to see DEVICE_NEEDS_RESET and a working reset.
  * The same kernels run under QEMU -M microvm against QEMU's own devices, which checks the
  * driver (and through it our devices) against a third party.
  */
@@ -18,8 +18,9 @@ import { VirtioBlk, type VirtioBlkOptions, type VirtioBlkStats } from "../runtim
 import { VirtioStatus } from "../runtime/devices/virtio/mmio-transport.js";
 import type { VirtioDevice } from "../runtime/devices/virtio/virtio-device.js";
 import { buildMultibootGuest } from "./helpers/flat-guest.js";
+import { holeBlocks } from "./helpers/file-holes.js";
 import {
-  CHECK, fnv1a, GUEST_MEMORY_MIB, type GuestReport, imageFolder, openFiles, makeImage as makeImageIn, parseReport as parse, runVirtioCheck, WRITTEN as written,
+  CHECK, DISCARD_ZERO_BLOCKS, discardPattern, fnv1a, GUEST_MEMORY_MIB, type GuestReport, imageFolder, openFiles, makeImage as makeImageIn, parseReport as parse, runVirtioCheck, WRITTEN as written,
 } from "./helpers/virtio-guest.js";
 
 after(() => destroyVcpuPool());
@@ -112,7 +113,7 @@ for (const placement of PLACEMENTS) {
     assert.deepEqual(file.subarray(1024, 2048), written, "sectors 2-3 of the host file hold what the guest wrote");
     assert.deepEqual(file.subarray(0, 1024), image.first, "and nothing else changed");
     assert.ok(file.subarray(2048).every((b) => b === 0));
-    assert.deepEqual(blk.stats(machine), { reads: 2, writes: 1, flushes: 1, failed: 0 });
+    assert.deepEqual(blk.stats(machine), { reads: 2, writes: 1, flushes: 1, discards: 0, writeZeroes: 0, failed: 0 });
     assert.equal(blk.closed(), true, "the machine closed the image when it stopped");
   });
 
@@ -127,6 +128,57 @@ for (const placement of PLACEMENTS) {
     assert.equal(report.values.get("readback-matches"), "0");
     assert.deepEqual(readFileSync(image.path), before);
     assert.equal(blk.stats(machine).failed, 1);
+  });
+}
+
+/** The zero-blocks bitmap CHECK=10 reports when blocks 1-2, 5, 8-9 and 12 read as zeroes. */
+const ZERO_BLOCKS_BITS = String(DISCARD_ZERO_BLOCKS.reduce((bits, b) => bits | (1 << b), 0));
+/** What the spec (and QEMU) answer the refused requests: UNSUPP for flags and segment counts, IOERR for ranges. */
+const REFUSED = [["reserved-flag-status", "2"], ["discard-unmap-status", "2"], ["past-end-status", "1"], ["over-max-status", "1"], ["too-many-segments-status", "2"]];
+
+/** The host file after CHECK=10: zeroes in the zeroed and discarded blocks, the guest's pattern elsewhere. */
+function assertDiscardedImage(path: string): void {
+  const file = readFileSync(path);
+  const pattern = discardPattern();
+  assert.equal(file.length, pattern.length, "the image keeps its size");
+  for (let b = 0; b < 16; b++) {
+    const got = file.subarray(b * 4096, (b + 1) * 4096);
+    if (DISCARD_ZERO_BLOCKS.includes(b)) assert.ok(got.every((x) => x === 0), `block ${b} of the host file is zeroes`);
+    else assert.deepEqual(got, pattern.subarray(b * 4096, (b + 1) * 4096), `block ${b} of the host file holds the guest's pattern`);
+  }
+}
+
+/**
+ * UNMAP and DISCARD (blocks 5, 8-9, 12) left holes in the host file, and nothing but zeroed
+ * blocks is a hole. (ext4 reports a WRITE_ZEROES range, kept allocated as unwritten extents,
+ * as a hole too, so blocks 1-2 may be either.)
+ */
+function assertPunched(path: string): void {
+  const holes = holeBlocks(path);
+  for (const b of [5, 8, 9, 12]) assert.ok(holes.includes(b), `block ${b} is a hole in the host file (holes: ${holes.join(", ")})`);
+  for (const b of holes) assert.ok(DISCARD_ZERO_BLOCKS.includes(b), `block ${b} is a hole but was never zeroed`);
+}
+
+for (const placement of PLACEMENTS) {
+  test(`virtio-blk DISCARD and WRITE_ZEROES (${placement}): refused requests change nothing, zeroed blocks read back as zeroes, discarded ones are holes in the host file`, { timeout: 120_000 }, async () => {
+    const image = makeImage(`discard-${placement}.img`, 128);
+    const blk = blkOn(placement, { path: image.path });
+    const { report, machine } = await runOurs(CHECK.discard, [blk.entry]);
+    assert.equal(report.status, 0, report.console);
+    assert.equal(report.values.get("discard"), "1");
+    assert.equal(report.values.get("write-zeroes"), "1");
+    assert.equal(report.values.get("max-discard-seg"), "16");
+    assert.equal(report.values.get("write-zeroes-may-unmap"), "1");
+    for (const [key, value] of REFUSED) assert.equal(report.values.get(key), value, key);
+    for (const key of ["write-zeroes-status", "write-zeroes-unmap-status", "discard-status"]) assert.equal(report.values.get(key), "0", key);
+    assert.equal(report.values.get("zero-blocks"), ZERO_BLOCKS_BITS, "the guest reads zeroes in exactly the zeroed and discarded blocks");
+    assert.equal(report.values.get("pattern-kept"), "1", "and its pattern everywhere else");
+    assertDiscardedImage(image.path);
+    assertPunched(image.path);
+    const stats = blk.stats(machine);
+    assert.equal(stats.discards, 1);
+    assert.equal(stats.writeZeroes, 2);
+    assert.equal(stats.failed, REFUSED.length);
   });
 }
 
@@ -272,6 +324,22 @@ test("under QEMU microvm: the same block kernel writes, flushes and reads back t
   }
   assert.equal(report.values.get("sector0-fnv"), String(fnv1a(image.first)));
   assert.deepEqual(readFileSync(image.path).subarray(1024, 2048), written);
+});
+
+test("under QEMU microvm: the same discard kernel against QEMU's virtio-blk-device (discard=unmap) gives the same answers and the same file", { skip: noQemu, timeout: 120_000 }, (t) => {
+  const image = makeImage("qemu-discard.img", 128);
+  const report = runQemu(CHECK.discard, [
+    "-drive", `file=${image.path},format=raw,if=none,id=disk0,discard=unmap`, "-device", "virtio-blk-device,drive=disk0",
+  ]);
+  assert.equal(report.status, 0, report.console);
+  t.diagnostic(`QEMU's limits: max-discard-sectors ${report.values.get("max-discard-sectors")}, max-discard-seg ${report.values.get("max-discard-seg")}, max-write-zeroes-seg ${report.values.get("max-write-zeroes-seg")}`);
+  for (const [key, value] of REFUSED) assert.equal(report.values.get(key), value, `${key} under QEMU`);
+  for (const key of ["write-zeroes-status", "write-zeroes-unmap-status", "discard-status"]) assert.equal(report.values.get(key), "0", `${key} under QEMU`);
+  assert.equal(report.values.get("zero-blocks"), ZERO_BLOCKS_BITS);
+  assert.equal(report.values.get("pattern-kept"), "1");
+  assertDiscardedImage(image.path);
+  t.diagnostic(`holes QEMU left in the host file (4 KiB blocks): ${holeBlocks(image.path).join(", ")}`);
+  assertPunched(image.path);
 });
 
 for (const { kind, what, qemu: expected } of HOSTILE) {

@@ -4,10 +4,16 @@
  * and decode every field in range, the checks accept exactly what the device offered, and a
  * transmit queue full of guest-chosen chains (header bytes, lengths, segment splits) never
  * makes a device throw, carries only frames/payloads within their bounds and byte-identical
- * to the guest's, and completes or faults every request.
+ * to the guest's, and completes or faults every request. The same for virtio-blk's requests
+ * (IN, OUT, FLUSH, GET_ID, DISCARD and WRITE_ZEROES segment lists, unknown types) against a
+ * model of the image: every status is the one the rules give, and the host file ends up
+ * exactly as the accepted requests make it.
  * Runs for WORKERVISOR_FUZZ_SECONDS (default 10) per target, or its run count, whichever ends first.
  */
-import { test } from "node:test";
+import { after, test } from "node:test";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import assert from "node:assert/strict";
 import { PassThrough, type Duplex } from "node:stream";
 import fc from "fast-check";
@@ -23,6 +29,11 @@ import {
   writeVsockHeader, MAX_VSOCK_CONNECTIONS,
 } from "../runtime/devices/virtio/virtio-vsock.js";
 import type { VsockHost } from "../runtime/devices/virtio/vsock-host.js";
+import {
+  VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_MAX_DISCARD_SECTORS, VIRTIO_BLK_MAX_DISCARD_SEG, VIRTIO_BLK_MAX_WRITE_ZEROES_SECTORS,
+  VIRTIO_BLK_MAX_WRITE_ZEROES_SEG, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, VirtioBlk, VirtioBlkRequest as T, VirtioBlkStatus as S,
+} from "../runtime/devices/virtio/virtio-blk.js";
+import { VIRTQ_DESC_F_WRITE } from "../runtime/devices/virtio/virtqueue.js";
 import { DriverRing } from "./helpers/split-ring.js";
 
 const SECONDS = Number(process.env.WORKERVISOR_FUZZ_SECONDS ?? 10);
@@ -95,8 +106,8 @@ function offerChains(memory: GuestMemory, driver: DriverRing, chains: { header: 
   return all;
 }
 
-function context(memory: GuestMemory, resets: string[]): VirtioQueueContext {
-  return { memory, features: 0n, needsReset: (reason) => resets.push(reason) };
+function context(memory: GuestMemory, resets: string[], features = 0n): VirtioQueueContext {
+  return { memory, features, needsReset: (reason) => resets.push(reason) };
 }
 
 test("fuzz: virtio-net transmit of guest-chosen chains: no throw, only frames within bounds and identical to the guest's, every request completed", { timeout: (SECONDS + 60) * 1000 }, () => {
@@ -187,4 +198,141 @@ test("fuzz: virtio-vsock transmit of guest-chosen packets: no throw, bounded con
     for (const s of streams) assert.ok(s.destroyed, "close() destroyed every host stream");
   }), limits(1500));
   assert.ok(opened > 0, "the generator reaches REQUESTs that open connections");
+});
+
+// ---- virtio-blk requests ----
+
+const BLK_SECTORS = 64;
+const blkDir = mkdtempSync(join(tmpdir(), "workervisor-blk-fuzz-"));
+after(() => rmSync(blkDir, { recursive: true, force: true }));
+
+const sectorValue = fc.oneof(
+  { weight: 6, arbitrary: fc.integer({ min: 0, max: BLK_SECTORS + 2 }).map(BigInt) },
+  fc.constantFrom(BigInt(BLK_SECTORS - 1), BigInt(BLK_SECTORS), 2n ** 53n, 2n ** 63n, 2n ** 64n - 1n),
+  fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }),
+);
+const blkSegment = fc.record({
+  sector: sectorValue,
+  sectors: fc.oneof({ weight: 6, arbitrary: fc.integer({ min: 0, max: 24 }) }, fc.constantFrom(VIRTIO_BLK_MAX_DISCARD_SECTORS, VIRTIO_BLK_MAX_DISCARD_SECTORS + 1, 0xffff_ffff), fc.nat({ max: 0xffff_ffff })),
+  flags: fc.oneof({ weight: 6, arbitrary: fc.constantFrom(0, 0, 0, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) }, fc.constantFrom(2, 0x8000_0000), fc.nat({ max: 0xffff_ffff })),
+});
+const blkRequest = fc.record({
+  type: fc.oneof({ weight: 8, arbitrary: fc.constantFrom(T.IN, T.OUT, T.FLUSH, T.GET_ID, T.DISCARD, T.DISCARD, T.WRITE_ZEROES, T.WRITE_ZEROES) }, fc.nat({ max: 0xffff_ffff })),
+  sector: sectorValue,
+  /** IN and GET_ID: writable bytes; OUT: payload bytes. */
+  length: fc.oneof({ weight: 4, arbitrary: fc.constantFrom(0, 512, 1024, 4096) }, fc.nat({ max: 5000 })),
+  segments: fc.array(blkSegment, { minLength: 0, maxLength: VIRTIO_BLK_MAX_DISCARD_SEG + 2 }),
+  /** Bytes after the segment list (a list that is not whole segments). */
+  ragged: fc.oneof({ weight: 9, arbitrary: fc.constant(0) }, fc.integer({ min: 1, max: 15 })),
+  cuts: fc.array(fc.nat({ max: 600 }), { maxLength: 3 }),
+});
+type BlkRequestSpec = typeof blkRequest extends fc.Arbitrary<infer R> ? R : never;
+
+/** What the rules of section 5.2.6 give a DISCARD or WRITE_ZEROES request, and the byte ranges it zeroes. */
+function expectedZeroing(r: BlkRequestSpec, features: bigint): { status: number; ranges: [number, number][] } {
+  const discard = r.type === T.DISCARD;
+  const bit = 1n << (discard ? VIRTIO_BLK_F_DISCARD : VIRTIO_BLK_F_WRITE_ZEROES);
+  if ((features & bit) === 0n) return { status: S.UNSUPP, ranges: [] };
+  if (r.ragged !== 0 || r.segments.length === 0) return { status: S.IOERR, ranges: [] };
+  if (r.segments.length > (discard ? VIRTIO_BLK_MAX_DISCARD_SEG : VIRTIO_BLK_MAX_WRITE_ZEROES_SEG)) return { status: S.UNSUPP, ranges: [] };
+  if (r.segments.some((g) => (g.flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0 || (discard && g.flags !== 0))) return { status: S.UNSUPP, ranges: [] };
+  const max = discard ? VIRTIO_BLK_MAX_DISCARD_SECTORS : VIRTIO_BLK_MAX_WRITE_ZEROES_SECTORS;
+  if (r.segments.some((g) => g.sectors > max || g.sector + BigInt(g.sectors) > BigInt(BLK_SECTORS))) return { status: S.IOERR, ranges: [] };
+  return { status: S.OK, ranges: r.segments.map((g) => [Number(g.sector) * 512, (Number(g.sector) + g.sectors) * 512]) };
+}
+
+test("fuzz: virtio-blk requests of guest-chosen types, sectors and DISCARD/WRITE_ZEROES segment lists: no throw, the statuses the rules give, the image as the accepted requests leave it", { timeout: (SECONDS + 60) * 1000 }, () => {
+  const memory = GuestMemory.allocate([{ gpa: 0, size: 2 * MiB }]);
+  const path = join(blkDir, "fuzz.img");
+  const initial = Buffer.from(Array.from({ length: BLK_SECTORS * 512 }, (_, i) => (i * 13 + 5) & 0xff));
+  const seen = new Map<string, number>();
+  fc.assert(fc.property(fc.array(blkRequest, { minLength: 1, maxLength: 6 }), fc.constantFrom(0n, 1n, 2n, 3n), (requests, featureChoice) => {
+    memory.regions[0].bytes.fill(0);
+    writeFileSync(path, initial);
+    const model = Buffer.from(initial);
+    const features = (featureChoice & 1n ? 1n << VIRTIO_BLK_F_DISCARD : 0n) | (featureChoice & 2n ? 1n << VIRTIO_BLK_F_WRITE_ZEROES : 0n);
+    const blk = new VirtioBlk({ path });
+    const driver = DriverRing.at(memory, RING, QUEUE);
+    const queue = new SplitVirtqueue(memory, driver.layout, 0);
+    let descriptor = 0;
+    let at = DATA;
+    const placed: { spec: BlkRequestSpec; n: number; status: number; data: number }[] = [];
+    for (const [n, r] of requests.entries()) {
+      const zeroing = r.type === T.DISCARD || r.type === T.WRITE_ZEROES;
+      const reads = r.type === T.IN || r.type === T.GET_ID;
+      const payload = new Uint8Array(zeroing ? 16 * r.segments.length + r.ragged : r.type === T.OUT ? r.length : 0);
+      const view = new DataView(payload.buffer);
+      if (zeroing) {
+        r.segments.forEach((g, i) => {
+          view.setBigUint64(16 * i, g.sector, true);
+          view.setUint32(16 * i + 8, g.sectors, true);
+          view.setUint32(16 * i + 12, g.flags, true);
+        });
+      } else {
+        for (let i = 0; i < payload.length; i++) payload[i] = (i * 29 + n * 7 + 3) & 0xff;
+      }
+      const readable = new Uint8Array(16 + payload.length);
+      new DataView(readable.buffer).setUint32(0, r.type, true);
+      new DataView(readable.buffer).setBigUint64(8, r.sector, true);
+      readable.set(payload, 16);
+      memory.write(at, readable);
+      const head = descriptor;
+      const cuts = [...new Set(r.cuts.filter((x) => x > 0 && x < readable.length))].sort((a, b) => a - b);
+      const bounds = [0, ...cuts, readable.length];
+      for (let i = 0; i + 1 < bounds.length; i++) {
+        driver.writeDescriptor(descriptor, { addr: at + bounds[i], len: bounds[i + 1] - bounds[i], flags: VIRTQ_DESC_F_NEXT, next: descriptor + 1 });
+        descriptor++;
+      }
+      at += readable.length + 16;
+      const data = at;
+      if (reads && r.length > 0) {
+        driver.writeDescriptor(descriptor, { addr: data, len: r.length, flags: VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, next: descriptor + 1 });
+        descriptor++;
+        at += r.length + 16;
+      }
+      const status = at;
+      memory.writeU8(status, 0xff);
+      driver.writeDescriptor(descriptor, { addr: status, len: 1, flags: VIRTQ_DESC_F_WRITE, next: 0 });
+      descriptor++;
+      at += 16;
+      driver.offer(head);
+      placed.push({ spec: r, n, status, data });
+    }
+    const resets: string[] = [];
+    blk.processQueue(0, queue, context(memory, resets, features));
+    blk.close();
+    assert.deepEqual(resets, []);
+    assert.equal(driver.usedIndex(), requests.length, "every request completed");
+    for (const { spec: r, n, status, data } of placed) {
+      const range = (length: number) => length % 512 === 0 && r.sector <= BigInt(BLK_SECTORS) && Number(r.sector) * 512 + length <= model.length;
+      let expected: number;
+      if (r.type === T.IN) {
+        expected = range(r.length) ? S.OK : S.IOERR;
+        if (expected === S.OK) {
+          const position = Number(r.sector) * 512;
+          assert.deepEqual(memory.slice(data, r.length), new Uint8Array(model.subarray(position, position + r.length)), "IN read what the image held then");
+        }
+      } else if (r.type === T.OUT) {
+        expected = range(r.length) ? S.OK : S.IOERR;
+        if (expected === S.OK) {
+          for (let i = 0; i < r.length; i++) model[Number(r.sector) * 512 + i] = (i * 29 + n * 7 + 3) & 0xff;
+        }
+      } else if (r.type === T.FLUSH || r.type === T.GET_ID) {
+        expected = S.OK;
+      } else if (r.type === T.DISCARD || r.type === T.WRITE_ZEROES) {
+        const zeroing = expectedZeroing(r, features);
+        expected = zeroing.status;
+        for (const [from, to] of zeroing.ranges) model.fill(0, from, to);
+      } else {
+        expected = S.UNSUPP;
+      }
+      assert.equal(memory.readU8(status), expected, `type ${r.type} at sector ${r.sector}`);
+      const key = `${r.type === T.DISCARD || r.type === T.WRITE_ZEROES ? r.type : "other"}:${expected}`;
+      seen.set(key, (seen.get(key) ?? 0) + 1);
+    }
+    assert.ok(readFileSync(path).equals(model), "the image holds what the accepted requests wrote and zeroed, nothing else");
+  }), limits(1500));
+  for (const type of [T.DISCARD, T.WRITE_ZEROES]) {
+    for (const status of [S.OK, S.IOERR, S.UNSUPP]) assert.ok((seen.get(`${type}:${status}`) ?? 0) > 0, `the generator reaches type ${type} with status ${status}: ${[...seen].join(" ")}`);
+  }
 });

@@ -3,20 +3,26 @@
  * would drive them: negotiation that must be refused, reset, queue layouts the device must
  * reject, the interrupt line following InterruptStatus, config-change notifications, and
  * malformed block requests failed the way the spec says (IOERR, UNSUPP) or, with no room
- * for a status, DEVICE_NEEDS_RESET. The guest-driven story is in virtio-guest.test.ts.
+ * for a status, DEVICE_NEEDS_RESET, and DISCARD / WRITE_ZEROES checked on a host file (holes
+ * punched, zeroes written, every malformed segment list refused without touching the file).
+ * The guest-driven story is in virtio-guest.test.ts.
  */
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { GuestMemory } from "../memory/guest-memory.js";
 import { VirtioMmio as R, VirtioMmioTransport, VirtioStatus as S } from "../runtime/devices/virtio/mmio-transport.js";
 import { VirtioRng } from "../runtime/devices/virtio/virtio-rng.js";
-import { BlockImageError, VirtioBlk, VirtioBlkStatus } from "../runtime/devices/virtio/virtio-blk.js";
+import {
+  BlockImageError, DISCARD_SEGMENT_BYTES, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_MAX_DISCARD_SECTORS, VIRTIO_BLK_MAX_DISCARD_SEG,
+  VIRTIO_BLK_MAX_WRITE_ZEROES_SEG, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP as UNMAP, VirtioBlk, VirtioBlkRequest, VirtioBlkStatus,
+} from "../runtime/devices/virtio/virtio-blk.js";
 import { VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE } from "../runtime/devices/virtio/virtqueue.js";
 import type { VirtioDevice } from "../runtime/devices/virtio/virtio-device.js";
 import { DriverRing } from "./helpers/split-ring.js";
+import { holeBlocks } from "./helpers/file-holes.js";
 
 const dir = mkdtempSync(join(tmpdir(), "workervisor-virtio-mmio-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -192,4 +198,137 @@ test("virtio-blk refuses images it cannot use, saying why", () => {
   writeFileSync(tiny, Buffer.alloc(100));
   assert.throws(() => new VirtioBlk({ path: tiny }), /at least one 512-byte sector/);
   assert.throws(() => new VirtioBlk({ path: IMAGE, serial: "x".repeat(21) }), /at most 20 printable ASCII/);
+});
+
+// ---- DISCARD and WRITE_ZEROES ----
+
+const BLOCK = 4096;
+const DISCARD_BITS = (1 << Number(VIRTIO_BLK_F_DISCARD)) | (1 << Number(VIRTIO_BLK_F_WRITE_ZEROES));
+
+/** A 64 KiB image, every byte written (no holes), each 4 KiB block a pattern of its own. */
+function patternImage(name: string, folder = dir): { path: string; bytes: Buffer } {
+  const bytes = Buffer.alloc(16 * BLOCK);
+  for (let i = 0; i < bytes.length; i++) bytes[i] = ((i >> 12) * 37 + i * 7 + 1) & 0xff || 1;
+  const path = join(folder, name);
+  writeFileSync(path, bytes);
+  return { path, bytes };
+}
+
+interface Segment { sector: number | bigint; sectors: number; flags?: number }
+
+/** One DISCARD or WRITE_ZEROES request of `segments` (or raw `payload` bytes) through the transport. */
+function zeroRequest(path: string, type: number, segments: Segment[] | Uint8Array, features = DISCARD_BITS) {
+  const blk = new VirtioBlk({ path });
+  const t = rig(blk);
+  const driver = DriverRing.at(t.memory, RING, 8);
+  bringUp(t, driver, features);
+  let payload: Uint8Array;
+  if (segments instanceof Uint8Array) {
+    payload = segments;
+  } else {
+    payload = new Uint8Array(DISCARD_SEGMENT_BYTES * segments.length);
+    const view = new DataView(payload.buffer);
+    segments.forEach((s, i) => {
+      view.setBigUint64(i * 16, BigInt(s.sector), true);
+      view.setUint32(i * 16 + 8, s.sectors, true);
+      view.setUint32(i * 16 + 12, s.flags ?? 0, true);
+    });
+  }
+  t.memory.writeU32(HEADER, type);
+  t.memory.writeU64(HEADER + 8, 0n);
+  t.memory.write(DATA, payload);
+  t.memory.writeU8(STATUS, 0xff);
+  driver.writeDescriptor(0, { addr: HEADER, len: 16, flags: NEXT, next: 1 });
+  driver.writeDescriptor(1, { addr: DATA, len: payload.length, flags: NEXT, next: 2 });
+  driver.writeDescriptor(2, { addr: STATUS, len: 1, flags: WRITE, next: 0 });
+  driver.offer(0);
+  t.w(R.QueueNotify, 0);
+  assert.equal(driver.usedIndex(), 1, "the request completed");
+  assert.equal(t.transport.stats.faults, 0);
+  blk.close();
+  return { status: t.memory.readU8(STATUS), stats: blk.stats };
+}
+
+const sectorsOf = (block: number) => block * (BLOCK / 512);
+
+test("virtio-blk offers DISCARD and WRITE_ZEROES with their limits on a writable image that can punch holes, not on a read-only one", () => {
+  const { path } = patternImage("features.img");
+  const blk = new VirtioBlk({ path });
+  assert.equal(blk.offersDiscard, true, "ext4 and tmpfs punch holes");
+  assert.equal(Number(blk.features >> VIRTIO_BLK_F_DISCARD) & 3, 3);
+  const config = new DataView(blk.config.buffer);
+  assert.equal(config.getUint32(36, true), VIRTIO_BLK_MAX_DISCARD_SECTORS);
+  assert.equal(config.getUint32(40, true), VIRTIO_BLK_MAX_DISCARD_SEG);
+  assert.equal(config.getUint32(44, true), 8, "discard_sector_alignment: 4 KiB");
+  assert.equal(config.getUint32(52, true), VIRTIO_BLK_MAX_WRITE_ZEROES_SEG);
+  assert.equal(config.getUint8(56), 1, "write_zeroes_may_unmap");
+  blk.close();
+  for (const options of [{ readOnly: true }, { discard: false }]) {
+    const other = new VirtioBlk({ path, ...options });
+    assert.equal(other.features & ((1n << VIRTIO_BLK_F_DISCARD) | (1n << VIRTIO_BLK_F_WRITE_ZEROES)), 0n, JSON.stringify(options));
+    assert.equal(new DataView(other.config.buffer).getUint32(36, true), 0, "no discard limits in the config");
+    other.close();
+  }
+});
+
+/** tmpfs has PUNCH_HOLE but no ZERO_RANGE: there WRITE_ZEROES writes the zeroes out. */
+const SHM = existsSync("/dev/shm") ? mkdtempSync("/dev/shm/workervisor-virtio-mmio-") : undefined;
+after(() => SHM && rmSync(SHM, { recursive: true, force: true }));
+
+for (const [where, folder] of [["the temporary folder", dir], ["tmpfs, with no ZERO_RANGE", SHM]] as const) {
+  test(`WRITE_ZEROES leaves zeroes and keeps the blocks; with UNMAP and DISCARD the range becomes a hole; the rest of the file is untouched (${where})`, { skip: folder === undefined && "no /dev/shm" }, () => {
+    const image = patternImage("zeroes.img", folder);
+    const blocksBefore = statSync(image.path).blocks;
+    assert.equal(blocksBefore, 128, "the image starts fully allocated");
+    const zeroed = zeroRequest(image.path, VirtioBlkRequest.WRITE_ZEROES, [{ sector: sectorsOf(1), sectors: sectorsOf(2) }]);
+    assert.equal(zeroed.status, VirtioBlkStatus.OK);
+    assert.equal(zeroed.stats.writeZeroes, 1);
+    assert.equal(statSync(image.path).blocks, blocksBefore, "WRITE_ZEROES without UNMAP keeps the blocks allocated");
+    const unmapped = zeroRequest(image.path, VirtioBlkRequest.WRITE_ZEROES, [{ sector: sectorsOf(5), sectors: sectorsOf(1), flags: UNMAP }]);
+    assert.equal(unmapped.status, VirtioBlkStatus.OK);
+    const discarded = zeroRequest(image.path, VirtioBlkRequest.DISCARD, [{ sector: sectorsOf(8), sectors: sectorsOf(2) }, { sector: sectorsOf(12), sectors: sectorsOf(1) }]);
+    assert.equal(discarded.status, VirtioBlkStatus.OK);
+    assert.equal(discarded.stats.discards, 1);
+    // ext4 may report WRITE_ZEROES's unwritten extents (blocks 1-2) as holes too.
+    const holes = holeBlocks(image.path).filter((b) => b !== 1 && b !== 2);
+    assert.deepEqual(holes, [5, 8, 9, 12], "UNMAP and DISCARD punched holes, and only they did");
+    const file = readFileSync(image.path);
+    assert.equal(file.length, image.bytes.length, "the size is kept");
+    const zeroBlocks = new Set([1, 2, 5, 8, 9, 12]);
+    for (let b = 0; b < 16; b++) {
+      const got = file.subarray(b * BLOCK, (b + 1) * BLOCK);
+      if (zeroBlocks.has(b)) assert.ok(got.every((x) => x === 0), `block ${b} reads as zeroes`);
+      else assert.deepEqual(got, image.bytes.subarray(b * BLOCK, (b + 1) * BLOCK), `block ${b} is untouched`);
+    }
+  });
+}
+
+test("malformed DISCARD and WRITE_ZEROES requests fail with UNSUPP or IOERR as the spec says, and change nothing in the file", () => {
+  const image = patternImage("refused.img");
+  const capacity = image.bytes.length / 512;
+  const segment = (n: number): Segment[] => Array.from({ length: n }, (_, i) => ({ sector: i * 8, sectors: 8 }));
+  const cases: [string, number, Segment[] | Uint8Array, number, number?][] = [
+    ["a reserved flag on WRITE_ZEROES", VirtioBlkRequest.WRITE_ZEROES, [{ sector: 0, sectors: 8, flags: 2 }], VirtioBlkStatus.UNSUPP],
+    ["the top reserved flag with UNMAP", VirtioBlkRequest.WRITE_ZEROES, [{ sector: 0, sectors: 8, flags: 0x8000_0001 }], VirtioBlkStatus.UNSUPP],
+    ["UNMAP on a DISCARD", VirtioBlkRequest.DISCARD, [{ sector: 0, sectors: 8, flags: UNMAP }], VirtioBlkStatus.UNSUPP],
+    ["a good segment then a reserved flag", VirtioBlkRequest.DISCARD, [{ sector: 0, sectors: 8 }, { sector: 16, sectors: 8, flags: 4 }], VirtioBlkStatus.UNSUPP],
+    ["more segments than max_discard_seg", VirtioBlkRequest.DISCARD, segment(VIRTIO_BLK_MAX_DISCARD_SEG + 1), VirtioBlkStatus.UNSUPP],
+    ["more segments than max_write_zeroes_seg", VirtioBlkRequest.WRITE_ZEROES, segment(VIRTIO_BLK_MAX_WRITE_ZEROES_SEG + 1), VirtioBlkStatus.UNSUPP],
+    ["DISCARD not negotiated", VirtioBlkRequest.DISCARD, segment(1), VirtioBlkStatus.UNSUPP, 1 << Number(VIRTIO_BLK_F_WRITE_ZEROES)],
+    ["WRITE_ZEROES not negotiated", VirtioBlkRequest.WRITE_ZEROES, segment(1), VirtioBlkStatus.UNSUPP, 1 << Number(VIRTIO_BLK_F_DISCARD)],
+    ["a range past the end", VirtioBlkRequest.DISCARD, [{ sector: capacity - 4, sectors: 8 }], VirtioBlkStatus.IOERR],
+    ["a good segment then one past the end", VirtioBlkRequest.WRITE_ZEROES, [{ sector: 0, sectors: 8 }, { sector: capacity, sectors: 1 }], VirtioBlkStatus.IOERR],
+    ["a sector beyond 2^53", VirtioBlkRequest.DISCARD, [{ sector: 2n ** 63n, sectors: 1 }], VirtioBlkStatus.IOERR],
+    ["num_sectors over max_discard_sectors", VirtioBlkRequest.DISCARD, [{ sector: 0, sectors: VIRTIO_BLK_MAX_DISCARD_SECTORS + 1 }], VirtioBlkStatus.IOERR],
+    ["num_sectors 2^32 - 1", VirtioBlkRequest.WRITE_ZEROES, [{ sector: 0, sectors: 0xffff_ffff }], VirtioBlkStatus.IOERR],
+    ["a segment list of 8 bytes", VirtioBlkRequest.DISCARD, new Uint8Array(8), VirtioBlkStatus.IOERR],
+    ["a segment list of 24 bytes", VirtioBlkRequest.WRITE_ZEROES, new Uint8Array(24), VirtioBlkStatus.IOERR],
+  ];
+  for (const [what, type, segments, expected, features] of cases) {
+    const { status, stats } = zeroRequest(image.path, type, segments, features);
+    assert.equal(status, expected, what);
+    assert.equal(stats.failed, 1, what);
+  }
+  assert.deepEqual(readFileSync(image.path), image.bytes, "no refused request touched the file");
+  assert.equal(statSync(image.path).blocks, 128);
 });

@@ -12,7 +12,7 @@ import {
 } from "../runtime/index.js";
 import { DEBUG_EXIT, exitWith } from "../runtime/guests/guest-bytes.js";
 import { THROWING_DEVICE_MESSAGE } from "./fixtures/throwing-device.js";
-import { threadCpuNs } from "../bench/thread-cpu.js";
+import { threadCpuNs } from "../runtime/thread-cpu.js";
 
 after(() => destroyVcpuPool());
 

@@ -21,6 +21,7 @@ import { VirtioMmioRegisters } from "../runtime/devices/virtio/virtio-mmio-regis
 import { VirtioWriteMailbox } from "../runtime/devices/virtio/virtio-write-mailbox.js";
 import type { FdWatcher, VirtioDevice } from "../runtime/devices/virtio/virtio-device.js";
 import { GuestMemory } from "../memory/guest-memory.js";
+import { threadCpuNs } from "../runtime/thread-cpu.js";
 import type { DeviceWorkerMessage, DeviceWorkerStart, DeviceWorkerTask } from "./device-worker-task.js";
 
 
@@ -66,9 +67,12 @@ async function buildDevice(task: DeviceWorkerTask): Promise<VirtioDevice> {
   return new (constructor as new (options: unknown) => VirtioDevice)(options);
 }
 
-/** What a device counts, for the host once the worker is done: its own plain-data fields. */
-function deviceStats(device: VirtioDevice): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
+/**
+ * What a device counts, for the host once the worker is done: its own plain-data fields,
+ * and `workerCpuNs`, the CPU time this thread spent from the start of the guest's use on.
+ */
+function deviceStats(device: VirtioDevice, cpuSince?: number): Record<string, unknown> {
+  const out: Record<string, unknown> = cpuSince === undefined ? {} : { workerCpuNs: threadCpuNs() - cpuSince };
   for (const [key, value] of Object.entries(device)) {
     if (typeof value === "number" || typeof value === "boolean") out[key] = value;
     else if (typeof value === "object" && value !== null && Object.getPrototypeOf(value) === Object.prototype && Object.values(value).every((v) => typeof v === "number")) out[key] = { ...value };
@@ -133,6 +137,7 @@ async function serveDevice(task: DeviceWorkerTask, port: MessagePort, post: (mes
       const [message] = await once(port, "message") as [DeviceWorkerStart | { kind: "stop" }];
       if (message.kind === "stop") return deviceStats(device);
       start = message;
+      const cpuAtStart = threadCpuNs();
       const fixedFds = [mailbox.eventFd, ...start.notifyFds];
       const resampleIndex = start.irq === undefined ? -1 : fixedFds.push(start.irq.resample) - 1;
       const loopWakeIndex = loopWake < 0 ? -1 : fixedFds.push(loopWake) - 1;
@@ -148,7 +153,7 @@ async function serveDevice(task: DeviceWorkerTask, port: MessagePort, post: (mes
           waitingAsync = false;
           poller.take(loopWakeIndex);
         }
-        if (mailbox.stopRequested) return deviceStats(device);
+        if (mailbox.stopRequested) return deviceStats(device, cpuAtStart);
         poller.take(0);
         const write = mailbox.take();
         if (write !== undefined) {

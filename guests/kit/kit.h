@@ -1,7 +1,9 @@
 /*
- * The guest kit for flat 64-bit programs (test and benchmark guests): port and MMIO
- * access, the debug-exit port, a small polled COM1 console. Freestanding: no libc.
- * The program defines `void main(unsigned long arg)`; the host passes `arg` in RDI.
+ * The guest kit for test and benchmark guests: port and MMIO access, the debug-exit port, a
+ * small polled COM1 console. Freestanding: no libc. Three builds (test/helpers/flat-guest.ts):
+ * a flat 64-bit program, `void main(unsigned long arg)` with `arg` in RDI from the host; a
+ * 32-bit Multiboot kernel, `void main(u32 multiboot_info)`; and with KIT_LONG_MODE a
+ * Multiboot kernel that switches to 64-bit mode and may run main at CPL3 (long-mode.h).
  */
 #ifndef GUEST_KIT_H
 #define GUEST_KIT_H
@@ -10,6 +12,7 @@ typedef unsigned char u8;
 typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long u64;
+typedef unsigned long uptr; /* an address, as wide as a pointer */
 
 #define DEBUG_EXIT_PORT 0xf4
 #define COM1 0x3f8
@@ -21,11 +24,20 @@ static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) :
 static inline u16 inw(u16 port) { u16 v; __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 static inline u32 inl(u16 port) { u32 v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 
+/* The privilege level the code runs at: CS's low bits. */
+static inline u32 kit_cpl(void) {
+  u16 cs;
+  __asm__ volatile("mov %%cs, %0" : "=r"(cs));
+  return cs & 3u;
+}
+
 /* Ends the VM with `status` (the debug-exit device), and never returns. */
 static inline __attribute__((noreturn)) void guest_exit(u32 status) {
+  u32 cpl = kit_cpl();
   for (;;) {
     outl(DEBUG_EXIT_PORT, status);
-    __asm__ volatile("hlt");
+    if (cpl != 0) __asm__ volatile("pause"); /* HLT is privileged */
+    else __asm__ volatile("hlt");
   }
 }
 
@@ -80,7 +92,11 @@ static inline void serial_put_hex(u32 value, int digits) {
   for (int shift = (digits - 1) * 4; shift >= 0; shift -= 4) serial_putc("0123456789abcdef"[(value >> shift) & 0xf]);
 }
 
-#ifdef __x86_64__
+#if defined(KIT_LONG_MODE)
+/* Entered by long-mode-entry.S and long-mode.c, at CPL0 or (KIT_CPL=3) at CPL3. */
+void main(u32 multiboot_info);
+#include "long-mode.h"
+#elif defined(__x86_64__)
 void main(u64 arg);
 
 /* Flat program entry: RDI holds the host's argument, RSP a stack the host chose. */

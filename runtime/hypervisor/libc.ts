@@ -1,8 +1,8 @@
 /**
  * The libc calls hypervisor backends make (open, ioctl, mmap, eventfd, thread kicks), bound
  * once per thread through koffi. Only backends (`runtime/hypervisor/<backend>/`), the
- * neutral eventfd helpers (`eventfd.ts`) and device backends that need a host ioctl or
- * poll (the virtio-net TAP) import it.
+ * neutral eventfd helpers (`eventfd.ts`) and device backends that need a host ioctl, poll
+ * or fallocate (the virtio-net TAP, virtio-blk's discard) import it.
  */
 import koffi from "koffi";
 
@@ -32,6 +32,11 @@ export const write = libc.func("long write(int fd, const void *buf, size_t count
 /** poll(2) over `struct pollfd` records laid out by the caller (8 bytes each). */
 export const poll = libc.func("int poll(void *fds, unsigned long nfds, int timeout)");
 export const POLLIN = 1;
+/** fallocate(2) with 64-bit offsets (off_t on x86-64); modes from <linux/falloc.h>. */
+export const fallocate = libc.func("int fallocate(int fd, int mode, int64_t offset, int64_t len)");
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
 export const gettid = libc.func("int gettid(void)");
 export const getpid = libc.func("int getpid(void)");
 export const tgkill = libc.func("int tgkill(int tgid, int tid, int sig)");

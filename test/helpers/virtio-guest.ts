@@ -8,9 +8,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PcMachine, type VirtioOnWorker } from "../../runtime/pc-machine.js";
 import type { VirtioDevice } from "../../runtime/devices/virtio/virtio-device.js";
-import { buildMultibootGuest } from "./flat-guest.js";
+import { buildMultibootGuest, type MultibootBuild } from "./flat-guest.js";
 
-export const CHECK = { entropy: 1, block: 2, hostile: 3, endless: 4, timedReads: 5, interrupts: 6 } as const;
+export const CHECK = { entropy: 1, block: 2, hostile: 3, endless: 4, timedReads: 5, interrupts: 6, discard: 10 } as const;
 
 /** The guest's RAM under both VMMs: guests/virtio-check.c puts a hostile buffer across its end. */
 export const GUEST_MEMORY_MIB = 64;
@@ -48,6 +48,14 @@ export function fnv1a(bytes: Uint8Array): number {
   return h;
 }
 
+/** What CHECK=10 writes over its 64 KiB image before zeroing and discarding blocks of it. */
+export function discardPattern(): Buffer {
+  return Buffer.from(Array.from({ length: 65536 }, (_, i) => (((i >> 12) * 37 + i * 7 + 1) | 1) & 0xff));
+}
+
+/** The 4 KiB blocks CHECK=10 zeroes (1-2), zeroes with UNMAP (5) and discards (8-9, 12). */
+export const DISCARD_ZERO_BLOCKS = [1, 2, 5, 8, 9, 12];
+
 /** What CHECK=2 writes to sectors 2-3. */
 export const WRITTEN = Buffer.from(Array.from({ length: 1024 }, (_, i) => (i * 7 + 3) & 0xff));
 
@@ -56,11 +64,11 @@ export interface GuestRun {
   machine: PcMachine;
 }
 
-/** Runs virtio-check with `defines` (CHECK first) until its debug-exit. */
-export async function runVirtioCheck(defines: Record<string, number>, devices: (VirtioDevice | VirtioOnWorker)[], log: string[] = []): Promise<GuestRun> {
+/** Runs virtio-check with `defines` (CHECK first), built as `build` says, until its debug-exit. */
+export async function runVirtioCheck(defines: Record<string, number>, devices: (VirtioDevice | VirtioOnWorker)[], log: string[] = [], build: MultibootBuild = {}): Promise<GuestRun> {
   const bytes: number[] = [];
   const machine = new PcMachine({
-    kernel: readFileSync(buildMultibootGuest("virtio-check", defines)), console: (b) => bytes.push(b), virtio: devices,
+    kernel: readFileSync(buildMultibootGuest("virtio-check", defines, build)), console: (b) => bytes.push(b), virtio: devices,
     memory: GUEST_MEMORY_MIB << 20,
     virtioLog: (message) => log.push(message),
   });

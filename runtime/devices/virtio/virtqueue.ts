@@ -8,7 +8,7 @@
  * further work until it is reset. Nothing here throws, and every access goes through the
  * bounds-checked GuestMemory.
  */
-import { GuestMemory, GuestMemoryError } from "../../../memory/guest-memory.js";
+import { GuestMemory, GuestMemoryError, type MemoryRegion } from "../../../memory/guest-memory.js";
 
 /** Descriptor flags (virtio 1.2 section 2.7.5). */
 export const VIRTQ_DESC_F_NEXT = 1;
@@ -28,6 +28,8 @@ export const DESCRIPTOR_SIZE = 16;
  */
 export const MAX_INDIRECT_ENTRIES = 65536;
 const U32_LIMIT = 2 ** 32;
+/** A descriptor's 64-bit address is a safe JS integer when its high word is below 2^21. */
+const SAFE_HIGH_WORD = 2 ** 21;
 
 /** Why a queue stopped. Each names a rule of the spec the driver broke. */
 export type VirtqueueFault =
@@ -97,6 +99,13 @@ export class SplitVirtqueue {
   private signalledUsedIndex = 0;
   private readonly availIndexWord: Uint16Array | undefined;
   private readonly usedIndexWord: Uint16Array | undefined;
+  /** The region holding the descriptor table (checked whole at setup), read directly per descriptor. */
+  private readonly tableRegion: MemoryRegion | undefined;
+  /** The avail and used rings' regions and their offsets in them, for the per-request accesses. */
+  private readonly availRegion: MemoryRegion | undefined;
+  private readonly availOffset: number = 0;
+  private readonly usedRegion: MemoryRegion | undefined;
+  private readonly usedOffset: number = 0;
 
   /**
    * Never throws: a layout the driver got wrong leaves the queue failed with "bad-layout"
@@ -116,6 +125,11 @@ export class SplitVirtqueue {
     // them with Atomics so the entries they cover are ordered before them.
     this.availIndexWord = indexWord(memory, layout.availRing + 2);
     this.usedIndexWord = indexWord(memory, layout.usedRing + 2);
+    this.tableRegion = memory.regionFor(layout.descriptorTable, DESCRIPTOR_SIZE * layout.size);
+    this.availRegion = memory.regionFor(layout.availRing, 4 + 2 * layout.size);
+    this.availOffset = layout.availRing - this.availRegion.gpa;
+    this.usedRegion = memory.regionFor(layout.usedRing, 4 + 8 * layout.size + (layout.eventIndex ? 2 : 0));
+    this.usedOffset = layout.usedRing - this.usedRegion.gpa;
   }
 
   get size(): number {
@@ -125,14 +139,14 @@ export class SplitVirtqueue {
   /** The next available request, undefined when there is none, or the queue's fault. */
   pop(): PopResult {
     if (this.failure !== undefined) return this.failure;
-    const { size, availRing } = this.layout;
+    const { size } = this.layout;
     const availIndex = Atomics.load(this.availIndexWord!, 0);
     const pending = (availIndex - this.lastAvailIndex) & 0xffff;
     if (pending === 0) return undefined;
     if (pending > size) {
       return this.fail("avail-index-jump", `avail.idx is ${availIndex} but the device has taken ${this.lastAvailIndex}: ${pending} new entries in a ring of ${size}`);
     }
-    const head = this.memory.readU16(availRing + 4 + 2 * (this.lastAvailIndex % size));
+    const head = this.availRegion!.view.getUint16(this.availOffset + 4 + 2 * (this.lastAvailIndex % size), true);
     if (head >= size) return this.fail("head-out-of-range", `available entry ${this.lastAvailIndex} names descriptor ${head}, beyond the table of ${size}`);
     const chain = this.walk(head);
     if (chain instanceof VirtqueueError) return this.fail(chain);
@@ -144,10 +158,10 @@ export class SplitVirtqueue {
   /** Hands a request back, `written` bytes filled in its writable buffers. */
   pushUsed(head: number, written: number): void {
     if (this.failure !== undefined) return;
-    const { size, usedRing } = this.layout;
-    const element = usedRing + 4 + 8 * (this.usedIndex % size);
-    this.memory.writeU32(element, head);
-    this.memory.writeU32(element + 4, written);
+    const element = this.usedOffset + 4 + 8 * (this.usedIndex % this.layout.size);
+    const view = this.usedRegion!.view;
+    view.setUint32(element, head, true);
+    view.setUint32(element + 4, written >>> 0, true);
     this.usedIndex = (this.usedIndex + 1) & 0xffff;
     Atomics.store(this.usedIndexWord!, 0, this.usedIndex);
   }
@@ -190,8 +204,7 @@ export class SplitVirtqueue {
   }
 
   private writeAvailEvent(value: number): void {
-    const { usedRing, size } = this.layout;
-    this.memory.writeU16(usedRing + 4 + 8 * size, value);
+    this.usedRegion!.view.setUint16(this.usedOffset + 4 + 8 * this.layout.size, value, true);
   }
 
   private fail(fault: VirtqueueFault | VirtqueueError, detail = ""): VirtqueueError {
@@ -202,7 +215,10 @@ export class SplitVirtqueue {
   /** Follows the chain from `head`, through at most one indirect table. */
   private walk(head: number): DescriptorChain | VirtqueueError {
     const chain: DescriptorChain = { head, readable: [], writable: [], readableLength: 0, writableLength: 0 };
-    let table = this.layout.descriptorTable;
+    // Descriptors are read straight from the table's region (no per-field lookups): the
+    // ring's table was checked whole at setup, an indirect table when it is reached.
+    let region = this.tableRegion!;
+    let table = this.layout.descriptorTable - region.gpa;
     let tableSize = this.layout.size;
     let inIndirect = false;
     let index = head;
@@ -212,10 +228,12 @@ export class SplitVirtqueue {
         return this.error("chain-too-long", `the chain from descriptor ${head} has more than ${tableSize} descriptors${inIndirect ? " in its indirect table" : ""}: it loops`);
       }
       const at = table + DESCRIPTOR_SIZE * index;
-      const address = this.memory.readU64(at);
-      const length = this.memory.readU32(at + 8);
-      const flags = this.memory.readU16(at + 12);
-      const next = this.memory.readU16(at + 14);
+      const view = region.view;
+      const low = view.getUint32(at, true);
+      const high = view.getUint32(at + 4, true);
+      const length = view.getUint32(at + 8, true);
+      const flags = view.getUint16(at + 12, true);
+      const next = view.getUint16(at + 14, true);
       if (flags & VIRTQ_DESC_F_INDIRECT) {
         if (!this.layout.indirect) return this.error("indirect-not-negotiated", `descriptor ${index} is indirect but VIRTIO_RING_F_INDIRECT_DESC was not negotiated`);
         if (inIndirect) return this.error("nested-indirect", `descriptor ${index} of an indirect table points to another indirect table`);
@@ -224,18 +242,21 @@ export class SplitVirtqueue {
         if (length === 0 || !Number.isInteger(entries) || entries > MAX_INDIRECT_ENTRIES) {
           return this.error("bad-indirect-table", `indirect descriptor ${index} gives a table of ${length} bytes; expected a non-zero multiple of ${DESCRIPTOR_SIZE} up to ${MAX_INDIRECT_ENTRIES} entries`);
         }
-        const tableAddress = this.bufferAddress(address, length, index);
-        if (tableAddress instanceof VirtqueueError) return tableAddress;
-        table = tableAddress;
+        const tableRegion = this.bufferRegion(low, high, length, index);
+        if (tableRegion instanceof VirtqueueError) return tableRegion;
+        region = tableRegion!; // a table's length is not 0 (checked above), so it has a region
+        table = high * U32_LIMIT + low - region.gpa;
         tableSize = entries;
         inIndirect = true;
         index = 0;
         visited = 0;
         continue;
       }
-      const start = this.bufferAddress(address, length, index);
-      if (start instanceof VirtqueueError) return start;
-      const segment = { gpa: start, bytes: length === 0 ? new Uint8Array(0) : this.memory.slice(start, length) };
+      const bufferRegion = this.bufferRegion(low, high, length, index);
+      if (bufferRegion instanceof VirtqueueError) return bufferRegion;
+      const start = high * U32_LIMIT + low;
+      const offset = start - (bufferRegion?.gpa ?? 0);
+      const segment = { gpa: start, bytes: bufferRegion === undefined ? new Uint8Array(0) : bufferRegion.bytes.subarray(offset, offset + length) };
       if (flags & VIRTQ_DESC_F_WRITE) {
         chain.writable.push(segment);
         chain.writableLength += length;
@@ -252,19 +273,24 @@ export class SplitVirtqueue {
     }
   }
 
-  /** The buffer's address as a number if all of it lies inside one RAM region. */
-  private bufferAddress(address: bigint, length: number, descriptor: number): number | VirtqueueError {
-    const where = `descriptor ${descriptor}: buffer at 0x${address.toString(16)} (+${length} bytes)`;
-    if (address > BigInt(Number.MAX_SAFE_INTEGER)) return this.error("buffer-outside-ram", `${where} is beyond any guest RAM`);
-    const start = Number(address);
-    if (length === 0) return start;
+  /**
+   * The RAM region holding all of the buffer at `high`:`low` (undefined for an empty buffer,
+   * which may be anywhere), or the fault. Messages are built only on the way to a fault.
+   */
+  private bufferRegion(low: number, high: number, length: number, descriptor: number): MemoryRegion | undefined | VirtqueueError {
+    const where = () => `descriptor ${descriptor}: buffer at 0x${((BigInt(high) << 32n) | BigInt(low)).toString(16)} (+${length} bytes)`;
+    if (high >= SAFE_HIGH_WORD) return this.error("buffer-outside-ram", `${where()} is beyond any guest RAM`);
+    if (length === 0) return undefined;
+    const start = high * U32_LIMIT + low;
+    const region = this.memory.findRegion(start, length);
+    if (region !== undefined) return region;
+    let reason = "not backed by guest RAM";
     try {
       this.memory.regionFor(start, length);
-      return start;
     } catch (error) {
-      const reason = error instanceof GuestMemoryError ? error.message : String(error);
-      return this.error("buffer-outside-ram", `${where} is not wholly inside one RAM region (${reason})`);
+      reason = error instanceof GuestMemoryError ? error.message : String(error);
     }
+    return this.error("buffer-outside-ram", `${where()} is not wholly inside one RAM region (${reason})`);
   }
 
   private error(fault: VirtqueueFault, detail: string): VirtqueueError {

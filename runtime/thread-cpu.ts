@@ -1,7 +1,7 @@
 /**
  * The calling thread's CPU time, from clock_gettime(CLOCK_THREAD_CPUTIME_ID) through koffi:
- * the price the main thread pays per exit, spinning included. (process.cpuUsage() counts
- * every thread, the vCPU workers too.)
+ * the price the main thread pays per exit, spinning included, or a device worker per
+ * request. (process.cpuUsage() counts every thread, the vCPU workers too.)
  */
 import koffi from "koffi";
 
