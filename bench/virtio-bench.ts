@@ -289,7 +289,7 @@ export async function virtioBenchCommand(args: string[]): Promise<number> {
         }
       }
     }
-    netTable = await netBenchSection(rounds, values.quick === true, withQemu, log);
+    netTable = await netBenchSection(rounds, values.quick === true, withQemu, log, cpls);
   } finally {
     await destroyVcpuPool();
     await destroyDeviceWorkerPool();

@@ -20,6 +20,7 @@ import { qemuArgs } from "../test/helpers/guest-report.js";
 import { type Column, fitNumber, tableLine, tableWidth, wrapText } from "./fixed-width.js";
 import { median, ratioSpread } from "./paired-ratios.js";
 import { threadCpuNs } from "../runtime/thread-cpu.js";
+import type { GuestCpl } from "./virtio-bench.js";
 
 const GUEST_MEMORY_MIB = 64;
 const GUARD_MS = 120_000;
@@ -36,14 +37,16 @@ export interface NetWorkload {
   /** Bytes of each Ethernet frame (no FCS). */
   size: number;
   frames: number;
+  /** Where the guests' drivers run: 3 (the long-mode kit, native on PVM) or 0 (the 32-bit kit). */
+  cpl?: GuestCpl;
 }
 
-export function netWorkloads(quick: boolean): NetWorkload[] {
+export function netWorkloads(quick: boolean, cpls: readonly GuestCpl[] = [3]): NetWorkload[] {
   const n = (count: number) => Math.max(50, Math.round(count * (quick ? 0.2 : 1)));
-  return [
-    { name: "net 64 B frames", size: 64, frames: n(4000) },
-    { name: "net 1500 B frames", size: 1500, frames: n(2000) },
-  ];
+  return cpls.flatMap((cpl) => [
+    { name: `net 64 B, CPL${cpl}`, size: 64, frames: n(cpl === 3 ? 20000 : 4000), cpl },
+    { name: `net 1500 B, CPL${cpl}`, size: 1500, frames: n(cpl === 3 ? 10000 : 2000), cpl },
+  ]);
 }
 
 export type NetPeerName = "main thread" | "device worker" | "QEMU microvm";
@@ -59,8 +62,9 @@ export interface NetMeasurement {
   mainCpuMicrosPerFrame?: number;
 }
 
-function defines(workload: NetWorkload, role: number): Record<string, number> {
-  return { ROLE: role, COUNT: workload.frames, SIZE: workload.size, DEPTH, VQ_SIZE, RX_BUFS: DEPTH };
+/** The path of the kernel playing `role` in `workload`. */
+function kernelFor(workload: NetWorkload, role: number): string {
+  return buildMultibootGuest("virtio-net-check", { ROLE: role, COUNT: workload.frames, SIZE: workload.size, DEPTH, VQ_SIZE, RX_BUFS: DEPTH }, { cpl: workload.cpl ?? 0 });
 }
 
 /** The receiver's console: when "go" and "received=<n>" came, and the main thread's CPU in between. */
@@ -105,8 +109,8 @@ async function runOurs(workload: NetWorkload, placement: "main-thread" | "worker
     : new VirtioNet({ backend: net.port(), mac });
   const clock = receiverClock();
   const senderConsole: number[] = [];
-  const receiver = new PcMachine({ kernel: readFileSync(buildMultibootGuest("virtio-net-check", defines(workload, ROLE_RECEIVER))), console: clock.push, virtio: [nic(MAC_RECEIVER)], memory: GUEST_MEMORY_MIB << 20 });
-  const sender = new PcMachine({ kernel: readFileSync(buildMultibootGuest("virtio-net-check", defines(workload, ROLE_SENDER))), console: (b) => senderConsole.push(b), virtio: [nic(MAC_SENDER)], memory: GUEST_MEMORY_MIB << 20 });
+  const receiver = new PcMachine({ kernel: readFileSync(kernelFor(workload, ROLE_RECEIVER)), console: clock.push, virtio: [nic(MAC_RECEIVER)], memory: GUEST_MEMORY_MIB << 20 });
+  const sender = new PcMachine({ kernel: readFileSync(kernelFor(workload, ROLE_SENDER)), console: (b) => senderConsole.push(b), virtio: [nic(MAC_SENDER)], memory: GUEST_MEMORY_MIB << 20 });
   const guard = setTimeout(() => void Promise.all([sender.stop(), receiver.stop()]), GUARD_MS);
   let results;
   try {
@@ -146,10 +150,10 @@ async function runQemu(workload: NetWorkload): Promise<NetMeasurement> {
   const port = nextQemuPort++;
   const clock = receiverClock();
   const netdev = (how: string, mac: string) => ["-netdev", `socket,id=n0,${how}=127.0.0.1:${port}`, "-device", `virtio-net-device,netdev=n0,mac=${mac}`];
-  const receiver = runQemuGuest(qemuArgs(buildMultibootGuest("virtio-net-check", defines(workload, ROLE_RECEIVER)), netdev("listen", MAC_RECEIVER)), clock.push, `${workload.name} receiver`);
+  const receiver = runQemuGuest(qemuArgs(kernelFor(workload, ROLE_RECEIVER), netdev("listen", MAC_RECEIVER)), clock.push, `${workload.name} receiver`);
   // The listener must be up before the connector starts (QEMU does not retry a connect).
   await new Promise((resolve) => setTimeout(resolve, 500));
-  const sender = runQemuGuest(qemuArgs(buildMultibootGuest("virtio-net-check", defines(workload, ROLE_SENDER)), netdev("connect", MAC_SENDER)), () => {}, `${workload.name} sender`);
+  const sender = runQemuGuest(qemuArgs(kernelFor(workload, ROLE_SENDER), netdev("connect", MAC_SENDER)), () => {}, `${workload.name} sender`);
   await Promise.all([receiver, sender]);
   const measured = clock.result(`${workload.name} (QEMU)`);
   return { seconds: measured.seconds, received: measured.received, rate: measured.rate };
@@ -162,10 +166,9 @@ export function runNetPeer(workload: NetWorkload, peer: NetPeerName): Promise<Ne
 }
 
 /** Runs `rounds` rounds of every workload on every peer, alternating the peers' order. */
-export async function runNetBench(rounds: number, quick: boolean, withQemu: boolean, log: (line: string) => void): Promise<Map<string, Map<NetPeerName, NetMeasurement[]>>> {
+export async function runNetBench(list: readonly NetWorkload[], rounds: number, withQemu: boolean, log: (line: string) => void): Promise<Map<string, Map<NetPeerName, NetMeasurement[]>>> {
   const results = new Map<string, Map<NetPeerName, NetMeasurement[]>>();
   const peers = NET_PEERS.filter((p) => withQemu || p !== "QEMU microvm");
-  const list = netWorkloads(quick);
   for (let round = 0; round < rounds; round++) {
     for (const workload of list) {
       const byPeer = results.get(workload.name) ?? new Map(peers.map((p) => [p, [] as NetMeasurement[]]));
@@ -214,7 +217,7 @@ export function formatNetTable(results: Map<string, Map<NetPeerName, NetMeasurem
     }
   }
   lines.push(...wrapText(
-    `Two guests, one sending ${DEPTH} frames in flight, one receiving. Ours: both NICs on one in-process switch, devices on the main thread or on device workers; QEMU: two microvms joined by -netdev socket (TCP). ` +
+    `Two guests, one sending ${DEPTH} frames in flight, one receiving, their drivers at CPL3 (long-mode kit) or CPL0 (32-bit kit). Ours: both NICs on one in-process switch, devices on the main thread or on device workers; QEMU: two microvms joined by -netdev socket (TCP). ` +
       `Medians of ${rounds} rounds. frames/s and MB/s: frames the receiver counted, per second between its first frame and END. vs QEMU: ours/QEMU frames/s, median of per-round ratios, spread min..max. ` +
       "received: frames counted of those sent (our switch drops what a receiver has no room for; QEMU's socket holds the sender back). main µs/frame: main-thread CPU per frame (ours only).",
   ));
@@ -222,6 +225,7 @@ export function formatNetTable(results: Map<string, Map<NetPeerName, NetMeasurem
 }
 
 /** What `workervisor bench virtio` prints after its block and entropy table. */
-export async function netBenchSection(rounds: number, quick: boolean, withQemu: boolean, log: (line: string) => void): Promise<string> {
-  return formatNetTable(await runNetBench(rounds, quick, withQemu, log), netWorkloads(quick), rounds);
+export async function netBenchSection(rounds: number, quick: boolean, withQemu: boolean, log: (line: string) => void, cpls: readonly GuestCpl[] = [3]): Promise<string> {
+  const list = netWorkloads(quick, cpls);
+  return formatNetTable(await runNetBench(list, rounds, withQemu, log), list, rounds);
 }

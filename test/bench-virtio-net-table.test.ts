@@ -5,8 +5,8 @@ import { formatNetTable, type NetMeasurement, type NetPeerName, type NetWorkload
 import { REPORT_WIDTH } from "../bench/fixed-width.js";
 
 const workloads: NetWorkload[] = [
-  { name: "net 64 B frames", size: 64, frames: 1000 },
-  { name: "net 1500 B frames", size: 1500, frames: 1000 },
+  { name: "net 64 B, CPL3", size: 64, frames: 1000 },
+  { name: "net 1500 B, CPL3", size: 1500, frames: 1000 },
 ];
 
 function run(rate: number, received = 1000, cpu?: number): NetMeasurement {
@@ -24,10 +24,10 @@ test("every line fits the report width, even with huge and tiny figures; vs QEMU
   }
   const table = formatNetTable(results, workloads, 3);
   for (const line of table.trimEnd().split("\n")) assert.ok(line.length <= REPORT_WIDTH, `${line.length} columns: ${line}`);
-  const worker = table.split("\n").find((line) => line.startsWith("net 1500 B frames") && line.includes("device worker"))!;
+  const worker = table.split("\n").find((line) => line.startsWith("net 1500 B, CPL3") && line.includes("device worker"))!;
   // Per-round ratios 2, 1, 9: median 2, spread 1..9; median 2000 frames/s of 1500 bytes: 3 MB/s.
   assert.match(worker, /\s2000\s+3\.000\s+2\.00\s+1\.00\.\.9\.00\s+100\.0%\s+-$/);
-  const qemu = table.split("\n").find((line) => line.startsWith("net 64 B frames") && line.includes("QEMU"))!;
+  const qemu = table.split("\n").find((line) => line.startsWith("net 64 B, CPL3") && line.includes("QEMU"))!;
   assert.match(qemu, /QEMU microvm\s+1000\s+0\.064\s+-\s+-\s/);
 });
 
@@ -38,11 +38,11 @@ test("one small round of every peer: the receiver counts frames of the sender's,
   const { destroyDeviceWorkerPool } = await import("../runtime/device-worker-pool.js");
   t.after(() => destroyVcpuPool());
   t.after(() => destroyDeviceWorkerPool());
-  const workload: NetWorkload = { name: "net 64 B frames", size: 64, frames: 60 };
-  for (const peer of NET_PEERS) {
+  for (const cpl of [3, 0] as const) for (const peer of NET_PEERS) {
+    const workload: NetWorkload = { name: `net 64 B, CPL${cpl}`, size: 64, frames: 60, cpl };
     if (peer === "QEMU microvm" && noQemu) continue;
     const measured = await runNetPeer(workload, peer);
-    t.diagnostic(`${peer}: ${JSON.stringify(measured)}`);
+    t.diagnostic(`CPL${cpl}, ${peer}: ${JSON.stringify(measured)}`);
     assert.ok(measured.received > 0 && measured.received <= workload.frames, `${peer}: ${measured.received} frames counted of ${workload.frames}`);
     assert.ok(Number.isFinite(measured.rate) && measured.rate > 0 && measured.seconds > 0);
     assert.equal(measured.mainCpuMicrosPerFrame === undefined, peer === "QEMU microvm", "main-thread CPU is ours only");
