@@ -15,9 +15,9 @@ export class BusyCounterDevice extends CounterDevice {
     if (!Number.isInteger(workNs) || workNs < 0) throw new RangeError(`work per write must be a whole number of ns, got ${workNs}`);
   }
 
-  override write(offset: number, size: AccessSize, value: number | bigint): void {
+  override write(offset: number, size: AccessSize, value: number, high: number): void {
     const until = performance.now() + this.workNs / 1e6;
-    super.write(offset, size, value);
+    super.write(offset, size, value, high);
     // A spin, not a sleep: the work occupies the thread that handles the write, as real work would.
     while (performance.now() < until);
   }

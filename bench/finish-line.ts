@@ -23,7 +23,7 @@ export class FinishLine implements Device {
     return 0;
   }
 
-  write(_offset: number, _size: AccessSize, _value: number | bigint): void {
+  write(_offset: number, _size: AccessSize, _value: number): void {
     if (this.finished >= this.vcpus) return;
     this.finishedAt[this.finished] = Number(process.hrtime.bigint());
     this.finished++;

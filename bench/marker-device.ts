@@ -18,7 +18,7 @@ export class MarkerDevice implements Device {
   }
 
   /** `offset` is the vCPU index: vCPU i uses port MARKER_BASE + i. */
-  write(offset: number, _size: AccessSize, _value: number | bigint): void {
+  write(offset: number, _size: AccessSize, _value: number): void {
     this.handled++;
     this.log.mark(offset);
   }

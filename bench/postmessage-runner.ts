@@ -59,6 +59,7 @@ export async function runPostMessageFigure(figure: FigureSpec, counts: RunCounts
       finishPort: FINISH_PORT,
     };
     const counter = new CounterDevice();
+    const wide = { high: 0 };
     const base = target.base;
     const mainCpu = mainCpuWhileMeasuring(log);
     let mainCpuNs = NaN;
@@ -73,8 +74,8 @@ export async function runPostMessageFigure(figure: FigureSpec, counts: RunCounts
               const isRead = message.kind === ExitKind.IoIn || message.kind === ExitKind.MmioRead;
               let answer = 0;
               if (offset < 0 || offset >= target.length) answer = 0xffff_ffff;
-              else if (isRead) answer = Number(counter.read(offset, message.size as AccessSize));
-              else counter.write(offset, message.size as AccessSize, message.data);
+              else if (isRead) answer = counter.read(offset, message.size as AccessSize, wide);
+              else counter.write(offset, message.size as AccessSize, message.data, 0);
               worker.postMessage(answer);
               break;
             }

@@ -111,6 +111,7 @@ export class ExitChannel {
   private head = 0;
   private cachedTail = 0;
   private readonly halfCapacity: number;
+  private syncDataPrefix: Uint8Array | undefined;
 
   static create(capacity: number, doorbell: Int32Array, spin?: SpinPolicy): ExitChannel {
     // A power of two keeps slot = counter % capacity continuous when the counters wrap.
@@ -227,6 +228,17 @@ export class ExitChannel {
     }
     Atomics.store(header, H.SYNC_STATE, SyncState.IDLE);
     return header[H.SYNC_ANSWER];
+  }
+
+  /**
+   * The first `length` bytes of `syncData` (string input the dispatcher answered). The view
+   * is kept while the length repeats, as it does in a `rep insb` loop, so such a loop
+   * makes no view per exit.
+   */
+  syncDataView(length: number): Uint8Array {
+    const view = this.syncDataPrefix;
+    if (view !== undefined && view.length === length) return view;
+    return (this.syncDataPrefix = this.syncData.subarray(0, length));
   }
 
   get answerLow(): number {

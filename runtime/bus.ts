@@ -2,7 +2,7 @@
  * An address-space map from ranges to devices: a sorted array searched by bisection,
  * inserts reject overlaps. One bus per space (port I/O, MMIO).
  */
-import type { AccessSize, Device } from "./devices/device.js";
+import type { AccessSize, Device, HighWord } from "./devices/device.js";
 
 export interface BusRange {
   base: number;
@@ -77,6 +77,8 @@ export class BusAccessor {
   unclaimed = 0;
   /** The device of the piece being handled, for error messages. */
   device = "";
+  /** Handed to every device read for the high word of an 8-byte value; reused. */
+  private readonly wide: HighWord = { high: 0 };
 
   constructor(private readonly bus: Bus) {}
 
@@ -134,8 +136,10 @@ export class BusAccessor {
     this.device = range.device.name;
     const device = range.device;
     const offset = address - range.base;
+    const wide = this.wide;
     for (let i = 0; i < count; i++) {
-      const value = Number(device.read(offset, size));
+      wide.high = 0;
+      const value = device.read(offset, size, wide);
       for (let b = 0; b < size; b++) data[i * size + b] = (value >>> (b * 8)) & 0xff;
     }
     return true;
@@ -151,7 +155,7 @@ export class BusAccessor {
     for (let i = 0; i < count; i++) {
       let value = 0;
       for (let b = size - 1; b >= 0; b--) value = value * 256 + data[i * size + b];
-      device.write(offset, size, value);
+      device.write(offset, size, value, 0);
     }
     return true;
   }
@@ -165,14 +169,10 @@ export class BusAccessor {
       return;
     }
     this.device = range.device.name;
-    const value = range.device.read(address - range.base, size as AccessSize);
-    if (typeof value === "bigint") {
-      this.low = Number(value & 0xffff_ffffn);
-      this.high = Number((value >> 32n) & 0xffff_ffffn);
-    } else {
-      this.low = value >>> 0;
-      this.high = size === 8 ? Math.floor(value / TWO_POW_32) >>> 0 : 0;
-    }
+    const wide = this.wide;
+    wide.high = 0;
+    this.low = range.device.read(address - range.base, size as AccessSize, wide) >>> 0;
+    this.high = size === 8 ? wide.high >>> 0 : 0;
   }
 
   private writeWhole(address: number, size: number, low: number, high: number): void {
@@ -182,11 +182,11 @@ export class BusAccessor {
       return;
     }
     this.device = range.device.name;
-    range.device.write(address - range.base, size as AccessSize, size === 8 ? BigInt(low >>> 0) | (BigInt(high >>> 0) << 32n) : low);
+    // Narrowed here, so the contract holds whatever the backend left above `size` bytes.
+    const value = size >= 4 ? low >>> 0 : low & ((1 << (size * 8)) - 1);
+    range.device.write(address - range.base, size as AccessSize, value, size === 8 ? high >>> 0 : 0);
   }
 }
-
-const TWO_POW_32 = 2 ** 32;
 
 /** The largest of 4, 2, 1 that fits in `remaining` and to which `address` is aligned. */
 function pieceSize(address: number, remaining: number): number {

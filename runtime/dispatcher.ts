@@ -52,8 +52,54 @@ export const DEFAULT_DISPATCHER_OPTIONS: DispatcherOptions = { spinMicros: 200, 
 /** A park shorter than this means a longer window would have caught the next request. */
 const SHORT_PARK_MICROS = 300;
 const MIN_SPIN_MICROS = 2;
-/** Idle drains between clock reads while polling (a drain of an empty ring is ~20-50 ns). */
-const CLOCK_EVERY = 32;
+/** Drains that answered a request between two looks at the clock, at most. */
+const REQUEST_DRAINS_PER_LOOK = 16;
+/** Drains between two looks at the clock when the last ones measured no time passing. */
+const MAX_DRAINS_PER_LOOK = 1024;
+
+/**
+ * When the polling loop looks at the clock: each performance.now() allocates (32 bytes),
+ * and a drain of empty rings takes 20-50 ns, so even a look every 32 drains came to a look
+ * per 1-2 µs of polling, kilobytes per exit on a loaded host. Instead the loop looks after
+ * as many drains as fit, at the rate it last measured, in the time it asks for (`lookIn`),
+ * and at least every REQUEST_DRAINS_PER_LOOK drains that answered a request (those take
+ * longer than idle ones).
+ */
+class PollClock {
+  /** performance.now() at the last look. */
+  now = performance.now();
+  private drains = 0;
+  private requestDrains = 0;
+  private due = 1;
+  private drainMicros = 0;
+
+  /** Counts a drain; true when it is time to look (`now` is then fresh). */
+  tick(answeredRequest: boolean): boolean {
+    if (answeredRequest) this.requestDrains++;
+    if (++this.drains < this.due && this.requestDrains < REQUEST_DRAINS_PER_LOOK) return false;
+    const now = performance.now();
+    this.drainMicros = ((now - this.now) * 1000) / this.drains;
+    this.now = now;
+    this.drains = 0;
+    this.requestDrains = 0;
+    this.due = 1;
+    return true;
+  }
+
+  /** Looks again after about `micros` of drains. */
+  lookIn(micros: number): void {
+    const drains = this.drainMicros > 0 ? Math.floor(micros / this.drainMicros) : MAX_DRAINS_PER_LOOK;
+    this.due = Math.max(1, Math.min(MAX_DRAINS_PER_LOOK, drains));
+  }
+
+  /** Starts counting afresh (after the loop waited): the next drain looks. */
+  restart(): void {
+    this.now = performance.now();
+    this.drains = 0;
+    this.requestDrains = 0;
+    this.due = 1;
+  }
+}
 
 /** Split mode's userspace interrupt controllers, as the workers' EOI and INTA records reach them. */
 export interface InterruptControllerEvents {
@@ -91,8 +137,13 @@ export class Dispatcher {
   private readonly msr: BusAccessor;
   private readonly maxSpinMicros: number;
   private spinWindow: number;
-  /** When the last sync request was answered (performance.now()). */
+  /**
+   * When the last sync request was answered (performance.now()), as of the first look at
+   * the clock after it: a poll overstays its window by the time between two looks, a
+   * quarter of the window at most.
+   */
   private lastRequest = -Infinity;
+  private readonly clock = new PollClock();
   /** The doorbell sequence read before the drain that found the VM idle. */
   private parkSequence = 0;
   private failures = 0;
@@ -209,23 +260,32 @@ export class Dispatcher {
    * Drains and polls until the event loop is due a turn (false) or no sync request came for
    * the polling window (true: park; `parkSequence` is the doorbell before the last drain).
    * A plain function, not part of the async loop (an async function keeps its locals in a
-   * heap frame), and sparing with the clock: each `performance.now()` returns a boxed double.
-   * Polling used to allocate about 250 MB/s that way, a scavenge every 13 ms, each one a
-   * stall of the exits waiting on this thread.
+   * heap frame), and sparing with the clock (see PollClock): each `performance.now()`
+   * returns a boxed double. Polling used to allocate about 250 MB/s that way, a scavenge
+   * every 13 ms, each one a stall of the exits waiting on this thread.
    */
   private pollUntilIdle(): boolean {
     const doorbell = this.doorbell;
-    const yieldAt = performance.now() + this.options.yieldAfterMs;
-    let idleDrains = 0;
+    const clock = this.clock;
+    clock.restart();
+    const yieldAt = clock.now + this.options.yieldAfterMs;
+    let requestSinceLook = false;
     while (this.running) {
       const sequence = Atomics.load(doorbell, Doorbell.SEQUENCE);
       const requests = this.drainAll();
-      // The clock is read after a request, and every CLOCK_EVERY idle drains.
-      if (requests === 0 && ++idleDrains % CLOCK_EVERY !== 0) continue;
-      const now = performance.now();
-      if (requests > 0) this.lastRequest = now;
+      if (requests > 0) requestSinceLook = true;
+      if (!clock.tick(requests > 0)) continue;
+      const now = clock.now;
+      if (requestSinceLook) {
+        this.lastRequest = now;
+        requestSinceLook = false;
+      }
       if (now >= yieldAt) return false;
-      if ((now - this.lastRequest) * 1000 < this.spinWindow) continue;
+      const windowLeftMicros = this.spinWindow - (now - this.lastRequest) * 1000;
+      if (windowLeftMicros > 0) {
+        clock.lookIn(Math.min(windowLeftMicros, this.spinWindow / 4, (yieldAt - now) * 1000));
+        continue;
+      }
       this.parkSequence = sequence;
       return true;
     }

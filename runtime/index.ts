@@ -5,7 +5,7 @@ export { DeviceError, type DispatcherOptions } from "./dispatcher.js";
 export { HypervisorError, HypervisorUnavailableError, ExitKind, exitKindName } from "./hypervisor/hypervisor.js";
 export type { Exit } from "./hypervisor/hypervisor.js";
 export type { CpuState, Registers, SpecialRegisters } from "./hypervisor/x86/cpu-state.js";
-export { type Device, type AccessSize, type InterruptLine, allOnes } from "./devices/device.js";
+export { type Device, type AccessSize, type HighWord, type InterruptLine, allOnes, toUnsigned, joinWords, splitWords } from "./devices/device.js";
 export { DebugExit, DEBUG_EXIT_PORT } from "./devices/debug-exit.js";
 export { CounterDevice, CounterRegister, COUNTER_LENGTH } from "./devices/counter.js";
 export { Serial16550 } from "./devices/serial-16550.js";

@@ -276,11 +276,11 @@ test("PM timer: writes are ignored", () => {
 test("PM timer: the host clock drives it forward", async () => {
   const timer = new AcpiPmTimer();
   const before = process.hrtime.bigint();
-  const first = timer.read(0, 4) as number;
+  const first = timer.read(0, 4);
   const afterFirst = process.hrtime.bigint();
   await new Promise((resolve) => setTimeout(resolve, 20));
   const beforeSecond = process.hrtime.bigint();
-  const second = timer.read(0, 4) as number;
+  const second = timer.read(0, 4);
   const after = process.hrtime.bigint();
   // Bracketed by the same clock, so a loaded machine that stretches the wait cannot fail it:
   // the ticks between the reads lie between those of the inner and the outer interval (one

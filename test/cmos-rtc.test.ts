@@ -10,7 +10,7 @@ const MiB = 1024 ** 2;
 /** What a guest does: outb(reg, 0x70); inb(0x71). */
 function rtcIn(rtc: CmosRtc, reg: number): number {
   rtc.write(INDEX, 1, reg);
-  return rtc.read(DATA, 1) as number;
+  return rtc.read(DATA, 1);
 }
 
 function rtcOut(rtc: CmosRtc, reg: number, value: number): void {

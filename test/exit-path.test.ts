@@ -153,7 +153,7 @@ function msrVm(options: { userspaceMsrs: boolean; write?: boolean; device?: bool
   if (options.device) {
     vm.addDevice({
       space: "msr", base: UNKNOWN_MSR, length: 1,
-      device: { name: "msr 0x12345678", read: () => 42n, write: () => {} },
+      device: { name: "msr 0x12345678", read: () => 42, write: () => {} },
     });
   }
   const ENTRY = 0x10000;

@@ -9,7 +9,7 @@ const DATA = 1;
 function readItem(dev: FwCfg, key: number, count: number): number[] {
   dev.write(SELECTOR, 2, key);
   const out: number[] = [];
-  for (let i = 0; i < count; i++) out.push(dev.read(DATA, 1) as number);
+  for (let i = 0; i < count; i++) out.push(dev.read(DATA, 1));
   return out;
 }
 

@@ -11,7 +11,7 @@
  */
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
-import { type AccessSize, destroyVcpuPool, Vm } from "../runtime/index.js";
+import { type AccessSize, destroyVcpuPool, type HighWord, joinWords, splitWords, Vm } from "../runtime/index.js";
 import {
   type CodeSize, emulateMmioInstruction, type X86State, X86DecodeError,
 } from "../runtime/hypervisor/x86/mmio-emulator.js";
@@ -79,13 +79,13 @@ class LoggingMmio {
   readonly log: { kase: number; access: Access }[] = [];
   kase = -1;
   constructor(private readonly base: number) {}
-  read(offset: number, size: AccessSize): number | bigint {
+  read(offset: number, size: AccessSize, wide: HighWord): number {
     const value = composed(this.base + offset, size, mmioByte);
     this.log.push({ kase: this.kase, access: { address: this.base + offset, size, write: false, value } });
-    return size === 8 ? value : Number(value);
+    return splitWords(value, wide);
   }
-  write(offset: number, size: AccessSize, value: number | bigint): void {
-    this.log.push({ kase: this.kase, access: { address: this.base + offset, size, write: true, value: BigInt(value) & ((1n << BigInt(size * 8)) - 1n) } });
+  write(offset: number, size: AccessSize, value: number, high: number): void {
+    this.log.push({ kase: this.kase, access: { address: this.base + offset, size, write: true, value: joinWords(value, high) } });
   }
 }
 

@@ -48,7 +48,7 @@ test(`the page walker finds the guest-physical address KVM reports for ${CASES} 
     vm.addDebugExit();
     vm.addDevice({
       space: "mmio", base: MMIO_BASE, length: MMIO_LENGTH, sync: true,
-      device: { name: "address log", read: () => 0, write: (offset: number, _size: AccessSize, value: number | bigint) => void writes.push({ value: Number(value), offset }) },
+      device: { name: "address log", read: () => 0, write: (offset: number, _size: AccessSize, value: number) => void writes.push({ value, offset }) },
     });
     const memory = vm.memory;
     // PDPT[1]: a directory; PDPT[0] and PDPT[2]: not present.

@@ -22,7 +22,10 @@ import { PciTestdev, PCI_TESTDEV_DEVICE_ID, PCI_TESTDEV_VENDOR_ID } from "../run
 import { I440fxHostBridge } from "../runtime/pci/host-bridge.js";
 import { addMsiCapability, msiMessage } from "../runtime/pci/msi.js";
 import { DEBUG_EXIT, imm16, imm32 } from "../runtime/guests/guest-bytes.js";
+import type { HighWord } from "../runtime/devices/device.js";
 
+/** Where 8-byte reads leave their high word (unused by the narrower reads here). */
+const WIDE: HighWord = { high: 0 };
 const ADDRESS = 0; // 0xCF8
 const DATA = 4; // 0xCFC
 
@@ -57,7 +60,7 @@ function configAddress(slot: number, register: number, bus = 0, fn = 0): number 
 
 function readConfig(ports: PciConfigPorts, slot: number, register: number, size: 1 | 2 | 4 = 4): number {
   ports.write(ADDRESS, 4, configAddress(slot, register & 0xfc));
-  return ports.read(DATA + (register & 3), size) as number;
+  return ports.read(DATA + (register & 3), size, WIDE);
 }
 
 function writeConfig(ports: PciConfigPorts, slot: number, register: number, value: number, size: 1 | 2 | 4 = 4): void {
@@ -67,12 +70,12 @@ function writeConfig(ports: PciConfigPorts, slot: number, register: number, valu
 
 test("CONFIG_ADDRESS reads back with reserved bits 30:24 clear; the low bits select the register as on QEMU", () => {
   const { ports } = busWithTestdev();
-  assert.equal(ports.read(ADDRESS, 4), 0);
+  assert.equal(ports.read(ADDRESS, 4, WIDE), 0);
   ports.write(ADDRESS, 4, 0xffff_ffff);
-  assert.equal(ports.read(ADDRESS, 4), 0x80ff_ffff);
+  assert.equal(ports.read(ADDRESS, 4, WIDE), 0x80ff_ffff);
   // kvm-unit-tests reads the device ID this way: register 2 in CONFIG_ADDRESS, inw(0xCFC).
   ports.write(ADDRESS, 4, configAddress(0, 2));
-  assert.equal(ports.read(DATA, 2), I440FX_DEVICE_ID);
+  assert.equal(ports.read(DATA, 2, WIDE), I440FX_DEVICE_ID);
 });
 
 test("the host bridge is an i440FX at 00:00.0; pci-testdev 1b36:0005 at 00:02.0; empty slots answer all-ones", () => {
@@ -83,21 +86,21 @@ test("the host bridge is an i440FX at 00:00.0; pci-testdev 1b36:0005 at 00:02.0;
   assert.equal(readConfig(ports, 2, PciRegister.INTERRUPT_PIN, 1), 0); // QEMU gives it no pin
   for (const slot of [1, 3, 31]) assert.equal(readConfig(ports, slot, 0), 0xffff_ffff);
   ports.write(ADDRESS, 4, configAddress(2, 0, 0, 1)); // function 1
-  assert.equal(ports.read(DATA, 4), 0xffff_ffff);
+  assert.equal(ports.read(DATA, 4, WIDE), 0xffff_ffff);
   ports.write(ADDRESS, 4, configAddress(0, 0, 1)); // bus 1
-  assert.equal(ports.read(DATA, 2), 0xffff);
+  assert.equal(ports.read(DATA, 2, WIDE), 0xffff);
   // Without the enable bit there is no config cycle.
   ports.write(ADDRESS, 4, 0);
-  assert.equal(ports.read(DATA, 4), 0xffff_ffff);
+  assert.equal(ports.read(DATA, 4, WIDE), 0xffff_ffff);
 });
 
 test("ECAM reaches the same registers: bus, device, function in address bits 27:20, 19:15, 14:12", () => {
   const { ports, ecam } = busWithTestdev();
-  assert.equal(ecam.read(0, 2), I440FX_VENDOR_ID);
-  assert.equal(ecam.read((2 << 15) + 2, 2), PCI_TESTDEV_DEVICE_ID);
-  assert.equal(ecam.read((2 << 15) + 0x100, 4), 0xffff_ffff); // no extended space on a conventional function
-  assert.equal(ecam.read((1 << 20) + 0, 4), 0xffff_ffff); // bus 1
-  ecam.write((2 << 15) + PciRegister.INTERRUPT_LINE, 1, 0x5a);
+  assert.equal(ecam.read(0, 2, WIDE), I440FX_VENDOR_ID);
+  assert.equal(ecam.read((2 << 15) + 2, 2, WIDE), PCI_TESTDEV_DEVICE_ID);
+  assert.equal(ecam.read((2 << 15) + 0x100, 4, WIDE), 0xffff_ffff); // no extended space on a conventional function
+  assert.equal(ecam.read((1 << 20) + 0, 4, WIDE), 0xffff_ffff); // bus 1
+  ecam.write((2 << 15) + PciRegister.INTERRUPT_LINE, 1, 0x5a, 0);
   assert.equal(readConfig(ports, 2, PciRegister.INTERRUPT_LINE, 1), 0x5a);
 });
 
@@ -124,38 +127,38 @@ test("firmware placement, then decode follows the command register and the guest
   const io = bus.ioWindowDevice;
   const memory = bus.memoryWindowDevice;
   // Start I/O test 0 through the I/O BAR; its header is readable through either BAR.
-  io.write(0, 1, 0);
-  assert.equal(io.read(1, 1), 1); // width
-  assert.equal(memory.read(4, 4), 128 + 3); // offset of portio-no-eventfd
+  io.write(0, 1, 0, 0);
+  assert.equal(io.read(1, 1, WIDE), 1); // width
+  assert.equal(memory.read(4, 4, WIDE), 128 + 3); // offset of portio-no-eventfd
   // Move the I/O BAR to 0xd000: the old address no longer decodes.
   writeConfig(ports, 2, PciRegister.BAR0 + 4, 0xd000);
-  assert.equal(io.read(1, 1), 0xff);
-  assert.equal(io.read(0xd000 - PCI_IO_WINDOW.base + 1, 1), 1);
+  assert.equal(io.read(1, 1, WIDE), 0xff);
+  assert.equal(io.read(0xd000 - PCI_IO_WINDOW.base + 1, 1, WIDE), 1);
   // Memory decode off: the memory BAR stops answering, the I/O one does not.
   writeConfig(ports, 2, PciRegister.COMMAND, PciCommand.IO_SPACE, 2);
-  assert.equal(memory.read(1, 1), 0xff);
-  assert.equal(io.read(0xd000 - PCI_IO_WINDOW.base + 1, 1), 1);
+  assert.equal(memory.read(1, 1, WIDE), 0xff);
+  assert.equal(io.read(0xd000 - PCI_IO_WINDOW.base + 1, 1, WIDE), 1);
   // A BAR outside the bridge's window decodes nowhere.
   writeConfig(ports, 2, PciRegister.BAR0 + 4, 0x1000);
-  assert.equal(io.read(0xd000 - PCI_IO_WINDOW.base + 1, 1), 0xff);
+  assert.equal(io.read(0xd000 - PCI_IO_WINDOW.base + 1, 1, WIDE), 0xff);
 });
 
 test("pci-testdev counts matching byte writes at its test offset, and only those", () => {
   const { bus, testdev } = busWithTestdev();
   bus.assignResources();
   const memory = bus.memoryWindowDevice;
-  memory.write(0, 1, 0); // mmio-no-eventfd: offset 2048, data 0xFA
-  assert.equal(memory.read(8, 1), 0xfa);
-  const name = Array.from({ length: 16 }, (_, i) => memory.read(16 + i, 1) as number);
+  memory.write(0, 1, 0, 0); // mmio-no-eventfd: offset 2048, data 0xFA
+  assert.equal(memory.read(8, 1, WIDE), 0xfa);
+  const name = Array.from({ length: 16 }, (_, i) => memory.read(16 + i, 1, WIDE));
   assert.equal(String.fromCharCode(...name.slice(0, name.indexOf(0))), "mmio-no-eventfd");
-  memory.write(2048, 1, 0xfa);
-  memory.write(2048, 1, 0x11); // wrong data
-  memory.write(2049, 1, 0xfa); // wrong offset
-  memory.write(2048, 4, 0xfa); // split into bytes: only the first one is at the offset
+  memory.write(2048, 1, 0xfa, 0);
+  memory.write(2048, 1, 0x11, 0); // wrong data
+  memory.write(2049, 1, 0xfa, 0); // wrong offset
+  memory.write(2048, 4, 0xfa, 0); // split into bytes: only the first one is at the offset
   assert.equal(testdev.count, 2);
-  assert.equal(memory.read(12, 4), 2);
-  memory.write(0, 1, 7); // no such test: stopped
-  assert.equal(memory.read(12, 4), 0);
+  assert.equal(memory.read(12, 4, WIDE), 2);
+  memory.write(0, 1, 7, 0); // no such test: stopped
+  assert.equal(memory.read(12, 4, WIDE), 0);
 });
 
 test("capability list and MSI: the guest's address and data make the message; disabled or masked sends none", () => {
@@ -336,10 +339,10 @@ test("pci-testdev without runtime ioeventfds counts the eventfd tests' writes it
   bus.plug(2, testdev);
   bus.assignResources();
   const io = bus.ioWindowDevice;
-  io.write(0, 1, 1); // portio-wildcard-eventfd: offset 128 + 4, any data
-  assert.equal(io.read(4, 4), 132);
-  for (let i = 0; i < 16; i++) io.write(132, 1, i);
-  assert.equal(io.read(12, 4), 16);
+  io.write(0, 1, 1, 0); // portio-wildcard-eventfd: offset 128 + 4, any data
+  assert.equal(io.read(4, 4, WIDE), 132);
+  for (let i = 0; i < 16; i++) io.write(132, 1, i, 0);
+  assert.equal(io.read(12, 4, WIDE), 16);
 });
 
 test("PIIX3 at 00:01.0: 8086:7000, ISA bridge class; PIRQRC[A:D] start at firmware's IRQs and steer INTx when the guest reprograms them", () => {

@@ -5,7 +5,7 @@
  */
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
-import { type AccessSize, CounterDevice, type Device, destroyVcpuPool, Vm } from "../runtime/index.js";
+import { type AccessSize, CounterDevice, type Device, destroyVcpuPool, type HighWord, Vm } from "../runtime/index.js";
 import { countingProgram } from "../runtime/guests/programs.js";
 import { ascii, imm32 } from "../runtime/guests/guest-bytes.js";
 
@@ -41,14 +41,14 @@ class SlowCounter implements Device {
   readonly name = "slow counter";
   readonly counter = new CounterDevice();
   constructor(private readonly ringFilled: () => boolean) {}
-  read(offset: number, size: AccessSize): number | bigint {
-    return this.counter.read(offset, size);
+  read(offset: number, size: AccessSize, wide: HighWord): number {
+    return this.counter.read(offset, size, wide);
   }
-  write(offset: number, size: AccessSize, value: number | bigint): void {
+  write(offset: number, size: AccessSize, value: number, high: number): void {
     const first = this.counter.writes === 0;
     const until = performance.now() + (first ? 10_000 : 0.1);
     while (performance.now() < until && !(first && this.ringFilled()));
-    this.counter.write(offset, size, value);
+    this.counter.write(offset, size, value, high);
   }
 }
 
@@ -76,11 +76,11 @@ for (const ringCapacity of [4, 1]) {
 class Collector implements Device {
   readonly name = "collector";
   readonly bytes: number[] = [];
-  read(_offset: number, size: AccessSize): number | bigint {
-    return size === 8 ? 0n : 0;
+  read(_offset: number, size: AccessSize): number {
+    return 0;
   }
-  write(_offset: number, _size: AccessSize, value: number | bigint): void {
-    this.bytes.push(Number(value));
+  write(_offset: number, _size: AccessSize, value: number): void {
+    this.bytes.push(value);
   }
 }
 

@@ -6,7 +6,7 @@
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  type AccessSize, COUNTER_LENGTH, CounterDevice, CounterRegister, type Device, destroyVcpuPool, Serial16550, Vm,
+  type AccessSize, COUNTER_LENGTH, CounterDevice, CounterRegister, type Device, destroyVcpuPool, joinWords, Serial16550, Vm,
 } from "../runtime/index.js";
 import { DEBUG_EXIT, ascii } from "../runtime/guests/guest-bytes.js";
 
@@ -124,7 +124,9 @@ for (const placement of ["main thread", "worker"] as const) {
           assert.equal(counter.reads, 1, "one read by the guest");
           assert.equal(vm.memory.readU64(RESULT), expectedRax(size), "what the guest read back");
           const mask = (1n << BigInt(size * 8)) - 1n;
-          assert.equal(counter.read(CounterRegister.ECHO, 8), WRITTEN & mask, "what the device stored");
+          const wide = { high: 0 };
+          const low = counter.read(CounterRegister.ECHO, 8, wide);
+          assert.equal(joinWords(low, wide.high), WRITTEN & mask, "what the device stored");
           assertHandledWhere(vm, placement);
         } finally {
           await vm.stop();

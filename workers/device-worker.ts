@@ -158,7 +158,8 @@ async function serveDevice(task: DeviceWorkerTask, port: MessagePort, post: (mes
         const write = mailbox.take();
         if (write !== undefined) {
           try {
-            transport.write(write.offset, write.size as 1 | 2 | 4 | 8, write.size === 8 ? BigInt(write.low) | (BigInt(write.high) << 32n) : write.low);
+            // Every virtio-mmio register is 32 bits wide (virtio 1.2 section 4.2.2): no high word.
+            transport.write(write.offset, write.size as 1 | 2 | 4 | 8, write.low >>> 0);
           } finally {
             mailbox.answer();
           }

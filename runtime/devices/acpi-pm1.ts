@@ -42,15 +42,15 @@ export class AcpiPm1Registers implements Device {
     return undefined;
   }
 
-  read(offset: number, size: AccessSize): number | bigint {
+  read(offset: number, size: AccessSize): number {
     const name = this.register(offset & ~1);
     const word = name === undefined ? 0xffff : this[name];
-    const value = (offset & 1) === 0 ? word | ((size > 2 ? this.read(offset + 2, 2) as number : 0) << 16) : word >> 8;
-    return size === 8 ? BigInt(value >>> 0) : toUnsigned(value >>> 0, size);
+    const value = (offset & 1) === 0 ? word | ((size > 2 ? this.read(offset + 2, 2) : 0) << 16) : word >> 8;
+    return toUnsigned(value, size);
   }
 
-  write(offset: number, size: AccessSize, value: number | bigint): void {
-    const v = toUnsigned(value, size === 8 ? 4 : size);
+  write(offset: number, size: AccessSize, value: number): void {
+    const v = toUnsigned(value, size);
     const name = this.register(offset);
     if (name === "status") this.status &= ~(v & 0xffff);
     else if (name === "enable") this.enable = v & 0xffff;

@@ -532,13 +532,12 @@ export class AcpiPmTimer implements Device {
     return Number(((elapsed * PM_TIMER_FREQUENCY) / NANOSECONDS_PER_SECOND) & PM_TIMER_MASK);
   }
 
-  read(offset: number, size: AccessSize): number | bigint {
+  read(offset: number, size: AccessSize): number {
     const value = offset >= 0 && offset < PM_TIMER_LENGTH ? this.counter >>> (offset * 8) : 0;
-    if (size === 8) return BigInt(value);
-    return size === 4 ? value : value & ((1 << (size * 8)) - 1);
+    return size >= 4 ? value : value & ((1 << (size * 8)) - 1);
   }
 
-  write(_offset: number, _size: AccessSize, _value: number | bigint): void {
+  write(_offset: number, _size: AccessSize, _value: number): void {
     // The timer is read-only; writes are ignored.
   }
 }

@@ -1,4 +1,4 @@
-import { toUnsigned, type AccessSize, type Device } from "./device.js";
+import type { AccessSize, Device } from "./device.js";
 
 /**
  * The PC's MC146818 real-time clock and its 128 bytes of CMOS RAM, at ports 0x70
@@ -163,19 +163,17 @@ export class CmosRtc implements Device {
     return undefined;
   }
 
-  read(offset: number, size: AccessSize): number | bigint {
+  read(offset: number, size: AccessSize): number {
     // A wide access is split into byte cycles on consecutive ports, as on the ISA bus.
     let value = 0;
     const bytes = size === 8 ? 4 : size;
     for (let i = 0; i < bytes; i++) value |= this.readByte(offset + i) << (i * 8);
-    value >>>= 0;
-    return size === 8 ? BigInt(value) : value;
+    return value >>> 0;
   }
 
-  write(offset: number, size: AccessSize, value: number | bigint): void {
+  write(offset: number, size: AccessSize, value: number): void {
     const bytes = size === 8 ? 4 : size;
-    const v = toUnsigned(value, bytes as AccessSize);
-    for (let i = 0; i < bytes; i++) this.writeByte(offset + i, (v >>> (i * 8)) & 0xff);
+    for (let i = 0; i < bytes; i++) this.writeByte(offset + i, (value >>> (i * 8)) & 0xff);
   }
 
   private readByte(offset: number): number {

@@ -5,7 +5,7 @@
  *   offset 4 IN_ORDER read: writes whose value was the previous value + 1 (from 1)
  *   offset 8 ECHO     write: store it (up to 8 bytes); read: the stored value
  */
-import { type AccessSize, type Device, toUnsigned } from "./device.js";
+import { type AccessSize, type Device, type HighWord, toUnsigned } from "./device.js";
 
 export const COUNTER_LENGTH = 16;
 export const CounterRegister = { COUNT: 0, IN_ORDER: 4, ECHO: 8 } as const;
@@ -34,33 +34,25 @@ export class CounterDevice implements Device {
     return Atomics.load(this.state, S.READS) >>> 0;
   }
 
-  read(offset: number, size: AccessSize): number | bigint {
+  read(offset: number, size: AccessSize, wide: HighWord): number {
     const state = this.state;
     Atomics.add(state, S.READS, 1);
     if (offset === CounterRegister.ECHO) {
-      const low = state[S.ECHO_LOW] >>> 0;
-      if (size === 8) return BigInt(low) | (BigInt(state[S.ECHO_HIGH] >>> 0) << 32n);
-      return toUnsigned(low, size);
+      if (size === 8) wide.high = state[S.ECHO_HIGH] >>> 0;
+      return toUnsigned(state[S.ECHO_LOW], size);
     }
-    const value = offset === CounterRegister.IN_ORDER ? state[S.IN_ORDER] >>> 0 : state[S.WRITES] >>> 0;
-    return size === 8 ? BigInt(value) : toUnsigned(value, size);
+    return toUnsigned(offset === CounterRegister.IN_ORDER ? state[S.IN_ORDER] : state[S.WRITES], size);
   }
 
-  write(offset: number, size: AccessSize, value: number | bigint): void {
+  write(offset: number, _size: AccessSize, value: number, high: number): void {
     const state = this.state;
     if (offset === CounterRegister.ECHO) {
-      if (typeof value === "bigint") {
-        state[S.ECHO_LOW] = Number(value & 0xffff_ffffn);
-        state[S.ECHO_HIGH] = Number((value >> 32n) & 0xffff_ffffn);
-      } else {
-        state[S.ECHO_LOW] = toUnsigned(value, size);
-        state[S.ECHO_HIGH] = 0;
-      }
+      state[S.ECHO_LOW] = value;
+      state[S.ECHO_HIGH] = high;
       return;
     }
-    const number = typeof value === "bigint" ? Number(value & 0xffff_ffffn) : value;
-    if (number >>> 0 === ((state[S.LAST] + 1) >>> 0)) state[S.IN_ORDER]++;
-    state[S.LAST] = number;
+    if (value === ((state[S.LAST] + 1) >>> 0)) state[S.IN_ORDER]++;
+    state[S.LAST] = value;
     state[S.WRITES]++;
   }
 }

@@ -12,11 +12,11 @@ export class DebugExit implements Device {
   readonly name = "debug-exit";
   constructor(private readonly onExit: (status: number) => void) {}
 
-  read(_offset: number, size: AccessSize): number | bigint {
-    return size === 8 ? 0n : 0;
+  read(_offset: number, size: AccessSize): number {
+    return 0;
   }
 
-  write(_offset: number, size: AccessSize, value: number | bigint): void {
-    this.onExit(toUnsigned(value, size === 8 ? 4 : size));
+  write(_offset: number, size: AccessSize, value: number): void {
+    this.onExit(toUnsigned(value, size));
   }
 }

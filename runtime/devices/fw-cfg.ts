@@ -88,7 +88,7 @@ export class FwCfg implements Device {
     return this.selectedKey;
   }
 
-  read(offset: number, size: AccessSize): number | bigint {
+  read(offset: number, size: AccessSize): number {
     if (offset === DATA_OFFSET && size === 1) {
       const position = this.position;
       if (position >= this.selected.length) return 0;
@@ -97,10 +97,10 @@ export class FwCfg implements Device {
     }
     // The selector is write-only and the data register is byte-wide; anything else
     // reads as 0 and does not move the data position.
-    return size === 8 ? 0n : 0;
+    return 0;
   }
 
-  write(offset: number, size: AccessSize, value: number | bigint): void {
+  write(offset: number, size: AccessSize, value: number): void {
     if (offset === SELECTOR_OFFSET && size === 2) this.select(toUnsigned(value, 2));
     // Writes through the data register were dropped from the interface (QEMU 2.4);
     // they and any other access width are ignored.

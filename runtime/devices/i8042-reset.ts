@@ -14,11 +14,11 @@ export class I8042Reset implements Device {
   readonly name = "i8042-reset";
   constructor(private readonly onReset: () => void) {}
 
-  read(_offset: number, size: AccessSize): number | bigint {
-    return size === 8 ? 0n : 0;
+  read(_offset: number, size: AccessSize): number {
+    return 0;
   }
 
-  write(_offset: number, size: AccessSize, value: number | bigint): void {
-    if ((toUnsigned(value, size === 8 ? 4 : size) & 0xff) === PULSE_RESET) this.onReset();
+  write(_offset: number, size: AccessSize, value: number): void {
+    if ((toUnsigned(value, size) & 0xff) === PULSE_RESET) this.onReset();
   }
 }

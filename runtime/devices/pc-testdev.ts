@@ -15,7 +15,7 @@
  * them without a trip to the main thread (the emulator test makes thousands of such
  * accesses); the IRQ lines and the flush port need the VM, so they stay on the main thread.
  */
-import { type AccessSize, type Device, type InterruptLine, toUnsigned } from "./device.js";
+import { type AccessSize, type Device, type HighWord, type InterruptLine, toUnsigned } from "./device.js";
 
 export const PC_TESTDEV_DATA_PORT = 0xe0;
 export const PC_TESTDEV_FLUSH_PORT = 0xe4;
@@ -47,8 +47,8 @@ export class PcTestdevDataPort implements Device {
     return value >>> 0;
   }
 
-  write(offset: number, size: AccessSize, value: number | bigint): void {
-    const n = toUnsigned(value, size === 8 ? 4 : size);
+  write(offset: number, size: AccessSize, value: number): void {
+    const n = toUnsigned(value, size);
     for (let i = 0; i < size && offset + i < 4; i++) this.bytes[offset + i] = (n >>> (i * 8)) & 0xff;
   }
 }
@@ -69,29 +69,39 @@ export class PcTestdevIoMemory implements Device {
     return new SharedArrayBuffer(PC_TESTDEV_IOMEM_LENGTH);
   }
 
-  read(offset: number, size: AccessSize): number | bigint {
+  read(offset: number, size: AccessSize, wide: HighWord): number {
     if (offset + size <= PC_TESTDEV_IOMEM_LENGTH) {
       if (size === 1) return this.bytes[offset];
       if (size === 2) return this.view.getUint16(offset, true);
-      if (size === 4) return this.view.getUint32(offset, true);
-      return this.view.getBigUint64(offset, true);
+      if (size === 8) wide.high = this.view.getUint32(offset + 4, true);
+      return this.view.getUint32(offset, true);
     }
     // An access straddling the end: the bytes inside the region, zeros beyond.
-    let value = 0n;
-    for (let i = 0; i < size && offset + i < PC_TESTDEV_IOMEM_LENGTH; i++) value |= BigInt(this.bytes[offset + i]) << BigInt(i * 8);
-    return size === 8 ? value : Number(value);
+    let low = 0;
+    let high = 0;
+    for (let i = 0; i < size && offset + i < PC_TESTDEV_IOMEM_LENGTH; i++) {
+      const byte = this.bytes[offset + i];
+      if (i < 4) low |= byte << (i * 8);
+      else high |= byte << ((i - 4) * 8);
+    }
+    if (size === 8) wide.high = high >>> 0;
+    return low >>> 0;
   }
 
-  write(offset: number, size: AccessSize, value: number | bigint): void {
+  write(offset: number, size: AccessSize, value: number, high: number): void {
     if (offset + size <= PC_TESTDEV_IOMEM_LENGTH) {
-      if (size === 1) this.bytes[offset] = Number(value) & 0xff;
-      else if (size === 2) this.view.setUint16(offset, toUnsigned(value, 2), true);
-      else if (size === 4) this.view.setUint32(offset, toUnsigned(value, 4), true);
-      else this.view.setBigUint64(offset, BigInt.asUintN(64, BigInt(value)), true);
+      if (size === 1) this.bytes[offset] = value;
+      else if (size === 2) this.view.setUint16(offset, value, true);
+      else if (size === 4) this.view.setUint32(offset, value, true);
+      else {
+        this.view.setUint32(offset, value, true);
+        this.view.setUint32(offset + 4, high, true);
+      }
       return;
     }
-    const wide = BigInt.asUintN(64, BigInt(value));
-    for (let i = 0; i < size && offset + i < PC_TESTDEV_IOMEM_LENGTH; i++) this.bytes[offset + i] = Number((wide >> BigInt(i * 8)) & 0xffn);
+    for (let i = 0; i < size && offset + i < PC_TESTDEV_IOMEM_LENGTH; i++) {
+      this.bytes[offset + i] = i < 4 ? (value >>> (i * 8)) & 0xff : (high >>> ((i - 4) * 8)) & 0xff;
+    }
   }
 }
 
@@ -105,11 +115,11 @@ export class PcTestdevIrqLines implements Device {
     return 0;
   }
 
-  write(offset: number, size: AccessSize, value: number | bigint): void {
+  write(offset: number, size: AccessSize, value: number): void {
     // The region takes byte accesses only, so QEMU splits a wider port write into bytes to
     // consecutive ports: `outl` of 1 to 0x200b raises line 11 and lowers lines 12-14
     // (realmode's "sti inhibit" test relies on it).
-    const n = toUnsigned(value, size === 8 ? 4 : size);
+    const n = toUnsigned(value, size);
     for (let i = 0; i < size && offset + i < PC_TESTDEV_IRQ_LINES; i++) {
       this.line(offset + i).set(((n >>> (i * 8)) & 0xff) !== 0);
     }
@@ -126,7 +136,7 @@ export class PcTestdevFlushPage implements Device {
     return 0;
   }
 
-  write(offset: number, size: AccessSize, value: number | bigint): void {
+  write(offset: number, size: AccessSize, value: number): void {
     if (offset !== 0 || size !== 4) return;
     this.flush((toUnsigned(value, 4) & ~0xfff) >>> 0);
   }

@@ -21,12 +21,12 @@ export class ResetControl implements Device {
   private value = 0;
   constructor(private readonly onReset: () => void) {}
 
-  read(_offset: number, size: AccessSize): number | bigint {
-    return size === 8 ? BigInt(this.value) : this.value;
+  read(_offset: number, size: AccessSize): number {
+    return this.value;
   }
 
-  write(_offset: number, size: AccessSize, value: number | bigint): void {
-    const v = toUnsigned(value, size === 8 ? 4 : size) & 0xff;
+  write(_offset: number, size: AccessSize, value: number): void {
+    const v = toUnsigned(value, size) & 0xff;
     if (v & RST_CPU) this.onReset();
     else this.value = v & SYS_RST;
   }

@@ -1,4 +1,4 @@
-import { allOnes, type AccessSize, type Device, type InterruptLine } from "./device.js";
+import { allOnes, type AccessSize, type Device, type HighWord, type InterruptLine } from "./device.js";
 
 /**
  * A 16550A UART as wired on a PC COM port: eight byte-wide registers, a 16-byte receive FIFO,
@@ -222,16 +222,14 @@ export class Serial16550 implements Device {
     this.#updateIrq();
   }
 
-  read(offset: number, size: AccessSize): number | bigint {
-    if (!isRegisterOffset(offset)) return allOnes(size);
-    const value = this.#readRegister(offset);
-    return size === 8 ? BigInt(value) : value;
+  read(offset: number, size: AccessSize, wide: HighWord): number {
+    if (!isRegisterOffset(offset)) return allOnes(size, wide);
+    return this.#readRegister(offset);
   }
 
-  write(offset: number, _size: AccessSize, value: number | bigint): void {
+  write(offset: number, _size: AccessSize, value: number): void {
     if (!isRegisterOffset(offset)) return;
-    const byte = typeof value === "bigint" ? Number(value & 0xffn) : value & 0xff;
-    this.#writeRegister(offset, byte);
+    this.#writeRegister(offset, value & 0xff);
   }
 
   #readRegister(offset: number): number {

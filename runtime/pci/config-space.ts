@@ -184,9 +184,9 @@ export class PciConfigSpace {
   }
 
   /** A guest write: only writable bits change. Returns true when it touched COMMAND or a BAR. */
-  write(offset: number, size: AccessSize, value: number | bigint): boolean {
+  write(offset: number, size: AccessSize, value: number): boolean {
     if (offset < 0 || offset + size > PCI_CONFIG_SPACE_SIZE) return false;
-    const n = toUnsigned(value, size === 8 ? 4 : size);
+    const n = toUnsigned(value, size);
     for (let i = 0; i < size; i++) {
       const at = offset + i;
       const byte = (n >>> (i * 8)) & 0xff;

@@ -11,7 +11,7 @@
  *   function and register are address bits 27:20, 19:15, 14:12 and 11:0; announced to the
  *   guest in the ACPI MCFG table.
  */
-import { allOnes, toUnsigned, type AccessSize, type Device } from "../devices/device.js";
+import { allOnes, toUnsigned, type AccessSize, type Device, type HighWord } from "../devices/device.js";
 import { PciConfigSpace } from "./config-space.js";
 import type { PciBus } from "./pci-bus.js";
 import type { PciDevice } from "./pci-device.js";
@@ -61,21 +61,21 @@ export class PciConfigPorts implements Device {
     return this.address;
   }
 
-  read(offset: number, size: AccessSize): number {
+  read(offset: number, size: AccessSize, wide: HighWord): number {
     if (offset === 0 && size === 4) return this.address;
-    if (offset === RESET_CONTROL_OFFSET && size === 1 && this.resetControl !== undefined) return this.resetControl.read(0, 1) as number;
-    if (offset < CONFIG_DATA_OFFSET || (this.address & CONFIG_ADDRESS_ENABLE) === 0) return allOnes(size) as number;
+    if (offset === RESET_CONTROL_OFFSET && size === 1 && this.resetControl !== undefined) return this.resetControl.read(0, 1, wide);
+    if (offset < CONFIG_DATA_OFFSET || (this.address & CONFIG_ADDRESS_ENABLE) === 0) return allOnes(size, wide);
     const a = this.address;
     return this.bus.configRead((a >>> 16) & 0xff, (a >>> 11) & 0x1f, (a >>> 8) & 0x7, (a & 0xff) | (offset - CONFIG_DATA_OFFSET), size);
   }
 
-  write(offset: number, size: AccessSize, value: number | bigint): void {
+  write(offset: number, size: AccessSize, value: number): void {
     if (offset === 0 && size === 4) {
       this.address = (toUnsigned(value, 4) & CONFIG_ADDRESS_WRITABLE) >>> 0;
       return;
     }
     if (offset === RESET_CONTROL_OFFSET && size === 1) {
-      this.resetControl?.write(0, 1, value);
+      this.resetControl?.write(0, 1, value, 0);
       return;
     }
     // Other narrow writes to 0xCF8-0xCFB are not config cycles.
@@ -90,18 +90,22 @@ export class PciEcam implements Device {
 
   constructor(private readonly bus: PciBus) {}
 
-  read(offset: number, size: AccessSize): number | bigint {
-    if (size === 8) return BigInt(this.read(offset, 4) as number) | (BigInt(this.read(offset + 4, 4) as number) << 32n);
+  read(offset: number, size: AccessSize, wide: HighWord): number {
+    // An 8-byte access is two dword configuration cycles, as a PCIe root complex splits it.
+    if (size === 8) {
+      const low = this.read(offset, 4, wide);
+      wide.high = this.read(offset + 4, 4, wide);
+      return low;
+    }
     const register = offset % ECAM_FUNCTION_SPACE;
-    if (register + size > CONVENTIONAL_SPACE) return allOnes(size);
+    if (register + size > CONVENTIONAL_SPACE) return allOnes(size, wide);
     return this.bus.configRead(Math.floor(offset / ECAM_BYTES_PER_BUS), (offset >>> 15) & 0x1f, (offset >>> 12) & 0x7, register, size);
   }
 
-  write(offset: number, size: AccessSize, value: number | bigint): void {
+  write(offset: number, size: AccessSize, value: number, high: number): void {
     if (size === 8) {
-      const wide = BigInt.asUintN(64, BigInt(value));
-      this.write(offset, 4, Number(wide & 0xffff_ffffn));
-      this.write(offset + 4, 4, Number(wide >> 32n));
+      this.write(offset, 4, value, 0);
+      this.write(offset + 4, 4, high, 0);
       return;
     }
     const register = offset % ECAM_FUNCTION_SPACE;

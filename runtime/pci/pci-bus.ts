@@ -9,7 +9,7 @@
  * VM runs: a config write that changes a BAR or the command register rebuilds the maps.
  */
 import { Bus } from "../bus.js";
-import { allOnes, type AccessSize, type Device } from "../devices/device.js";
+import { allOnes, type AccessSize, type Device, type HighWord } from "../devices/device.js";
 import { PCI_BAR_COUNT, PciCommand, PciConfigError, PciRegister } from "./config-space.js";
 import type { BarPlacement, PciDevice, PciSlotServices } from "./pci-device.js";
 
@@ -36,11 +36,11 @@ class BarTarget implements Device {
   get name(): string {
     return `${this.device.name} BAR ${this.bar}`;
   }
-  read(offset: number, size: AccessSize): number | bigint {
-    return this.device.barRead(this.bar, offset, size);
+  read(offset: number, size: AccessSize, wide: HighWord): number {
+    return this.device.barRead(this.bar, offset, size, wide);
   }
-  write(offset: number, size: AccessSize, value: number | bigint): void {
-    this.device.barWrite(this.bar, offset, size, value);
+  write(offset: number, size: AccessSize, value: number, high: number): void {
+    this.device.barWrite(this.bar, offset, size, value, high);
   }
 }
 
@@ -54,15 +54,15 @@ class WindowDevice implements Device {
   ) {
     this.map = new Bus(space);
   }
-  read(offset: number, size: AccessSize): number | bigint {
+  read(offset: number, size: AccessSize, wide: HighWord): number {
     const address = this.window.base + offset;
     const range = this.map.find(address);
-    return range === undefined ? allOnes(size) : range.device.read(address - range.base, size);
+    return range === undefined ? allOnes(size, wide) : range.device.read(address - range.base, size, wide);
   }
-  write(offset: number, size: AccessSize, value: number | bigint): void {
+  write(offset: number, size: AccessSize, value: number, high: number): void {
     const address = this.window.base + offset;
     const range = this.map.find(address);
-    if (range !== undefined) range.device.write(address - range.base, size, value);
+    if (range !== undefined) range.device.write(address - range.base, size, value, high);
   }
 }
 
@@ -111,11 +111,11 @@ export class PciBus {
   /** A configuration read of bus 0; absent functions answer all-ones. */
   configRead(bus: number, slot: number, fn: number, register: number, size: AccessSize): number {
     const device = bus === 0 && fn === 0 ? this.slots[slot] : undefined;
-    if (device === undefined) return allOnes(size === 8 ? 4 : size) as number;
+    if (device === undefined) return allOnes(size);
     return device.config.read(register, size);
   }
 
-  configWrite(bus: number, slot: number, fn: number, register: number, size: AccessSize, value: number | bigint): void {
+  configWrite(bus: number, slot: number, fn: number, register: number, size: AccessSize, value: number): void {
     const device = bus === 0 && fn === 0 ? this.slots[slot] : undefined;
     if (device === undefined) return;
     if (device.config.write(register, size, value)) this.remap();

@@ -3,7 +3,7 @@
  * cycles, BAR decoding and interrupt routing; the device sees accesses to its BARs at an
  * offset, and is told where its BARs decode (for ioeventfds placed at absolute addresses).
  */
-import type { AccessSize } from "../devices/device.js";
+import type { AccessSize, HighWord } from "../devices/device.js";
 import type { IoEventOptions } from "../hypervisor/hypervisor.js";
 import type { PciConfigSpace } from "./config-space.js";
 
@@ -29,8 +29,9 @@ export interface PciSlotServices {
 export interface PciDevice {
   readonly name: string;
   readonly config: PciConfigSpace;
-  barRead(bar: number, offset: number, size: AccessSize): number | bigint;
-  barWrite(bar: number, offset: number, size: AccessSize, value: number | bigint): void;
+  /** A BAR access, in the words of `Device.read` and `Device.write`. */
+  barRead(bar: number, offset: number, size: AccessSize, wide: HighWord): number;
+  barWrite(bar: number, offset: number, size: AccessSize, value: number, high: number): void;
   plugged?(slot: PciSlotServices): void;
   /** After any guest write to the function's configuration space (registers of its own). */
   configWritten?(register: number, size: AccessSize): void;

@@ -90,15 +90,14 @@ export class PciTestdev implements PciDevice {
     if (this.current >= 0) this.placeEventFd(this.tests[this.current]);
   }
 
-  barRead(_bar: number, offset: number, size: AccessSize): number | bigint {
+  barRead(_bar: number, offset: number, size: AccessSize): number {
     let value = 0;
     for (let i = 0; i < Math.min(size, 4); i++) value |= this.readByte(offset + i) << (i * 8);
-    return size === 8 ? BigInt(value >>> 0) : value >>> 0;
+    return value >>> 0;
   }
 
-  barWrite(bar: number, offset: number, size: AccessSize, value: number | bigint): void {
-    const wide = BigInt.asUintN(64, BigInt(value));
-    for (let i = 0; i < size; i++) this.writeByte(bar, offset + i, Number((wide >> BigInt(i * 8)) & 0xffn));
+  barWrite(bar: number, offset: number, size: AccessSize, value: number, high: number): void {
+    for (let i = 0; i < size; i++) this.writeByte(bar, offset + i, (i < 4 ? value >>> (i * 8) : high >>> ((i - 4) * 8)) & 0xff);
   }
 
   private readByte(offset: number): number {

@@ -175,7 +175,7 @@ export class I8254 {
     this.ports = {
       name: "pit",
       read: (offset: number) => (offset < 3 ? this.counters[offset].readByte() : 0xff),
-      write: (offset: number, size: AccessSize, value: number | bigint) => this.write(offset, toUnsigned(value, size === 8 ? 4 : size) & 0xff),
+      write: (offset: number, size: AccessSize, value: number) => this.write(offset, toUnsigned(value, size) & 0xff),
     };
     this.speakerPort = {
       name: "pc speaker gate (port 0x61)",
@@ -184,7 +184,7 @@ export class I8254 {
         const refresh = Number((this.clock() / BigInt(REFRESH_NS)) & 1n);
         return (channel2.gate ? 1 : 0) | ((this.speakerData ? 1 : 0) << 1) | (refresh << 4) | ((channel2.out() ? 1 : 0) << 5);
       },
-      write: (_offset: number, _size: AccessSize, value: number | bigint) => {
+      write: (_offset: number, _size: AccessSize, value: number) => {
         const n = toUnsigned(value, 1);
         this.counters[2].setGate((n & 1) !== 0);
         this.speakerData = (n & 2) !== 0;

@@ -176,8 +176,8 @@ export class I8259Pair {
     this.elcrPorts = {
       name: "pic elcr",
       read: (offset: number) => (offset < 2 ? [this.master, this.slave][offset].elcr : 0),
-      write: (offset: number, size: AccessSize, value: number | bigint) => {
-        const n = toUnsigned(value, size === 8 ? 4 : size);
+      write: (offset: number, size: AccessSize, value: number) => {
+        const n = toUnsigned(value, size);
         for (let i = 0; i < size && offset + i < 2; i++) {
           [this.master, this.slave][offset + i].elcr = (n >>> (i * 8)) & ELCR_WRITABLE[offset + i];
         }
@@ -234,8 +234,8 @@ export class I8259Pair {
         const irq = this.pollChip(chip);
         return irq < 0 ? 0 : 0x80 | irq;
       },
-      write: (offset: number, size: AccessSize, value: number | bigint) => {
-        const n = toUnsigned(value, size === 8 ? 4 : size) & 0xff;
+      write: (offset: number, size: AccessSize, value: number) => {
+        const n = toUnsigned(value, size) & 0xff;
         if (offset === 0) chip.writeCommand(n);
         else if (offset === 1) chip.writeData(n);
         this.update();

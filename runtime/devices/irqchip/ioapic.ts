@@ -83,8 +83,8 @@ export class Ioapic implements Device {
     return 0;
   }
 
-  write(offset: number, size: AccessSize, value: number | bigint): void {
-    const n = toUnsigned(value, size === 8 ? 4 : size);
+  write(offset: number, size: AccessSize, value: number): void {
+    const n = toUnsigned(value, size);
     if (offset === IOREGSEL) this.select = n & 0xff;
     else if (offset === IOWIN && size === 4) this.writeRegister(this.select, n);
     else if (offset === EOI_REGISTER && this.version === 0x20) this.endOfInterrupt(n & VECTOR_MASK);

@@ -10,7 +10,7 @@
  * device does nothing more until it is reset. Nothing a guest writes makes this throw.
  */
 import type { GuestMemory } from "../../../memory/guest-memory.js";
-import type { AccessSize, Device, InterruptLine } from "../device.js";
+import type { AccessSize, Device, HighWord, InterruptLine } from "../device.js";
 import { toUnsigned } from "../device.js";
 import { SplitVirtqueue } from "./virtqueue.js";
 import { QueueWord, StatWord, VirtioMmio, VirtioMmioRegisters, type VirtioMmioStats, Word } from "./virtio-mmio-registers.js";
@@ -121,13 +121,13 @@ export class VirtioMmioTransport implements Device {
     if (this.deviceStatus & VirtioStatus.DRIVER_OK) this.raise(VIRTIO_MMIO_INT_CONFIG);
   }
 
-  read(offset: number, size: AccessSize): number | bigint {
+  read(offset: number, size: AccessSize, wide: HighWord): number {
     // The device may have changed its config bytes since they were published.
     if (offset >= VirtioMmio.Config) this.registers.refreshConfig(this.device.config, offset - VirtioMmio.Config, size);
-    return this.registers.read(offset, size);
+    return this.registers.read(offset, size, wide);
   }
 
-  write(offset: number, size: AccessSize, value: number | bigint): void {
+  write(offset: number, size: AccessSize, value: number): void {
     const registers = this.registers;
     if (offset >= VirtioMmio.Config) {
       if (size > 4 || this.device.writeConfig === undefined) return;

@@ -5,7 +5,7 @@
  * either. The transport's counters live here too, so the main thread sees a device
  * worker's. Reads never change state, which is what makes answering them anywhere safe.
  */
-import type { AccessSize } from "../device.js";
+import type { AccessSize, HighWord } from "../device.js";
 
 /** One transport's window on the MMIO bus. */
 export const VIRTIO_MMIO_LENGTH = 0x200;
@@ -164,8 +164,8 @@ export class VirtioMmioRegisters {
    * register decoding, on whichever thread takes the access). A misaligned or sub-word read
    * of a register, or one of no register, reads 0 and is counted.
    */
-  read(offset: number, size: AccessSize): number | bigint {
-    if (offset >= VirtioMmio.Config) return this.readConfig(offset - VirtioMmio.Config, size);
+  read(offset: number, size: AccessSize, wide: HighWord): number {
+    if (offset >= VirtioMmio.Config) return this.readConfig(offset - VirtioMmio.Config, size, wide);
     if (size !== 4 || offset % 4 !== 0) return this.badAccess(size);
     const q = this.get(Word.QueueSel);
     const queue = q < this.queueCount;
@@ -190,15 +190,21 @@ export class VirtioMmioRegisters {
     }
   }
 
-  badAccess(size: AccessSize): number | bigint {
+  badAccess(size: AccessSize): number {
     this.count(StatWord.badAccesses);
-    return size === 8 ? 0n : 0;
+    return 0;
   }
 
-  private readConfig(offset: number, size: AccessSize): number | bigint {
-    if (offset + size > this.get(Word.ConfigLength)) return size === 8 ? 0n : 0;
-    let value = 0n;
-    for (let i = size - 1; i >= 0; i--) value = (value << 8n) | BigInt(Atomics.load(this.config, offset + i));
-    return size === 8 ? value : Number(value);
+  private readConfig(offset: number, size: AccessSize, wide: HighWord): number {
+    if (offset + size > this.get(Word.ConfigLength)) return 0;
+    let low = 0;
+    let high = 0;
+    for (let i = 0; i < size; i++) {
+      const byte = Atomics.load(this.config, offset + i);
+      if (i < 4) low |= byte << (i * 8);
+      else high |= byte << ((i - 4) * 8);
+    }
+    if (size === 8) wide.high = high >>> 0;
+    return low >>> 0;
   }
 }

@@ -4,7 +4,7 @@
  * when the line is a resampling irqfd; every other write goes to the device worker through
  * the write mailbox and is applied there before the vCPU goes on. No main-thread trip.
  */
-import type { AccessSize, Device } from "../device.js";
+import type { AccessSize, Device, HighWord } from "../device.js";
 import { toUnsigned } from "../device.js";
 import { VirtioMmio, VirtioMmioRegisters, Word } from "./virtio-mmio-registers.js";
 import { VirtioWriteMailbox } from "./virtio-write-mailbox.js";
@@ -14,16 +14,14 @@ export default function createVirtioMmioRegisters(shared: SharedArrayBuffer): De
   const mailbox = new VirtioWriteMailbox(registers.mailboxWords());
   return {
     name: "virtio-mmio registers",
-    read: (offset: number, size: AccessSize) => registers.read(offset, size),
-    write(offset: number, size: AccessSize, value: number | bigint) {
+    read: (offset: number, size: AccessSize, wide: HighWord) => registers.read(offset, size, wide),
+    write(offset: number, size: AccessSize, value: number, high: number) {
       if (offset === VirtioMmio.InterruptACK && size === 4 && registers.get(Word.AckInPlace) === 1) {
         registers.acknowledgeInterrupt(toUnsigned(value, 4));
         return;
       }
       // Includes a QueueNotify that matched no ioeventfd (the transport counts it as an exit).
-      const low = typeof value === "bigint" ? Number(value & 0xffff_ffffn) : value >>> 0;
-      const high = typeof value === "bigint" ? Number((value >> 32n) & 0xffff_ffffn) : 0;
-      mailbox.write(offset, size, low, high);
+      mailbox.write(offset, size, value, high);
     },
   };
 }
