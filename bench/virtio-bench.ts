@@ -28,6 +28,7 @@ import { buildMultibootGuest } from "../test/helpers/flat-guest.js";
 import { type Column, fitNumber, tableLine, tableWidth, wrapText } from "./fixed-width.js";
 import { median, ratioSpread } from "./paired-ratios.js";
 import { threadCpuNs } from "../runtime/thread-cpu.js";
+import { netBenchSection } from "./virtio-net-bench.js";
 
 const USAGE = `usage: workervisor bench virtio [--runs N] [--quick] [--no-qemu] [--cpl 3|0|both]
 
@@ -37,6 +38,8 @@ and on a device worker) and under QEMU -M microvm (if installed). --runs rounds 
 each running every peer once per workload, alternating the order; --quick: fewer requests.
 --cpl: the guest's driver at CPL3 (default: the long-mode kit; PVM runs CPL3 natively), at
 CPL0 (the 32-bit kit, emulated on PVM), or both.
+Then virtio-net frames/s and MB/s between two guests (64 B and 1500 B frames): see
+bench/virtio-net-bench.ts.
 `;
 
 const GUEST_MEMORY_MIB = 64;
@@ -260,6 +263,7 @@ export async function virtioBenchCommand(args: string[]): Promise<number> {
   const dir = mkdtempSync(join(tmpdir(), "workervisor-bench-virtio-"));
   const list = workloads(values.quick === true);
   const results = new Map<string, Map<PeerName, Measurement[]>>();
+  let netTable = "";
   try {
     const image = join(dir, "disk.img");
     // Not sparse, and in the page cache for every peer alike.
@@ -285,11 +289,13 @@ export async function virtioBenchCommand(args: string[]): Promise<number> {
         }
       }
     }
+    netTable = await netBenchSection(rounds, values.quick === true, withQemu, log, cpls);
   } finally {
     await destroyVcpuPool();
     await destroyDeviceWorkerPool();
     rmSync(dir, { recursive: true, force: true });
   }
   process.stdout.write(formatVirtioTable(results, list, rounds, cpls));
+  process.stdout.write(`\n${netTable}`);
   return 0;
 }

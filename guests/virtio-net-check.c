@@ -15,6 +15,11 @@
  *   ROLE=4 (ARP, against a host kernel through TAP): asks who has HOST_IP, telling GUEST_IP
  *     (addresses as 32-bit numbers, most significant byte first), resending until an ARP reply
  *     for GUEST_IP comes; reports the replier's MAC and IP. Other frames are ignored.
+ *   ROLE=5 (benchmark sender) and ROLE=6 (benchmark receiver), EtherType 0x88b6: the receiver
+ *     broadcasts READY until a frame comes; the sender, once it has a READY, sends COUNT DATA
+ *     frames of SIZE bytes to the receiver's MAC, up to DEPTH in flight (VQ_SIZE >= 2 * DEPTH),
+ *     then END until the receiver answers DONE. The receiver prints "go" at the first DATA
+ *     frame and "received=<n>" at END: what a host times. Nothing is checked but the type.
  * The same kernel runs under workervisor's PC machine and QEMU -M microvm.
  * Exit status 0 when every step worked; otherwise the number of the failed step.
  */
@@ -40,7 +45,9 @@
 #define NET_F_STATUS (1u << 16)
 #define NET_HDR 12
 #define ETHERTYPE 0x88b5
-#define RX_BUFS 4
+#ifndef RX_BUFS
+#define RX_BUFS 4 /* at most VQ_SIZE */
+#endif
 #define RX_BUF_BYTES 1526 /* header + 1514, what a driver without MRG_RXBUF must offer */
 #define MAX_FRAME 1514
 
@@ -282,6 +289,154 @@ static void malformed(void) {
   kit_report("sent-after-reset", 1);
 }
 
+/* ---- the benchmark pair (ROLE 5 and 6) ---- */
+#define BENCH_ETHERTYPE 0x88b6
+#define BENCH_READY 1
+#define BENCH_DATA 2
+#define BENCH_END 3
+#define BENCH_DONE 4
+#ifndef SIZE
+#define SIZE 64
+#endif
+#ifndef DEPTH
+#define DEPTH 1
+#endif
+#if SIZE < 16 || SIZE > MAX_FRAME || RX_BUFS > VQ_SIZE || 2 * DEPTH > VQ_SIZE
+#error "the benchmark needs 16 <= SIZE <= 1514, RX_BUFS <= VQ_SIZE and 2 * DEPTH <= VQ_SIZE"
+#endif
+
+static u8 bench_frames[DEPTH][MAX_FRAME] __attribute__((aligned(16)));
+
+static void bench_fill(u8 *f, const u8 *to, u8 kind) {
+  for (int i = 0; i < 6; i++) { f[i] = to[i]; f[6 + i] = mac[i]; }
+  f[12] = BENCH_ETHERTYPE >> 8;
+  f[13] = BENCH_ETHERTYPE & 0xff;
+  f[14] = kind;
+}
+
+/* The kind of a received benchmark frame (its sender's MAC to `from`), or 0 for any other frame. */
+static u8 bench_kind(int id, u32 len, u8 *from) {
+  const u8 *f = rx_bufs[id] + NET_HDR;
+  if (len < 15 || f[12] != (BENCH_ETHERTYPE >> 8) || f[13] != (BENCH_ETHERTYPE & 0xff)) return 0;
+  for (int i = 0; i < 6; i++) from[i] = f[6 + i];
+  return f[14];
+}
+
+/* Sends one small control frame and waits for its completion. */
+static void bench_control(const u8 *to, u8 kind) {
+  bench_fill(tx_frame, to, kind);
+  kit_memset(tx_frame + 15, 0, 45);
+  kit_memset(tx_hdr, 0, NET_HDR);
+  virtq_set(&txq, 0, tx_hdr, NET_HDR, DESC_F_NEXT, 1);
+  virtq_set(&txq, 1, tx_frame, 60, 0, 0);
+  if (virtq_submit(&dev, &txq, 0) < 0) fail(3, "a transmit request was not completed");
+}
+
+/* Acknowledges InterruptStatus once per batch of used entries (a polling driver's habit). */
+static void bench_ack(void) {
+  u32 isr = vreg(&dev, VM_INTERRUPT_STATUS);
+  if (isr) vset(&dev, VM_INTERRUPT_ACK, isr);
+}
+
+static void bench_sender(void) {
+  u8 from[6];
+  for (;;) {
+    u32 len;
+    int id = receive_frame(POLL_LIMIT * 20, &len);
+    if (id < 0) fail(8, "no READY from the receiver");
+    u8 kind = bench_kind(id, len, from);
+    post_rx((u16)id);
+    virtq_notify(&rxq);
+    if (kind == BENCH_READY) break;
+  }
+  for (int i = 0; i < 6; i++) peer[i] = from[i];
+  for (u32 s = 0; s < DEPTH; s++) {
+    bench_fill(bench_frames[s], peer, BENCH_DATA);
+    for (u32 j = 15; j < SIZE; j++) bench_frames[s][j] = (u8)j;
+    virtq_set(&txq, 2 * s, tx_hdr, NET_HDR, DESC_F_NEXT, (u16)(2 * s + 1));
+    virtq_set(&txq, 2 * s + 1, bench_frames[s], SIZE, 0, 0);
+  }
+  kit_memset(tx_hdr, 0, NET_HDR);
+  serial_puts("go\n");
+  u16 free_slots[DEPTH];
+  u32 nfree = DEPTH, sent = 0, done = 0;
+  for (u32 s = 0; s < DEPTH; s++) free_slots[s] = (u16)s;
+  while (done < COUNT) {
+    u32 offered = 0;
+    while (nfree > 0 && sent < COUNT) {
+      virtq_offer(&txq, (u16)(2 * free_slots[--nfree]));
+      sent++;
+      offered++;
+    }
+    if (offered) virtq_notify(&txq);
+    u32 id, len, taken = 0;
+    for (u32 n = 0; !taken && n < POLL_LIMIT; n++) {
+      while (virtq_take(&txq, &id, &len)) {
+        if (id >= 2 * DEPTH || id % 2) fail(9, "a used transmit element out of range");
+        free_slots[nfree++] = (u16)(id / 2);
+        taken++;
+      }
+      if (!taken) pause_cpu();
+    }
+    if (!taken) fail(9, "transmit requests were not completed");
+    bench_ack();
+    done += taken;
+  }
+  kit_report("sent", done);
+  /* The receiver may have no buffer for one END: resend until DONE (or give up: it may have gone). */
+  u32 attempts = 0, done_seen = 0;
+  for (; attempts < 200 && !done_seen; attempts++) {
+    bench_control(peer, BENCH_END);
+    u32 len;
+    int id;
+    while (!done_seen && (id = receive_frame(REPLY_POLLS, &len)) >= 0) {
+      done_seen = bench_kind(id, len, from) == BENCH_DONE;
+      post_rx((u16)id);
+      virtq_notify(&rxq);
+    }
+  }
+  kit_report("end-frames", attempts);
+  kit_report("done-seen", done_seen);
+}
+
+static void bench_receiver(void) {
+  u8 from[6];
+  u32 received = 0;
+  int started = 0;
+  for (;;) {
+    if (!started) bench_control(broadcast, BENCH_READY);
+    u32 id, len, taken = 0;
+    for (u32 n = 0; !taken && n < (started ? POLL_LIMIT * 20 : REPLY_POLLS); n++) {
+      while (virtq_take(&rxq, &id, &len)) {
+        if (id >= RX_BUFS || len < NET_HDR || len > RX_BUF_BYTES) fail(4, "a used receive element out of range");
+        u8 kind = bench_kind((int)id, len - NET_HDR, from);
+        if (kind == BENCH_DATA) {
+          if (!started) serial_puts("go\n");
+          started = 1;
+          received++;
+        } else if (kind == BENCH_END && started) {
+          kit_report("received", received);
+          for (int i = 0; i < 6; i++) peer[i] = from[i];
+          post_rx((u16)id);
+          virtq_notify(&rxq);
+          bench_ack();
+          for (int k = 0; k < 4; k++) bench_control(peer, BENCH_DONE);
+          return;
+        }
+        post_rx((u16)id);
+        taken++;
+      }
+      if (!taken) pause_cpu();
+    }
+    if (taken) {
+      virtq_notify(&rxq);
+      bench_ack();
+    } else if (started) {
+      fail(10, "the sender stopped before END");
+    }
+  }
+}
+
 void main(u32 info) {
   (void)info;
   net_init();
@@ -289,7 +444,9 @@ void main(u32 info) {
   else if (ROLE == 1) responder();
   else if (ROLE == 2) endless();
   else if (ROLE == 3) malformed();
-  else arp();
+  else if (ROLE == 4) arp();
+  else if (ROLE == 5) bench_sender();
+  else bench_receiver();
   kit_report("retransmits", retransmits);
   kit_report("mismatches", mismatches);
   kit_report("num-buffers-not-1", num_buffers_not_1);

@@ -50,13 +50,39 @@ for (const placement of ["main-thread", "worker"] as const) {
       // The serial report and init still reach the main thread; the requests do not.
       assert.ok(mainThreadExits < REQUESTS, `${mainThreadExits} main-thread exits for ${REQUESTS} requests`);
       assert.equal(transport.stats.mainThreadLineChanges, 0);
+      // The guest waits for each completion before its next request, so each is a wake-up.
+      assert.ok(transport.stats.workerWakes >= REQUESTS, `${transport.stats.workerWakes} device-worker wake-ups for ${REQUESTS} requests`);
     } else {
+      assert.equal(transport.stats.workerWakes, 0, "no device worker on the main thread's placement");
       assert.equal(transport.stats.notifyExits, REQUESTS);
       // QueueNotify (posted), InterruptStatus (sync) and InterruptACK (posted), per request.
       assert.ok(mainThreadExits >= 3 * REQUESTS, `${mainThreadExits} main-thread exits for ${REQUESTS} requests`);
     }
   });
 }
+
+test("QD32 4 KiB reads from a CPL3 driver on a device worker: every read served once, wake-ups and kicks per batch, not per request", { timeout: 120_000 }, async (t) => {
+  const count = 640;
+  const image = makeImage(dir, "qd32.img", 2048);
+  const { report, machine } = await runVirtioCheck({ CHECK: CHECK.deepReads, COUNT: count, DEPTH: 32, VQ_SIZE: 128 },
+    [virtioOnWorker("./virtio-blk.js", "VirtioBlk", { path: image.path })], [], { cpl: 3 });
+  assert.equal(report.status, 0, report.console);
+  assert.equal(report.values.get("reads"), String(count));
+  const batches = Number(report.values.get("batches"));
+  const spared = Number(report.values.get("kicks-spared"));
+  const stats = machine.virtio[0].stats;
+  t.diagnostic(`batches ${batches} (${(count / batches).toFixed(1)} requests each), kicks ${stats.notifications}, kicks the device had said it did not need ${spared}, worker wake-ups ${stats.workerWakes}, interrupts ${stats.interrupts}`);
+  assert.equal((machine.virtio[0] as VirtioWorkerTransport).deviceStats?.stats !== undefined, true);
+  assert.equal(((machine.virtio[0] as VirtioWorkerTransport).deviceStats!.stats as { reads: number }).reads, count, "each read served once");
+  // The first notification and one per refill the guest made: each batch of completions is one refill.
+  assert.equal(stats.notifications, batches + 1);
+  assert.ok(batches >= count / 32 - 1 && batches <= count, `${batches} refills for ${count} requests 32 deep`);
+  assert.ok(spared <= batches);
+  // Besides the kicks, the driver's ~20 register writes at initialisation each wake the worker.
+  assert.ok(stats.workerWakes < count / 4, `${stats.workerWakes} wake-ups for ${count} requests: the worker sleeps only when the ring is empty`);
+  assert.equal(stats.notifyExits, 0);
+  assert.equal(stats.faults, 0);
+});
 
 test("a VM stopped in the middle of block I/O on a device worker: the worker exits, its eventfds and the image are closed", { timeout: 120_000 }, async () => {
   const image = makeImage(dir, "busy.img");

@@ -153,6 +153,58 @@ test("a notification before DRIVER_OK, or for a queue that does not exist, does 
   assert.equal(t.transport.stats.faults, 0);
 });
 
+for (const eventIndex of [false, true]) {
+  test(`kicks are not asked for while the device walks the queue, and an entry offered then is still served (${eventIndex ? "EVENT_IDX avail_event" : "VIRTQ_USED_F_NO_NOTIFY"})`, () => {
+    const memory = GuestMemory.allocate([{ gpa: 0, size: 1 << 20 }]);
+    const driver = DriverRing.at(memory, RING, 8, { eventIndex });
+    const availEvent = () => driver.availEvent();
+    const noNotify = () => memory.readU16(driver.layout.usedRing) & 1;
+    // What the driver would see, deciding whether to kick for an entry it offers (virtio 1.2
+    // section 2.7.10: with EVENT_IDX, kick when the new index passes avail_event).
+    const wantsKick = (before: number) => eventIndex ? ((driver.availIndex - availEvent() - 1) & 0xffff) < ((driver.availIndex - before) & 0xffff) : noNotify() === 0;
+    const seen: { kickWanted: boolean }[] = [];
+    let served = 0;
+    const device: VirtioDevice = {
+      name: "recorder", deviceId: 4, features: 0n, queueSizes: [8], config: new Uint8Array(0), reset() {},
+      processQueue(_index, queue) {
+        for (let chain = queue.pop(); chain !== undefined && !(chain instanceof Error); chain = queue.pop()) {
+          queue.pushUsed(chain.head, 0);
+          served++;
+          // A driver on another vCPU offers more while this one is walked.
+          if (served === 1) {
+            const before = driver.availIndex;
+            driver.offer(0);
+            seen.push({ kickWanted: wantsKick(before) });
+          }
+        }
+        if (served === 2) {
+          // ... and once more after the device's last pop, before it turns kicks back on.
+          const before = driver.availIndex;
+          driver.offer(0);
+          seen.push({ kickWanted: wantsKick(before) });
+        }
+      },
+    };
+    const later: (() => void)[] = [];
+    const transport = new VirtioMmioTransport({ memory, device, interrupt: { set() {} }, schedule: (serve) => later.push(serve) });
+    const t = { r: (offset: number) => transport.read(offset, 4, { high: 0 }), w: (offset: number, value: number) => transport.write(offset, 4, value) };
+    bringUp(t as ReturnType<typeof rig>, driver, eventIndex ? 1 << 29 : 0);
+    driver.writeDescriptor(0, { addr: 0x8000, len: 16, flags: WRITE, next: 0 });
+    driver.offer(0);
+    t.w(R.QueueNotify, 0);
+    assert.deepEqual(seen, [{ kickWanted: false }, { kickWanted: false }], "no kick asked for while the device was busy");
+    assert.equal(served, 2, "the entry offered during the walk was taken in it");
+    assert.equal(noNotify(), 0, "kicks asked for again once the device is done");
+    if (eventIndex) assert.equal(availEvent(), 2, "avail_event names the first entry not taken");
+    assert.equal(later.length, 1, "the entry offered after the last pop, with no kick coming, is served later");
+    later.shift()!();
+    assert.equal(served, 3);
+    assert.equal(driver.usedIndex(), 3);
+    assert.equal(later.length, 0);
+    assert.equal(transport.stats.faults, 0);
+  });
+}
+
 // ---- virtio-blk requests ----
 
 const IMAGE = join(dir, "disk.img");

@@ -8,12 +8,13 @@
  */
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { destroyVcpuPool } from "../runtime/vcpu-pool.js";
 import { TapBackend, TapError } from "../runtime/devices/virtio/net-tap.js";
 import { NetSwitch } from "../runtime/devices/virtio/net-switch.js";
 import { VirtioNet } from "../runtime/devices/virtio/virtio-net.js";
+import { dotted, tapSkip, tapSubnet } from "./helpers/tap-host.js";
 import { guestMachine, noQemu, runQemuGuest, runToReport } from "./helpers/guest-report.js";
 
 after(() => destroyVcpuPool());
@@ -115,6 +116,8 @@ test("a VM stopped while it transmits ends, and its switch port is closed", { ti
   assert.deepEqual(await guest.machine.stop(), { reason: "stopped" });
   assert.deepEqual(await running, { reason: "stopped" });
   assert.equal(net.portCount, 1, "the machine closed the NIC's port");
+  // Frames sent before the stop may still be in the observer's ring: they land first.
+  await new Promise((resolve) => setTimeout(resolve, 20));
   const after = frames;
   await new Promise((resolve) => setTimeout(resolve, 50));
   assert.equal(frames, after, "nothing more came from the stopped VM");
@@ -179,25 +182,13 @@ test("under QEMU microvm: the same kernels exchange and check frames through QEM
 // ---- a host TAP interface: the host kernel as the guest's peer ----
 
 const tapName = `wvt${process.pid % 100000}`;
-const subnet = 10 * 2 ** 24 + 213 * 2 ** 16 + (process.pid % 250) * 2 ** 8;
-function tapSkip(): string | false {
-  if (!existsSync("/dev/net/tun")) return "/dev/net/tun does not exist on this host: no TAP test";
-  try {
-    new TapBackend(tapName).close();
-  } catch (error) {
-    return `cannot create a TAP interface here: ${(error as Error).message}`;
-  }
-  const ip = spawnSync("ip", ["-V"], { encoding: "utf8" });
-  if (ip.error || ip.status !== 0) return "iproute2's `ip` is not installed (needed to give the TAP an address)";
-  return false;
-}
+const subnet = tapSubnet(213);
 
-test("virtio-net on a TAP interface: the guest's ARP request reaches the host kernel, which answers it and learns the guest's MAC", { skip: tapSkip(), timeout: 120_000 }, async () => {
+test("virtio-net on a TAP interface: the guest's ARP request reaches the host kernel, which answers it and learns the guest's MAC", { skip: tapSkip(tapName), timeout: 120_000 }, async () => {
   const tap = new TapBackend(tapName);
   const nic = new VirtioNet({ backend: tap, mac: MAC_A });
   const hostIp = subnet + 1;
   const guestIp = subnet + 2;
-  const dotted = (ip: number) => [24, 16, 8, 0].map((s) => Math.floor(ip / 2 ** s) % 256).join(".");
   try {
     execFileSync("ip", ["addr", "add", `${dotted(hostIp)}/24`, "dev", tapName]);
     execFileSync("ip", ["link", "set", tapName, "up"]);
@@ -219,7 +210,7 @@ test("virtio-net on a TAP interface: the guest's ARP request reaches the host ke
   assert.equal(existsSync(`/sys/class/net/${tapName}`), false, "closing the TAP's fd removed the interface");
 });
 
-test("TAP errors name the cause: a bad interface name, an interface another fd holds", { skip: tapSkip() }, async () => {
+test("TAP errors name the cause: a bad interface name, an interface another fd holds", { skip: tapSkip(tapName) }, async () => {
   assert.throws(() => new TapBackend("no spaces allowed"), (error: Error) => error instanceof TapError && /must be 1 to 15/.test(error.message));
   const first = new TapBackend(`${tapName}b`);
   try {

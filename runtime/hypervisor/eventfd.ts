@@ -40,7 +40,7 @@ export function drainEventFd(fd: number, into = new BigUint64Array(1)): number {
   throw new HypervisorError(`read (eventfd ${fd})`, libc.errno());
 }
 
-/** poll(2) over a fixed set of eventfds; its buffers are reused, so a wait allocates nothing. */
+/** poll(2) over a fixed set of eventfds (or other fds the caller reads itself, see `readable`); its buffers are reused, so a wait allocates nothing. */
 export class EventFdPoller {
   private readonly records: Uint8Array;
   private readonly view: DataView;
@@ -65,6 +65,27 @@ export class EventFdPoller {
     if (ready >= 0) return ready;
     if (libc.errno() === EINTR) return 0;
     throw new HypervisorError(`poll (eventfds ${this.fds.join(", ")})`, libc.errno());
+  }
+
+  /**
+   * `wait` on a pool thread (koffi's async call), so this thread's event loop turns in the
+   * meantime (node:net sockets in a device worker). Settles with the same count.
+   */
+  waitAsync(timeoutMs: number): Promise<number> {
+    for (let i = 0; i < this.fds.length; i++) this.view.setInt16(i * POLLFD_BYTES + 6, 0, true);
+    return new Promise((resolve, reject) => {
+      libc.poll.async(this.records, this.fds.length, timeoutMs, (error: unknown, ready: number) => {
+        if (error !== null && error !== undefined) reject(error);
+        else if (ready >= 0) resolve(ready);
+        // errno is the pool thread's, not this one's: EINTR is the one a wait may see.
+        else resolve(0);
+      });
+    });
+  }
+
+  /** Whether the last wait found fd `index` readable (or in error), without reading it. */
+  readable(index: number): boolean {
+    return this.view.getInt16(index * POLLFD_BYTES + 6, true) !== 0;
   }
 
   /**

@@ -10,7 +10,7 @@ import { PcMachine, type VirtioOnWorker } from "../../runtime/pc-machine.js";
 import type { VirtioDevice } from "../../runtime/devices/virtio/virtio-device.js";
 import { buildMultibootGuest, type MultibootBuild } from "./flat-guest.js";
 
-export const CHECK = { entropy: 1, block: 2, hostile: 3, endless: 4, timedReads: 5, interrupts: 6, discard: 10 } as const;
+export const CHECK = { entropy: 1, block: 2, hostile: 3, endless: 4, timedReads: 5, interrupts: 6, deepReads: 7, discard: 10 } as const;
 
 /** The guest's RAM under both VMMs: guests/virtio-check.c puts a hostile buffer across its end. */
 export const GUEST_MEMORY_MIB = 64;

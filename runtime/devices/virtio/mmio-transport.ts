@@ -16,7 +16,7 @@ import { SplitVirtqueue } from "./virtqueue.js";
 import { QueueWord, StatWord, VirtioMmio, VirtioMmioRegisters, type VirtioMmioStats, Word } from "./virtio-mmio-registers.js";
 import {
   featureBit, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
-  type VirtioDevice, type VirtioQueueContext,
+  type FdWatcher, type VirtioDevice, type VirtioQueueContext,
 } from "./virtio-device.js";
 
 export { MAX_VIRTIO_QUEUES, VIRTIO_MMIO_LENGTH, VIRTIO_MMIO_MAGIC, VIRTIO_MMIO_VENDOR, VirtioMmio, type VirtioMmioStats } from "./virtio-mmio-registers.js";
@@ -51,6 +51,8 @@ export interface VirtioMmioOptions {
    * while it is high) and nothing here deasserts it.
    */
   resampledLine?: boolean;
+  /** The serving thread waits in poll(2) and watches host fds for the device (a device worker); see VirtioDeviceHost. */
+  watchFd?: FdWatcher;
 }
 
 /**
@@ -95,7 +97,7 @@ export class VirtioMmioTransport implements Device {
       get features() { return transport.driverFeatures; },
       needsReset: (reason: string) => this.needsReset(reason),
     };
-    this.device.attach?.({ wake: (index) => this.serveLater(index) });
+    this.device.attach?.({ wake: (index) => this.serveLater(index), watchFd: options.watchFd });
   }
 
   get stats(): VirtioMmioStats {
@@ -272,6 +274,9 @@ export class VirtioMmioTransport implements Device {
     const ring = this.rings[index];
     if (ring === undefined) return;
     let leftForBudget: void | boolean;
+    // As QEMU does (virtio_queue_set_notification): no kicks wanted while the queue is being
+    // walked, since every entry offered meanwhile is taken without one.
+    ring.setNotifications(false);
     try {
       leftForBudget = this.device.processQueue(index, ring, this.context);
     } catch (error) {
@@ -283,8 +288,10 @@ export class VirtioMmioTransport implements Device {
       this.needsReset(ring.failure.message);
       return;
     }
+    if (this.rings[index] === ring) ring.setNotifications(true);
     if (ring.takeNotification()) this.raise(VIRTIO_MMIO_INT_VRING);
-    // Work left after the device's budget: serve it later, letting other work in first.
+    // Work left after the device's budget, or offered after its last pop without a kick
+    // (notifications were off): serve it later, letting other work in first.
     if (leftForBudget !== false && ring.hasPending()) this.serveLater(index, ring);
   }
 

@@ -4,6 +4,7 @@
  * (destination MAC onwards, no virtio header, no FCS) and knows nothing of virtqueues, so a
  * device can move to another thread with a backend that posts frames to it.
  */
+import type { FdWatcher } from "./virtio-device.js";
 
 /** The smallest frame a backend carries: an Ethernet header (two MACs and the EtherType). */
 export const ETHERNET_HEADER_BYTES = 14;
@@ -17,8 +18,12 @@ export interface NetReceiver {
 
 export interface NetBackend {
   readonly name: string;
-  /** Where frames for the guest go; set once by the device that owns the backend. */
-  attach(receiver: NetReceiver): void;
+  /**
+   * Where frames for the guest go; set once by the device that owns the backend. With
+   * `watchFd` the device's thread waits in poll(2) (a device worker) and the backend has it
+   * watch its fd; without, the backend waits on this thread's event loop.
+   */
+  attach(receiver: NetReceiver, watchFd?: FdWatcher): void;
   /** A frame from the guest; the backend copies what it keeps, the bytes are the guest's. */
   transmit(frame: Uint8Array): void;
   /** Releases the backend's host resources (fd, switch port). Safe to call twice. */

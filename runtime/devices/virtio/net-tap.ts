@@ -5,7 +5,7 @@
  * (the host kernel receives them on the interface); frames the kernel sends out of the
  * interface are read from it and given to the guest.
  *
- * Reads wait in poll(2) on a koffi async call (one libuv pool thread per open TAP), over the
+ * On a device worker the worker's own poll(2) watches the TAP fd. Elsewhere reads wait in poll(2) on a koffi async call (one libuv pool thread per open TAP), over the
  * TAP fd and an eventfd that `close()` signals, so an idle TAP costs the main thread nothing
  * and closing never waits on a blocked read. The interface goes away with the fd.
  */
@@ -14,6 +14,7 @@ import { errnoName } from "../../hypervisor/errno.js";
 import { errno, ioctlBuffer, POLLIN, poll } from "../../hypervisor/libc.js";
 import { closeEventFd, createEventFd, signalEventFd } from "../../hypervisor/eventfd.js";
 import { MAX_FRAME_BYTES, ETHERNET_HEADER_BYTES, type NetBackend, type NetReceiver } from "./net-backend.js";
+import type { FdWatcher } from "./virtio-device.js";
 
 /** linux/if_tun.h: TUNSETIFF = _IOW('T', 202, int); ifreq flags. */
 const TUNSETIFF = 0x400454ca;
@@ -44,6 +45,7 @@ export class TapBackend implements NetBackend {
   private readonly pollFds = Buffer.alloc(16);
   private readonly readBuffer = Buffer.alloc(65536);
   private polling = false;
+  private unwatch: (() => void) | undefined;
   private closing = false;
 
   /**
@@ -86,8 +88,14 @@ export class TapBackend implements NetBackend {
     this.pollFds.writeInt16LE(POLLIN, 12);
   }
 
-  attach(receiver: NetReceiver): void {
+  /** On a device worker (`watchFd`) its poll(2) watches the TAP; elsewhere an async poll does. */
+  attach(receiver: NetReceiver, watchFd?: FdWatcher): void {
+    if (this.receiver !== undefined) return;
     this.receiver = receiver;
+    if (watchFd !== undefined && this.fd !== undefined) {
+      this.unwatch = watchFd(this.fd, () => this.readFrames());
+      return;
+    }
     this.waitForFrames();
   }
 
@@ -104,6 +112,7 @@ export class TapBackend implements NetBackend {
   close(): void {
     if (this.closing) return;
     this.closing = true;
+    this.unwatch?.();
     if (!this.polling) {
       this.closeFds();
       return;
@@ -133,8 +142,14 @@ export class TapBackend implements NetBackend {
       let n: number;
       try {
         n = readSync(this.fd, this.readBuffer, 0, this.readBuffer.length, null);
-      } catch {
-        return; // EAGAIN: drained
+      } catch (error) {
+        // EAGAIN: drained. Anything else (the interface went away) would poll readable for
+        // ever: a watching thread stops watching, as the async poll stops on its error.
+        if ((error as NodeJS.ErrnoException).code !== "EAGAIN") {
+          this.unwatch?.();
+          this.unwatch = undefined;
+        }
+        return;
       }
       if (n < ETHERNET_HEADER_BYTES || n > MAX_FRAME_BYTES) {
         this.stats.dropped++;

@@ -6,8 +6,11 @@
  * that), and the guest's transmit buffers are left in its ring while the Writable is full
  * (until 'drain'), so neither side can make the other buffer without bound.
  * VIRTIO_CONSOLE_F_EMERG_WRITE is offered: a byte written to emerg_wr goes to the output.
+ * On a device worker the streams stay on the main thread in a ConsoleChannel, and the
+ * device gets its handle (console-channel.ts), with the same flow control.
  */
 import type { Readable, Writable } from "node:stream";
+import { ConsoleChannelEnd, type ConsoleChannelHandle } from "./console-channel.js";
 import type { SplitVirtqueue } from "./virtqueue.js";
 import { gather, scatter } from "./segments.js";
 import { featureBit, VIRTIO_ID_CONSOLE, type VirtioDevice, type VirtioDeviceHost, type VirtioQueueContext } from "./virtio-device.js";
@@ -31,11 +34,31 @@ export const MAX_CONSOLE_REQUEST_BYTES = 1 << 20;
 const EMERG_WR_OFFSET = 8;
 const CONFIG_BYTES = 12; // cols, rows, max_nr_ports, emerg_wr
 
+/** What the device uses of a Readable (or of a ConsoleChannelEnd, on a device worker). */
+export interface ConsoleInput {
+  on(event: "data", listener: (chunk: Buffer | string) => void): unknown;
+  off(event: "data", listener: (chunk: Buffer | string) => void): unknown;
+  pause(): unknown;
+  resume(): unknown;
+}
+
+/** What the device uses of a Writable (or of a ConsoleChannelEnd). */
+export interface ConsoleOutput {
+  write(bytes: Uint8Array): boolean;
+  once(event: "drain", listener: () => void): unknown;
+  off(event: "drain", listener: () => void): unknown;
+}
+
 export interface VirtioConsoleOptions {
   /** What the host types: its bytes reach the guest in order, none dropped. */
   input?: Readable;
   /** Where the guest's output goes. */
   output?: Writable;
+  /**
+   * Instead of the streams, for a device built on a device worker: the handle of a
+   * ConsoleChannel that holds them on the main thread (structured-clonable).
+   */
+  channel?: ConsoleChannelHandle;
   inputHighWater?: number;
 }
 
@@ -55,8 +78,9 @@ export class VirtioConsole implements VirtioDevice {
   readonly queueSizes = [VIRTIO_CONSOLE_QUEUE_SIZE, VIRTIO_CONSOLE_QUEUE_SIZE];
   readonly config = new Uint8Array(CONFIG_BYTES);
   readonly stats: VirtioConsoleStats = { bytesIn: 0, bytesOut: 0, outputStalls: 0, inputPauses: 0 };
-  private readonly input: Readable | undefined;
-  private readonly output: Writable | undefined;
+  private readonly input: ConsoleInput | undefined;
+  private readonly output: ConsoleOutput | undefined;
+  private readonly channel: ConsoleChannelEnd | undefined;
   private readonly highWater: number;
   /** Input read from the stream, not yet in a guest buffer; `pendingOffset` into the first. */
   private pending: Buffer[] = [];
@@ -75,13 +99,18 @@ export class VirtioConsole implements VirtioDevice {
   constructor(options: VirtioConsoleOptions = {}) {
     this.highWater = options.inputHighWater ?? DEFAULT_INPUT_HIGH_WATER;
     if (!Number.isInteger(this.highWater) || this.highWater < 1) throw new RangeError(`inputHighWater must be a whole number of bytes above 0, got ${options.inputHighWater}`);
-    this.input = options.input;
-    this.output = options.output;
+    if (options.channel !== undefined) {
+      if (options.input !== undefined || options.output !== undefined) throw new TypeError("a virtio-console takes streams (input, output) or a channel, not both");
+      this.channel = new ConsoleChannelEnd(options.channel);
+    }
+    this.input = this.channel ?? options.input;
+    this.output = this.channel ?? options.output;
     this.input?.on("data", this.onData);
   }
 
   attach(host: VirtioDeviceHost): void {
     this.host = host;
+    this.channel?.attach(host.watchFd);
   }
 
   writeConfig(offset: number, size: number, value: number): void {
@@ -101,12 +130,13 @@ export class VirtioConsole implements VirtioDevice {
   /** Requests in flight are the guest's buffers, which the device never holds; host input stays queued. */
   reset(): void {}
 
-  /** Lets go of both streams (they stay the caller's to end). */
+  /** Lets go of both streams (they stay the caller's to end); a channel's main end then lets go of them too. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
     this.input?.off("data", this.onData);
     this.output?.off("drain", this.onDrain);
+    this.channel?.close();
     this.pending = [];
     this.pendingBytes = 0;
   }

@@ -44,7 +44,18 @@ export interface VirtioDeviceHost {
    * nothing happens while the driver has not made the queue live.
    */
   wake(index: number): void;
+  /**
+   * Present where the serving thread blocks in poll(2) and has no event loop turning (a
+   * device worker): host-side fds (a TAP, a switch port's eventfd) are watched through it.
+   */
+  watchFd?: FdWatcher;
 }
+
+/**
+ * Calls `onReadable` on the serving thread each time `fd` polls readable (level-triggered:
+ * the callback drains it) until the returned function is called; call that before closing the fd.
+ */
+export type FdWatcher = (fd: number, onReadable: () => void) => () => void;
 
 export interface VirtioDevice {
   readonly name: string;
@@ -67,6 +78,16 @@ export interface VirtioDevice {
    * until the driver notifies again or the device calls `host.wake`.
    */
   processQueue(index: number, queue: SplitVirtqueue, context: VirtioQueueContext): void | boolean;
+  /**
+   * The device's host side runs on its thread's event loop (node:net sockets): a device
+   * worker then waits for its eventfds on a pool thread so that loop keeps turning.
+   */
+  readonly usesEventLoop?: boolean;
+  /**
+   * Settles once the device's host side is up (vsock's listening socket). A device worker
+   * announces the device only then, so a rejection fails its VM before the guest starts.
+   */
+  readonly ready?: Promise<void>;
   /** Called once by the transport that serves the device, before any other call. */
   attach?(host: VirtioDeviceHost): void;
   /** The driver reset the device: forget every request in flight. */

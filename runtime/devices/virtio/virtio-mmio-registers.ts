@@ -47,6 +47,8 @@ export const StatWord = {
   notifyExits: 21,
   /** Interrupt line changes made from the main thread (no resampling irqfd on this host). */
   mainThreadLineChanges: 22,
+  /** Returns of a device worker's poll(2): its wake-ups, per request a measure of batching. */
+  workerWakes: 23,
 } as const;
 
 /** Words 24-31: the write mailbox of a transport placed on a device worker (virtio-write-mailbox.ts). */

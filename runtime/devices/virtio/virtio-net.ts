@@ -2,7 +2,9 @@
  * virtio-net (virtio 1.2 section 5.1): one receive and one transmit queue, the MAC address
  * and link status in the config space, no offloads (no checksum, no segmentation, no
  * mergeable buffers, no control queue). Every frame carries the 12-byte virtio_net_hdr of
- * VERSION_1. Frames go to and come from a NetBackend (in-process switch or TAP).
+ * VERSION_1. Frames go to and come from a NetBackend (in-process switch or TAP), given
+ * as an object on the device's thread or, for a device built on a device worker, named by
+ * clonable options (a switch port handle, a TAP's interface name).
  *
  * Receive: frames from the backend wait in a bounded queue until the driver offers buffers;
  * when the queue is full the frame is dropped and counted, as a NIC with a full ring does.
@@ -11,6 +13,8 @@ import type { SplitVirtqueue } from "./virtqueue.js";
 import { gather, scatter } from "./segments.js";
 import { featureBit, VIRTIO_ID_NET, type VirtioDevice, type VirtioDeviceHost, type VirtioQueueContext } from "./virtio-device.js";
 import { ETHERNET_HEADER_BYTES, MAX_FRAME_BYTES, parseMac, type NetBackend } from "./net-backend.js";
+import { SwitchPort, type SwitchPortHandle } from "./net-switch.js";
+import { TapBackend } from "./net-tap.js";
 
 /** Feature bits (section 5.1.3). */
 export const VIRTIO_NET_F_CSUM = 0n;
@@ -62,7 +66,15 @@ export function transmitHeaderProblem(header: VirtioNetHeader): string | undefin
 }
 
 export interface VirtioNetOptions {
-  backend: NetBackend;
+  /**
+   * The host side, on the device's thread. A device built on a device worker gets one of
+   * the structured-clonable forms instead: `switchPort` or `tap`.
+   */
+  backend?: NetBackend;
+  /** A port of a NetSwitch made by `portHandle()`, opened on the device's thread. */
+  switchPort?: SwitchPortHandle;
+  /** A host TAP interface the device's thread opens by name (needs CAP_NET_ADMIN). */
+  tap?: string;
   /** The NIC's address, e.g. "52:54:00:12:34:56" (unicast). */
   mac: string;
   /** Frames kept for the guest while it has no receive buffer (default DEFAULT_RX_BACKLOG). */
@@ -99,10 +111,17 @@ export class VirtioNet implements VirtioDevice {
   private closed = false;
 
   constructor(options: VirtioNetOptions) {
-    this.mac = parseMac(options.mac);
-    this.backlogLimit = options.rxBacklog ?? DEFAULT_RX_BACKLOG;
-    if (!Number.isInteger(this.backlogLimit) || this.backlogLimit < 0) throw new RangeError(`rxBacklog must be a whole number of frames, got ${options.rxBacklog}`);
-    this.backend = options.backend;
+    const backend = openBackend(options);
+    try {
+      this.mac = parseMac(options.mac);
+      this.backlogLimit = options.rxBacklog ?? DEFAULT_RX_BACKLOG;
+      if (!Number.isInteger(this.backlogLimit) || this.backlogLimit < 0) throw new RangeError(`rxBacklog must be a whole number of frames, got ${options.rxBacklog}`);
+    } catch (error) {
+      // A host side the options named was opened here: a switch port must not stay taken by a device that never was.
+      if (backend !== options.backend) backend.close();
+      throw error;
+    }
+    this.backend = backend;
     this.name = `virtio-net ${options.mac} on ${this.backend.name}`;
     this.config.set(this.mac, 0);
     const config = new DataView(this.config.buffer);
@@ -111,7 +130,6 @@ export class VirtioNet implements VirtioDevice {
     config.setUint16(10, 1500, true); // mtu (read only with F_MTU)
     // num_buffers is 1 without VIRTIO_NET_F_MRG_RXBUF (section 5.1.6.3); nothing else is set.
     this.rxHeader[10] = 1;
-    this.backend.attach({ receive: (frame) => this.receive(frame) });
   }
 
   /** Frames waiting for a receive buffer. */
@@ -119,8 +137,10 @@ export class VirtioNet implements VirtioDevice {
     return this.backlog.length;
   }
 
+  /** Frames start coming once a transport serves the device, on that transport's thread. */
   attach(host: VirtioDeviceHost): void {
     this.host = host;
+    this.backend.attach({ receive: (frame) => this.receive(frame) }, host.watchFd);
   }
 
   processQueue(index: number, queue: SplitVirtqueue, context: VirtioQueueContext): void | boolean {
@@ -198,4 +218,15 @@ export class VirtioNet implements VirtioDevice {
       queue.pushUsed(chain.head, 0);
     }
   }
+}
+
+/** The one host side `options` names. */
+function openBackend(options: VirtioNetOptions): NetBackend {
+  const given = (["backend", "switchPort", "tap"] as const).filter((key) => options[key] !== undefined);
+  if (given.length !== 1) {
+    throw new TypeError(`a virtio-net device takes one host side, backend, switchPort or tap; got ${given.length === 0 ? "none" : given.join(" and ")}`);
+  }
+  if (options.switchPort !== undefined) return SwitchPort.open(options.switchPort);
+  if (options.tap !== undefined) return new TapBackend(options.tap);
+  return options.backend!;
 }

@@ -16,7 +16,7 @@ import type { Duplex } from "node:stream";
 import type { SplitVirtqueue } from "./virtqueue.js";
 import { gather, scatter } from "./segments.js";
 import { featureBit, VIRTIO_ID_VSOCK, type VirtioDevice, type VirtioDeviceHost, type VirtioQueueContext } from "./virtio-device.js";
-import type { VsockHost, VsockHostRequest } from "./vsock-host.js";
+import { UnixSocketVsockHost, type VsockHost, type VsockHostRequest } from "./vsock-host.js";
 
 export const VIRTIO_VSOCK_F_STREAM = 0n;
 export const VSOCK_HOST_CID = 2;
@@ -94,7 +94,13 @@ export function vsockPacketProblem(h: VsockHeader, guestCid: bigint, carried: nu
 export interface VirtioVsockOptions {
   /** The guest's context ID: 3 or more (0-2 are reserved), below 2^32 - 1. */
   guestCid: number;
-  host: VsockHost;
+  /** The host side, on the device's thread. */
+  host?: VsockHost;
+  /**
+   * Instead of `host`, for a device built on a device worker: the Unix socket path the
+   * device's thread listens on itself (Firecracker's uds_path; see vsock-host.ts).
+   */
+  udsPath?: string;
 }
 
 export interface VirtioVsockStats {
@@ -156,6 +162,8 @@ export class VirtioVsock implements VirtioDevice {
   private transport: VirtioDeviceHost | undefined;
   private readonly headerBytes = new Uint8Array(VSOCK_HEADER_BYTES);
   private closed = false;
+  /** Its host side is node:net sockets. */
+  readonly usesEventLoop = true;
 
   constructor(options: VirtioVsockOptions) {
     const cid = options.guestCid;
@@ -165,8 +173,16 @@ export class VirtioVsock implements VirtioDevice {
     this.guestCid = BigInt(cid);
     this.name = `virtio-vsock cid ${cid}`;
     new DataView(this.config.buffer).setBigUint64(0, this.guestCid, true);
-    this.host = options.host;
+    if ((options.host === undefined) === (options.udsPath === undefined)) {
+      throw new TypeError(`a virtio-vsock device takes one host side, host or udsPath; got ${options.host === undefined ? "none" : "both"}`);
+    }
+    this.host = options.host ?? new UnixSocketVsockHost(options.udsPath!);
     this.host.listen((request) => this.hostRequest(request));
+  }
+
+  /** The listening socket is up (a host of our own making), or it could not be (a VsockHostError). */
+  get ready(): Promise<void> | undefined {
+    return this.host instanceof UnixSocketVsockHost ? this.host.listening : undefined;
   }
 
   /** Connections open now (any state). */

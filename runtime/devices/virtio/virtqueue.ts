@@ -99,6 +99,11 @@ export class SplitVirtqueue {
   private signalledUsedIndex = 0;
   private readonly availIndexWord: Uint16Array | undefined;
   private readonly usedIndexWord: Uint16Array | undefined;
+  /** used.flags and, with EVENT_IDX, avail_event: how the device asks for (or spares) kicks. */
+  private readonly usedFlagsWord: Uint16Array | undefined;
+  private readonly availEventWord: Uint16Array | undefined;
+  /** Whether the driver is asked to notify (`setNotifications`). */
+  private notificationsEnabled = true;
   /** The region holding the descriptor table (checked whole at setup), read directly per descriptor. */
   private readonly tableRegion: MemoryRegion | undefined;
   /** The avail and used rings' regions and their offsets in them, for the per-request accesses. */
@@ -125,6 +130,8 @@ export class SplitVirtqueue {
     // them with Atomics so the entries they cover are ordered before them.
     this.availIndexWord = indexWord(memory, layout.availRing + 2);
     this.usedIndexWord = indexWord(memory, layout.usedRing + 2);
+    this.usedFlagsWord = indexWord(memory, layout.usedRing);
+    if (layout.eventIndex) this.availEventWord = indexWord(memory, layout.usedRing + 4 + 8 * layout.size);
     this.tableRegion = memory.regionFor(layout.descriptorTable, DESCRIPTOR_SIZE * layout.size);
     this.availRegion = memory.regionFor(layout.availRing, 4 + 2 * layout.size);
     this.availOffset = layout.availRing - this.availRegion.gpa;
@@ -151,7 +158,7 @@ export class SplitVirtqueue {
     const chain = this.walk(head);
     if (chain instanceof VirtqueueError) return this.fail(chain);
     this.lastAvailIndex = (this.lastAvailIndex + 1) & 0xffff;
-    if (this.layout.eventIndex) this.writeAvailEvent(this.lastAvailIndex);
+    if (this.layout.eventIndex && this.notificationsEnabled) this.writeAvailEvent(this.lastAvailIndex);
     return chain;
   }
 
@@ -184,18 +191,21 @@ export class SplitVirtqueue {
   }
 
   /**
-   * Asks the driver for (or spares it) available-buffer notifications. With EVENT_IDX the
-   * device always asks to be told of the next entry it has not taken.
+   * Asks the driver for (or spares it) available-buffer notifications (virtio 1.2 section
+   * 2.7.10). With EVENT_IDX, enabling asks to be told of the next entry not taken, and while
+   * disabled `pop()` leaves avail_event behind, so the driver stops kicking once past it.
+   * The store is sequentially consistent: a `hasPending()` after enabling cannot be ordered
+   * before it, so an entry the driver offered without a kick (it saw them disabled) is seen.
    */
   setNotifications(enabled: boolean): void {
     if (this.failure !== undefined) return;
+    this.notificationsEnabled = enabled;
     if (this.layout.eventIndex) {
       if (enabled) this.writeAvailEvent(this.lastAvailIndex);
       return;
     }
-    const flagsAddress = this.layout.usedRing;
-    const flags = this.memory.readU16(flagsAddress);
-    this.memory.writeU16(flagsAddress, enabled ? flags & ~VIRTQ_USED_F_NO_NOTIFY : flags | VIRTQ_USED_F_NO_NOTIFY);
+    const flags = Atomics.load(this.usedFlagsWord!, 0);
+    Atomics.store(this.usedFlagsWord!, 0, enabled ? flags & ~VIRTQ_USED_F_NO_NOTIFY : flags | VIRTQ_USED_F_NO_NOTIFY);
   }
 
   /** Whether the driver has made entries available that `pop()` has not taken. */
@@ -204,7 +214,7 @@ export class SplitVirtqueue {
   }
 
   private writeAvailEvent(value: number): void {
-    this.usedRegion!.view.setUint16(this.usedOffset + 4 + 8 * this.layout.size, value, true);
+    Atomics.store(this.availEventWord!, 0, value);
   }
 
   private fail(fault: VirtqueueFault | VirtqueueError, detail = ""): VirtqueueError {
