@@ -38,13 +38,15 @@ interface Specs { disk: DiskSpec; net: NetSpec; rng: NoSpec; vsock: VsockSpec; "
 type Kind = keyof Specs;
 
 /**
- * The kinds a device worker can build, from the same spec as the main thread's device.
- * net, console and vsock join with one line each once their host sides can be named in
- * structured-clonable options (a TAP by name, a vsock UDS path, the console's stdio).
+ * The kinds a device worker can build, from the same spec as the main thread's device (a
+ * TAP and a vsock UDS path are opened by name on the worker). The console is not here yet:
+ * on a worker it needs a ConsoleChannel owned by the run (see console-channel.ts).
  */
 const ON_WORKER: { [K in Kind]?: (spec: Specs[K]) => VirtioOnWorker } = {
   disk: (spec) => virtioOnWorker("./virtio-blk.js", "VirtioBlk", spec),
+  net: (spec) => virtioOnWorker("./virtio-net.js", "VirtioNet", spec),
   rng: () => virtioOnWorker("./virtio-rng.js", "VirtioRng"),
+  vsock: (spec) => virtioOnWorker("./virtio-vsock.js", "VirtioVsock", spec),
 };
 
 /** The terminal (or pipes) a virtio console is wired to. */

@@ -17,6 +17,7 @@ import { fnv1a, imageFolder, makeImage, parseReport, type GuestReport } from "./
 import { censusPattern } from "./helpers/virtio-census.js";
 import { A_BYTES, B_BYTES, hostConnect, patternA, patternB, xorServer } from "./helpers/vsock-peer.js";
 import { TapBackend } from "../runtime/devices/virtio/net-tap.js";
+import { dotted, tapSubnet } from "./helpers/tap-host.js";
 
 const CLI = new URL("../runtime/cli.js", import.meta.url).pathname;
 const { dir, cleanup } = imageFolder();
@@ -94,7 +95,7 @@ test("bad device flags: status 2, the flag named with what is allowed, and no VM
     [["--net", "tap=this-name-is-too-long"], /--net tap=this-name-is-too-long: TAP name .* must be 1 to 15/],
     [["--net", "mac=52:54:00:00:00:01"], /--net mac=.*: say which host TAP interface, e\.g\. --net tap=tap0/],
     [["--net", "tap=t0,mac=01:00:00:00:00:01"], /--net tap=t0,mac=01:00:00:00:00:01: .*multicast/],
-    [["--net", "tap=t0,worker"], /--net tap=t0,worker: ",worker" is not available for this device yet \(device workers build --disk and --rng\)/],
+
     [["--vsock", "2,/tmp/x.sock"], /--vsock 2,\/tmp\/x\.sock: CID '2' must be a whole number from 3 to 4294967294/],
     [["--vsock", "3"], /--vsock 3: give CID,UDS_PATH/],
     [["--vsock", `3,${join(dir, "no-folder", "v.sock")}`], /--vsock .*: the folder .*no-folder does not exist/],
@@ -220,32 +221,34 @@ test("--virtio-console on a terminal: raw keys reach hvc0 (Ctrl-C a byte, Ctrl-A
     `the echo came back on the terminal: ${JSON.stringify(output)}`);
 });
 
-test("--vsock CID,UDS_PATH: the guest's connection reaches UDS_PATH_PORT, the host's CONNECT reaches the guest, data checked both ways", { timeout: 180_000 }, async () => {
-  const udsPath = join(dir, "cli.vsock");
-  const peer = xorServer(udsPath, 5000);
-  try {
-    const cli = startCli(["--kernel", buildMultibootGuest("virtio-vsock-check", { GUEST_BUF_ALLOC: 1024 }), "--vsock", `42,${udsPath}`]);
-    let ended = false;
-    void cli.done.then(() => { ended = true; });
-    // The guest waits for the host's connection once part A is done.
-    while (!ended && !cli.output().includes("part-a=ok") && !/failed/.test(cli.output())) await new Promise((resolve) => setTimeout(resolve, 20));
-    const sent = patternB(B_BYTES);
-    const [hostSide, run] = await Promise.all([hostConnect(udsPath, 6000, sent), cli.done]);
-    const report = guestReport(run);
-    assert.equal(report.status, 0, report.console);
-    assert.equal(report.values.get("guest-cid"), "42");
-    assert.deepEqual(peer.got(), patternA(A_BYTES));
-    assert.equal(report.values.get("a-received"), String(A_BYTES));
-    assert.equal(hostSide.okLine, `OK ${report.values.get("b-host-port")}`);
-    assert.deepEqual(hostSide.received, sent);
-    assert.equal(existsSync(udsPath), false, "the CLI removed its socket when the VM ended");
-  } finally {
-    peer.server.close();
-  }
-});
+for (const placement of ["", ",worker"]) {
+  test(`--vsock CID,UDS_PATH${placement}: the guest's connection reaches UDS_PATH_PORT, the host's CONNECT reaches the guest, data checked both ways`, { timeout: 180_000 }, async () => {
+    const udsPath = join(dir, `cli${placement.slice(1)}.vsock`);
+    const peer = xorServer(udsPath, 5000);
+    try {
+      const cli = startCli(["--kernel", buildMultibootGuest("virtio-vsock-check", { GUEST_BUF_ALLOC: 1024 }), "--vsock", `42,${udsPath}${placement}`]);
+      let ended = false;
+      void cli.done.then(() => { ended = true; });
+      // The guest waits for the host's connection once part A is done.
+      while (!ended && !cli.output().includes("part-a=ok") && !/failed/.test(cli.output())) await new Promise((resolve) => setTimeout(resolve, 20));
+      const sent = patternB(B_BYTES);
+      const [hostSide, run] = await Promise.all([hostConnect(udsPath, 6000, sent), cli.done]);
+      const report = guestReport(run);
+      assert.equal(report.status, 0, report.console);
+      assert.equal(report.values.get("guest-cid"), "42");
+      assert.deepEqual(peer.got(), patternA(A_BYTES));
+      assert.equal(report.values.get("a-received"), String(A_BYTES));
+      assert.equal(hostSide.okLine, `OK ${report.values.get("b-host-port")}`);
+      assert.deepEqual(hostSide.received, sent);
+      assert.equal(existsSync(udsPath), false, "the CLI removed its socket when the VM ended");
+    } finally {
+      peer.server.close();
+    }
+  });
+}
 
 const tapName = `wvc${process.pid % 100000}`;
-const subnet = 10 * 2 ** 24 + 214 * 2 ** 16 + (process.pid % 250) * 2 ** 8;
+const subnet = tapSubnet(214);
 function tapSkip(): string | false {
   if (!existsSync("/dev/net/tun")) return "/dev/net/tun does not exist on this host: no TAP test";
   if (spawnSync("ip", ["-V"]).status !== 0) return "iproute2's `ip` is not installed";
@@ -254,30 +257,31 @@ function tapSkip(): string | false {
   return false;
 }
 
-test("--net tap=NAME,mac=MAC: the guest's ARP request reaches the host kernel through the TAP, which answers it at the given MAC", { skip: tapSkip(), timeout: 120_000 }, async () => {
-  const mac = "52:54:00:ab:cd:ef";
-  const hostIp = subnet + 1;
-  const guestIp = subnet + 2;
-  const dotted = (ip: number) => [24, 16, 8, 0].map((s) => Math.floor(ip / 2 ** s) % 256).join(".");
-  // A persistent TAP, addressed and up before the guest asks; the CLI attaches to it by name.
-  execFileSync("ip", ["tuntap", "add", "mode", "tap", "name", tapName]);
-  try {
-    execFileSync("ip", ["addr", "add", `${dotted(hostIp)}/24`, "dev", tapName]);
-    execFileSync("ip", ["link", "set", tapName, "up"]);
-    const tapMac = readFileSync(`/sys/class/net/${tapName}/address`, "latin1").trim();
-    const run = await runCli([
-      "--kernel", buildMultibootGuest("virtio-net-check", { ROLE: 4, HOST_IP: hostIp, GUEST_IP: guestIp }), "--net", `tap=${tapName},mac=${mac}`,
-    ]);
-    const report = guestReport(run);
-    assert.equal(report.status, 0, report.console);
-    assert.equal(report.values.get("arp-reply-mac"), tapMac);
-    assert.equal(report.values.get("arp-reply-ip"), String(hostIp));
-    assert.equal(report.values.get("mac"), mac, "the NIC has the MAC given");
-    assert.equal(report.values.get("arp-reply-to-us"), "1", "the host kernel answered that MAC");
-  } finally {
-    spawnSync("ip", ["tuntap", "del", "mode", "tap", "name", tapName]);
-  }
-});
+for (const placement of ["", ",worker"]) {
+  test(`--net tap=NAME,mac=MAC${placement}: the guest's ARP request reaches the host kernel through the TAP, which answers it at the given MAC`, { skip: tapSkip(), timeout: 120_000 }, async () => {
+    const mac = "52:54:00:ab:cd:ef";
+    const hostIp = subnet + 1;
+    const guestIp = subnet + 2;
+    // A persistent TAP, addressed and up before the guest asks; the CLI attaches to it by name.
+    execFileSync("ip", ["tuntap", "add", "mode", "tap", "name", tapName]);
+    try {
+      execFileSync("ip", ["addr", "add", `${dotted(hostIp)}/24`, "dev", tapName]);
+      execFileSync("ip", ["link", "set", tapName, "up"]);
+      const tapMac = readFileSync(`/sys/class/net/${tapName}/address`, "latin1").trim();
+      const run = await runCli([
+        "--kernel", buildMultibootGuest("virtio-net-check", { ROLE: 4, HOST_IP: hostIp, GUEST_IP: guestIp }), "--net", `tap=${tapName},mac=${mac}${placement}`,
+      ]);
+      const report = guestReport(run);
+      assert.equal(report.status, 0, report.console);
+      assert.equal(report.values.get("arp-reply-mac"), tapMac);
+      assert.equal(report.values.get("arp-reply-ip"), String(hostIp));
+      assert.equal(report.values.get("mac"), mac, "the NIC has the MAC given");
+      assert.equal(report.values.get("arp-reply-to-us"), "1", "the host kernel answered that MAC");
+    } finally {
+      spawnSync("ip", ["tuntap", "del", "mode", "tap", "name", tapName]);
+    }
+  });
+}
 
 test("--net tap=NAME that cannot be had: held by another process, or not permitted to this user, is refused naming the flag and the cause", { skip: tapSkip(), timeout: 60_000 }, async (t) => {
   const held = new TapBackend(`${tapName}h`);
