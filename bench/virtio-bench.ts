@@ -27,7 +27,7 @@ import { destroyDeviceWorkerPool } from "../runtime/device-worker-pool.js";
 import { buildMultibootGuest } from "../test/helpers/flat-guest.js";
 import { type Column, fitNumber, tableLine, tableWidth, wrapText } from "./fixed-width.js";
 import { median, ratioSpread } from "./paired-ratios.js";
-import { threadCpuNs } from "../runtime/thread-cpu.js";
+import { consoleStopwatch } from "./console-stopwatch.js";
 import { netBenchSection } from "./virtio-net-bench.js";
 
 const USAGE = `usage: workervisor bench virtio [--runs N] [--quick] [--no-qemu] [--cpl 3|0|both]
@@ -85,47 +85,8 @@ export interface Measurement {
   deviceCpuMicrosPerRequest?: number;
 }
 
-/**
- * Timestamps the "go" line and the end line in a stream of console bytes. Our console is
- * fed on the main thread, so `mainCpuNs` is the main thread's CPU time between the lines:
- * what the requests cost it, without the VM's setup and teardown.
- */
-function lineClock() {
-  let line = "";
-  let go: number | undefined;
-  let end: number | undefined;
-  let cpuAtGo = 0;
-  let mainCpuNs = 0;
-  const lines: string[] = [];
-  return {
-    push(byte: number) {
-      if (byte !== 10) {
-        line += String.fromCharCode(byte);
-        return;
-      }
-      const now = performance.now();
-      if (line === "go") {
-        go = now;
-        cpuAtGo = threadCpuNs();
-      } else if (go !== undefined && end === undefined && /^(reads|entropy-bytes)=/.test(line)) {
-        end = now;
-        mainCpuNs = threadCpuNs() - cpuAtGo;
-      }
-      lines.push(line);
-      line = "";
-    },
-    get mainCpuNs(): number {
-      return mainCpuNs;
-    },
-    seconds(what: string): number {
-      if (go === undefined || end === undefined) throw new Error(`${what}: the guest did not report (console: ${lines.join(" | ")})`);
-      return (end - go) / 1000;
-    },
-  };
-}
-
 async function runOurs(workload: Workload, placement: "main-thread" | "worker", kernel: Uint8Array, image: string): Promise<Measurement> {
-  const clock = lineClock();
+  const clock = consoleStopwatch(/^(reads|entropy-bytes)=/);
   let device: VirtioDevice | VirtioOnWorker;
   if (placement === "worker") {
     device = workload.device === "blk" ? virtioOnWorker("./virtio-blk.js", "VirtioBlk", { path: image }) : virtioOnWorker("./virtio-rng.js", "VirtioRng");
@@ -156,7 +117,7 @@ async function runOurs(workload: Workload, placement: "main-thread" | "worker", 
 }
 
 function runQemu(workload: Workload, kernelPath: string, image: string): Promise<Measurement> {
-  const clock = lineClock();
+  const clock = consoleStopwatch(/^(reads|entropy-bytes)=/);
   const device = workload.device === "blk"
     ? ["-drive", `file=${image},format=raw,if=none,id=disk0`, "-device", "virtio-blk-device,drive=disk0"]
     : ["-device", "virtio-rng-device"];

@@ -19,7 +19,7 @@ import { buildMultibootGuest } from "../test/helpers/flat-guest.js";
 import { qemuArgs } from "../test/helpers/guest-report.js";
 import { type Column, fitNumber, tableLine, tableWidth, wrapText } from "./fixed-width.js";
 import { median, ratioSpread } from "./paired-ratios.js";
-import { threadCpuNs } from "../runtime/thread-cpu.js";
+import { consoleStopwatch } from "./console-stopwatch.js";
 import type { GuestCpl } from "./virtio-bench.js";
 
 const GUEST_MEMORY_MIB = 64;
@@ -67,37 +67,16 @@ function kernelFor(workload: NetWorkload, role: number): string {
   return buildMultibootGuest("virtio-net-check", { ROLE: role, COUNT: workload.frames, SIZE: workload.size, DEPTH, VQ_SIZE, RX_BUFS: DEPTH }, { cpl: workload.cpl ?? 0 });
 }
 
-/** The receiver's console: when "go" and "received=<n>" came, and the main thread's CPU in between. */
+/** The receiver's console: "go", then "received=<n>". */
 function receiverClock() {
-  let line = "";
-  let go: number | undefined;
-  let end: number | undefined;
-  let cpuAtGo = 0;
-  let mainCpuNs = 0;
-  let received = 0;
-  const lines: string[] = [];
+  const stopwatch = consoleStopwatch(/^received=/);
   return {
-    push(byte: number) {
-      if (byte !== 10) {
-        line += String.fromCharCode(byte);
-        return;
-      }
-      const now = performance.now();
-      if (line === "go" && go === undefined) {
-        go = now;
-        cpuAtGo = threadCpuNs();
-      } else if (go !== undefined && end === undefined && line.startsWith("received=")) {
-        end = now;
-        mainCpuNs = threadCpuNs() - cpuAtGo;
-        received = Number(line.slice("received=".length));
-      }
-      lines.push(line);
-      line = "";
-    },
+    push: stopwatch.push,
     result(what: string): NetMeasurement {
-      if (go === undefined || end === undefined || !(received > 0)) throw new Error(`${what}: the receiver did not report (console: ${lines.join(" | ")})`);
-      const seconds = (end - go) / 1000;
-      return { seconds, received, rate: received / seconds, mainCpuMicrosPerFrame: mainCpuNs / 1000 / received };
+      const seconds = stopwatch.seconds(what);
+      const received = Number(stopwatch.endLine!.slice("received=".length));
+      if (!(received > 0)) throw new Error(`${what}: the receiver reported ${stopwatch.endLine}`);
+      return { seconds, received, rate: received / seconds, mainCpuMicrosPerFrame: stopwatch.mainCpuNs / 1000 / received };
     },
   };
 }
