@@ -17,7 +17,7 @@ import { destroyVcpuPool, warmVcpuPool } from "../runtime/vcpu-pool.js";
 import { VirtioVsock, type VirtioVsockStats } from "../runtime/devices/virtio/virtio-vsock.js";
 import { VirtioWorkerTransport } from "../runtime/devices/virtio/worker-placement.js";
 import { DeviceWorkerError } from "../runtime/errors.js";
-import { virtioOnWorker } from "../runtime/pc-machine.js";
+import { type VirtioOnWorker, virtioOnWorker } from "../runtime/pc-machine.js";
 import { destroyDeviceWorkerPool, warmDeviceWorkerPool } from "../runtime/device-worker-pool.js";
 import { openFiles } from "./helpers/virtio-guest.js";
 import { UnixSocketVsockHost, VsockHostError } from "../runtime/devices/virtio/vsock-host.js";
@@ -71,30 +71,39 @@ for (const placement of ["main-thread", "worker"] as const) {
   });
 }
 
-test("a VM stopped with a vsock connection open on a device worker: the worker exits, closes the host's end and the listening socket, and every fd", { timeout: 120_000 }, async () => {
-  await warmDeviceWorkerPool();
-  await warmVcpuPool();
-  const before = openFiles();
-  const udsPath = join(dir, "wstop.sock");
+/**
+ * Runs the vsock guest against a host server that takes its bytes and never answers (the
+ * guest waits in part A), stops the VM there, and says whether the host's end was closed.
+ */
+async function stopInPartA(udsPath: string, device: VirtioVsock | VirtioOnWorker, whileConnected?: () => void) {
   let bytes = 0;
   let closed = false;
   const server = createServer((socket) => {
     socket.on("data", (chunk: Buffer) => { bytes += chunk.length; });
     socket.on("close", () => { closed = true; });
   }).listen(`${udsPath}_5000`);
-  const guest = guestMachine("virtio-vsock-check", { GUEST_BUF_ALLOC: 1024 }, { virtio: [virtioOnWorker("./virtio-vsock.js", "VirtioVsock", { guestCid: 8, udsPath })] });
-  const transport = guest.machine.virtio[0] as VirtioWorkerTransport;
+  const guest = guestMachine("virtio-vsock-check", { GUEST_BUF_ALLOC: 1024 }, { virtio: [device] });
   const running = guest.machine.run();
   try {
     while (bytes < A_BYTES) await new Promise((resolve) => setTimeout(resolve, 10));
+    whileConnected?.();
     assert.deepEqual(await guest.machine.stop(), { reason: "stopped" });
     assert.deepEqual(await running, { reason: "stopped" });
     for (let i = 0; i < 100 && !closed; i++) await new Promise((resolve) => setTimeout(resolve, 10));
   } finally {
     server.close();
   }
+  return { closed, machine: guest.machine };
+}
+
+test("a VM stopped with a vsock connection open on a device worker: the worker exits, closes the host's end and the listening socket, and every fd", { timeout: 120_000 }, async () => {
+  await warmDeviceWorkerPool();
+  await warmVcpuPool();
+  const before = openFiles();
+  const udsPath = join(dir, "wstop.sock");
+  const { closed, machine } = await stopInPartA(udsPath, virtioOnWorker("./virtio-vsock.js", "VirtioVsock", { guestCid: 8, udsPath }));
   assert.equal(closed, true, "the host's end of the connection was closed");
-  assert.equal(transport.exitedThread, true);
+  assert.equal((machine.virtio[0] as VirtioWorkerTransport).exitedThread, true);
   assert.equal(existsSync(udsPath), false, "the listening socket is gone");
   // libuv keeps one fd on /dev/null per event loop from its first stream on (its EMFILE
   // reserve): a pool thread that never had a socket before keeps it for its life, not per VM.
@@ -135,24 +144,7 @@ test("a VM stopped with a vsock connection open ends, closes the host's end of i
   const udsPath = join(dir, "stop.sock");
   const host = new UnixSocketVsockHost(udsPath);
   const vsock = new VirtioVsock({ guestCid: 7, host });
-  let bytes = 0;
-  let closed = false;
-  // A server that takes the guest's bytes and never answers: the guest waits in part A.
-  const server = createServer((socket) => {
-    socket.on("data", (chunk: Buffer) => { bytes += chunk.length; });
-    socket.on("close", () => { closed = true; });
-  }).listen(`${udsPath}_5000`);
-  const guest = guestMachine("virtio-vsock-check", { GUEST_BUF_ALLOC: 1024 }, { virtio: [vsock] });
-  const running = guest.machine.run();
-  try {
-    while (bytes < A_BYTES) await new Promise((resolve) => setTimeout(resolve, 10));
-    assert.equal(vsock.connectionCount, 1);
-    assert.deepEqual(await guest.machine.stop(), { reason: "stopped" });
-    assert.deepEqual(await running, { reason: "stopped" });
-    for (let i = 0; i < 100 && !closed; i++) await new Promise((resolve) => setTimeout(resolve, 10));
-  } finally {
-    server.close();
-  }
+  const { closed } = await stopInPartA(udsPath, vsock, () => assert.equal(vsock.connectionCount, 1));
   assert.equal(closed, true, "the host's end of the connection was closed");
   assert.equal(vsock.connectionCount, 0);
   assert.equal(existsSync(udsPath), false, "the listening socket is gone");
