@@ -11,6 +11,7 @@ import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:net";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { destroyVcpuPool, warmVcpuPool } from "../runtime/vcpu-pool.js";
@@ -148,4 +149,31 @@ test("a VM stopped with a vsock connection open ends, closes the host's end of i
   assert.equal(closed, true, "the host's end of the connection was closed");
   assert.equal(vsock.connectionCount, 0);
   assert.equal(existsSync(udsPath), false, "the listening socket is gone");
+});
+
+test("vsock devices on device workers leave libuv's pool (4 threads, the whole process's) to the rest of the process: file reads still complete", { timeout: 120_000 }, async () => {
+  // Each such device waits for its eventfds on a pool thread; as many devices as pool
+  // threads, each holding one for the VM's life, would leave none for fs.promises.
+  // Servers that take the guests' bytes and never answer: each guest waits in part A.
+  const servers = [0, 1, 2, 3].map((i) => createServer(() => {}).listen(`${join(dir, `pool${i}.sock`)}_5000`));
+  const guests = [0, 1, 2, 3].map((i) => {
+    const udsPath = join(dir, `pool${i}.sock`);
+    return guestMachine("virtio-vsock-check", { GUEST_BUF_ALLOC: 1024 }, { virtio: [virtioOnWorker("./virtio-vsock.js", "VirtioVsock", { guestCid: 10 + i, udsPath })] });
+  });
+  const runs = guests.map((guest) => guest.machine.run());
+  try {
+    await Promise.all(guests.map((guest) => (guest.machine.virtio[0] as VirtioWorkerTransport).ready));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    let timer: NodeJS.Timeout | undefined;
+    const read = await Promise.race([
+      readFile(new URL(import.meta.url)).then(() => "read"),
+      new Promise((resolve) => { timer = setTimeout(() => resolve("no pool thread came free in 20 s"), 20_000); }),
+    ]);
+    clearTimeout(timer);
+    assert.equal(read, "read");
+  } finally {
+    for (const guest of guests) await guest.machine.stop();
+    for (const server of servers) server.close();
+    for (const [i, run] of runs.entries()) assert.deepEqual(await run, { reason: "stopped" }, guests[i].output());
+  }
 });

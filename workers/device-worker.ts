@@ -24,6 +24,14 @@ import { GuestMemory } from "../memory/guest-memory.js";
 import { threadCpuNs } from "../runtime/thread-cpu.js";
 import type { DeviceWorkerMessage, DeviceWorkerStart, DeviceWorkerTask } from "./device-worker-task.js";
 
+/**
+ * The longest wait a device on the event loop makes on a pool thread. libuv's pool is the
+ * process's (4 threads by default, shared with file system, DNS and zlib work): a wait for
+ * as long as the VM runs would take a thread from it for good, and a few such devices all
+ * of it. Ending the wait this often and queueing it again lets other work in between.
+ */
+const POOL_WAIT_MS = 20;
+
 
 /** Host-side fds a device has its worker's poll(2) watch (a TAP, a ring's bell eventfd). */
 class WatchedFds {
@@ -149,8 +157,10 @@ async function serveDevice(task: DeviceWorkerTask, port: MessagePort, post: (mes
           poller.wait(later.length > 0 ? 0 : -1);
         } else {
           waitingAsync = true;
-          await poller.waitAsync(later.length > 0 ? 0 : -1);
+          const ready = await poller.waitAsync(later.length > 0 ? 0 : POOL_WAIT_MS);
           waitingAsync = false;
+          // A wait that ran out with nothing ready only gives the pool thread back.
+          if (ready === 0 && later.length === 0) continue;
           poller.take(loopWakeIndex);
         }
         registers.count(StatWord.workerWakes);
