@@ -43,6 +43,8 @@ length
 
 runtime tuning (reported with every figure)
   --spin-min N, --spin-max N   exit-channel spin bounds, iterations
+  --spin-yields N              core yields before a worker parks (default: 0, or 200 when
+                               the waiting threads outnumber the cores)
   --dispatcher-spin-us N       main-thread poll time after the last exit
   --ring N                     posted-ring records per vCPU (power of two)
 
@@ -137,6 +139,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
         "start-samples": { type: "string" },
         "spin-min": { type: "string" },
         "spin-max": { type: "string" },
+        "spin-yields": { type: "string" },
         "dispatcher-spin-us": { type: "string" },
         ring: { type: "string" },
         json: { type: "string" },
@@ -165,6 +168,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions {
     minSpins: integer(values["spin-min"], "spin-min", 0) ?? DEFAULT_SPIN.minSpins,
     maxSpins: integer(values["spin-max"], "spin-max", 0) ?? DEFAULT_SPIN.maxSpins,
     shortParkMicros: DEFAULT_SPIN.shortParkMicros,
+    yields: integer(values["spin-yields"], "spin-yields", 0, 1_000_000) ?? DEFAULT_SPIN.yields,
   };
   if (spin.minSpins > spin.maxSpins) throw new BenchUsageError(`--spin-min (${spin.minSpins}) is above --spin-max (${spin.maxSpins})`);
   const ring = integer(values.ring, "ring", 1, 1 << 20) ?? 1024;

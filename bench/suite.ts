@@ -48,6 +48,7 @@ export async function runSuite(options: BenchOptions, progress: Progress): Promi
     worker_min_spins: options.spin.minSpins,
     worker_max_spins: options.spin.maxSpins,
     worker_short_park_us: options.spin.shortParkMicros,
+    worker_yields: options.spin.yields,
     dispatcher_spin_us: options.dispatcher.spinMicros,
     dispatcher_yield_after_ms: options.dispatcher.yieldAfterMs,
     ring_capacity: options.ringCapacity,

@@ -3,6 +3,7 @@
  * the figures are: every number goes through fitNumber into a fixed-width cell, and prose
  * (machine, method, errors, target details) wraps.
  */
+import { OVERSUBSCRIBED_YIELDS } from "../memory/waiter.js";
 import { formatVmexitTable } from "./vmexit-kernel.js";
 import type { BenchReport, FigureResult, IdleResult, RatioSpread, StartResult, TargetResult } from "./json-report.js";
 import { figureName } from "./targets.js";
@@ -202,7 +203,10 @@ export function formatTable(report: BenchReport): string {
     `spin budget in force: vCPU workers spin ${s.worker_min_spins}..${s.worker_max_spins} iterations before parking ` +
       `(doubled after a park under ${s.worker_short_park_us} us, halved after a longer one); the dispatcher polls ` +
       `up to ${s.dispatcher_spin_us} us (adaptive) after the last sync exit, yields every ${s.dispatcher_yield_after_ms} ms, and ` +
-      `parked is woken by a sync exit or a ring turning non-empty; posted ring ${s.ring_capacity} records per vCPU.`,
+      `parked is woken by a sync exit or a ring turning non-empty; posted ring ${s.ring_capacity} records per vCPU. ` +
+      `When the vCPUs and the dispatcher outnumber the cores, workers spin ${s.worker_min_spins} and then yield the core ` +
+      `up to ${s.worker_yields || OVERSUBSCRIBED_YIELDS} times before parking, and the dispatcher polls up to 20 us, yields ` +
+      `its core after an empty drain and parks the main thread itself until its slice ends.`,
   );
   paragraph(
     `method: per-exit latency in us from calibrated batch means (K exits between two markers timestamped on the vCPU ` +

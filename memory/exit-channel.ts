@@ -75,6 +75,8 @@ export const Stat = {
   DOORBELLS: 7,
   /** CPL0 instructions (INT3, FWAIT) the worker completed for a host that cannot (PVM). */
   KERNEL_INSTRUCTIONS_COMPLETED: 8,
+  /** Times a waiting worker yielded its core (oversubscribed hosts), and yields that lost a slice. */
+  WORKER_YIELDS: 9, WORKER_SLICES_LOST: 10,
 } as const;
 
 /** Doorbell slots: a sequence bumped on every wake-up, and the main thread's parked flag. */
@@ -141,6 +143,8 @@ export class ExitChannel {
   private recordSpin(): void {
     this.stats[Stat.WORKER_PARKS] = this.spinner.parks;
     this.stats[Stat.WORKER_SPIN_BUDGET] = this.spinner.budget;
+    this.stats[Stat.WORKER_YIELDS] = this.spinner.yielder.yields;
+    this.stats[Stat.WORKER_SLICES_LOST] = this.spinner.yielder.slicesLost;
   }
 
   private ringDoorbell(): void {

@@ -11,6 +11,7 @@ import { ExitKind, exitKindName } from "./hypervisor/hypervisor.js";
 import { Answer, type ChannelRecord, Doorbell, type ExitChannel } from "../memory/exit-channel.js";
 import { type Bus, BusAccessor } from "./bus.js";
 import type { AccessSize } from "./devices/device.js";
+import { CoreYielder } from "../memory/thread-yield.js";
 
 export interface DispatcherStats {
   /** Exits handled on the main thread (posted and sync). */
@@ -26,6 +27,9 @@ export interface DispatcherStats {
   spinWindowMicros: number;
   /** Writes the hypervisor queued (coalesced) and this dispatcher delivered. */
   coalesced: number;
+  /** Times the polling loop yielded the core (oversubscribed hosts), and yields that lost a slice. */
+  yields: number;
+  slicesLost: number;
 }
 
 export interface DispatcherOptions {
@@ -45,6 +49,13 @@ export interface DispatcherOptions {
    */
   spinners?: number;
   cores?: number;
+  /**
+   * Park the main thread itself (Atomics.wait) between requests within a slice, rather than
+   * polling: default on when the spinners outnumber the cores.
+   */
+  blockingParks?: boolean;
+  /** Yield the core after an empty drain (see thread-yield.ts): default on when oversubscribed. */
+  yieldCore?: boolean;
 }
 
 export const DEFAULT_DISPATCHER_OPTIONS: DispatcherOptions = { spinMicros: 200, yieldAfterMs: 1, postedBatchMs: 1 };
@@ -126,7 +137,7 @@ function isReadKind(kind: number): boolean {
 
 export class Dispatcher {
   readonly stats: DispatcherStats = {
-    handled: 0, posted: 0, sync: 0, unclaimedReads: 0, unclaimedWrites: 0, parks: 0, spinWindowMicros: 0, coalesced: 0,
+    handled: 0, posted: 0, sync: 0, unclaimedReads: 0, unclaimedWrites: 0, parks: 0, spinWindowMicros: 0, coalesced: 0, yields: 0, slicesLost: 0,
   };
   private running = false;
   private loop: Promise<void> | undefined;
@@ -136,6 +147,15 @@ export class Dispatcher {
   private readonly mmio: BusAccessor;
   private readonly msr: BusAccessor;
   private readonly maxSpinMicros: number;
+  /** Whether the dispatcher parks the main thread itself between requests (see serveSlice). */
+  private readonly blockingParks: boolean;
+  /**
+   * Oversubscribed only: an empty drain yields the core, so a vCPU thread that shares it
+   * runs without waiting for this one's slice to end; off for the rest of a slice once a
+   * yield lost one, and for a number of slices after (the yielder's "waits").
+   */
+  private readonly yielder: CoreYielder | undefined;
+  private yieldInSlice = false;
   private spinWindow: number;
   /**
    * When the last sync request was answered (performance.now()), as of the first look at
@@ -164,6 +184,8 @@ export class Dispatcher {
     const oversubscribed = (options.spinners ?? 1) > (options.cores ?? Infinity);
     this.maxSpinMicros = oversubscribed ? Math.min(options.spinMicros, 20) : options.spinMicros;
     this.spinWindow = this.maxSpinMicros;
+    this.blockingParks = options.blockingParks ?? oversubscribed;
+    this.yielder = (options.yieldCore ?? oversubscribed) ? new CoreYielder() : undefined;
     this.stats.spinWindowMicros = this.spinWindow;
   }
 
@@ -224,13 +246,13 @@ export class Dispatcher {
   }
 
   /**
-   * Polls while vCPUs are likely to ask again soon (a parked dispatcher costs each request a
-   * wake-up), parks otherwise.
+   * Serves the VM in slices of the main thread (`yieldAfterMs`), yielding to the event loop
+   * between them; parks asynchronously once the VM has gone idle for the rest of a slice.
    */
   private async run(): Promise<void> {
     const doorbell = this.doorbell;
     while (this.running) {
-      if (!this.pollUntilIdle()) {
+      if (!this.serveSlice()) {
         await yieldToEventLoop();
         continue;
       }
@@ -257,39 +279,81 @@ export class Dispatcher {
   }
 
   /**
-   * Drains and polls until the event loop is due a turn (false) or no sync request came for
-   * the polling window (true: park; `parkSequence` is the doorbell before the last drain).
+   * One slice: polls while sync requests come (a parked dispatcher costs each request a
+   * wake-up); when they stop for the polling window, parks the thread itself on the
+   * doorbell (Atomics.wait) for what is left of the slice. A blocking park is a futex wake
+   * away from the next request; an asynchronous one is an event-loop turn away (tens to
+   * hundreds of µs), and the slice holds the event loop off for no longer than polling
+   * through it would. Returns false when the event loop is due its turn, true when the VM
+   * stayed idle to the end of the slice (`parkSequence` is then the doorbell before the
+   * last drain).
+   */
+  private serveSlice(): boolean {
+    const doorbell = this.doorbell;
+    const clock = this.clock;
+    clock.restart();
+    const sliceEnd = clock.now + this.options.yieldAfterMs;
+    this.yieldInSlice = this.yielder !== undefined && this.yielder.mayYield();
+    for (;;) {
+      if (!this.pollUntilIdle(sliceEnd)) return false;
+      if (!this.blockingParks) return true;
+      const leftMs = sliceEnd - performance.now();
+      if (leftMs <= 0) return false;
+      const sequence = this.parkSequence;
+      let woken = true;
+      Atomics.store(doorbell, Doorbell.MAIN_PARKED, 1);
+      if (Atomics.load(doorbell, Doorbell.SEQUENCE) === sequence && this.running && !this.anyWork()) {
+        const parkedAt = performance.now();
+        woken = Atomics.wait(doorbell, Doorbell.SEQUENCE, sequence, leftMs) !== "timed-out";
+        if (woken) this.stats.parks++;
+        this.adaptWindow((performance.now() - parkedAt) * 1000);
+      }
+      Atomics.store(doorbell, Doorbell.MAIN_PARKED, 0);
+      if (!woken) return true;
+      clock.restart();
+    }
+  }
+
+  /**
+   * Drains and polls until `sliceEnd` (false) or until no sync request came for the polling
+   * window (true: park; `parkSequence` is the doorbell before the last drain).
    * A plain function, not part of the async loop (an async function keeps its locals in a
    * heap frame), and sparing with the clock (see PollClock): each `performance.now()`
    * returns a boxed double. Polling used to allocate about 250 MB/s that way, a scavenge
    * every 13 ms, each one a stall of the exits waiting on this thread.
    */
-  private pollUntilIdle(): boolean {
+  private pollUntilIdle(sliceEnd: number): boolean {
     const doorbell = this.doorbell;
     const clock = this.clock;
-    clock.restart();
-    const yieldAt = clock.now + this.options.yieldAfterMs;
     let requestSinceLook = false;
     while (this.running) {
       const sequence = Atomics.load(doorbell, Doorbell.SEQUENCE);
       const requests = this.drainAll();
       if (requests > 0) requestSinceLook = true;
+      else if (this.yieldInSlice) this.yieldCore();
       if (!clock.tick(requests > 0)) continue;
       const now = clock.now;
       if (requestSinceLook) {
         this.lastRequest = now;
         requestSinceLook = false;
       }
-      if (now >= yieldAt) return false;
+      if (now >= sliceEnd) return false;
       const windowLeftMicros = this.spinWindow - (now - this.lastRequest) * 1000;
       if (windowLeftMicros > 0) {
-        clock.lookIn(Math.min(windowLeftMicros, this.spinWindow / 4, (yieldAt - now) * 1000));
+        clock.lookIn(Math.min(windowLeftMicros, this.spinWindow / 4, (sliceEnd - now) * 1000));
         continue;
       }
       this.parkSequence = sequence;
       return true;
     }
     return false;
+  }
+
+  private yieldCore(): void {
+    const yielder = this.yielder!;
+    if (!yielder.yieldOnce()) this.yieldInSlice = false;
+    this.stats.yields = yielder.yields;
+    this.stats.slicesLost = yielder.slicesLost;
   }
 
   private adaptWindow(parkMicros: number): void {

@@ -86,6 +86,15 @@ export interface VmStats {
   workerParks: number;
   /** Each worker's adaptive spin budget (iterations) when last published. */
   workerSpinBudgets: number[];
+  /**
+   * Times waiting threads yielded their core instead of spinning or parking (only when the
+   * vCPUs and the dispatcher outnumber the cores, or `spin.yields` asks for it), and yields
+   * that lost a time slice to a thread that kept the core.
+   */
+  workerYields: number;
+  workerSlicesLost: number;
+  dispatcherYields: number;
+  dispatcherSlicesLost: number;
   /** CPL0 INT3s and FWAITs completed by the host fallback (PVM only; see `completeUnemulatedKernelInstructions()`). */
   kernelInstructionsCompleted: number;
 }
@@ -683,6 +692,10 @@ export class Vm extends EventEmitter {
       dispatcherSpinMicros: d.spinWindowMicros,
       workerParks: sum(Stat.WORKER_PARKS),
       workerSpinBudgets: this.channels.map((c) => c.stats[Stat.WORKER_SPIN_BUDGET]),
+      workerYields: sum(Stat.WORKER_YIELDS),
+      workerSlicesLost: sum(Stat.WORKER_SLICES_LOST),
+      dispatcherYields: d.yields,
+      dispatcherSlicesLost: d.slicesLost,
       kernelInstructionsCompleted: sum(Stat.KERNEL_INSTRUCTIONS_COMPLETED),
     };
   }

@@ -204,7 +204,7 @@ function extremeReport(): { report: BenchReport; figures: FigureResult[] } {
     settings: {
       quick: true, repeats: 1, warmup_batches: 2, calibration_rounds: 16, measured_batches: 24,
       spin: {
-        worker_min_spins: 64, worker_max_spins: 1e12, worker_short_park_us: 200, dispatcher_spin_us: 50,
+        worker_min_spins: 64, worker_max_spins: 1e12, worker_short_park_us: 200, worker_yields: 1e9, dispatcher_spin_us: 50,
         dispatcher_yield_after_ms: 1, ring_capacity: 1 << 20,
       },
     },

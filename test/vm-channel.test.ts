@@ -5,6 +5,7 @@
  */
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
+import { availableParallelism } from "node:os";
 import { type AccessSize, CounterDevice, type Device, destroyVcpuPool, type HighWord, Vm } from "../runtime/index.js";
 import { countingProgram } from "../runtime/guests/programs.js";
 import { ascii, imm32 } from "../runtime/guests/guest-bytes.js";
@@ -97,6 +98,44 @@ function printBytewise(text: number): number[] {
     0xf4,                                     // 2: hlt
   ];
 }
+
+test("four vCPUs' synchronous writes through one device: all in each one's order; past the host's cores, waiters yield", { timeout: 120_000 }, async () => {
+  const vcpus = 4;
+  const alphabets = ["abcdefghij", "klmnopqrst", "uvwxyzABCD", "EFGHIJKLMN"];
+  const texts = alphabets.map((alphabet, i) => scrambled(alphabet, 1500, i + 1));
+  const collector = new Collector();
+  const vm = Vm.create({ memory: 2 * MiB, vcpus });
+  // The four vCPUs and the dispatcher wait on one another: more of them than cores (2 on CI).
+  const oversubscribed = vcpus + 1 > availableParallelism();
+  try {
+    vm.addDevice({ space: "pio", base: 0x3f8, length: 1, device: collector, sync: true });
+    texts.forEach((text, i) => {
+      vm.memory.write(0x20000 + i * 0x1000, [...ascii(text), 0]);
+      vm.loadProgram({ code: printBytewise(0x20000 + i * 0x1000), entry: 0x10000 + i * 0x1000, mode: "long64" }, i);
+    });
+    assert.deepEqual(await vm.run(), { reason: "halted" });
+
+    const received = Buffer.from(collector.bytes).toString("latin1");
+    assert.equal(received.length, texts.reduce((sum, t) => sum + t.length, 0));
+    alphabets.forEach((alphabet, i) => {
+      const own = new RegExp(`[^${alphabet}]`, "g");
+      assert.equal(received.replace(own, ""), texts[i], `vCPU ${i}'s bytes in its order`);
+    });
+    const stats = vm.stats;
+    assert.equal(stats.sync, received.length);
+    assert.equal(stats.posted, 0);
+    if (oversubscribed) {
+      assert.ok(vm.spinPolicy.yields > 0, "an oversubscribed VM's workers yield before they park");
+      assert.ok(stats.workerYields > 0, `workers waiting for answers yielded their cores (${stats.workerYields} yields)`);
+      assert.ok(stats.dispatcherYields > 0, `the dispatcher yielded its core between requests (${stats.dispatcherYields})`);
+    } else {
+      assert.equal(vm.spinPolicy.yields, 0, "a VM with a core per waiting thread spins and parks, never yields");
+      assert.equal(stats.workerYields + stats.dispatcherYields, 0);
+    }
+  } finally {
+    await vm.stop();
+  }
+});
 
 /** `length` letters from `alphabet` in a fixed pseudo-random order, so any reordering shows. */
 function scrambled(alphabet: string, length: number, seed: number): string {
