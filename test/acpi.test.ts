@@ -4,6 +4,7 @@ import { GuestMemory } from "../memory/guest-memory.js";
 import {
   AcpiPmTimer,
   AcpiTableError,
+  type MonotonicClock,
   PM_TIMER_FREQUENCY_HZ,
   writeAcpiTables,
 } from "../runtime/devices/acpi.js";
@@ -226,24 +227,35 @@ test("the RSDP must be RAM-backed", () => {
   assert.throws(() => writeAcpiTables(memory, { cpus: 1, tablesAddress: TABLES }), AcpiTableError);
 });
 
+/** A clock the test sets: `ns` nanoseconds. */
+class SetClock implements MonotonicClock {
+  seconds = 0;
+  nanoseconds = 0;
+  constructor(public ns = 0n) {}
+  sample(): void {
+    this.seconds = Number(this.ns / 1_000_000_000n);
+    this.nanoseconds = Number(this.ns % 1_000_000_000n);
+  }
+}
+
 test("PM timer: 3.579545 MHz from a monotonic clock, starting at 0", () => {
-  let ns = 5_000_000_000n;
-  const timer = new AcpiPmTimer(() => ns);
+  const clock = new SetClock(5_000_000_000n);
+  const timer = new AcpiPmTimer(clock);
   assert.equal(PM_TIMER_FREQUENCY_HZ, 3_579_545);
   assert.equal(timer.read(0, 4), 0);
-  ns += 1000n; // 1 µs = 3.58 ticks
+  clock.ns += 1000n; // 1 µs = 3.58 ticks
   assert.equal(timer.read(0, 4), 3);
-  ns += 999_000n; // 1 ms in all
+  clock.ns += 999_000n; // 1 ms in all
   assert.equal(timer.read(0, 4), 3579);
-  ns = 5_000_000_000n + 1_000_000_000n; // 1 s
+  clock.ns = 5_000_000_000n + 1_000_000_000n; // 1 s
   assert.equal(timer.read(0, 4), 3_579_545); // 0x369E99
   assert.equal(timer.counter, 0x369e99);
 });
 
 test("PM timer: narrow reads see the bytes of the register", () => {
-  let ns = 0n;
-  const timer = new AcpiPmTimer(() => ns);
-  ns = 1_000_000_000n; // counter 0x369E99
+  const clock = new SetClock(0n);
+  const timer = new AcpiPmTimer(clock);
+  clock.ns = 1_000_000_000n; // counter 0x369E99
   assert.equal(timer.read(0, 1), 0x99);
   assert.equal(timer.read(0, 2), 0x9e99);
   assert.equal(timer.read(1, 1), 0x9e);
@@ -253,21 +265,46 @@ test("PM timer: narrow reads see the bytes of the register", () => {
 });
 
 test("PM timer: wraps at 24 bits", () => {
-  let ns = 0n;
-  const timer = new AcpiPmTimer(() => ns);
-  ns = 5_000_000_000n; // 17_897_725 ticks
+  const clock = new SetClock(0n);
+  const timer = new AcpiPmTimer(clock);
+  clock.ns = 5_000_000_000n; // 17_897_725 ticks
   assert.equal(timer.read(0, 4), 17_897_725 - 0x100_0000);
   // 2^24 ticks are reached at 16777216 / 3579545 s = 4_686_968_874.54 ns.
-  ns = 4_686_968_874n;
+  clock.ns = 4_686_968_874n;
   assert.equal(timer.read(0, 4), 0xff_ffff);
-  ns = 4_686_968_875n;
+  clock.ns = 4_686_968_875n;
   assert.equal(timer.read(0, 4), 0);
 });
 
+test("PM timer: exact at every elapsed time, as floor(ns * 3579545 / 10^9) mod 2^24 in integers", () => {
+  // Origins on and off a second boundary (the nanoseconds borrow), elapsed times from 0 to
+  // 200 days (beyond 2^53 ns), and the instants just before and at each tick of 1 s.
+  const origins = [0n, 999_999_999n, 123_456_789_012n];
+  const elapsed = [0n, 1n, 279n, 280n, 999_999_999n, 1_000_000_000n, 4_686_968_874n, 4_686_968_875n, 2n ** 53n + 12_345n, 17_280_000_000_000_000n];
+  let x = 0x2545_f491n;
+  for (let i = 0; i < 200; i++) {
+    x = (x * 6364136223846793005n + 1442695040888963407n) & (2n ** 64n - 1n);
+    elapsed.push(x % (200n * 86_400n * 1_000_000_000n));
+  }
+  for (let tick = 1n; tick < 3_579_545n; tick += 65_537n) {
+    const first = (tick * 1_000_000_000n + 3_579_544n) / 3_579_545n; // the first nanosecond of `tick`
+    elapsed.push(first - 1n, first);
+  }
+  for (const origin of origins) {
+    const clock = new SetClock(origin);
+    const timer = new AcpiPmTimer(clock);
+    for (const e of elapsed) {
+      clock.ns = origin + e;
+      const expected = Number(((e * 3_579_545n) / 1_000_000_000n) & 0xff_ffffn);
+      assert.equal(timer.counter, expected, `origin ${origin} ns, ${e} ns later`);
+    }
+  }
+});
+
 test("PM timer: writes are ignored", () => {
-  let ns = 0n;
-  const timer = new AcpiPmTimer(() => ns);
-  ns = 1_000_000_000n;
+  const clock = new SetClock(0n);
+  const timer = new AcpiPmTimer(clock);
+  clock.ns = 1_000_000_000n;
   timer.write(0, 4, 0);
   timer.write(0, 1, 0xff);
   assert.equal(timer.read(0, 4), 3_579_545);

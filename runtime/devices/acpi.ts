@@ -3,6 +3,9 @@ import type { AccessSize, Device } from "./device.js";
 import { amlBytes } from "./acpi-aml.js";
 import { type DsdtDescription, dsdtTerms } from "./acpi-dsdt.js";
 import { checksumByte, putAscii } from "./firmware-bytes.js";
+import { hostMonotonicClock, type MonotonicClock } from "../host-monotonic-clock.js";
+
+export type { MonotonicClock } from "../host-monotonic-clock.js";
 
 /*
  * ACPI 1.0 firmware tables and the ACPI power-management timer.
@@ -484,14 +487,8 @@ function writeInterruptOverride(view: DataView, at: number, source: number, gsi:
 
 /** The ACPI PM timer runs at the PC's 14.31818 MHz crystal divided by 4. */
 export const PM_TIMER_FREQUENCY_HZ = 3_579_545;
-const PM_TIMER_FREQUENCY = BigInt(PM_TIMER_FREQUENCY_HZ);
-const NANOSECONDS_PER_SECOND = 1_000_000_000n;
-const PM_TIMER_MASK = 0xff_ffffn;
-
-/** A monotonic clock in nanoseconds. */
-export type MonotonicClock = () => bigint;
-
-const hostMonotonicClock: MonotonicClock = () => process.hrtime.bigint();
+const NANOSECONDS_PER_SECOND = 1_000_000_000;
+const PM_TIMER_MASK = 0xff_ffff;
 
 /**
  * The ACPI power-management timer (ACPI 4.8.2.1 / 4.8.3.3): a read-only, free-running
@@ -504,32 +501,49 @@ export class AcpiPmTimer implements Device {
   readonly name = "acpi-pm-timer";
 
   private readonly clock: MonotonicClock;
-  private readonly start: bigint;
+  private readonly startSeconds: number;
+  private readonly startNanoseconds: number;
 
   /**
    * `origin` is the VM's shared time origin (from `AcpiPmTimer.createOrigin()`): every vCPU
    * worker's copy of the timer counts from it, so the counter never runs backwards from
    * one vCPU to the next. Without one the timer counts from its own creation.
    */
-  constructor(clock: MonotonicClock = hostMonotonicClock, origin?: SharedArrayBuffer) {
+  constructor(clock: MonotonicClock = hostMonotonicClock(), origin?: SharedArrayBuffer) {
     this.clock = clock;
     if (origin !== undefined && origin.byteLength < 8) {
       throw new RangeError(`ACPI PM timer origin must be a SharedArrayBuffer of 8 bytes, got ${origin.byteLength}`);
     }
-    this.start = origin === undefined ? clock() : Atomics.load(new BigInt64Array(origin, 0, 1), 0);
+    const start = origin === undefined ? nanoseconds(clock) : Atomics.load(new BigInt64Array(origin, 0, 1), 0);
+    const second = BigInt(NANOSECONDS_PER_SECOND);
+    this.startSeconds = Number(start / second);
+    this.startNanoseconds = Number(start % second);
   }
 
-  /** A VM's time origin: the host's monotonic clock now, in a SAB every worker shares. */
-  static createOrigin(clock: MonotonicClock = hostMonotonicClock): SharedArrayBuffer {
+  /** A VM's time origin: the host's monotonic clock now, in nanoseconds, in a SAB every worker shares. */
+  static createOrigin(clock: MonotonicClock = hostMonotonicClock()): SharedArrayBuffer {
     const origin = new SharedArrayBuffer(8);
-    Atomics.store(new BigInt64Array(origin), 0, clock());
+    Atomics.store(new BigInt64Array(origin), 0, nanoseconds(clock));
     return origin;
   }
 
-  /** The current 24-bit counter value. */
+  /**
+   * The current 24-bit counter value: floor(elapsed ns * 3579545 / 10^9) mod 2^24, in
+   * doubles that stay exact integers. Whole seconds contribute 3579545 ticks each (exact
+   * for 79 years); the fraction's product stays below 2^53, and its quotient, never within
+   * 10^-9 of an integer it is not, floors exactly. `&` wraps any exact integer mod 2^32.
+   */
   get counter(): number {
-    const elapsed = this.clock() - this.start;
-    return Number(((elapsed * PM_TIMER_FREQUENCY) / NANOSECONDS_PER_SECOND) & PM_TIMER_MASK);
+    const clock = this.clock;
+    clock.sample();
+    let seconds = clock.seconds - this.startSeconds;
+    let fraction = clock.nanoseconds - this.startNanoseconds;
+    if (fraction < 0) {
+      fraction += NANOSECONDS_PER_SECOND;
+      seconds -= 1;
+    }
+    const ticks = seconds * PM_TIMER_FREQUENCY_HZ + Math.floor((fraction * PM_TIMER_FREQUENCY_HZ) / NANOSECONDS_PER_SECOND);
+    return ticks & PM_TIMER_MASK;
   }
 
   read(offset: number, size: AccessSize): number {
@@ -540,4 +554,9 @@ export class AcpiPmTimer implements Device {
   write(_offset: number, _size: AccessSize, _value: number): void {
     // The timer is read-only; writes are ignored.
   }
+}
+
+function nanoseconds(clock: MonotonicClock): bigint {
+  clock.sample();
+  return BigInt(clock.seconds) * BigInt(NANOSECONDS_PER_SECOND) + BigInt(clock.nanoseconds);
 }
