@@ -163,6 +163,8 @@ class Chip {
 export class I8259Pair {
   private readonly master = new Chip(true);
   private readonly slave = new Chip(false);
+  /** The chips by ELCR port offset, built once: an access builds nothing. */
+  private readonly elcrChips: readonly [Chip, Chip] = [this.master, this.slave];
   private output = false;
   /** The master and slave command/data ports, and the ELCR pair, as bus devices. */
   readonly masterPorts: Device;
@@ -175,11 +177,11 @@ export class I8259Pair {
     this.slavePorts = this.ports("pic slave", this.slave);
     this.elcrPorts = {
       name: "pic elcr",
-      read: (offset: number) => (offset < 2 ? [this.master, this.slave][offset].elcr : 0),
+      read: (offset: number) => (offset < 2 ? this.elcrChips[offset].elcr : 0),
       write: (offset: number, size: AccessSize, value: number) => {
         const n = toUnsigned(value, size);
         for (let i = 0; i < size && offset + i < 2; i++) {
-          [this.master, this.slave][offset + i].elcr = (n >>> (i * 8)) & ELCR_WRITABLE[offset + i];
+          this.elcrChips[offset + i].elcr = (n >>> (i * 8)) & ELCR_WRITABLE[offset + i];
         }
         this.update();
       },
