@@ -215,7 +215,7 @@ export function formatTable(report: BenchReport): string {
       `CPU us per exit; xC = mean / C mean, the median over interleaved pairs of runs (listed below with their ranges). ` +
       `main-coalesced: the kernel queues the writes; "exits/s" there is guest writes/s, full-queue exits included. ` +
       `work-write: pio-write to a device doing 5 us of work per write (C does it inline on the vCPU thread). DESIGN target: the compared value, its limit and ok/NO/? (in-worker PIO: xC; ` +
-      `sync: p50 / C p50; posted: exits/s / in-worker; coalesced and work-write: exits/s / C; 2 vCPUs: aggregate / 1 vCPU). Numbers too wide for their ` +
+      `sync: p50 / C p50; posted: exits/s / in-worker; coalesced and work-write: exits/s / C; N vCPUs: aggregate / 1 vCPU, the median over runs of the same round). Numbers too wide for their ` +
       `column switch to k/M/G/T units or an exponent (1.5e-6); "-" is not measured.`,
   );
   if (m.kvm_flavour.includes("pvm")) {
