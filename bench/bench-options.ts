@@ -43,8 +43,7 @@ length
 
 runtime tuning (reported with every figure)
   --spin-min N, --spin-max N   exit-channel spin bounds, iterations
-  --spin-yields N              core yields before a worker parks (default: 0, or 200 when
-                               the waiting threads outnumber the cores)
+  --spin-yields N              core yields (sched_yield) after the spin, before a worker parks
   --dispatcher-spin-us N       main-thread poll time after the last exit
   --ring N                     posted-ring records per vCPU (power of two)
 

@@ -82,46 +82,55 @@ export async function runSuite(options: BenchOptions, progress: Progress): Promi
 
   try {
     await warmVcpuPool(Math.max(2, ...options.plan.vcpuCounts));
+    // A family is one kind at one privilege, every vCPU count: its runs interleave, so the
+    // scaling figures (N vCPUs against 1) pair runs made in the same round, as C's do.
+    const families = new Map<string, FigureKey[]>();
     for (const group of groups) {
-      const counts = countsFor(group.kind, options);
-      const members = figures.filter((f) => keyOf(f) === keyOf(group));
-      // One job per implementation; each repeat starts one further along, so no path is
-      // always the one that runs right after a VM teardown or first in a warm machine.
+      const family = `${group.kind}/${group.privilege}`;
+      families.set(family, [...(families.get(family) ?? []), group]);
+    }
+    for (const family of families.values()) {
+      // One job per implementation and vCPU count; each repeat starts one further along, so
+      // no job is always the one that runs right after a VM teardown or first in a warm machine.
       const jobs: (() => Promise<void>)[] = [];
-      if (c) {
-        const baseline = c;
-        jobs.push(async () => {
-          const entry = collect(cCollected, keyOf(group), { ...group, path: "c-inline" }, counts);
-          step(`${group.kind} c-inline ${group.privilege} ${group.vcpus} vCPU${group.vcpus === 1 ? "" : "s"}`);
-          if (entry.error !== undefined) return;
-          try {
-            const run = await runCFigure(baseline, group, counts);
-            const a = analyzeRun({ counts, marks: run.vcpus.map((v) => v.marks), mainCpuNs: null });
-            entry.analyses.push(a);
-            entry.reports.push(runReport(a, null));
-            entry.checks.push(cCheck(group.kind, run, counts, group.vcpus));
-          } catch (error) {
-            entry.error = (error as Error).message;
-            progress(`bench: C baseline failed for ${keyOf(group)}: ${entry.error}`);
-          }
-        });
-      }
-      for (const figure of members) {
-        jobs.push(async () => {
-          const entry = collect(collected, `${keyOf(figure)}/${figure.path}`, figure, counts);
-          step(figureName(figure));
-          if (entry.error !== undefined) return;
-          try {
-            const run = await runFigure(figure, counts, options);
-            const a = analyzeRun(run.raw);
-            entry.analyses.push(a);
-            entry.reports.push(runReport(a, run.raw.mainCpuNs, run.stats));
-            entry.checks.push(run.check);
-          } catch (error) {
-            entry.error = (error as Error).message;
-            progress(`bench: ${figureName(figure)} failed: ${entry.error}`);
-          }
-        });
+      for (const group of family) {
+        const counts = countsFor(group.kind, options);
+        const members = figures.filter((f) => keyOf(f) === keyOf(group));
+        if (c) {
+          const baseline = c;
+          jobs.push(async () => {
+            const entry = collect(cCollected, keyOf(group), { ...group, path: "c-inline" }, counts);
+            step(`${group.kind} c-inline ${group.privilege} ${group.vcpus} vCPU${group.vcpus === 1 ? "" : "s"}`);
+            if (entry.error !== undefined) return;
+            try {
+              const run = await runCFigure(baseline, group, counts);
+              const a = analyzeRun({ counts, marks: run.vcpus.map((v) => v.marks), mainCpuNs: null });
+              entry.analyses.push(a);
+              entry.reports.push(runReport(a, null));
+              entry.checks.push(cCheck(group.kind, run, counts, group.vcpus));
+            } catch (error) {
+              entry.error = (error as Error).message;
+              progress(`bench: C baseline failed for ${keyOf(group)}: ${entry.error}`);
+            }
+          });
+        }
+        for (const figure of members) {
+          jobs.push(async () => {
+            const entry = collect(collected, `${keyOf(figure)}/${figure.path}`, figure, counts);
+            step(figureName(figure));
+            if (entry.error !== undefined) return;
+            try {
+              const run = await runFigure(figure, counts, options);
+              const a = analyzeRun(run.raw);
+              entry.analyses.push(a);
+              entry.reports.push(runReport(a, run.raw.mainCpuNs, run.stats));
+              entry.checks.push(run.check);
+            } catch (error) {
+              entry.error = (error as Error).message;
+              progress(`bench: ${figureName(figure)} failed: ${entry.error}`);
+            }
+          });
+        }
       }
       for (let repeat = 0; repeat < options.repeats; repeat++) {
         for (let j = 0; j < jobs.length; j++) await jobs[(j + repeat) % jobs.length]();

@@ -200,13 +200,14 @@ export function formatTable(report: BenchReport): string {
   paragraph(`machine: ${m.cpu}, ${m.cores} cores, Linux ${m.kernel.split(" ")[0]}${m.nested ? ", itself a VM (nested)" : ""}, node ${m.node}, koffi ${m.koffi}`);
   paragraph(`KVM: ${m.kvm_flavour}. C baseline: ${report.baselines.c_status}. QEMU: ${report.baselines.qemu_status}.`);
   paragraph(
-    `spin budget in force: vCPU workers spin ${s.worker_min_spins}..${s.worker_max_spins} iterations before parking ` +
-      `(doubled after a park under ${s.worker_short_park_us} us, halved after a longer one); the dispatcher polls ` +
-      `up to ${s.dispatcher_spin_us} us (adaptive) after the last sync exit, yields every ${s.dispatcher_yield_after_ms} ms, and ` +
-      `parked is woken by a sync exit or a ring turning non-empty; posted ring ${s.ring_capacity} records per vCPU. ` +
-      `When the vCPUs and the dispatcher outnumber the cores, workers spin ${s.worker_min_spins} and then yield the core ` +
-      `up to ${s.worker_yields || OVERSUBSCRIBED_YIELDS} times before parking, and the dispatcher polls up to 20 us, yields ` +
-      `its core after an empty drain and parks the main thread itself until its slice ends.`,
+    `spin budget in force: vCPU workers spin ${s.worker_min_spins}..${s.worker_max_spins} iterations (doubled after a ` +
+      `park under ${s.worker_short_park_us} us, halved after a longer one), then yield the core up to ` +
+      `${s.worker_yields || OVERSUBSCRIBED_YIELDS} times, then park; the dispatcher polls up to ${s.dispatcher_spin_us} us ` +
+      `(adaptive) after the last sync exit, yielding its core while it polls once it has lost it, yields to the event loop ` +
+      `every ${s.dispatcher_yield_after_ms} ms, and parked is woken by a sync exit or a ring turning non-empty; posted ring ` +
+      `${s.ring_capacity} records per vCPU. When the vCPUs and the dispatcher outnumber the cores, workers spin only ` +
+      `${s.worker_min_spins}, and the dispatcher polls up to 20 us, always yields its core while polling and parks the ` +
+      `main thread itself until its slice ends.`,
   );
   paragraph(
     `method: per-exit latency in us from calibrated batch means (K exits between two markers timestamped on the vCPU ` +
@@ -215,7 +216,7 @@ export function formatTable(report: BenchReport): string {
       `CPU us per exit; xC = mean / C mean, the median over interleaved pairs of runs (listed below with their ranges). ` +
       `main-coalesced: the kernel queues the writes; "exits/s" there is guest writes/s, full-queue exits included. ` +
       `work-write: pio-write to a device doing 5 us of work per write (C does it inline on the vCPU thread). DESIGN target: the compared value, its limit and ok/NO/? (in-worker PIO: xC; ` +
-      `sync: p50 / C p50; posted: exits/s / in-worker; coalesced and work-write: exits/s / C; 2 vCPUs: aggregate / 1 vCPU). Numbers too wide for their ` +
+      `sync: p50 / C p50; posted: exits/s / in-worker; coalesced and work-write: exits/s / C; N vCPUs: aggregate / 1 vCPU, the median over runs of the same round). Numbers too wide for their ` +
       `column switch to k/M/G/T units or an exponent (1.5e-6); "-" is not measured.`,
   );
   if (m.kvm_flavour.includes("pvm")) {

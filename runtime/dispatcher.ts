@@ -27,9 +27,11 @@ export interface DispatcherStats {
   spinWindowMicros: number;
   /** Writes the hypervisor queued (coalesced) and this dispatcher delivered. */
   coalesced: number;
-  /** Times the polling loop yielded the core (oversubscribed hosts), and yields that lost a slice. */
+  /** Times the polling loop yielded the core (contended hosts), and yields that lost a slice. */
   yields: number;
   slicesLost: number;
+  /** Times polling found it had lost its core (the host is contended: polling yields for a while). */
+  stalls: number;
 }
 
 export interface DispatcherOptions {
@@ -54,7 +56,7 @@ export interface DispatcherOptions {
    * polling: default on when the spinners outnumber the cores.
    */
   blockingParks?: boolean;
-  /** Yield the core after an empty drain (see thread-yield.ts): default on when oversubscribed. */
+  /** Yield the core while polling on a contended host (see thread-yield.ts): on unless false. */
   yieldCore?: boolean;
 }
 
@@ -63,6 +65,13 @@ export const DEFAULT_DISPATCHER_OPTIONS: DispatcherOptions = { spinMicros: 200, 
 /** A park shorter than this means a longer window would have caught the next request. */
 const SHORT_PARK_MICROS = 300;
 const MIN_SPIN_MICROS = 2;
+/**
+ * A look at the clock this long (ms) after the last one, when looks come every few tens of
+ * µs while polling, means the thread lost its core meanwhile: the host is contended.
+ */
+const STALL_MS = 0.5;
+/** Slices the dispatcher keeps yielding its core after a stall. */
+const CONTENDED_SLICES = 100;
 /** Drains that answered a request between two looks at the clock, at most. */
 const REQUEST_DRAINS_PER_LOOK = 16;
 /** Drains between two looks at the clock when the last ones measured no time passing. */
@@ -83,12 +92,15 @@ class PollClock {
   private requestDrains = 0;
   private due = 1;
   private drainMicros = 0;
+  /** Set when a look finds the thread was off its core since the last one (see STALL_MS). */
+  stalled = false;
 
   /** Counts a drain; true when it is time to look (`now` is then fresh). */
   tick(answeredRequest: boolean): boolean {
     if (answeredRequest) this.requestDrains++;
     if (++this.drains < this.due && this.requestDrains < REQUEST_DRAINS_PER_LOOK) return false;
     const now = performance.now();
+    if (now - this.now > STALL_MS) this.stalled = true;
     this.drainMicros = ((now - this.now) * 1000) / this.drains;
     this.now = now;
     this.drains = 0;
@@ -137,7 +149,7 @@ function isReadKind(kind: number): boolean {
 
 export class Dispatcher {
   readonly stats: DispatcherStats = {
-    handled: 0, posted: 0, sync: 0, unclaimedReads: 0, unclaimedWrites: 0, parks: 0, spinWindowMicros: 0, coalesced: 0, yields: 0, slicesLost: 0,
+    handled: 0, posted: 0, sync: 0, unclaimedReads: 0, unclaimedWrites: 0, parks: 0, spinWindowMicros: 0, coalesced: 0, yields: 0, slicesLost: 0, stalls: 0,
   };
   private running = false;
   private loop: Promise<void> | undefined;
@@ -150,11 +162,16 @@ export class Dispatcher {
   /** Whether the dispatcher parks the main thread itself between requests (see serveSlice). */
   private readonly blockingParks: boolean;
   /**
-   * Oversubscribed only: an empty drain yields the core, so a vCPU thread that shares it
-   * runs without waiting for this one's slice to end; off for the rest of a slice once a
-   * yield lost one, and for a number of slices after (the yielder's "waits").
+   * On a contended host polling yields the core after every empty drain, so a vCPU thread
+   * that shares it runs without waiting for this one's slice to end. Contended: the threads
+   * outnumber the cores, or polling lost its core in one of the last CONTENDED_SLICES slices
+   * (on a quiet host a yield would only slow polling down: ~0.5 µs, where a drain takes
+   * 20-50 ns). Off for the rest of a slice once a yield lost one, and for a number of
+   * slices after (the yielder's "waits").
    */
   private readonly yielder: CoreYielder | undefined;
+  private readonly oversubscribed: boolean;
+  private contendedSlices = 0;
   private yieldInSlice = false;
   private spinWindow: number;
   /**
@@ -185,7 +202,8 @@ export class Dispatcher {
     this.maxSpinMicros = oversubscribed ? Math.min(options.spinMicros, 20) : options.spinMicros;
     this.spinWindow = this.maxSpinMicros;
     this.blockingParks = options.blockingParks ?? oversubscribed;
-    this.yielder = (options.yieldCore ?? oversubscribed) ? new CoreYielder() : undefined;
+    this.yielder = options.yieldCore === false ? undefined : new CoreYielder();
+    this.oversubscribed = oversubscribed;
     this.stats.spinWindowMicros = this.spinWindow;
   }
 
@@ -293,7 +311,7 @@ export class Dispatcher {
     const clock = this.clock;
     clock.restart();
     const sliceEnd = clock.now + this.options.yieldAfterMs;
-    this.yieldInSlice = this.yielder !== undefined && this.yielder.mayYield();
+    this.yieldInSlice = this.mayYieldInSlice();
     for (;;) {
       if (!this.pollUntilIdle(sliceEnd)) return false;
       if (!this.blockingParks) return true;
@@ -332,6 +350,7 @@ export class Dispatcher {
       if (requests > 0) requestSinceLook = true;
       else if (this.yieldInSlice) this.yieldCore();
       if (!clock.tick(requests > 0)) continue;
+      if (clock.stalled) this.noteStall();
       const now = clock.now;
       if (requestSinceLook) {
         this.lastRequest = now;
@@ -347,6 +366,20 @@ export class Dispatcher {
       return true;
     }
     return false;
+  }
+
+  private mayYieldInSlice(): boolean {
+    if (this.yielder === undefined) return false;
+    if (this.contendedSlices > 0) this.contendedSlices--;
+    else if (!this.oversubscribed) return false;
+    return this.yielder.mayYield();
+  }
+
+  private noteStall(): void {
+    this.clock.stalled = false;
+    this.stats.stalls++;
+    if (!this.yieldInSlice) this.yieldInSlice = this.yielder?.mayYield() ?? false;
+    this.contendedSlices = CONTENDED_SLICES;
   }
 
   private yieldCore(): void {

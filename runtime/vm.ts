@@ -87,14 +87,16 @@ export interface VmStats {
   /** Each worker's adaptive spin budget (iterations) when last published. */
   workerSpinBudgets: number[];
   /**
-   * Times waiting threads yielded their core instead of spinning or parking (only when the
-   * vCPUs and the dispatcher outnumber the cores, or `spin.yields` asks for it), and yields
-   * that lost a time slice to a thread that kept the core.
+   * Times waiting threads yielded their core rather than spin on or park (workers once their
+   * short spin is spent; the dispatcher while polling on a contended host), and yields that
+   * lost a time slice to a thread that kept the core.
    */
   workerYields: number;
   workerSlicesLost: number;
   dispatcherYields: number;
   dispatcherSlicesLost: number;
+  /** Times the dispatcher's polling found it had lost its core (it then yields for a while). */
+  dispatcherStalls: number;
   /** CPL0 INT3s and FWAITs completed by the host fallback (PVM only; see `completeUnemulatedKernelInstructions()`). */
   kernelInstructionsCompleted: number;
 }
@@ -696,6 +698,7 @@ export class Vm extends EventEmitter {
       workerSlicesLost: sum(Stat.WORKER_SLICES_LOST),
       dispatcherYields: d.yields,
       dispatcherSlicesLost: d.slicesLost,
+      dispatcherStalls: d.stalls,
       kernelInstructionsCompleted: sum(Stat.KERNEL_INSTRUCTIONS_COMPLETED),
     };
   }
