@@ -16,6 +16,9 @@
 static volatile u32 count;
 /* What the handler does: lower the line at the Nth interrupt (0: never). */
 static volatile u32 lower_at;
+/* The vector the pin is routed to, and handler entries that found it no longer in service. */
+static volatile u32 vector_routed;
+static volatile u32 ended_before_eoi;
 static u32 failures;
 
 static void set_line(u32 line, u8 level) { outb(TESTDEV_IRQ_PORT + line, level); }
@@ -28,7 +31,21 @@ static u32 ioapic_read_locked(u32 reg) {
   return value;
 }
 
+/*
+ * Whether the local APIC still has `vector` in service (ISR, 0x100 + 0x10 * (vector / 32)):
+ * it should until the handler's EOI. PVM's does not: it ends the interrupt as it delivers
+ * it (ISR clear in every handler here, both irqchip modes), so the EOI of a level interrupt
+ * can reach the IOAPIC before the handler lowers the line, and the IOAPIC rightly
+ * interrupts again. KVM's own IOAPIC sees that EOI at once (every level interrupt comes
+ * twice); split mode's only when the vCPU enters the kernel between the delivery and the
+ * handler's OUT (once in about a hundred runs: an extra interrupt in one phase).
+ */
+static int in_service(u32 vector) {
+  return (lapic_read(0x100 + 0x10 * (vector / 32)) >> (vector % 32)) & 1;
+}
+
 void kit_interrupt(void) {
+  if (!in_service(vector_routed)) ended_before_eoi++;
   count++;
   if (lower_at != 0 && count >= lower_at) set_line(PIN, 0);
   lapic_eoi();
@@ -51,6 +68,7 @@ static void reset(u8 vector, int level, u32 lower) {
   interrupts_disable();
   set_line(PIN, 0);
   ioapic_route(PIN, vector, level);
+  vector_routed = vector;
   count = 0;
   lower_at = lower;
   interrupts_enable();
@@ -91,7 +109,12 @@ void main(u32 info) {
   lower_at = 2;
   set_line(PIN, 1);
   wait_for(2);
-  check("level-again", count == 2);
+  /*
+   * The one check that counts across two phases, so it sees an extra interrupt from either.
+   * Where the local APIC ends interrupts before their EOI (see in_service), one is due to
+   * an EOI that overtook the handler's lowering of the line: there, at least one more.
+   */
+  check("level-again", count == 2 || (ended_before_eoi != 0 && count > 2));
 
   /* The line stays asserted across the first EOI: the IOAPIC interrupts again. */
   reset(0x52, 1, 2);
@@ -139,6 +162,9 @@ void main(u32 info) {
   }
 
   set_line(PIN, 0);
+  serial_puts("ended-before-eoi=");
+  serial_put_decimal(ended_before_eoi);
+  serial_puts("\n");
   serial_puts("failures=");
   serial_put_decimal(failures);
   serial_puts("\n");
