@@ -79,8 +79,11 @@ export const Stat = {
   WORKER_YIELDS: 9, WORKER_SLICES_LOST: 10,
 } as const;
 
-/** Doorbell slots: a sequence bumped on every wake-up, and the main thread's parked flag. */
-export const Doorbell = { SEQUENCE: 0, MAIN_PARKED: 16 } as const;
+/**
+ * Doorbell slots: a sequence bumped on every wake-up, the main thread's parked flag, and its
+ * word that the host is contended (the dispatcher lost its core lately: waiters spin short).
+ */
+export const Doorbell = { SEQUENCE: 0, MAIN_PARKED: 16, CONTENDED: 17 } as const;
 export function createDoorbell(): Int32Array {
   // The two words on separate lines: the sequence is bumped by any vCPU, the flag by main.
   return new Int32Array(new SharedArrayBuffer(2 * LINE_INTS * 4));
@@ -191,6 +194,7 @@ export class ExitChannel {
     if (((head - this.cachedTail) | 0) < this.capacity) return true;
     this.stats[Stat.RING_FULL_WAITS]++;
     this.ringDoorbell();
+    this.spinner.contended = Atomics.load(this.doorbell, Doorbell.CONTENDED) !== 0;
     for (;;) {
       const tail = this.cachedTail;
       if (!waitWhileEqual(header, H.RING_TAIL, tail, this.spinner, H.RING_PARKED, H.CONTROL, Control.STOP)) {
@@ -223,6 +227,7 @@ export class ExitChannel {
       this.stats[Stat.DOORBELLS]++;
       this.ringDoorbell();
     }
+    this.spinner.contended = Atomics.load(this.doorbell, Doorbell.CONTENDED) !== 0;
     const answered = waitWhileEqual(header, H.SYNC_STATE, SyncState.REQUEST, this.spinner, H.SYNC_PARKED, H.CONTROL, Control.STOP);
     this.recordSpin();
     if (!answered) {

@@ -162,12 +162,13 @@ export class Dispatcher {
   /** Whether the dispatcher parks the main thread itself between requests (see serveSlice). */
   private readonly blockingParks: boolean;
   /**
-   * On a contended host polling yields the core after every empty drain, so a vCPU thread
+   * On a contended host polling yields the core after every drain, so a vCPU thread
    * that shares it runs without waiting for this one's slice to end. Contended: the threads
    * outnumber the cores, or polling lost its core in one of the last CONTENDED_SLICES slices
    * (on a quiet host a yield would only slow polling down: ~0.5 µs, where a drain takes
    * 20-50 ns). Off for the rest of a slice once a yield lost one, and for a number of
-   * slices after (the yielder's "waits").
+   * slices after (the yielder's "waits"). A stall also raises Doorbell.CONTENDED for as
+   * long: the workers then spin only their minimum before they yield.
    */
   private readonly yielder: CoreYielder | undefined;
   private readonly oversubscribed: boolean;
@@ -348,7 +349,8 @@ export class Dispatcher {
       const sequence = Atomics.load(doorbell, Doorbell.SEQUENCE);
       const requests = this.drainAll();
       if (requests > 0) requestSinceLook = true;
-      else if (this.yieldInSlice) this.yieldCore();
+      // Contended: after every drain, the vCPU just answered (or about to ask) may need this core.
+      if (this.yieldInSlice) this.yieldCore();
       if (!clock.tick(requests > 0)) continue;
       if (clock.stalled) this.noteStall();
       const now = clock.now;
@@ -370,8 +372,9 @@ export class Dispatcher {
 
   private mayYieldInSlice(): boolean {
     if (this.yielder === undefined) return false;
-    if (this.contendedSlices > 0) this.contendedSlices--;
-    else if (!this.oversubscribed) return false;
+    if (this.contendedSlices > 0) {
+      if (--this.contendedSlices === 0) Atomics.store(this.doorbell, Doorbell.CONTENDED, 0);
+    } else if (!this.oversubscribed) return false;
     return this.yielder.mayYield();
   }
 
@@ -379,6 +382,7 @@ export class Dispatcher {
     this.clock.stalled = false;
     this.stats.stalls++;
     if (!this.yieldInSlice) this.yieldInSlice = this.yielder?.mayYield() ?? false;
+    if (this.contendedSlices === 0) Atomics.store(this.doorbell, Doorbell.CONTENDED, 1);
     this.contendedSlices = CONTENDED_SLICES;
   }
 
