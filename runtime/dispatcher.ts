@@ -12,6 +12,7 @@ import { Answer, type ChannelRecord, Doorbell, type ExitChannel } from "../memor
 import { type Bus, BusAccessor } from "./bus.js";
 import type { AccessSize } from "./devices/device.js";
 import { CoreYielder } from "../memory/thread-yield.js";
+import { hostMonotonicClock } from "./host-monotonic-clock.js";
 
 export interface DispatcherStats {
   /** Exits handled on the main thread (posted and sync). */
@@ -32,6 +33,8 @@ export interface DispatcherStats {
   slicesLost: number;
   /** Times polling found it had lost its core (the host is contended: polling yields for a while). */
   stalls: number;
+  /** Contended spells ended early because yields gave the core to nobody. */
+  calmings: number;
 }
 
 export interface DispatcherOptions {
@@ -70,6 +73,14 @@ const MIN_SPIN_MICROS = 2;
  * µs while polling, means the thread lost its core meanwhile: the host is contended.
  */
 const STALL_MS = 0.5;
+/**
+ * On a host that looked contended one yield in TIMED_YIELD_EVERY (a power of two) is timed;
+ * one that took PRODUCTIVE_YIELD_NS or more ran another thread. IDLE_TIMED_YIELDS_TO_CALM
+ * timed yields in a row that ran nobody end the contended spell.
+ */
+const TIMED_YIELD_EVERY = 8;
+const PRODUCTIVE_YIELD_NS = 3000;
+const IDLE_TIMED_YIELDS_TO_CALM = 16;
 /** Slices the dispatcher keeps yielding its core after a stall. */
 const CONTENDED_SLICES = 100;
 /** Drains that answered a request between two looks at the clock, at most. */
@@ -149,7 +160,7 @@ function isReadKind(kind: number): boolean {
 
 export class Dispatcher {
   readonly stats: DispatcherStats = {
-    handled: 0, posted: 0, sync: 0, unclaimedReads: 0, unclaimedWrites: 0, parks: 0, spinWindowMicros: 0, coalesced: 0, yields: 0, slicesLost: 0, stalls: 0,
+    handled: 0, posted: 0, sync: 0, unclaimedReads: 0, unclaimedWrites: 0, parks: 0, spinWindowMicros: 0, coalesced: 0, yields: 0, slicesLost: 0, stalls: 0, calmings: 0,
   };
   private running = false;
   private loop: Promise<void> | undefined;
@@ -174,6 +185,9 @@ export class Dispatcher {
   private readonly oversubscribed: boolean;
   private contendedSlices = 0;
   private yieldInSlice = false;
+  /** Timed yields in a row that came back at once (see judgeYield). */
+  private idleYields = 0;
+  private readonly monotonic = hostMonotonicClock();
   private spinWindow: number;
   /**
    * When the last sync request was answered (performance.now()), as of the first look at
@@ -388,9 +402,37 @@ export class Dispatcher {
 
   private yieldCore(): void {
     const yielder = this.yielder!;
+    const timed = !this.oversubscribed && (yielder.yields & (TIMED_YIELD_EVERY - 1)) === 0;
+    let startNs = 0;
+    if (timed) {
+      this.monotonic.sample();
+      startNs = this.monotonic.nanoseconds;
+    }
     if (!yielder.yieldOnce()) this.yieldInSlice = false;
+    else if (timed) this.judgeYield(startNs);
     this.stats.yields = yielder.yields;
     this.stats.slicesLost = yielder.slicesLost;
+  }
+
+  /**
+   * A yield that came back at once gave the core to nobody: the stall that made the host
+   * look contended was passing noise, not a thread sharing this core. After a run of such
+   * yields the dispatcher (and its workers) stop treating the host as contended.
+   */
+  private judgeYield(startNs: number): void {
+    this.monotonic.sample();
+    let tookNs = this.monotonic.nanoseconds - startNs;
+    if (tookNs < 0) tookNs += 1e9;
+    if (tookNs >= PRODUCTIVE_YIELD_NS) {
+      this.idleYields = 0;
+      return;
+    }
+    if (++this.idleYields < IDLE_TIMED_YIELDS_TO_CALM) return;
+    this.idleYields = 0;
+    this.stats.calmings++;
+    this.contendedSlices = 0;
+    this.yieldInSlice = false;
+    Atomics.store(this.doorbell, Doorbell.CONTENDED, 0);
   }
 
   private adaptWindow(parkMicros: number): void {

@@ -97,6 +97,8 @@ export interface VmStats {
   dispatcherSlicesLost: number;
   /** Times the dispatcher's polling found it had lost its core (it then yields for a while). */
   dispatcherStalls: number;
+  /** Contended spells the dispatcher ended early, its yields having given the core to nobody. */
+  dispatcherCalmings: number;
   /** CPL0 INT3s and FWAITs completed by the host fallback (PVM only; see `completeUnemulatedKernelInstructions()`). */
   kernelInstructionsCompleted: number;
 }
@@ -699,6 +701,7 @@ export class Vm extends EventEmitter {
       dispatcherYields: d.yields,
       dispatcherSlicesLost: d.slicesLost,
       dispatcherStalls: d.stalls,
+      dispatcherCalmings: d.calmings,
       kernelInstructionsCompleted: sum(Stat.KERNEL_INSTRUCTIONS_COMPLETED),
     };
   }
