@@ -15,7 +15,7 @@ export interface SpinReport {
   worker_max_spins: number;
   /** A worker park shorter than this grows its spin budget; a longer one shrinks it. */
   worker_short_park_us: number;
-  /** Core yields after the spin, before a worker parks (when 0 and the threads outnumber the cores: OVERSUBSCRIBED_YIELDS). */
+  /** Core yields after the spin, before a worker parks. */
   worker_yields: number;
   dispatcher_spin_us: number;
   dispatcher_yield_after_ms: number;

@@ -3,7 +3,6 @@
  * the figures are: every number goes through fitNumber into a fixed-width cell, and prose
  * (machine, method, errors, target details) wraps.
  */
-import { OVERSUBSCRIBED_YIELDS } from "../memory/waiter.js";
 import { formatVmexitTable } from "./vmexit-kernel.js";
 import type { BenchReport, FigureResult, IdleResult, RatioSpread, StartResult, TargetResult } from "./json-report.js";
 import { figureName } from "./targets.js";
@@ -202,7 +201,7 @@ export function formatTable(report: BenchReport): string {
   paragraph(
     `spin budget in force: vCPU workers spin ${s.worker_min_spins}..${s.worker_max_spins} iterations (doubled after a ` +
       `park under ${s.worker_short_park_us} us, halved after a longer one), then yield the core up to ` +
-      `${s.worker_yields || OVERSUBSCRIBED_YIELDS} times, then park; the dispatcher polls up to ${s.dispatcher_spin_us} us ` +
+      `${s.worker_yields} times, then park; the dispatcher polls up to ${s.dispatcher_spin_us} us ` +
       `(adaptive) after the last sync exit, yielding its core while it polls once it has lost it, yields to the event loop ` +
       `every ${s.dispatcher_yield_after_ms} ms, and parked is woken by a sync exit or a ring turning non-empty; posted ring ` +
       `${s.ring_capacity} records per vCPU. When the vCPUs and the dispatcher outnumber the cores, workers spin only ` +

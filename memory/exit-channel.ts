@@ -75,7 +75,7 @@ export const Stat = {
   DOORBELLS: 7,
   /** CPL0 instructions (INT3, FWAIT) the worker completed for a host that cannot (PVM). */
   KERNEL_INSTRUCTIONS_COMPLETED: 8,
-  /** Times a waiting worker yielded its core (oversubscribed hosts), and yields that lost a slice. */
+  /** Times a waiting worker yielded its core (its spin spent), and yields that lost a slice. */
   WORKER_YIELDS: 9, WORKER_SLICES_LOST: 10,
 } as const;
 

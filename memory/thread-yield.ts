@@ -1,7 +1,7 @@
 /**
- * Giving the core away without sleeping: sched_yield(2). When more threads wait on each
- * other than the host has cores, a waiter that spins holds the core the thread it waits
- * for may need, and one that parks pays a wake-up (a futex wake, on a virtualized host an
+ * Giving the core away without sleeping: sched_yield(2). When the thread a waiter waits
+ * for shares its core (more waiting threads than cores, or a busy host), a waiter that
+ * spins holds the core that thread needs, and one that parks pays a wake-up (a futex wake, on a virtualized host an
  * IPI through the hypervisor: tens of µs here). Yielding lets another runnable thread of
  * this core run at the cost of a system call, and costs nothing when none is.
  *

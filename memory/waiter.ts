@@ -26,20 +26,21 @@ export interface SpinPolicy {
  */
 export const DEFAULT_SPIN: SpinPolicy = { minSpins: 64, maxSpins: 200_000, shortParkMicros: 200, yields: 200 };
 
-/** Yields before parking when oversubscribed and the policy asks for none: about 100-200 µs with the core to itself. */
-export const OVERSUBSCRIBED_YIELDS = 200;
-
 /**
  * When more threads wait on each other than the host has cores, a spinning vCPU burns the
  * time slice the thread it waits for (the dispatcher, or the vCPU sharing its core) needs,
- * and a parked one pays a wake-up: vCPU workers then spin only `minSpins`, and yield the
- * core before they park, whatever the policy asked. Measured on 2 cores, pio-write
- * main-sync at CPL0, 2 and 4 vCPUs against 1: spinning, 0.6-0.9 x; parking at once,
- * 0.3-0.5 x; yielding, 1.1-1.4 x.
+ * and a parked one pays a wake-up: vCPU workers then spin only `minSpins` and go on to
+ * yield the core. Measured on 2 cores, pio-write main-sync at CPL0, 2 and 4 vCPUs against
+ * 1: spinning, 0.6-0.9 x; parking at once, 0.3-0.5 x; yielding, 1.1-1.4 x.
  */
 export function oversubscribedPolicy(policy: SpinPolicy, spinners: number, cores: number): SpinPolicy {
   if (spinners <= cores) return policy;
-  return { ...policy, maxSpins: policy.minSpins, yields: policy.yields > 0 ? policy.yields : OVERSUBSCRIBED_YIELDS };
+  return { ...policy, maxSpins: policy.minSpins };
+}
+
+/** Whether a waiter's word left `value`, or a stop was asked (`array[abortIndex] === abortValue`). */
+function waitOver(array: Int32Array, index: number, value: number, abortIndex: number, abortValue: number): boolean {
+  return Atomics.load(array, index) !== value || Atomics.load(array, abortIndex) === abortValue;
 }
 
 export class AdaptiveSpinner {
@@ -61,7 +62,7 @@ export class AdaptiveSpinner {
     if (yields === 0 || !this.yielder.mayYield()) return false;
     for (let i = 0; i < yields; i++) {
       if (!this.yielder.yieldOnce()) return false;
-      if (Atomics.load(array, index) !== value || Atomics.load(array, abortIndex) === abortValue) return true;
+      if (waitOver(array, index, value, abortIndex, abortValue)) return true;
     }
     return false;
   }
@@ -73,7 +74,7 @@ export class AdaptiveSpinner {
   spin(array: Int32Array, index: number, value: number, abortIndex: number, abortValue: number): boolean {
     const budget = this.contended ? this.policy.minSpins : this.budget;
     for (let i = 0; i < budget; i++) {
-      if (Atomics.load(array, index) !== value || Atomics.load(array, abortIndex) === abortValue) return true;
+      if (waitOver(array, index, value, abortIndex, abortValue)) return true;
     }
     return false;
   }
@@ -105,7 +106,7 @@ export function waitWhileEqual(
   if (!spinner.spin(array, index, value, abortIndex, abortValue) && !spinner.yieldWhile(array, index, value, abortIndex, abortValue)) {
     const start = performance.now();
     Atomics.store(array, parkedIndex, 1);
-    while (Atomics.load(array, index) === value && Atomics.load(array, abortIndex) !== abortValue) {
+    while (!waitOver(array, index, value, abortIndex, abortValue)) {
       Atomics.wait(array, index, value);
     }
     Atomics.store(array, parkedIndex, 0);

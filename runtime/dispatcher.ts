@@ -384,11 +384,11 @@ export class Dispatcher {
     return false;
   }
 
+  /** At a slice's start: counts down a contended spell, and says whether this slice yields. */
   private mayYieldInSlice(): boolean {
-    if (this.yielder === undefined) return false;
-    if (this.contendedSlices > 0) {
-      if (--this.contendedSlices === 0) Atomics.store(this.doorbell, Doorbell.CONTENDED, 0);
-    } else if (!this.oversubscribed) return false;
+    const contended = this.contendedSlices > 0;
+    if (contended && --this.contendedSlices === 0) Atomics.store(this.doorbell, Doorbell.CONTENDED, 0);
+    if (this.yielder === undefined || !(contended || this.oversubscribed)) return false;
     return this.yielder.mayYield();
   }
 
