@@ -124,12 +124,15 @@ test("four vCPUs' synchronous writes through one device: all in each one's order
     const stats = vm.stats;
     assert.equal(stats.sync, received.length);
     assert.equal(stats.posted, 0);
-    // Waiting threads hand their core over (sched_yield) before they park, and more eagerly
-    // when they outnumber the cores: both sides did while these writes went through.
-    assert.ok(vm.spinPolicy.yields > 0);
-    assert.ok(stats.workerYields > 0, `workers waiting for answers yielded their cores (${stats.workerYields} yields)`);
-    assert.ok(stats.dispatcherYields > 0, `the dispatcher yielded its core between requests (${stats.dispatcherYields})`);
-    if (oversubscribed) assert.equal(vm.spinPolicy.maxSpins, vm.spinPolicy.minSpins, "oversubscribed workers spin only the minimum");
+    assert.ok(vm.spinPolicy.yields > 0, "waiting workers yield their core before they park");
+    if (oversubscribed) {
+      // More waiting threads than cores (CI's 2): short spins, and both sides yielded.
+      assert.equal(vm.spinPolicy.maxSpins, vm.spinPolicy.minSpins, "oversubscribed workers spin only the minimum");
+      assert.ok(stats.workerYields > 0, `workers waiting for answers yielded their cores (${stats.workerYields} yields)`);
+      assert.ok(stats.dispatcherYields > 0, `the dispatcher yielded its core between requests (${stats.dispatcherYields})`);
+    } else {
+      assert.ok(vm.spinPolicy.maxSpins > vm.spinPolicy.minSpins, "with a core per waiting thread, workers keep their long spin");
+    }
   } finally {
     await vm.stop();
   }
